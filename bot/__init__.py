@@ -1,0 +1,1 @@
+"""Cordon's Slack side: Bolt app, listeners, Block Kit, settings, CLI, scheduler."""

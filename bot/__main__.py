@@ -1,0 +1,103 @@
+"""`python -m bot serve | sandbox | prepare`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+
+from bot.logs import setup_logging
+from bot.settings import RegionSettings, SettingsError, load_settings
+
+log = logging.getLogger("cordon")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bot", description="Cordon")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the bot (HTTP, or Socket Mode with SLACK_APP_TOKEN)")
+    serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=None, help="default: $PORT or 3000")
+    sandbox = sub.add_parser("sandbox", help="play an incident against a local AWS and Slack")
+    sandbox.add_argument("--quiet", action="store_true", help="only the transcript")
+    prepare = sub.add_parser("prepare", help="create the isolation groups ahead of time")
+    prepare.add_argument("--region", action="append", help="default: every CORDON_REGIONS")
+    prepare.add_argument("--vpc", action="append", help="default: every VPC in the region")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "serve":
+            return run_serve(args.host, args.port)
+        if args.command == "sandbox":
+            from bot.sandbox.run import run_sandbox
+
+            return run_sandbox(quiet=args.quiet)
+        return run_prepare(args.region, args.vpc)
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+
+
+def run_serve(host: str, port: int | None) -> int:
+    settings = load_settings()
+    setup_logging(settings.log_format, settings.log_level)
+    from bot.scheduler import start_scheduler
+    from bot.server import SlackHTTPServer
+    from bot.wiring import build_app, build_deps
+
+    deps = build_deps(settings)
+    app = build_app(settings, deps)
+    scheduler = start_scheduler(deps, settings.sweep_interval)
+    deps.worker.resume_interrupted()
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("shutting down", extra={"signal": signal.Signals(signum).name})
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    if settings.slack_app_token:
+        from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+        handler = SocketModeHandler(app, settings.slack_app_token)
+        handler.connect()
+        log.info("connected with Socket Mode")
+        stopping.wait()
+        handler.close()
+    else:
+        server = SlackHTTPServer(app, host, port or settings.port, deps.store.ping)
+        server.start()
+        log.info("listening", extra={"url": f"{server.url}/slack/events"})
+        stopping.wait()
+        server.stop()
+    scheduler.shutdown(wait=False)
+    # Runs in progress finish their current step; an unfinished run resumes at next start.
+    deps.worker.shutdown(wait=True)
+    log.info("stopped")
+    return 0
+
+
+def run_prepare(regions: list[str] | None, vpcs: list[str] | None) -> int:
+    setup_logging("text", "WARNING")
+    from playbooks.service import client_pool, prepare_isolation
+
+    regions = regions or RegionSettings().regions
+    rows = prepare_isolation(client_pool(), regions, vpcs)
+    for row in rows:
+        made = f" (created {', '.join(row['created'])})" if row["created"] else " (existed)"
+        print(f"{row['region']} {row['vpc_id']} cordon-open={row['open']} "
+              f"cordon-sealed={row['sealed']}{made}")
+    if not rows:
+        print("no VPC found", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""Every Slack text and Block Kit layout Cordon sends, built with slack_sdk's models so
+that Slack's limits are checked. Anything that came from a person or from AWS is
+escaped before it is shown."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from slack_sdk.models.blocks import (
+    ActionsBlock,
+    Block,
+    ButtonElement,
+    ContextBlock,
+    DividerBlock,
+    HeaderBlock,
+    MarkdownTextObject,
+    SectionBlock,
+)
+
+from bot.ids import ActionId
+from bot.text import escape
+from playbooks.catalogue import PLAYBOOKS, Playbook, step_descriptions
+from playbooks.service import IncidentReport
+from playbooks.store import (
+    APPROVED,
+    CONTAINED,
+    DENIED,
+    EXPIRED,
+    FAILED,
+    PARTIAL,
+    PENDING,
+    RUNNING,
+    Incident,
+    StepRecord,
+)
+
+STATUS_ICON = {
+    PENDING: "⏳", APPROVED: "▶️", RUNNING: "▶️", CONTAINED: "🔒", PARTIAL: "⚠️",
+    FAILED: "❌", DENIED: "⛔", EXPIRED: "⌛",
+}
+STEP_ICON = {"succeeded": "✅", "skipped": "✅", "failed": "❌", "not-run": "⏭️",
+             "running": "▶️", "pending": "·"}
+
+
+def slack_date(when: datetime) -> str:
+    """A date every reader sees in their own time zone."""
+    epoch = int(when.replace(tzinfo=UTC).timestamp())
+    fallback = when.strftime("%Y-%m-%d %H:%M UTC")
+    return f"<!date^{epoch}^{{date_short_pretty}} {{time}}|{fallback}>"
+
+
+def _mrkdwn(text: str) -> MarkdownTextObject:
+    return MarkdownTextObject(text=text[:3000])
+
+
+def _section(text: str) -> SectionBlock:
+    return SectionBlock(text=_mrkdwn(text))
+
+
+def _dicts(blocks: list[Block]) -> list[dict[str, Any]]:
+    return [b.to_dict() for b in blocks]
+
+
+def _duration(ms: int | None) -> str:
+    if ms is None:
+        return ""
+    return f"{ms / 1000:.1f} s" if ms >= 100 else f"{ms} ms"
+
+
+# approval card -------------------------------------------------------------------------
+
+
+def describe_eni(eni: dict[str, Any]) -> str:
+    groups = ", ".join(
+        f"`{escape(g['id'])}` ({escape(g['name'])})" if g.get("name") else f"`{escape(g['id'])}`"
+        for g in eni.get("groups", [])
+    ) or "no groups"
+    return f"• `{escape(eni['id'])}` {escape(eni.get('private_ip', ''))} — {groups}"
+
+
+def _playbook_lines(playbook: Playbook) -> str:
+    lines = []
+    for n, (name, desc) in enumerate(step_descriptions(playbook), 1):
+        lines.append(f"{n}. `{name}` — {escape(desc)}")
+    return "\n".join(lines)
+
+
+def _status_line(incident: Incident) -> str:
+    icon = STATUS_ICON.get(incident.status, "")
+    who = f"<@{incident.decided_by}>" if incident.decided_by else ""
+    when = slack_date(incident.decided_at) if incident.decided_at else ""
+    if incident.status == PENDING:
+        return f"{icon} *Waiting for approval* — expires {slack_date(incident.expires_at)}"
+    if incident.status == DENIED:
+        return f"{icon} *Denied* by {who} at {when}. Nothing was changed."
+    if incident.status == EXPIRED:
+        return (f"{icon} *Expired* at {slack_date(incident.expires_at)} without a decision. "
+                "Nothing was changed.")
+    line = f"✅ *Approved* by {who} at {when}"
+    if incident.status in (APPROVED, RUNNING):
+        return line + f"\n{icon} *Running* `{incident.playbook}` — see the thread"
+    final = {CONTAINED: "Contained", PARTIAL: "Partially contained", FAILED: "Failed"}
+    return (line + f"\n{icon} *{final.get(incident.status, incident.status)}* — "
+            f"{escape(incident.summary)}")
+
+
+def render_card(incident: Incident) -> tuple[str, list[dict[str, Any]]]:
+    """The approval card, rendered from the store; the same function renders every
+    later state of it (decided, running, final)."""
+    f = incident.facts or {}
+    playbook = PLAYBOOKS[incident.playbook]
+    name = escape(f.get("name") or "(no Name tag)")
+    blocks: list[Block] = [
+        HeaderBlock(text=f"Containment request {incident.id}"),
+        _section(f"*{name}* `{escape(incident.target_id)}` — "
+                 f"{escape(f.get('state', '?'))}, {escape(f.get('type', '?'))}"),
+        SectionBlock(fields=[
+            _mrkdwn(f"*Account*\n{escape(f.get('account') or '?')}"),
+            _mrkdwn(f"*Region*\n{escape(incident.region)}"),
+            _mrkdwn(f"*VPC / subnet*\n`{escape(f.get('vpc_id', '?'))}` / "
+                    f"`{escape(f.get('subnet_id', '?'))}`"),
+            _mrkdwn(f"*Instance profile*\n{escape(f.get('instance_profile') or 'none')}"),
+            _mrkdwn(f"*Auto Scaling group*\n{escape(f.get('asg') or 'none')}"),
+            _mrkdwn(f"*Requested by*\n<@{incident.requester}>"),
+        ]),
+        _section("*Network interfaces*\n" + "\n".join(describe_eni(e) for e in f.get("enis", []))),
+        _section(f"*Reason*\n{escape(incident.reason) or '_(none given)_'}"),
+        _section(f"*Playbook `{playbook.name}`* — {escape(playbook.summary)}\n"
+                 + _playbook_lines(playbook)),
+        DividerBlock(),
+        _section(_status_line(incident)),
+    ]
+    if incident.status == PENDING:
+        value = json.dumps({"incident_id": incident.id})
+        blocks.append(ActionsBlock(block_id="decision", elements=[
+            ButtonElement(text="Approve", action_id=ActionId.APPROVE.value, value=value,
+                          style="primary"),
+            ButtonElement(text="Deny", action_id=ActionId.DENY.value, value=value,
+                          style="danger"),
+        ]))
+        blocks.append(ContextBlock(elements=[_mrkdwn(
+            "Only on-call approvers may decide; nobody approves their own request.")]))
+    text = (f"Containment request {incident.id}: {incident.target_id} "
+            f"({incident.playbook}) — {incident.status}")
+    return text, _dicts(blocks)
+
+
+# thread ------------------------------------------------------------------------------
+
+
+def render_run_started(incident: Incident, resumed: bool) -> str:
+    playbook = PLAYBOOKS[incident.playbook]
+    if resumed:
+        return (f"▶️ Resuming `{playbook.name}` on `{incident.target_id}` after an "
+                "interruption; finished steps are skipped.")
+    return (f"▶️ Approved by <@{incident.decided_by}>. Running `{playbook.name}` on "
+            f"`{incident.target_id}`: {len(playbook.steps)} steps.")
+
+
+def render_step(step: StepRecord) -> str:
+    icon = STEP_ICON.get(step.status, "")
+    took = f" ({_duration(step.duration_ms)})" if step.duration_ms is not None else ""
+    if step.status == "failed":
+        line = f"{icon} *{step.name}* failed — `{escape(step.error_code or '?')}`: " \
+               f"{escape(step.error_message or '')}"
+        line += f"\nDone before the failure: {escape(step.summary)}" if step.summary else \
+            "\nNothing was changed by this step."
+        return line + took
+    verified = (step.details or {}).get("verified")
+    line = f"{icon} *{step.name}* — {escape(step.summary)}{took}"
+    if verified:
+        line += f"\n_verified: {escape(str(verified))}_"
+    return line
+
+
+def render_run_finished(incident: Incident) -> str:
+    icon = STATUS_ICON.get(incident.status, "")
+    return f"{icon} *{incident.status.capitalize()}* — {escape(incident.summary)}"
+
+
+# status and help ---------------------------------------------------------------------
+
+
+def render_status_list(incidents: list[Incident]) -> str:
+    if not incidents:
+        return "No incidents yet."
+    lines = ["*Recent incidents*"]
+    for i in incidents:
+        lines.append(f"{STATUS_ICON.get(i.status, '')} `{i.id}` `{i.target_id}` "
+                     f"{i.playbook} — *{i.status}* — asked by <@{i.requester}> "
+                     f"{slack_date(i.created_at)}")
+    return "\n".join(lines)
+
+
+def render_status_detail(report: IncidentReport) -> str:
+    i = report.incident
+    lines = [
+        f"{STATUS_ICON.get(i.status, '')} *{i.id}* `{i.target_id}` ({escape(i.region)}) — "
+        f"playbook `{i.playbook}` — *{i.status}*",
+        f"Asked by <@{i.requester}> at {slack_date(i.created_at)}: "
+        f"{escape(i.reason) or '_(no reason)_'}",
+    ]
+    for d in report.decisions:
+        lines.append(f"• <@{d.user_id}> {d.action} at {slack_date(d.at)} — {escape(d.outcome)}")
+    for s in report.steps:
+        took = f" ({_duration(s.duration_ms)})" if s.duration_ms is not None else ""
+        err = f" `{escape(s.error_code)}`" if s.error_code else ""
+        lines.append(f"{STEP_ICON.get(s.status, '')} {s.name} — {s.status}{err}{took}")
+    if i.summary:
+        lines.append(f"Summary: {escape(i.summary)}")
+    return "\n".join(lines)
+
+
+def render_help() -> str:
+    names = ", ".join(f"`{p.name}` ({escape(p.summary)})" for p in PLAYBOOKS.values())
+    return "\n".join([
+        "*Cordon — contain a compromised AWS instance, with approval and a timeline*",
+        "`/contain <instance-id> [playbook] [region=R] [account=A] [reason…]` — ask to contain",
+        "  e.g. `/contain i-0abc123def4567890 isolate suspected crypto-miner`",
+        "  e.g. `/contain i-0abc123def4567890 region=eu-west-1 outbound to known C2`",
+        "`/contain status [instance-id|incident-id]` — what happened, who did what, when",
+        "  e.g. `/contain status CRD-7Q2M4K`",
+        "`/contain help` — this text",
+        f"Playbooks: {names}.",
+        "An on-call approver (not the requester) must press *Approve* on the card.",
+    ])
+
+
+def render_error(message: str) -> str:
+    return f"⚠️ {message}"

@@ -1,0 +1,126 @@
+"""`/contain` grammar: the text a person typed → a typed command, or BadInput with a
+short explanation of what was wrong and what to type instead."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Literal
+
+from pydantic import BaseModel
+
+from bot.text import escape
+from playbooks.catalogue import DEFAULT_PLAYBOOK, PLAYBOOKS
+from playbooks.errors import BadInput
+
+INSTANCE_ID = re.compile(r"^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
+INCIDENT_ID = re.compile(r"^CRD-[A-Z0-9]{6}$")
+REGION = re.compile(r"^[a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-\d$")
+ACCOUNT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+OPTION = re.compile(r"^([a-z_]+)=(.*)$")
+OPTIONS = ("region", "account", "playbook")
+MAX_REASON = 500
+
+USAGE = "`/contain i-0abc123def4567890 [playbook] [region=R] reason…` — or `/contain help`"
+
+
+class HelpCommand(BaseModel):
+    verb: Literal["help"] = "help"
+
+
+class StatusCommand(BaseModel):
+    verb: Literal["status"] = "status"
+    query: str | None = None
+
+
+class ContainCommand(BaseModel):
+    verb: Literal["contain"] = "contain"
+    instance_id: str
+    playbook: str = DEFAULT_PLAYBOOK
+    region: str | None = None
+    account: str | None = None
+    reason: str = ""
+
+
+Command = HelpCommand | StatusCommand | ContainCommand
+
+
+def parse(text: str) -> Command:
+    tokens = text.split()
+    if not tokens or tokens[0].lower() in ("help", "-h", "--help", "?"):
+        return HelpCommand()
+    verb = tokens[0].lower()
+    if verb == "status":
+        return _status(tokens[1:])
+    if verb in ("release", "key"):
+        raise BadInput(f"`/contain {verb}` is not available in this version of Cordon. "
+                       "See `/contain help`.")
+    if INSTANCE_ID.match(verb):
+        return _contain(verb, tokens[1:])
+    if verb.startswith("i-"):
+        raise BadInput(f"`{escape(tokens[0])}` is not an instance id: it is `i-` and 8 or 17 "
+                       f"hex digits, e.g. `i-0abc123def4567890`. Usage: {USAGE}")
+    raise BadInput(f"I expected an instance id (`i-…`) or one of `status`, `help`; "
+                   f"got `{escape(_clip(tokens[0]))}`. Usage: {USAGE}")
+
+
+def _status(args: list[str]) -> StatusCommand:
+    if not args:
+        return StatusCommand()
+    if len(args) == 1:
+        query = args[0]
+        if INSTANCE_ID.match(query.lower()):
+            return StatusCommand(query=query.lower())
+        if INCIDENT_ID.match(query.upper()):
+            return StatusCommand(query=query.upper())
+    raise BadInput("`/contain status` takes nothing, an instance id (`i-…`) or an incident "
+                   f"id (`CRD-…`); got `{escape(_clip(' '.join(args)))}`.")
+
+
+def _contain(instance_id: str, args: list[str]) -> ContainCommand:
+    fields: dict[str, str] = {}
+    rest = list(args)
+    if rest and rest[0].lower() in PLAYBOOKS:
+        fields["playbook"] = rest.pop(0).lower()
+    elif rest and _looks_like_playbook(rest[0], alone=len(rest) == 1):
+        hint = " A reason takes more than one word." if len(rest) == 1 else ""
+        raise BadInput(_unknown_playbook(rest[0]) + hint)
+    while rest and (m := OPTION.match(rest[0])):
+        key, value = m.group(1), m.group(2)
+        if key not in OPTIONS:
+            raise BadInput(f"unknown option `{escape(_clip(key))}=`; options are "
+                           + ", ".join(f"`{o}=`" for o in OPTIONS) + ".")
+        if key in fields:
+            raise BadInput(f"`{key}=` is given twice.")
+        fields[key] = value
+        rest.pop(0)
+    if "playbook" in fields and fields["playbook"] not in PLAYBOOKS:
+        raise BadInput(_unknown_playbook(fields["playbook"]))
+    if "region" in fields and not REGION.match(fields["region"]):
+        raise BadInput(f"`{escape(_clip(fields['region']))}` is not an AWS region name "
+                       "(e.g. `eu-west-1`).")
+    if "account" in fields and not ACCOUNT.match(fields["account"]):
+        raise BadInput(f"`{escape(_clip(fields['account']))}` is not an account name or id.")
+    reason = " ".join(rest)
+    if len(reason) > MAX_REASON:
+        raise BadInput(f"the reason is {len(reason)} characters; keep it under {MAX_REASON}.")
+    return ContainCommand(instance_id=instance_id, reason=reason, **fields)
+
+
+def _looks_like_playbook(word: str, alone: bool) -> bool:
+    word = word.lower()
+    if difflib.get_close_matches(word, list(PLAYBOOKS), n=1, cutoff=0.75):
+        return True
+    # A lone lower-case word after the id is meant as a playbook, not as a reason.
+    return alone and re.fullmatch(r"[a-z][a-z0-9-]{1,20}", word) is not None
+
+
+def _unknown_playbook(word: str) -> str:
+    names = ", ".join(f"`{n}`" for n in PLAYBOOKS)
+    close = difflib.get_close_matches(word.lower(), list(PLAYBOOKS), n=1, cutoff=0.6)
+    hint = f" Did you mean `{close[0]}`?" if close else ""
+    return f"unknown playbook `{escape(_clip(word))}`.{hint} Playbooks: {names}."
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

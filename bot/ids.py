@@ -1,0 +1,13 @@
+"""Identifiers Slack sends back to us."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ActionId(StrEnum):
+    APPROVE = "cordon_approve"
+    DENY = "cordon_deny"
+
+
+COMMAND = "/contain"

@@ -1,0 +1,87 @@
+"""`/contain …`: parse, look up, post the approval card."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from slack_bolt import Ack, App, Respond
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from bot import blocks, grammar
+from bot.ids import COMMAND
+from bot.listeners import replies_errors
+from bot.text import escape
+from playbooks.errors import BadInput, CordonError, TargetNotFound
+from playbooks.service import ContainRequest
+
+if TYPE_CHECKING:
+    from bot.wiring import Deps
+
+
+def register(app: App, deps: Deps) -> None:
+    def ack_contain(ack: Ack, command: dict[str, Any]) -> None:
+        try:
+            cmd = grammar.parse(command.get("text", ""))
+        except BadInput as exc:
+            ack(text=blocks.render_error(str(exc)))
+            return
+        if isinstance(cmd, grammar.HelpCommand):
+            ack(text=blocks.render_help())
+        elif isinstance(cmd, grammar.ContainCommand):
+            ack(text=f"🔎 Looking up `{cmd.instance_id}`…")
+        else:
+            ack()
+
+    @replies_errors
+    def process_contain(respond: Respond, command: dict[str, Any], client: WebClient) -> None:
+        try:
+            cmd = grammar.parse(command.get("text", ""))
+        except CordonError:
+            return  # already answered in the ack
+        if isinstance(cmd, grammar.StatusCommand):
+            respond(text=status_text(deps, cmd), response_type="ephemeral")
+        elif isinstance(cmd, grammar.ContainCommand):
+            open_containment(deps, cmd, command, client)
+
+    app.command(COMMAND)(ack=ack_contain, lazy=[process_contain])
+
+
+def status_text(deps: Deps, cmd: grammar.StatusCommand) -> str:
+    if cmd.query is None:
+        return blocks.render_status_list(deps.cordon.recent())
+    if cmd.query.startswith("CRD-"):
+        return blocks.render_status_detail(deps.cordon.report(cmd.query))
+    reports = deps.cordon.reports_for_target(cmd.query)
+    if not reports:
+        return f"No incidents for `{escape(cmd.query)}`."
+    return "\n\n".join(blocks.render_status_detail(r) for r in reports)
+
+
+def open_containment(deps: Deps, cmd: grammar.ContainCommand, command: dict[str, Any],
+                     client: WebClient) -> None:
+    facts = deps.cordon.lookup_instance(cmd.instance_id, cmd.region)
+    if cmd.account and cmd.account != facts.get("account"):
+        raise TargetNotFound(f"`{cmd.instance_id}` is in account {facts.get('account')}, "
+                             f"not `{escape(cmd.account)}`")
+    request = ContainRequest(
+        instance_id=cmd.instance_id,
+        playbook=cmd.playbook,
+        reason=cmd.reason,
+        requester=command["user_id"],
+        channel_id=command["channel_id"],
+        region=cmd.region,
+    )
+    incident = deps.cordon.open_request(request, facts)
+    text, card = blocks.render_card(incident)
+    try:
+        resp = client.chat_postMessage(channel=request.channel_id, text=text, blocks=card,
+                                       unfurl_links=False)
+    except SlackApiError as exc:
+        deps.cordon.card_failed(incident.id)
+        error = exc.response.get("error")
+        hint = " Invite the Cordon app to this channel first." if error in (
+            "not_in_channel", "channel_not_found") else ""
+        raise BadInput(f"could not post the approval card (`{error}`).{hint} "
+                       "Nothing was changed.") from exc
+    deps.cordon.card_posted(incident.id, request.channel_id, str(resp["ts"]))

@@ -1,0 +1,226 @@
+"""A local stand-in for Slack's Web API, over real HTTP. It keeps channels, threads,
+ephemeral replies and every call, so that the sandbox can print a transcript and the
+tests can assert what a person in the channel would see."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+
+@dataclass
+class Message:
+    channel: str
+    ts: str
+    text: str
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+    thread_ts: str | None = None
+    user: str = "UCORDONBOT"
+    edits: int = 0
+
+
+@dataclass
+class Ephemeral:
+    text: str
+    via: str  # "response_url" or "chat.postEphemeral"
+    user: str | None = None
+    channel: str | None = None
+
+
+class FakeSlack:
+    BOT_USER = "UCORDONBOT"
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.lock = threading.RLock()
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.messages: list[Message] = []
+        self.ephemerals: list[Ephemeral] = []
+        self.usergroups: dict[str, list[str]] = {}
+        self.not_in: set[str] = set()  # channels the bot was not invited to
+        self.failures: dict[str, list[str]] = {}  # method → errors to answer next
+        self.response_owners: dict[str, str | None] = {}
+        self._ts = itertools.count(1)
+        self._response_urls = itertools.count(1)
+        self.httpd = ThreadingHTTPServer((host, port), self._handler())
+        self.httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True,
+                                        name="fake-slack")
+
+    # lifecycle ----------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    @property
+    def api_url(self) -> str:
+        return self.url + "/api/"
+
+    def start(self) -> FakeSlack:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.calls.clear()
+            self.messages.clear()
+            self.ephemerals.clear()
+            self.usergroups.clear()
+            self.not_in.clear()
+            self.failures.clear()
+
+    def new_response_url(self, user: str | None = None) -> str:
+        path = f"/response/{next(self._response_urls)}"
+        with self.lock:
+            self.response_owners[path] = user
+        return self.url + path
+
+    def fail_next(self, method: str, error: str, times: int = 1) -> None:
+        with self.lock:
+            self.failures.setdefault(method, []).extend([error] * times)
+
+    # what a person sees ---------------------------------------------------------------
+
+    def channel_messages(self, channel: str) -> list[Message]:
+        with self.lock:
+            return [m for m in self.messages if m.channel == channel and m.thread_ts is None]
+
+    def thread(self, channel: str, ts: str) -> list[Message]:
+        with self.lock:
+            return [m for m in self.messages if m.channel == channel and m.thread_ts == ts]
+
+    def message(self, channel: str, ts: str) -> Message | None:
+        with self.lock:
+            return next((m for m in self.messages if m.channel == channel and m.ts == ts), None)
+
+    def ephemerals_for(self, user: str) -> list[str]:
+        with self.lock:
+            return [e.text for e in self.ephemerals if e.user == user]
+
+    def calls_to(self, method: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [args for name, args in self.calls if name == method]
+
+    # the API ------------------------------------------------------------------------
+
+    def _next_ts(self) -> str:
+        return f"{int(time.time())}.{next(self._ts):06d}"
+
+    def handle(self, method: str, args: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            self.calls.append((method, args))
+            pending = self.failures.get(method)
+            if pending:
+                return {"ok": False, "error": pending.pop(0)}
+            handler = getattr(self, "api_" + method.replace(".", "_"), None)
+            if handler is None:
+                return {"ok": False, "error": "unknown_method"}
+            return handler(args)  # type: ignore[no-any-return]
+
+    def api_auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "url": "https://sandbox.slack.local/", "team": "Sandbox",
+                "user": "cordon", "team_id": "T0SANDBOX", "user_id": self.BOT_USER,
+                "bot_id": "B0CORDON"}
+
+    def _blocks(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        blocks = args.get("blocks") or []
+        return json.loads(blocks) if isinstance(blocks, str) else list(blocks)
+
+    def api_chat_postMessage(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = args.get("channel", "")
+        if channel in self.not_in:
+            return {"ok": False, "error": "not_in_channel"}
+        if not args.get("text") and not args.get("blocks"):
+            return {"ok": False, "error": "no_text"}
+        thread_ts = args.get("thread_ts")
+        if thread_ts and self.message(channel, thread_ts) is None:
+            return {"ok": False, "error": "thread_not_found"}
+        msg = Message(channel=channel, ts=self._next_ts(), text=args.get("text", ""),
+                      blocks=self._blocks(args), thread_ts=thread_ts)
+        self.messages.append(msg)
+        return {"ok": True, "channel": channel, "ts": msg.ts,
+                "message": {"text": msg.text, "ts": msg.ts}}
+
+    def api_chat_update(self, args: dict[str, Any]) -> dict[str, Any]:
+        msg = self.message(args.get("channel", ""), args.get("ts", ""))
+        if msg is None:
+            return {"ok": False, "error": "message_not_found"}
+        msg.text = args.get("text", msg.text)
+        if "blocks" in args:
+            msg.blocks = self._blocks(args)
+        msg.edits += 1
+        return {"ok": True, "channel": msg.channel, "ts": msg.ts}
+
+    def api_chat_postEphemeral(self, args: dict[str, Any]) -> dict[str, Any]:
+        self.ephemerals.append(Ephemeral(text=args.get("text", ""), via="chat.postEphemeral",
+                                         user=args.get("user"), channel=args.get("channel")))
+        return {"ok": True, "message_ts": self._next_ts()}
+
+    def api_usergroups_users_list(self, args: dict[str, Any]) -> dict[str, Any]:
+        group = args.get("usergroup", "")
+        if group not in self.usergroups:
+            return {"ok": False, "error": "no_such_subteam"}
+        return {"ok": True, "users": list(self.usergroups[group])}
+
+    def response_url(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            self.calls.append(("response_url", {"path": path, **payload}))
+            if payload.get("response_type") == "in_channel":
+                return {"ok": False, "error": "not_supported_here"}
+            self.ephemerals.append(Ephemeral(text=payload.get("text", ""), via="response_url",
+                                             user=self.response_owners.get(path)))
+            return {"ok": True}
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def _read(self) -> dict[str, Any]:
+                parts = urlsplit(self.path)
+                args: dict[str, Any] = dict(parse_qsl(parts.query))
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length).decode() if length else ""
+                if raw:
+                    if "json" in (self.headers.get("Content-Type") or ""):
+                        args.update(json.loads(raw))
+                    else:
+                        args.update(dict(parse_qsl(raw)))
+                return args
+
+            def _reply(self, payload: dict[str, Any]) -> None:
+                body = json.dumps(payload).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _dispatch(self) -> None:
+                path = urlsplit(self.path).path
+                args = self._read()
+                if path.startswith("/api/"):
+                    self._reply(fake.handle(path[len("/api/"):], args))
+                elif path.startswith("/response/"):
+                    self._reply(fake.response_url(path, args))
+                else:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+
+            do_GET = _dispatch
+            do_POST = _dispatch
+
+        return Handler

@@ -1,0 +1,62 @@
+"""Starts the parts the sandbox (and the end-to-end tests) drive: a fake Slack Web
+API, the bot's real HTTP endpoint with signature verification, and the bot's
+worker, all wired exactly as `serve` wires them."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bot.sandbox.fake_slack import FakeSlack
+from bot.sandbox.signed import SignedSlack
+from bot.server import SlackHTTPServer
+from bot.settings import Settings, load_settings
+from bot.wiring import Deps, build_app, build_deps
+
+
+@dataclass
+class RunningBot:
+    settings: Settings
+    deps: Deps
+    server: SlackHTTPServer
+    slack: SignedSlack
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.deps.worker.shutdown(wait=True)
+        self.deps.store.engine.dispose()
+
+
+def start_bot(fake: FakeSlack, database_url: str, approvers: str = "S0ONCALL",
+              regions: str = "us-east-1", session_factory: Callable[[], Any] | None = None,
+              **overrides: Any) -> RunningBot:
+    secret = secrets.token_hex(16)
+    settings = load_settings(
+        SLACK_BOT_TOKEN="xoxb-sandbox",
+        SLACK_SIGNING_SECRET=secret,
+        SLACK_API_URL=fake.api_url,
+        CORDON_APPROVERS=approvers,
+        CORDON_DATABASE_URL=database_url,
+        CORDON_REGIONS=regions,
+        **overrides,
+    )
+    deps = build_deps(settings, session_factory)
+    app = build_app(settings, deps)
+    server = SlackHTTPServer(app, "127.0.0.1", 0, deps.store.ping)
+    server.start()
+    slack = SignedSlack(server.url + "/slack/events", secret, fake)
+    return RunningBot(settings, deps, server, slack)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, every: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        time.sleep(every)

@@ -1,0 +1,107 @@
+"""Every setting, from the environment or `.env` (see `.env.example`)."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Annotated
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smh]?)\s*$")
+
+
+def parse_duration(value: object) -> int:
+    """Seconds from `1800`, `90s`, `30m` or `2h`."""
+    if isinstance(value, int):
+        return value
+    m = _DURATION.match(str(value))
+    if not m:
+        raise ValueError(f"not a duration: {value!r} (use e.g. 1800, 30m, 2h)")
+    return int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+def _split(value: object) -> list[str]:
+    if isinstance(value, list):
+        return [str(v).strip() for v in value if str(v).strip()]
+    return [part.strip() for part in str(value or "").split(",") if part.strip()]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    slack_bot_token: str = Field(alias="SLACK_BOT_TOKEN", min_length=1)
+    slack_signing_secret: str = Field(alias="SLACK_SIGNING_SECRET", min_length=1)
+    slack_app_token: str | None = Field(default=None, alias="SLACK_APP_TOKEN")
+    slack_api_url: str | None = Field(default=None, alias="SLACK_API_URL")
+
+    approvers: Annotated[list[str], NoDecode] = Field(default_factory=list,
+                                                      alias="CORDON_APPROVERS")
+    database_url: str = Field(default="sqlite:///cordon.db", alias="CORDON_DATABASE_URL")
+    regions: Annotated[list[str], NoDecode] = Field(default_factory=list, alias="CORDON_REGIONS",
+                                                    validate_default=True)
+    accounts: str = Field(default="", alias="CORDON_ACCOUNTS")
+    approval_ttl: int = Field(default=1800, alias="CORDON_APPROVAL_TTL")
+    sweep_interval: int = Field(default=15, alias="CORDON_SWEEP_INTERVAL")
+    usergroup_cache_ttl: int = Field(default=60, alias="CORDON_USERGROUP_CACHE_TTL")
+    workers: int = Field(default=4, alias="CORDON_WORKERS", ge=1, le=64)
+    log_format: str = Field(default="json", alias="CORDON_LOG_FORMAT")
+    log_level: str = Field(default="INFO", alias="CORDON_LOG_LEVEL")
+
+    port: int = Field(default=3000, alias="PORT")
+
+    @field_validator("approvers", mode="before")
+    @classmethod
+    def _approvers(cls, value: object) -> list[str]:
+        ids = _split(value)
+        bad = [i for i in ids if not re.fullmatch(r"[US][A-Z0-9]{2,}", i)]
+        if bad:
+            raise ValueError(f"not Slack user (U…) or user-group (S…) IDs: {', '.join(bad)}")
+        return ids
+
+    @field_validator("regions", mode="before")
+    @classmethod
+    def _regions(cls, value: object) -> list[str]:
+        regions = _split(value)
+        if not regions:
+            regions = [os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+                       or "us-east-1"]
+        return regions
+
+    @field_validator("approval_ttl", "sweep_interval", "usergroup_cache_ttl", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> int:
+        return parse_duration(value)
+
+
+class RegionSettings(BaseSettings):
+    """Only what `prepare` needs: no Slack."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    regions: Annotated[list[str], NoDecode] = Field(default_factory=list, alias="CORDON_REGIONS",
+                                                    validate_default=True)
+
+    @field_validator("regions", mode="before")
+    @classmethod
+    def _regions(cls, value: object) -> list[str]:
+        return Settings._regions(value)
+
+
+class SettingsError(Exception):
+    """One clear line about what is missing or wrong."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = str(err["loc"][0]) if err["loc"] else "?"
+            if err["type"] == "missing":
+                problems.append(f"{name} is not set")
+            else:
+                problems.append(f"{name}: {err['msg']}")
+        raise SettingsError("cordon: " + "; ".join(problems) + " (see .env.example)") from None

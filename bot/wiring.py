@@ -1,0 +1,69 @@
+"""The composition root: settings in, a running Cordon out. Nothing is created at
+import time; tests, the sandbox and `serve` all build through here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from slack_bolt import App
+from slack_sdk import WebClient
+
+from bot.approvers import ApproverPolicy
+from bot.listeners import actions, commands
+from bot.notifier import SlackTimeline
+from bot.settings import Settings
+from playbooks.runner import Runner, Worker
+from playbooks.service import Cordon, client_pool
+from playbooks.store import Store
+
+log = logging.getLogger("cordon")
+
+
+@dataclass
+class Deps:
+    cordon: Cordon
+    approvers: ApproverPolicy
+    timeline: SlackTimeline
+    client: WebClient
+    store: Store
+    worker: Worker
+
+
+def make_web_client(settings: Settings) -> WebClient:
+    kwargs: dict[str, Any] = {"token": settings.slack_bot_token}
+    if settings.slack_api_url:
+        kwargs["base_url"] = settings.slack_api_url.rstrip("/") + "/"
+    return WebClient(**kwargs)
+
+
+def build_deps(settings: Settings, session_factory: Callable[[], Any] | None = None) -> Deps:
+    store = Store.from_url(settings.database_url)
+    pool = client_pool(session_factory)
+    client = make_web_client(settings)
+    timeline = SlackTimeline(store, client)
+    runner = Runner(store, pool.for_region, timeline)
+    worker = Worker(runner, max_workers=settings.workers)
+    cordon = Cordon(store, pool.for_region, settings.regions, settings.approval_ttl, worker)
+    approvers = ApproverPolicy(settings.approvers, client, settings.usergroup_cache_ttl)
+    return Deps(cordon=cordon, approvers=approvers, timeline=timeline, client=client,
+                store=store, worker=worker)
+
+
+def build_app(settings: Settings, deps: Deps) -> App:
+    app = App(
+        client=deps.client,
+        signing_secret=settings.slack_signing_secret,
+        process_before_response=False,
+    )
+    commands.register(app, deps)
+    actions.register(app, deps)
+
+    @app.error
+    def on_error(error: Exception, body: dict[str, Any]) -> None:
+        log.error("unhandled listener error", exc_info=error,
+                  extra={"type": body.get("type") or body.get("command")})
+
+    return app

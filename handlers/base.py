@@ -1,0 +1,108 @@
+"""The step protocol: an action declares its name, its IAM permissions, and
+check / capture / apply / verify / undo. Actions register by kebab-case name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from handlers.aws import Clients
+
+
+class StepFailed(Exception):
+    """An action could not reach its target state. `code` is the AWS error code
+    (or a Cordon code such as VerificationFailed); `done` says what was changed."""
+
+    def __init__(self, code: str, message: str, done: str = "") -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.done = done
+
+
+class VerificationFailed(StepFailed):
+    def __init__(self, message: str, done: str = "") -> None:
+        super().__init__("VerificationFailed", message, done)
+
+
+@dataclass
+class Target:
+    """What a step acts on, and the facts looked up when the request was made."""
+
+    kind: str
+    resource_id: str
+    region: str
+    account: str | None
+    incident_id: str
+    facts: dict[str, Any] = field(default_factory=dict)
+    requester: str = ""
+    approver: str = ""
+    reason: str = ""
+
+
+@dataclass
+class StepContext:
+    target: Target
+    clients: Clients
+    # Per-step memo, so that check() and capture() share one describe round trip.
+    memo: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    """What apply() changed, in one line for the thread, plus details for the store."""
+
+    summary: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Action:
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    permissions: ClassVar[tuple[str, ...]] = ()
+    reversible: ClassVar[bool] = True
+
+    def check(self, ctx: StepContext) -> bool:
+        """True when the target is already in the state apply() would bring about."""
+        raise NotImplementedError
+
+    def capture(self, ctx: StepContext) -> dict[str, Any]:
+        """The prior state apply() is about to change (saved before apply runs)."""
+        raise NotImplementedError
+
+    def apply(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
+        raise NotImplementedError
+
+    def verify(self, ctx: StepContext, captured: dict[str, Any], outcome: Outcome) -> str:
+        """Describe again; raise VerificationFailed on mismatch; return what was seen."""
+        raise NotImplementedError
+
+    def undo(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
+        raise NotImplementedError
+
+
+ACTIONS: dict[str, type[Action]] = {}
+
+
+def register(cls: type[Action]) -> type[Action]:
+    if not cls.name or cls.name in ACTIONS:
+        raise ValueError(f"action name missing or taken: {cls.name!r}")
+    if not cls.permissions:
+        raise ValueError(f"action {cls.name} declares no IAM permissions")
+    ACTIONS[cls.name] = cls
+    return cls
+
+
+def get_action(name: str) -> Action:
+    _load_all()
+    return ACTIONS[name]()
+
+
+def all_actions() -> dict[str, type[Action]]:
+    _load_all()
+    return dict(ACTIONS)
+
+
+def _load_all() -> None:
+    # Importing the modules registers their actions.
+    from handlers import isolation, tagging  # noqa: F401

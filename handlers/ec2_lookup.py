@@ -1,0 +1,123 @@
+"""Find an instance across regions and describe what a responder needs to see."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from handlers.aws import AwsError, Clients, both, describe_error, parallel
+
+NOT_FOUND_CODES = {"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"}
+
+
+class TargetNotFound(Exception):
+    def __init__(self, resource_id: str, searched: Sequence[str], errors: dict[str, AwsError]):
+        self.resource_id = resource_id
+        self.searched = list(searched)
+        self.errors = errors
+        super().__init__(f"{resource_id} not found in {', '.join(searched)}")
+
+
+def instance_facts(instance: dict[str, Any], account: str, region: str) -> dict[str, Any]:
+    tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+    enis = []
+    for eni in sorted(
+        instance.get("NetworkInterfaces", []),
+        key=lambda e: e.get("Attachment", {}).get("DeviceIndex", 0),
+    ):
+        enis.append(
+            {
+                "id": eni["NetworkInterfaceId"],
+                "private_ip": eni.get("PrivateIpAddress", ""),
+                "device_index": eni.get("Attachment", {}).get("DeviceIndex", 0),
+                "subnet_id": eni.get("SubnetId", ""),
+                "groups": [
+                    {"id": g["GroupId"], "name": g.get("GroupName", "")}
+                    for g in eni.get("Groups", [])
+                ],
+                "conntrack": eni.get("ConnectionTrackingConfiguration") or {},
+            }
+        )
+    profile = instance.get("IamInstanceProfile") or {}
+    launch = instance.get("LaunchTime")
+    return {
+        "instance_id": instance["InstanceId"],
+        "name": tags.get("Name", ""),
+        "state": instance.get("State", {}).get("Name", "unknown"),
+        "type": instance.get("InstanceType", ""),
+        "account": account,
+        "region": region,
+        "vpc_id": instance.get("VpcId", ""),
+        "subnet_id": instance.get("SubnetId", ""),
+        "private_ip": instance.get("PrivateIpAddress", ""),
+        "enis": enis,
+        "instance_profile": profile.get("Arn"),
+        "launch_time": launch.isoformat() if hasattr(launch, "isoformat") else str(launch or ""),
+        "tags": tags,
+        "asg": tags.get("aws:autoscaling:groupName"),
+    }
+
+
+def describe_instance(clients: Clients, instance_id: str) -> dict[str, Any] | None:
+    """One instance with its reservation's account, or None when it is not in this region."""
+    try:
+        resp = clients.ec2.describe_instances(InstanceIds=[instance_id])
+    except ClientError as exc:
+        if describe_error(exc).code in NOT_FOUND_CODES:
+            return None
+        raise
+    for reservation in resp.get("Reservations", []):
+        for inst in reservation.get("Instances", []):
+            if inst["InstanceId"] == instance_id:
+                inst = dict(inst)
+                inst["_OwnerId"] = reservation.get("OwnerId", "")
+                return inst
+    return None
+
+
+def find_instance(
+    clients_for: Callable[[str], Clients], instance_id: str, regions: Sequence[str]
+) -> dict[str, Any]:
+    """Look the instance up in every region at once; its Auto Scaling group in the same
+    round trip when only one region is searched."""
+    if len(regions) == 1:
+        clients = clients_for(regions[0])
+        inst, asg = both(
+            lambda: describe_instance(clients, instance_id),
+            lambda: _asg_of(clients, instance_id),
+        )
+        if inst is None:
+            raise TargetNotFound(instance_id, regions, {})
+        facts = instance_facts(inst, inst["_OwnerId"], regions[0])
+        facts["asg"] = asg or facts["asg"]
+        return facts
+
+    def one(region: str) -> tuple[str, dict[str, Any] | None, AwsError | None]:
+        try:
+            return region, describe_instance(clients_for(region), instance_id), None
+        except Exception as exc:  # a region that fails must not hide the others
+            return region, None, describe_error(exc)
+
+    results = parallel(one, regions)
+    found = [(region, inst) for region, inst, _ in results if inst is not None]
+    errors = {region: err for region, _, err in results if err is not None}
+    if not found:
+        raise TargetNotFound(instance_id, regions, errors)
+    region, inst = found[0]
+    facts = instance_facts(inst, inst["_OwnerId"], region)
+    facts["asg"] = _asg_of(clients_for(region), instance_id) or facts["asg"]
+    return facts
+
+
+def _asg_of(clients: Clients, instance_id: str) -> str | None:
+    try:
+        resp = clients.autoscaling.describe_auto_scaling_instances(InstanceIds=[instance_id])
+    except ClientError:
+        # Not being allowed to read Auto Scaling must not block a containment request;
+        # the instance's aws:autoscaling:groupName tag still names the group.
+        return None
+    for item in resp.get("AutoScalingInstances", []):
+        return str(item.get("AutoScalingGroupName"))
+    return None

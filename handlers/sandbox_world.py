@@ -1,0 +1,133 @@
+"""A local AWS for the sandbox and the tests: moto's server on 127.0.0.1, seeded with
+a VPC, a "compromised" instance with two ENIs and two security groups, and a
+bystander in the same subnet."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+
+SANDBOX_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+class LocalAws:
+    """moto's server in a thread. boto3 reaches it through AWS_ENDPOINT_URL."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.url = ""
+
+    def start(self) -> LocalAws:
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.url = f"http://{host}:{port}"
+        return self
+
+    def use(self) -> None:
+        """Point this process's boto3 at the local AWS (never at a real account)."""
+        os.environ.update(SANDBOX_ENV)
+        os.environ["AWS_ENDPOINT_URL"] = self.url
+
+    def reset(self) -> None:
+        req = urllib.request.Request(self.url + "/moto-api/reset", method="POST", data=b"")
+        urllib.request.urlopen(req, timeout=10).read()
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+@dataclass
+class World:
+    region: str
+    vpc_id: str
+    subnet_id: str
+    instance_id: str
+    bystander_id: str
+    web_group: str
+    mgmt_group: str
+    second_eni: str
+
+
+def seed(region: str = "us-east-1", session: boto3.session.Session | None = None) -> World:
+    session = session or boto3.session.Session()
+    ec2 = session.client("ec2", region_name=region)
+    iam = session.client("iam", region_name=region)
+    vpc = ec2.create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]
+    ec2.create_tags(Resources=[vpc], Tags=[{"Key": "Name", "Value": "prod"}])
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.20.1.0/24")["Subnet"]["SubnetId"]
+    web = ec2.create_security_group(GroupName="web", Description="web tier", VpcId=vpc)["GroupId"]
+    mgmt = ec2.create_security_group(GroupName="mgmt", Description="ssh from the bastion",
+                                     VpcId=vpc)["GroupId"]
+    ec2.authorize_security_group_ingress(GroupId=web, IpPermissions=[
+        {"IpProtocol": "tcp", "FromPort": 443, "ToPort": 443,
+         "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+    # A tracked connection's rule: a specific source, the kind that survives rule removal.
+    ec2.authorize_security_group_ingress(GroupId=mgmt, IpPermissions=[
+        {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+         "IpRanges": [{"CidrIp": "203.0.113.7/32"}]}])
+    role_doc = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action":
+                "sts:AssumeRole", "Principal": {"Service": "ec2.amazonaws.com"}}]}
+    try:
+        iam.create_role(RoleName="web-prod", AssumeRolePolicyDocument=json.dumps(role_doc))
+        profile = iam.create_instance_profile(InstanceProfileName="web-prod")
+        iam.add_role_to_instance_profile(InstanceProfileName="web-prod", RoleName="web-prod")
+        profile_arn = profile["InstanceProfile"]["Arn"]
+    except iam.exceptions.EntityAlreadyExistsException:
+        profile_arn = iam.get_instance_profile(InstanceProfileName="web-prod")[
+            "InstanceProfile"]["Arn"]
+    image = _an_image(ec2)
+    # Groups are given per network interface, as AWS keeps them. (moto would otherwise
+    # also hold them on the instance and add them back to every ENI it describes.)
+    instance = ec2.run_instances(
+        ImageId=image, MinCount=1, MaxCount=1, InstanceType="t3.large",
+        NetworkInterfaces=[{"DeviceIndex": 0, "SubnetId": subnet, "Groups": [web, mgmt]}],
+        IamInstanceProfile={"Arn": profile_arn},
+        TagSpecifications=[{"ResourceType": "instance",
+                            "Tags": [{"Key": "Name", "Value": "web-prod-3"}]}],
+    )["Instances"][0]["InstanceId"]
+    eni = ec2.create_network_interface(SubnetId=subnet, Groups=[mgmt],
+                                       Description="web-prod-3 admin")["NetworkInterface"]
+    ec2.attach_network_interface(NetworkInterfaceId=eni["NetworkInterfaceId"],
+                                 InstanceId=instance, DeviceIndex=1)
+    bystander = ec2.run_instances(
+        ImageId=image, MinCount=1, MaxCount=1, InstanceType="t3.medium",
+        NetworkInterfaces=[{"DeviceIndex": 0, "SubnetId": subnet, "Groups": [web]}],
+        TagSpecifications=[{"ResourceType": "instance",
+                            "Tags": [{"Key": "Name", "Value": "billing-api-1"}]}],
+    )["Instances"][0]["InstanceId"]
+    return World(region, vpc, subnet, instance, bystander, web, mgmt,
+                 eni["NetworkInterfaceId"])
+
+
+def _an_image(ec2: Any) -> str:
+    images = ec2.describe_images(Owners=["amazon"]).get("Images", [])
+    return str(images[0]["ImageId"]) if images else "ami-12c6146b"
+
+
+def groups_by_eni(instance_id: str, region: str = "us-east-1") -> dict[str, list[str]]:
+    """Each ENI's security groups, as `name (id)`."""
+    ec2 = boto3.session.Session().client("ec2", region_name=region)
+    inst = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    return {
+        e["NetworkInterfaceId"]: [f"{g['GroupName']} ({g['GroupId']})" for g in e["Groups"]]
+        for e in sorted(inst["NetworkInterfaces"],
+                        key=lambda e: e.get("Attachment", {}).get("DeviceIndex", 0))
+    }
+
+
+def group_rules(group_id: str, region: str = "us-east-1") -> tuple[list[Any], list[Any]]:
+    ec2 = boto3.session.Session().client("ec2", region_name=region)
+    g = ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]
+    return g.get("IpPermissions", []), g.get("IpPermissionsEgress", [])

@@ -1,0 +1,91 @@
+"""Tag the instance with the incident, so that everyone who looks at it knows."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from handlers.base import Action, Outcome, StepContext, VerificationFailed, register
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def tag_value(text: str) -> str:
+    """EC2 tag values: at most 256 characters, no control characters."""
+    return _UNSAFE.sub(" ", text).strip()[:256]
+
+
+def incident_tags(ctx: StepContext) -> dict[str, str]:
+    t = ctx.target
+    tags = {
+        "cordon:incident": t.incident_id,
+        "cordon:status": "contained",
+        "cordon:requested-by": t.requester,
+        "cordon:approved-by": t.approver,
+    }
+    if t.reason:
+        tags["cordon:reason"] = tag_value(t.reason)
+    return {k: v for k, v in tags.items() if v}
+
+
+def _current(ctx: StepContext, keys: list[str]) -> dict[str, str]:
+    resp = ctx.clients.ec2.describe_tags(
+        Filters=[
+            {"Name": "resource-id", "Values": [ctx.target.resource_id]},
+            {"Name": "key", "Values": keys},
+        ]
+    )
+    return {t["Key"]: t["Value"] for t in resp.get("Tags", [])}
+
+
+@register
+class TagInstance(Action):
+    name = "tag-instance"
+    description = "tag the instance cordon:incident, cordon:status=contained, who and why"
+    permissions = ("ec2:CreateTags", "ec2:DeleteTags", "ec2:DescribeTags")
+
+    def _observe(self, ctx: StepContext) -> dict[str, str]:
+        if "tags" not in ctx.memo:
+            keys = [*incident_tags(ctx), "cordon:contained-at"]
+            ctx.memo["tags"] = _current(ctx, keys)
+        return ctx.memo["tags"]  # type: ignore[no-any-return]
+
+    def check(self, ctx: StepContext) -> bool:
+        current = self._observe(ctx)
+        return all(current.get(k) == v for k, v in incident_tags(ctx).items())
+
+    def capture(self, ctx: StepContext) -> dict[str, Any]:
+        current = self._observe(ctx)
+        keys = [*incident_tags(ctx), "cordon:contained-at"]
+        return {"tags": {k: current.get(k) for k in keys}}
+
+    def apply(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
+        tags = dict(incident_tags(ctx))
+        tags["cordon:contained-at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        ctx.clients.ec2.create_tags(
+            Resources=[ctx.target.resource_id],
+            Tags=[{"Key": k, "Value": v} for k, v in tags.items()],
+        )
+        return Outcome(
+            f"cordon:incident={ctx.target.incident_id}, cordon:status=contained",
+            {"tags": tags},
+        )
+
+    def verify(self, ctx: StepContext, captured: dict[str, Any], outcome: Outcome) -> str:
+        want = outcome.details["tags"]
+        got = _current(ctx, list(want))
+        wrong = [k for k, v in want.items() if got.get(k) != v]
+        if wrong:
+            raise VerificationFailed(f"tags not set: {', '.join(wrong)}")
+        return f"{len(want)} tags present"
+
+    def undo(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
+        prior: dict[str, str | None] = captured["tags"]
+        restore = [{"Key": k, "Value": v} for k, v in prior.items() if v is not None]
+        remove = [{"Key": k} for k, v in prior.items() if v is None]
+        if restore:
+            ctx.clients.ec2.create_tags(Resources=[ctx.target.resource_id], Tags=restore)
+        if remove:
+            ctx.clients.ec2.delete_tags(Resources=[ctx.target.resource_id], Tags=remove)
+        return Outcome(f"{len(restore)} tags restored, {len(remove)} removed")

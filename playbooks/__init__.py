@@ -1,0 +1,1 @@
+"""Order and state: the playbook catalogue, the runner and the store."""

@@ -1,0 +1,171 @@
+"""The flows the Slack side calls: look up, request, decide, expire, report."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from handlers import ec2_lookup
+from handlers.aws import Clients, ClientPool, describe_error
+from playbooks.catalogue import get_playbook
+from playbooks.errors import (
+    AlreadyDecided,
+    AwsLookupFailed,
+    BadInput,
+    RequestExpired,
+    TargetNotFound,
+    UnknownIncident,
+)
+from playbooks.runner import Worker
+from playbooks.store import DENIED, EXPIRED, PENDING, Decision, Incident, StepRecord, Store, utcnow
+
+log = logging.getLogger("cordon.service")
+
+
+@dataclass(frozen=True)
+class ContainRequest:
+    instance_id: str
+    playbook: str
+    reason: str
+    requester: str
+    channel_id: str
+    region: str | None = None
+
+
+@dataclass(frozen=True)
+class IncidentReport:
+    incident: Incident
+    steps: list[StepRecord]
+    decisions: list[Decision]
+
+
+class Cordon:
+    def __init__(
+        self,
+        store: Store,
+        clients_for: Callable[[str], Clients],
+        regions: Sequence[str],
+        approval_ttl_seconds: int,
+        worker: Worker | None = None,
+    ) -> None:
+        self.store = store
+        self.clients_for = clients_for
+        self.regions = list(regions)
+        self.approval_ttl_seconds = approval_ttl_seconds
+        self.worker = worker
+
+    # requests ----------------------------------------------------------------------
+
+    def lookup_instance(self, instance_id: str, region: str | None = None) -> dict[str, Any]:
+        if region is not None and region not in self.regions:
+            raise BadInput(f"region `{region}` is not configured; "
+                           f"configured: {', '.join(self.regions)}")
+        regions = [region] if region else self.regions
+        try:
+            return ec2_lookup.find_instance(self.clients_for, instance_id, regions)
+        except ec2_lookup.TargetNotFound as exc:
+            where = ", ".join(regions)
+            if exc.errors:
+                errs = "; ".join(f"{r}: {e}" for r, e in exc.errors.items())
+                raise AwsLookupFailed(f"{instance_id} not found in {where} ({errs})") from exc
+            raise TargetNotFound(f"no instance {instance_id} in {where}") from exc
+        except Exception as exc:
+            err = describe_error(exc)
+            raise AwsLookupFailed(f"could not look up {instance_id}: {err}") from exc
+
+    def open_request(self, req: ContainRequest, facts: dict[str, Any]) -> Incident:
+        if get_playbook(req.playbook) is None:
+            raise BadInput(f"unknown playbook `{req.playbook}`")
+        existing = self.store.open_for_target(req.instance_id)
+        if existing is not None:
+            raise BadInput(f"{req.instance_id} already has an open request, "
+                           f"{existing.id} ({existing.status}); see `/contain status "
+                           f"{existing.id}`")
+        incident = self.store.create_incident(
+            ttl_seconds=self.approval_ttl_seconds,
+            kind="instance",
+            target_id=req.instance_id,
+            region=facts["region"],
+            account=facts.get("account", ""),
+            playbook=req.playbook,
+            reason=req.reason,
+            requester=req.requester,
+            channel_id=req.channel_id,
+            facts=facts,
+        )
+        log.info("request opened", extra={"incident": incident.id, "target": req.instance_id,
+                                          "playbook": req.playbook})
+        return incident
+
+    def card_posted(self, incident_id: str, channel_id: str, ts: str) -> None:
+        self.store.set_card(incident_id, channel_id, ts)
+
+    def card_failed(self, incident_id: str) -> None:
+        self.store.delete_incident(incident_id)
+
+    # decisions ---------------------------------------------------------------------
+
+    def get(self, incident_id: str) -> Incident:
+        incident = self.store.get(incident_id)
+        if incident is None:
+            raise UnknownIncident(f"no incident {incident_id}")
+        return incident
+
+    def decide(self, incident_id: str, user_id: str, approve: bool) -> Incident:
+        """pending → approved/denied exactly once; the loser learns what happened."""
+        if self.store.decide(incident_id, user_id, approve):
+            incident = self.get(incident_id)
+            log.info("decided", extra={"incident": incident_id, "by": user_id,
+                                       "decision": incident.status})
+            if approve and self.worker is not None:
+                self.worker.submit(incident_id)
+            return incident
+        incident = self.get(incident_id)
+        if incident.status == PENDING:  # still pending, so the deadline passed
+            raise RequestExpired(f"{incident_id} has expired; nothing was changed")
+        if incident.status == EXPIRED:
+            raise RequestExpired(f"{incident_id} expired; nothing was changed")
+        if incident.status == DENIED:
+            raise AlreadyDecided(f"{incident_id} was already denied by <@{incident.decided_by}>")
+        raise AlreadyDecided(f"{incident_id} was already approved by <@{incident.decided_by}>")
+
+    def refuse(self, incident_id: str, user_id: str, action: str, why: str) -> None:
+        self.store.record_refusal(incident_id, user_id, action, why)
+
+    def expire_due(self) -> list[Incident]:
+        return [i for i in (self.store.get(x) for x in self.store.expire_due()) if i]
+
+    # reports -----------------------------------------------------------------------
+
+    def report(self, incident_id: str) -> IncidentReport:
+        return IncidentReport(self.get(incident_id), self.store.steps(incident_id),
+                              self.store.decisions(incident_id))
+
+    def reports_for_target(self, target_id: str) -> list[IncidentReport]:
+        return [self.report(i.id) for i in self.store.for_target(target_id)]
+
+    def recent(self, limit: int = 10) -> list[Incident]:
+        return self.store.recent(limit)
+
+    def seconds_left(self, incident: Incident) -> int:
+        return max(0, int((incident.expires_at - utcnow()).total_seconds()))
+
+
+def client_pool(session_factory: Callable[[], Any] | None = None) -> ClientPool:
+    """AWS clients for the bot; `session_factory` lets a caller wrap the boto3 session
+    (the benchmarks inject latency this way)."""
+    return ClientPool(session_factory) if session_factory else ClientPool()
+
+
+def prepare_isolation(pool: ClientPool, regions: Sequence[str],
+                      vpc_ids: list[str] | None = None) -> list[dict[str, Any]]:
+    """Create every VPC's isolation groups ahead of an incident."""
+    from handlers.isolation import prepare_vpcs
+
+    results = []
+    for region in regions:
+        for row in prepare_vpcs(pool.for_region(region), vpc_ids):
+            results.append({"region": region, **row})
+    return results

@@ -1,0 +1,369 @@
+"""The database is the source of truth: incidents, decisions, step records (with the
+captured prior state and timings) and the outbox of Slack messages. SQLite by
+default; PostgreSQL for several replicas. Every state change that must happen once
+is a conditional UPDATE whose row count says who won."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+PENDING, APPROVED, RUNNING = "pending", "approved", "running"
+CONTAINED, PARTIAL, FAILED = "contained", "partially contained", "failed"
+DENIED, EXPIRED = "denied", "expired"
+OPEN_STATES = (PENDING, APPROVED, RUNNING)
+FINAL_STATES = (CONTAINED, PARTIAL, FAILED, DENIED, EXPIRED)
+
+_ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+
+
+def utcnow() -> datetime:
+    """Naive UTC: both SQLite and PostgreSQL give back exactly what was stored."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def new_incident_id() -> str:
+    return "CRD-" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(6))
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime()}
+
+
+class Incident(Base):
+    __tablename__ = "incidents"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), default="instance")
+    target_id: Mapped[str] = mapped_column(String(64), index=True)
+    region: Mapped[str] = mapped_column(String(32))
+    account: Mapped[str] = mapped_column(String(32), default="")
+    playbook: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    requester: Mapped[str] = mapped_column(String(32))
+    channel_id: Mapped[str] = mapped_column(String(32))
+    card_ts: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    status: Mapped[str] = mapped_column(String(24), index=True, default=PENDING)
+    facts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    decided_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    decided_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    summary: Mapped[str] = mapped_column(Text, default="")
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class Decision(Base):
+    """Every click on a card, including the refused ones: the audit trail."""
+
+    __tablename__ = "decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    incident_id: Mapped[str] = mapped_column(ForeignKey("incidents.id"), index=True)
+    user_id: Mapped[str] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StepRecord(Base):
+    __tablename__ = "steps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    incident_id: Mapped[str] = mapped_column(ForeignKey("incidents.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(64))
+    # pending → running → succeeded | failed | skipped | not-run
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    captured: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    summary: Mapped[str] = mapped_column(Text, default="")
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error_code: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    duration_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class OutboxMessage(Base):
+    """A Slack message to send: written first, sent after, retried until sent."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    incident_id: Mapped[str] = mapped_column(ForeignKey("incidents.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "thread" | "card"
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+
+class Store:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def from_url(cls, url: str) -> Store:
+        store = cls(make_engine(url))
+        store.migrate()
+        return store
+
+    def migrate(self) -> None:
+        Base.metadata.create_all(self.engine)
+
+    def ping(self) -> bool:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return True
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions.begin() as s:
+            yield s
+
+    # incidents ---------------------------------------------------------------------
+
+    def create_incident(self, *, ttl_seconds: int, **fields: Any) -> Incident:
+        now = utcnow()
+        inc = Incident(id=new_incident_id(), created_at=now,
+                       expires_at=now + timedelta(seconds=ttl_seconds), status=PENDING,
+                       **fields)
+        with self.session() as s:
+            s.add(inc)
+        return inc
+
+    def get(self, incident_id: str) -> Incident | None:
+        with self.session() as s:
+            return s.get(Incident, incident_id)
+
+    def open_for_target(self, target_id: str) -> Incident | None:
+        with self.session() as s:
+            return s.scalars(
+                select(Incident)
+                .where(Incident.target_id == target_id, Incident.status.in_(OPEN_STATES))
+                .order_by(Incident.created_at.desc())
+            ).first()
+
+    def for_target(self, target_id: str, limit: int = 5) -> list[Incident]:
+        with self.session() as s:
+            return list(s.scalars(
+                select(Incident).where(Incident.target_id == target_id)
+                .order_by(Incident.created_at.desc()).limit(limit)
+            ))
+
+    def recent(self, limit: int = 10) -> list[Incident]:
+        with self.session() as s:
+            return list(s.scalars(
+                select(Incident).order_by(Incident.created_at.desc()).limit(limit)
+            ))
+
+    def set_card(self, incident_id: str, channel_id: str, ts: str) -> None:
+        with self.session() as s:
+            s.execute(update(Incident).where(Incident.id == incident_id)
+                      .values(channel_id=channel_id, card_ts=ts))
+
+    def delete_incident(self, incident_id: str) -> None:
+        """Only for a request whose card could not be posted: nobody ever saw it."""
+        with self.session() as s:
+            inc = s.get(Incident, incident_id)
+            if inc is not None and inc.status == PENDING and inc.card_ts is None:
+                s.delete(inc)
+
+    # decisions ---------------------------------------------------------------------
+
+    def decide(self, incident_id: str, user_id: str, approve: bool) -> bool:
+        """pending → approved/denied, once. False when someone else decided first or
+        the request expired."""
+        now = utcnow()
+        with self.session() as s:
+            result = s.execute(
+                update(Incident)
+                .where(Incident.id == incident_id, Incident.status == PENDING,
+                       Incident.expires_at > now)
+                .values(status=APPROVED if approve else DENIED, decided_by=user_id,
+                        decided_at=now)
+            )
+            won = result.rowcount == 1  # type: ignore[attr-defined]
+            s.add(Decision(incident_id=incident_id, user_id=user_id,
+                           action="approve" if approve else "deny",
+                           outcome="accepted" if won else "too late", at=now))
+        return won
+
+    def record_refusal(self, incident_id: str, user_id: str, action: str, why: str) -> None:
+        with self.session() as s:
+            s.add(Decision(incident_id=incident_id, user_id=user_id, action=action,
+                           outcome=why[:64]))
+
+    def decisions(self, incident_id: str) -> list[Decision]:
+        with self.session() as s:
+            return list(s.scalars(select(Decision).where(Decision.incident_id == incident_id)
+                                  .order_by(Decision.id)))
+
+    def expire_due(self) -> list[str]:
+        now = utcnow()
+        with self.session() as s:
+            due = list(s.scalars(select(Incident.id).where(
+                Incident.status == PENDING, Incident.expires_at <= now)))
+        expired = []
+        for incident_id in due:
+            with self.session() as s:
+                result = s.execute(update(Incident).where(
+                    Incident.id == incident_id, Incident.status == PENDING
+                ).values(status=EXPIRED, finished_at=now))
+                if result.rowcount == 1:  # type: ignore[attr-defined]
+                    expired.append(incident_id)
+        return expired
+
+    # runs --------------------------------------------------------------------------
+
+    def claim_run(self, incident_id: str, owner: str, lease_seconds: int) -> bool:
+        """Take the right to run: approved, or running under a lease that lapsed
+        (its worker died). Exactly one worker wins."""
+        now = utcnow()
+        with self.session() as s:
+            result = s.execute(
+                update(Incident)
+                .where(Incident.id == incident_id, or_(
+                    Incident.status == APPROVED,
+                    (Incident.status == RUNNING) & (Incident.lease_until < now),
+                ))
+                .values(status=RUNNING, lease_owner=owner,
+                        lease_until=now + timedelta(seconds=lease_seconds))
+            )
+            won = result.rowcount == 1  # type: ignore[attr-defined]
+            if won:
+                s.execute(update(Incident).where(Incident.id == incident_id,
+                                                 Incident.started_at.is_(None))
+                          .values(started_at=now))
+            return won
+
+    def renew_lease(self, incident_id: str, owner: str, lease_seconds: int) -> bool:
+        with self.session() as s:
+            result = s.execute(
+                update(Incident)
+                .where(Incident.id == incident_id, Incident.lease_owner == owner,
+                       Incident.status == RUNNING)
+                .values(lease_until=utcnow() + timedelta(seconds=lease_seconds))
+            )
+            return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+
+    def finish_run(self, incident_id: str, owner: str, status: str, summary: str) -> bool:
+        with self.session() as s:
+            result = s.execute(
+                update(Incident)
+                .where(Incident.id == incident_id, Incident.lease_owner == owner,
+                       Incident.status == RUNNING)
+                .values(status=status, summary=summary, finished_at=utcnow(),
+                        lease_owner=None, lease_until=None)
+            )
+            return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+
+    def runs_to_resume(self) -> list[str]:
+        """Approved runs nobody started, and running ones whose worker stopped."""
+        now = utcnow()
+        with self.session() as s:
+            return list(s.scalars(select(Incident.id).where(or_(
+                Incident.status == APPROVED,
+                (Incident.status == RUNNING) & (Incident.lease_until < now),
+            ))))
+
+    # steps -------------------------------------------------------------------------
+
+    def ensure_steps(self, incident_id: str, names: list[str]) -> list[StepRecord]:
+        with self.session() as s:
+            existing = {r.name: r for r in s.scalars(
+                select(StepRecord).where(StepRecord.incident_id == incident_id))}
+            for position, name in enumerate(names):
+                if name not in existing:
+                    rec = StepRecord(incident_id=incident_id, position=position, name=name)
+                    s.add(rec)
+                    existing[name] = rec
+        return self.steps(incident_id)
+
+    def steps(self, incident_id: str) -> list[StepRecord]:
+        with self.session() as s:
+            return list(s.scalars(select(StepRecord).where(StepRecord.incident_id == incident_id)
+                                  .order_by(StepRecord.position)))
+
+    def update_step(self, step_id: int, **values: Any) -> None:
+        with self.session() as s:
+            s.execute(update(StepRecord).where(StepRecord.id == step_id).values(**values))
+
+    # outbox ------------------------------------------------------------------------
+
+    def enqueue(self, incident_id: str, kind: str, payload: dict[str, Any]) -> int:
+        with self.session() as s:
+            msg = OutboxMessage(incident_id=incident_id, kind=kind, payload=payload)
+            s.add(msg)
+            s.flush()
+            return msg.id
+
+    def unsent(self, incident_id: str | None = None, limit: int = 100) -> list[OutboxMessage]:
+        with self.session() as s:
+            q = select(OutboxMessage).where(OutboxMessage.sent_at.is_(None))
+            if incident_id is not None:
+                q = q.where(OutboxMessage.incident_id == incident_id)
+            return list(s.scalars(q.order_by(OutboxMessage.id).limit(limit)))
+
+    def claim_message(self, message_id: int, attempts: int) -> bool:
+        """Optimistic claim, so that two replicas retrying the outbox send a message once."""
+        with self.session() as s:
+            result = s.execute(update(OutboxMessage).where(
+                OutboxMessage.id == message_id, OutboxMessage.sent_at.is_(None),
+                OutboxMessage.attempts == attempts,
+            ).values(attempts=attempts + 1))
+            return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+
+    def mark_sent(self, message_id: int) -> bool:
+        with self.session() as s:
+            result = s.execute(update(OutboxMessage).where(
+                OutboxMessage.id == message_id, OutboxMessage.sent_at.is_(None)
+            ).values(sent_at=utcnow()))
+            return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+
+    def mark_failed(self, message_id: int, error: str) -> None:
+        with self.session() as s:
+            s.execute(update(OutboxMessage).where(OutboxMessage.id == message_id).values(
+                last_error=error[:500]))
