@@ -5,6 +5,7 @@ bystander in the same subnet."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import urllib.request
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import Any
 
 import boto3
 
+SANDBOX_IMAGE = "ami-12c6146b"  # one of the images moto's server knows
 SANDBOX_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -30,6 +32,8 @@ class LocalAws:
         self.url = ""
 
     def start(self) -> LocalAws:
+        # One access-log line per AWS call would drown everything else.
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.url = f"http://{host}:{port}"
@@ -87,7 +91,7 @@ def seed(region: str = "us-east-1", session: boto3.session.Session | None = None
     except iam.exceptions.EntityAlreadyExistsException:
         profile_arn = iam.get_instance_profile(InstanceProfileName="web-prod")[
             "InstanceProfile"]["Arn"]
-    image = _an_image(ec2)
+    image = SANDBOX_IMAGE
     # Groups are given per network interface, as AWS keeps them. (moto would otherwise
     # also hold them on the instance and add them back to every ENI it describes.)
     instance = ec2.run_instances(
@@ -109,11 +113,6 @@ def seed(region: str = "us-east-1", session: boto3.session.Session | None = None
     )["Instances"][0]["InstanceId"]
     return World(region, vpc, subnet, instance, bystander, web, mgmt,
                  eni["NetworkInterfaceId"])
-
-
-def _an_image(ec2: Any) -> str:
-    images = ec2.describe_images(Owners=["amazon"]).get("Images", [])
-    return str(images[0]["ImageId"]) if images else "ami-12c6146b"
 
 
 def groups_by_eni(instance_id: str, region: str = "us-east-1") -> dict[str, list[str]]:

@@ -1,0 +1,160 @@
+"""Shared test fixtures: moto's server over real HTTP (never mock_aws in-process), a
+fake Slack Web API over HTTP, and both databases."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore.awsrequest import AWSResponse
+from sqlalchemy import create_engine, text
+
+from bot.sandbox.fake_slack import FakeSlack
+from bot.sandbox.harness import RunningBot, start_bot
+from handlers import sandbox_world
+from handlers.aws import ClientPool
+from playbooks.store import Store
+
+POSTGRES_URL = os.environ.get("CORDON_TEST_POSTGRES_URL",
+                              "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def local_aws() -> Iterator[sandbox_world.LocalAws]:
+    aws = sandbox_world.LocalAws().start()
+    aws.use()
+    yield aws
+    aws.stop()
+
+
+@pytest.fixture
+def world(local_aws: sandbox_world.LocalAws) -> sandbox_world.World:
+    local_aws.reset()
+    return sandbox_world.seed()
+
+
+@pytest.fixture(scope="session")
+def _fake_slack() -> Iterator[FakeSlack]:
+    fake = FakeSlack().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def fake_slack(_fake_slack: FakeSlack) -> FakeSlack:
+    _fake_slack.reset()
+    _fake_slack.usergroups["S0ONCALL"] = ["U0LEE", "U0KIM"]
+    return _fake_slack
+
+
+def _postgres_available() -> bool:
+    try:
+        engine = create_engine(POSTGRES_URL)
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/cordon.db"
+        return
+    if not _postgres_available():
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_URL}")
+        pytest.skip("PostgreSQL is not reachable")
+    # A schema of its own per test: tests never see each other's rows.
+    schema = "t_" + uuid.uuid4().hex[:12]
+    admin = create_engine(POSTGRES_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    s = Store.from_url(database_url)
+    yield s
+    s.engine.dispose()
+
+
+class AwsTrace:
+    """Counts AWS calls the bot makes, and injects faults (botocore events)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.faults: dict[str, list[tuple[int, str, str]]] = {}
+        self.lock = threading.Lock()
+        self.delay: dict[str, float] = {}
+
+    def session(self) -> boto3.session.Session:
+        session = boto3.session.Session()
+        session.events.register("before-parameter-build.*.*", self._before_call)
+        session.events.register_first("before-send.*.*", self._before_send)
+        return session
+
+    def _before_call(self, model: Any, params: dict[str, Any], **_: Any) -> None:
+        with self.lock:
+            self.calls.append((model.name, params))
+
+    def _before_send(self, request: Any, event_name: str, **_: Any) -> AWSResponse | None:
+        op = event_name.rsplit(".", 1)[-1]
+        if op in self.delay:
+            threading.Event().wait(self.delay[op])
+        with self.lock:
+            pending = self.faults.get(op)
+            if not pending:
+                return None
+            status, code, message = pending.pop(0)
+        body = (f'<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error>'
+                f"<Code>{code}</Code><Message>{message}</Message></Error></Errors>"
+                f"<RequestID>fault</RequestID></Response>").encode()
+        return AWSResponse(request.url, status, {}, _Raw(body))
+
+    def fail(self, operation: str, code: str, message: str = "injected", times: int = 1,
+             status: int = 400) -> None:
+        with self.lock:
+            self.faults.setdefault(operation, []).extend([(status, code, message)] * times)
+
+    def count(self, operation: str, where: Callable[[dict[str, Any]], bool] | None = None) -> int:
+        with self.lock:
+            return sum(1 for op, p in self.calls if op == operation and (where is None or where(p)))
+
+
+class _Raw:
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self.body
+
+
+@pytest.fixture
+def aws_trace() -> AwsTrace:
+    return AwsTrace()
+
+
+@pytest.fixture
+def pool(local_aws: sandbox_world.LocalAws, aws_trace: AwsTrace) -> ClientPool:
+    return ClientPool(aws_trace.session)
+
+
+@pytest.fixture
+def bot(fake_slack: FakeSlack, world: sandbox_world.World, database_url: str,
+        aws_trace: AwsTrace) -> Iterator[RunningBot]:
+    running = start_bot(fake_slack, database_url, approvers="S0ONCALL,U0ALEX",
+                        regions="us-east-1,eu-west-1", session_factory=aws_trace.session)
+    yield running
+    running.stop()

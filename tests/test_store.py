@@ -1,0 +1,105 @@
+"""The store on SQLite and PostgreSQL: decisions and run claims happen once, however
+many clicks, approvers or replicas race for them."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+
+from sqlalchemy import update
+
+from playbooks.store import APPROVED, DENIED, EXPIRED, PENDING, RUNNING, Incident, Store, utcnow
+
+
+def new_incident(store: Store, ttl: int = 1800, target: str = "i-0123456789abcdef0") -> Incident:
+    return store.create_incident(ttl_seconds=ttl, kind="instance", target_id=target,
+                                 region="us-east-1", account="123456789012",
+                                 playbook="isolate", reason="r", requester="U0DANA",
+                                 channel_id="C1", facts={"vpc_id": "vpc-1"})
+
+
+def race(n: int, fn: Callable[[int], bool]) -> list[bool]:
+    barrier = threading.Barrier(n)
+    results: list[bool] = [False] * n
+
+    def one(i: int) -> None:
+        barrier.wait()
+        results[i] = fn(i)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_a_decision_is_taken_once_among_racing_approvers(store: Store) -> None:
+    inc = new_incident(store)
+    results = race(8, lambda i: store.decide(inc.id, f"U{i}", approve=i % 2 == 0))
+    assert results.count(True) == 1
+    winner = results.index(True)
+    got = store.get(inc.id)
+    assert got is not None and got.decided_by == f"U{winner}"
+    assert got.status == (APPROVED if winner % 2 == 0 else DENIED)
+    outcomes = [d.outcome for d in store.decisions(inc.id)]
+    assert outcomes.count("accepted") == 1 and outcomes.count("too late") == 7
+
+
+def test_an_expired_request_cannot_be_approved(store: Store) -> None:
+    inc = new_incident(store, ttl=0)
+    assert store.decide(inc.id, "U1", approve=True) is False
+    assert store.expire_due() == [inc.id]
+    assert store.expire_due() == []
+    got = store.get(inc.id)
+    assert got is not None and got.status == EXPIRED
+
+
+def test_only_one_worker_claims_a_run(store: Store) -> None:
+    inc = new_incident(store)
+    store.decide(inc.id, "U1", approve=True)
+    results = race(6, lambda i: store.claim_run(inc.id, f"worker-{i}", 60))
+    assert results.count(True) == 1
+    got = store.get(inc.id)
+    assert got is not None and got.status == RUNNING
+
+
+def test_a_run_whose_worker_died_is_claimed_again_after_its_lease(store: Store) -> None:
+    inc = new_incident(store)
+    store.decide(inc.id, "U1", approve=True)
+    assert store.claim_run(inc.id, "dead", 60)
+    assert store.runs_to_resume() == []
+    assert store.claim_run(inc.id, "other", 60) is False
+    with store.session() as s:
+        s.execute(update(Incident).where(Incident.id == inc.id)
+                  .values(lease_until=utcnow() - timedelta(seconds=1)))
+    assert store.runs_to_resume() == [inc.id]
+    assert store.claim_run(inc.id, "other", 60)
+    assert store.finish_run(inc.id, "dead", "contained", "") is False  # it lost the lease
+    assert store.finish_run(inc.id, "other", "contained", "ok") is True
+
+
+def test_a_pending_request_is_not_resumed(store: Store) -> None:
+    inc = new_incident(store)
+    assert store.claim_run(inc.id, "w", 60) is False
+    got = store.get(inc.id)
+    assert got is not None and got.status == PENDING
+
+
+def test_outbox_messages_are_claimed_once(store: Store) -> None:
+    inc = new_incident(store)
+    msg_id = store.enqueue(inc.id, "thread", {"text": "hello"})
+    (msg,) = store.unsent()
+    results = race(4, lambda i: store.claim_message(msg_id, msg.attempts))
+    assert results.count(True) == 1
+    assert store.mark_sent(msg_id) and store.unsent() == []
+
+
+def test_step_records_keep_captured_state_as_json(store: Store) -> None:
+    inc = new_incident(store)
+    (rec,) = store.ensure_steps(inc.id, ["isolate-security-groups"])
+    captured = {"enis": [{"id": "eni-1", "groups": [{"id": "sg-1", "name": "web"}]}]}
+    store.update_step(rec.id, captured=captured)
+    again = store.ensure_steps(inc.id, ["isolate-security-groups"])
+    assert len(again) == 1 and again[0].captured == captured
