@@ -49,7 +49,11 @@ def run_serve(host: str, port: int | None) -> int:
     from bot.server import SlackHTTPServer
     from bot.wiring import build_app, build_deps
 
-    deps = build_deps(settings)
+    try:
+        deps = build_deps(settings)
+    except Exception as exc:  # the store is opened (and migrated) first
+        raise SettingsError(f"cordon: cannot open the database "
+                            f"({type(exc).__name__}): check CORDON_DATABASE_URL") from None
     app = build_app(settings, deps)
     scheduler = start_scheduler(deps, settings.sweep_interval)
     deps.worker.resume_interrupted()
@@ -79,6 +83,7 @@ def run_serve(host: str, port: int | None) -> int:
     scheduler.shutdown(wait=False)
     # Runs in progress finish their current step; an unfinished run resumes at next start.
     deps.worker.shutdown(wait=True)
+    deps.timeline.close()
     log.info("stopped")
     return 0
 

@@ -5,6 +5,7 @@ sends what is left."""
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from slack_sdk import WebClient
 
@@ -18,9 +19,13 @@ THREAD, CARD = "thread", "card"
 
 
 class SlackTimeline:
+    """Messages are recorded at once and sent by one background sender, so that a slow
+    Slack never sits on the path to the network cut, and a thread stays in order."""
+
     def __init__(self, store: Store, client: WebClient) -> None:
         self.store = store
         self.client = client
+        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cordon-slack")
 
     # Timeline protocol (called by the runner) -----------------------------------------
 
@@ -39,11 +44,27 @@ class SlackTimeline:
 
     def post(self, incident: Incident, text: str) -> None:
         self.store.enqueue(incident.id, THREAD, {"text": text})
-        self.flush(incident.id)
+        self._send_soon(incident.id)
 
     def update_card(self, incident: Incident) -> None:
         self.store.enqueue(incident.id, CARD, {})
-        self.flush(incident.id)
+        self._send_soon(incident.id)
+
+    def _send_soon(self, incident_id: str) -> None:
+        try:
+            self._sender.submit(self._flush_logged, incident_id)
+        except RuntimeError:  # shutting down: the next start's sweep sends it
+            pass
+
+    def _flush_logged(self, incident_id: str) -> None:
+        try:
+            self.flush(incident_id)
+        except Exception:
+            log.exception("outbox flush failed")
+
+    def close(self) -> None:
+        """Send what is queued, then stop."""
+        self._sender.shutdown(wait=True)
 
     def flush(self, incident_id: str | None = None) -> int:
         """Send unsent messages in order; an incident whose message fails waits for the
@@ -53,7 +74,7 @@ class SlackTimeline:
         for msg in self.store.unsent(incident_id):
             if msg.incident_id in blocked:
                 continue
-            if not self.store.claim_message(msg.id, msg.attempts):
+            if not self.store.claim_message(msg.id):
                 blocked.add(msg.incident_id)  # another flush is sending it
                 continue
             incident = self.store.get(msg.incident_id)

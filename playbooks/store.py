@@ -121,6 +121,7 @@ class OutboxMessage(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_until: Mapped[datetime | None] = mapped_column(nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
@@ -347,13 +348,16 @@ class Store:
                 q = q.where(OutboxMessage.incident_id == incident_id)
             return list(s.scalars(q.order_by(OutboxMessage.id).limit(limit)))
 
-    def claim_message(self, message_id: int, attempts: int) -> bool:
-        """Optimistic claim, so that two replicas retrying the outbox send a message once."""
+    def claim_message(self, message_id: int, seconds: int = 30) -> bool:
+        """Take the right to send a message for a while, so that two senders (threads or
+        replicas) never send it twice."""
+        now = utcnow()
         with self.session() as s:
             result = s.execute(update(OutboxMessage).where(
                 OutboxMessage.id == message_id, OutboxMessage.sent_at.is_(None),
-                OutboxMessage.attempts == attempts,
-            ).values(attempts=attempts + 1))
+                or_(OutboxMessage.claimed_until.is_(None), OutboxMessage.claimed_until < now),
+            ).values(attempts=OutboxMessage.attempts + 1,
+                     claimed_until=now + timedelta(seconds=seconds)))
             return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
 
     def mark_sent(self, message_id: int) -> bool:
@@ -366,4 +370,4 @@ class Store:
     def mark_failed(self, message_id: int, error: str) -> None:
         with self.session() as s:
             s.execute(update(OutboxMessage).where(OutboxMessage.id == message_id).values(
-                last_error=error[:500]))
+                last_error=error[:500], claimed_until=None))

@@ -215,9 +215,9 @@ def test_an_undecided_request_expires_and_a_late_click_is_told(
         time.sleep(1.2)
         assert sweep(bot.deps)["expired"] == 1
         assert only_incident(bot).status == "expired"
-        msg = fake_slack.message(CHANNEL, card.ts)
-        assert msg is not None and buttons(msg) == [] and "Expired" in card_text(msg)
-        assert "expired" in fake_slack.thread(CHANNEL, card.ts)[0].text
+        msg = wait_for(lambda: (m := fake_slack.message(CHANNEL, card.ts)) and m.edits and m)
+        assert buttons(msg) == [] and "Expired" in card_text(msg)
+        assert "expired" in wait_for(lambda: fake_slack.thread(CHANNEL, card.ts))[0].text
         bot.slack.click(LEE, CHANNEL, card.ts, "cordon_approve",
                         json.dumps({"incident_id": only_incident(bot).id}))
         assert "expired" in wait_for(lambda: fake_slack.ephemerals_for(LEE))[0]

@@ -91,7 +91,7 @@ def test_outbox_messages_are_claimed_once(store: Store) -> None:
     inc = new_incident(store)
     msg_id = store.enqueue(inc.id, "thread", {"text": "hello"})
     (msg,) = store.unsent()
-    results = race(4, lambda i: store.claim_message(msg_id, msg.attempts))
+    results = race(4, lambda i: store.claim_message(msg.id))
     assert results.count(True) == 1
     assert store.mark_sent(msg_id) and store.unsent() == []
 

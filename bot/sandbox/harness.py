@@ -27,6 +27,7 @@ class RunningBot:
     def stop(self) -> None:
         self.server.stop()
         self.deps.worker.shutdown(wait=True)
+        self.deps.timeline.close()
         self.deps.store.engine.dispose()
 
 

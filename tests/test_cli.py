@@ -1,0 +1,115 @@
+"""The commands a person runs: `serve` as a real process (signed requests, health,
+logs, SIGTERM), `prepare`, and `sandbox`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from bot.sandbox.fake_slack import FakeSlack
+from bot.sandbox.harness import wait_for
+from bot.sandbox.signed import SignedSlack
+from handlers import sandbox_world
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def env_for(local_aws: sandbox_world.LocalAws, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "CORDON_"))}
+    env.update(sandbox_world.SANDBOX_ENV, AWS_ENDPOINT_URL=local_aws.url,
+               PYTHONPATH=str(ROOT), **extra)
+    return env
+
+
+def health(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+            return int(r.status)
+    except Exception:
+        return 0
+
+
+def test_serve_runs_an_incident_logs_it_and_stops_on_sigterm(
+        tmp_path: Path, local_aws: sandbox_world.LocalAws, world: sandbox_world.World,
+        fake_slack: FakeSlack) -> None:
+    port = free_port()
+    env = env_for(local_aws, SLACK_BOT_TOKEN="xoxb-test", SLACK_SIGNING_SECRET="s3cret",
+                  SLACK_API_URL=fake_slack.api_url, CORDON_APPROVERS="S0ONCALL",
+                  CORDON_DATABASE_URL=f"sqlite:///{tmp_path}/cordon.db", PORT=str(port))
+    log = open(tmp_path / "stderr.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "bot", "serve"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        wait_for(lambda: health(port) == 200, timeout=30)
+        slack = SignedSlack(f"http://127.0.0.1:{port}/slack/events", "s3cret", fake_slack)
+        assert slack.command("U0DANA", "C1", f"{world.instance_id} isolate miner")[0] == 200
+        card = wait_for(lambda: fake_slack.channel_messages("C1"))[0]
+        slack.click_button("U0LEE", "C1", card.ts, "Approve")
+        wait_for(lambda: any(m.text.startswith("🔒 *Contained*")
+                             for m in fake_slack.thread("C1", card.ts)), timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log.seek(0)
+    lines = [json.loads(line) for line in log.read().splitlines() if line.startswith("{")]
+    incident_id = card.blocks[0]["text"]["text"].split()[-1]
+    about = [line for line in lines if line["incident"] == incident_id]
+    events = {line["event"] for line in about}
+    assert {"request opened", "decided", "run claimed", "step finished", "run finished"} <= events
+    assert any(line["event"] == "shutting down" and line["signal"] == "SIGTERM" for line in lines)
+
+
+def test_serve_will_not_start_without_its_database(
+        tmp_path: Path, local_aws: sandbox_world.LocalAws, fake_slack: FakeSlack) -> None:
+    port = free_port()
+    env = env_for(local_aws, SLACK_BOT_TOKEN="xoxb-test", SLACK_SIGNING_SECRET="s",
+                  SLACK_API_URL=fake_slack.api_url,
+                  CORDON_DATABASE_URL="postgresql+psycopg://nobody@127.0.0.1:1/none",
+                  PORT=str(port))
+    proc = subprocess.run([sys.executable, "-m", "bot", "serve"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    # A bot that cannot record what it does must not start.
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "cordon: cannot open the database (OperationalError): check CORDON_DATABASE_URL"]
+
+
+def test_prepare_creates_the_groups_once(tmp_path: Path, local_aws: sandbox_world.LocalAws,
+                                         world: sandbox_world.World) -> None:
+    env = env_for(local_aws, CORDON_REGIONS="us-east-1")
+    cmd = [sys.executable, "-m", "bot", "prepare", "--vpc", world.vpc_id]
+    first = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert world.vpc_id in first.stdout and "created" in first.stdout
+    second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert "(existed)" in second.stdout
+    assert first.stdout.split("(")[0] == second.stdout.split("(")[0]
+
+
+def test_the_sandbox_contains_the_instance_and_says_so(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLACK_", "CORDON_", "AWS_"))}
+    proc = subprocess.run([sys.executable, "-m", "bot", "sandbox"], cwd=tmp_path,
+                          env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "someone else must approve" in out and "not authorised" in out
+    assert "✅ *isolate-security-groups*" in out and "Containment verified" in out
+    assert "<!channel>" in out  # shown as text in the transcript, escaped on Slack

@@ -1,0 +1,63 @@
+"""`/contain` grammar."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot import grammar
+from playbooks.errors import BadInput
+
+ID = "i-0abc123def4567890"
+
+
+def test_a_full_request() -> None:
+    cmd = grammar.parse(f"{ID} isolate region=eu-west-1 account=prod suspected crypto-miner")
+    assert cmd == grammar.ContainCommand(instance_id=ID, playbook="isolate", region="eu-west-1",
+                                         account="prod", reason="suspected crypto-miner")
+
+
+def test_the_playbook_is_optional_and_defaults() -> None:
+    cmd = grammar.parse(f"{ID} outbound traffic to a mining pool")
+    assert isinstance(cmd, grammar.ContainCommand)
+    assert cmd.playbook == "isolate" and cmd.reason == "outbound traffic to a mining pool"
+
+
+def test_ids_are_case_insensitive_and_short_ids_accepted() -> None:
+    cmd = grammar.parse("I-0ABCDEF1 isolate x y")
+    assert isinstance(cmd, grammar.ContainCommand) and cmd.instance_id == "i-0abcdef1"
+
+
+@pytest.mark.parametrize("text", ["", "help", "  HELP "])
+def test_help(text: str) -> None:
+    assert isinstance(grammar.parse(text), grammar.HelpCommand)
+
+
+def test_status_forms() -> None:
+    assert grammar.parse("status") == grammar.StatusCommand()
+    assert grammar.parse(f"status {ID}") == grammar.StatusCommand(query=ID)
+    assert grammar.parse("status crd-abc234") == grammar.StatusCommand(query="CRD-ABC234")
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("i-xyz isolate", "is not an instance id"),
+    (f"{ID} isolat a typo", "Did you mean `isolate`"),
+    (f"{ID} full", "unknown playbook `full`"),
+    (f"{ID} playbook=nuke why", "unknown playbook `nuke`"),
+    (f"{ID} region=mars why", "is not an AWS region"),
+    (f"{ID} region=eu-west-1 region=us-east-1 why", "given twice"),
+    (f"{ID} colour=red why", "unknown option"),
+    (f"{ID} " + "x " * 300, "keep it under"),
+    ("contain the web box", "I expected an instance id"),
+    ("status a b", "takes nothing"),
+    ("release i-0abc123def4567890", "not available"),
+])
+def test_bad_input_says_what_is_wrong(text: str, says: str) -> None:
+    with pytest.raises(BadInput, match=None) as err:
+        grammar.parse(text)
+    assert says in str(err.value)
+
+
+def test_typed_text_is_escaped_in_errors() -> None:
+    with pytest.raises(BadInput) as err:
+        grammar.parse("<!channel> hello")
+    assert "<!channel>" not in str(err.value) and "&lt;!channel&gt;" in str(err.value)

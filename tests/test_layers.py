@@ -1,0 +1,46 @@
+"""The layering in DESIGN holds: bot/ never imports boto3, playbooks/ never imports
+Slack, handlers/ knows neither Slack nor the store."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from handlers.base import all_actions
+
+ROOT = Path(__file__).resolve().parent.parent
+FORBIDDEN = {
+    "bot": {"boto3", "botocore"},
+    "playbooks": {"slack_bolt", "slack_sdk", "bot"},
+    "handlers": {"slack_bolt", "slack_sdk", "bot", "playbooks"},
+}
+
+
+def imported_modules(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_packages_import_only_what_their_layer_may(package: str) -> None:
+    files = list((ROOT / package).rglob("*.py"))
+    assert files
+    offenders = {str(f.relative_to(ROOT)): sorted(imported_modules(f) & FORBIDDEN[package])
+                 for f in files}
+    assert {f: m for f, m in offenders.items() if m} == {}
+
+
+def test_every_action_declares_its_permissions_and_steps() -> None:
+    actions = all_actions()
+    assert "isolate-security-groups" in actions
+    for name, cls in actions.items():
+        assert cls.permissions, name
+        assert all(p.count(":") == 1 and "*" not in p for p in cls.permissions), name
+        assert cls.description, name

@@ -1,0 +1,118 @@
+"""The runner: order, resume after a crash, partial failure. Through the real bot
+wiring, against moto's server and both databases."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import boto3
+from sqlalchemy import update
+
+from bot.sandbox.fake_slack import FakeSlack
+from bot.sandbox.harness import RunningBot, wait_for
+from bot.scheduler import sweep
+from handlers import sandbox_world
+from handlers.aws import ClientPool
+from handlers.isolation import prepare_vpcs
+from playbooks.service import ContainRequest
+from playbooks.store import FINAL_STATES, RUNNING, Incident, utcnow
+from tests.conftest import AwsTrace
+
+CHANNEL = "C0INCIDENT"
+
+
+def eni_groups(instance_id: str) -> dict[str, list[str]]:
+    ec2 = boto3.session.Session().client("ec2", region_name="us-east-1")
+    inst = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    return {e["NetworkInterfaceId"]: [g["GroupId"] for g in e["Groups"]]
+            for e in inst["NetworkInterfaces"]}
+
+
+def open_incident(bot: RunningBot, world: sandbox_world.World) -> Incident:
+    cordon = bot.deps.cordon
+    facts = cordon.lookup_instance(world.instance_id)
+    incident = cordon.open_request(ContainRequest(world.instance_id, "isolate", "test",
+                                                  "U0DANA", CHANNEL), facts)
+    resp = bot.deps.client.chat_postMessage(channel=CHANNEL, text="card")
+    cordon.card_posted(incident.id, CHANNEL, resp["ts"])
+    return incident
+
+
+def final(bot: RunningBot, incident_id: str) -> Incident:
+    return wait_for(lambda: (i := bot.deps.store.get(incident_id)) and  # type: ignore[no-any-return]
+                    i.status in FINAL_STATES and i, timeout=30)
+
+
+def test_an_interrupted_run_resumes_and_keeps_the_true_prior_state(
+        bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack,
+        aws_trace: AwsTrace) -> None:
+    original = eni_groups(world.instance_id)
+    incident = open_incident(bot, world)
+    store = bot.deps.store
+    assert store.decide(incident.id, "U0LEE", approve=True)
+    # A worker claimed the run, saved the prior state, moved the ENIs to the open group
+    # and died before the sealed one.
+    assert store.claim_run(incident.id, "dead-worker", 60)
+    rows = prepare_vpcs(ClientPool().for_region("us-east-1"), [world.vpc_id])
+    open_group = rows[0]["open"]
+    captured = {"vpc_id": world.vpc_id, "enis": [
+        {"id": eni, "groups": [{"id": g, "name": ""} for g in groups], "conntrack": {}}
+        for eni, groups in original.items()]}
+    steps = store.ensure_steps(incident.id, ["isolate-security-groups", "tag-instance"])
+    store.update_step(steps[0].id, status="running", captured=captured, attempts=1)
+    ec2 = boto3.session.Session().client("ec2", region_name="us-east-1")
+    for eni in original:
+        ec2.modify_network_interface_attribute(NetworkInterfaceId=eni, Groups=[open_group])
+    # Nothing is resumed while the dead worker's lease still holds.
+    assert sweep(bot.deps)["resumed"] == 0
+    with store.session() as s:
+        s.execute(update(Incident).where(Incident.id == incident.id)
+                  .values(lease_until=utcnow() - timedelta(seconds=1)))
+    assert store.get(incident.id).status == RUNNING  # type: ignore[union-attr]
+    assert sweep(bot.deps)["resumed"] == 1
+    done = final(bot, incident.id)
+    assert done.status == "contained"
+    steps = store.steps(incident.id)
+    sealed = steps[0].details["sealed_group"]  # type: ignore[index]
+    assert eni_groups(world.instance_id) == {eni: [sealed] for eni in original}
+    assert steps[0].captured == captured  # not the open group it found on resume
+    assert steps[0].attempts == 2
+    wait_for(lambda: not store.unsent())
+    texts = [m.text for m in fake_slack.thread(CHANNEL, done.card_ts or "")]
+    assert texts[0].startswith("▶️ Resuming `isolate`")
+
+
+def test_a_failed_non_critical_step_leaves_the_run_partially_contained(
+        bot: RunningBot, world: sandbox_world.World, aws_trace: AwsTrace) -> None:
+    incident = open_incident(bot, world)
+    aws_trace.fail("CreateTags", "UnauthorizedOperation", "not authorized to CreateTags",
+                   times=10)
+    bot.deps.cordon.decide(incident.id, "U0LEE", approve=True)
+    done = final(bot, incident.id)
+    assert done.status == "partially contained"
+    steps = bot.deps.store.steps(incident.id)
+    assert [s.status for s in steps] == ["succeeded", "failed"]
+    assert steps[1].error_code == "UnauthorizedOperation"
+    assert "tag-instance (UnauthorizedOperation)" in done.summary
+
+
+def test_throttling_is_retried_and_does_not_fail_the_run(
+        bot: RunningBot, world: sandbox_world.World, aws_trace: AwsTrace) -> None:
+    incident = open_incident(bot, world)
+    aws_trace.fail("ModifyNetworkInterfaceAttribute", "Throttling", "Rate exceeded", times=2,
+                   status=400)
+    bot.deps.cordon.decide(incident.id, "U0LEE", approve=True)
+    assert final(bot, incident.id).status == "contained"
+
+
+def test_an_instance_already_isolated_is_not_touched_again(
+        bot: RunningBot, world: sandbox_world.World, aws_trace: AwsTrace) -> None:
+    first = open_incident(bot, world)
+    bot.deps.cordon.decide(first.id, "U0LEE", approve=True)
+    assert final(bot, first.id).status == "contained"
+    moves = aws_trace.count("ModifyNetworkInterfaceAttribute")
+    second = open_incident(bot, world)
+    bot.deps.cordon.decide(second.id, "U0LEE", approve=True)
+    assert final(bot, second.id).status == "contained"
+    assert aws_trace.count("ModifyNetworkInterfaceAttribute") == moves
+    assert bot.deps.store.steps(second.id)[0].status == "skipped"

@@ -1,0 +1,49 @@
+"""Settings: every variable is documented, and a missing one stops start-up with one
+clear line."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.settings import Settings, SettingsError, load_settings, parse_duration
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_env_example_lists_every_setting() -> None:
+    documented = set(re.findall(r"^([A-Z_]+)=", (ROOT / ".env.example").read_text(), re.M))
+    aliases = {f.alias for f in Settings.model_fields.values()}
+    assert aliases - documented == set()
+
+
+def test_missing_required_settings_stop_with_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "CORDON_"))}
+    proc = subprocess.run([sys.executable, "-m", "bot", "serve"], cwd=tmp_path, env={
+        **env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "SLACK_BOT_TOKEN is not set" in lines[0] and "SLACK_SIGNING_SECRET" in lines[0]
+
+
+def test_bad_values_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SettingsError, match="CORDON_APPROVERS: .*alice"):
+        load_settings(SLACK_BOT_TOKEN="x", SLACK_SIGNING_SECRET="y", CORDON_APPROVERS="alice")
+    with pytest.raises(SettingsError, match="CORDON_APPROVAL_TTL"):
+        load_settings(SLACK_BOT_TOKEN="x", SLACK_SIGNING_SECRET="y", CORDON_APPROVAL_TTL="soon")
+
+
+def test_lists_and_durations_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CORDON_REGIONS", "us-east-1, eu-west-1")
+    monkeypatch.setenv("CORDON_APPROVERS", "S0ONCALL,U0LEAD")
+    s = load_settings(SLACK_BOT_TOKEN="x", SLACK_SIGNING_SECRET="y", CORDON_APPROVAL_TTL="30m")
+    assert s.regions == ["us-east-1", "eu-west-1"]
+    assert s.approvers == ["S0ONCALL", "U0LEAD"]
+    assert s.approval_ttl == 1800
+    assert parse_duration("2h") == 7200 and parse_duration("90") == 90
