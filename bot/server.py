@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -31,7 +31,7 @@ class SlackHTTPServer:
 
     @property
     def url(self) -> str:
-        host = self.httpd.server_address[0]
+        host = str(self.httpd.server_address[0])
         return f"http://{host}:{self.port}"
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
@@ -41,7 +41,7 @@ class SlackHTTPServer:
             protocol_version = "HTTP/1.1"
 
             def log_message(self, format: str, *args: object) -> None:
-                log.debug("http " + format, *args)
+                log.debug("http %s %s", self.command, self.path)
 
             def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
                 self.send_response(status)
@@ -73,7 +73,8 @@ class SlackHTTPServer:
                     self._send(413, b"too large", {"Content-Type": "text/plain"})
                     return
                 body = self.rfile.read(length).decode("utf-8")
-                headers = {k.lower(): v for k, v in self.headers.items()}
+                headers: dict[str, str | Sequence[str]] = {
+                    k.lower(): v for k, v in self.headers.items()}
                 resp = server.app.dispatch(
                     BoltRequest(body=body, query=parts.query, headers=headers)
                 )

@@ -54,7 +54,8 @@ def instance_facts(instance: dict[str, Any], account: str, region: str) -> dict[
         "private_ip": instance.get("PrivateIpAddress", ""),
         "enis": enis,
         "instance_profile": profile.get("Arn"),
-        "launch_time": launch.isoformat() if hasattr(launch, "isoformat") else str(launch or ""),
+        "launch_time": str(launch.isoformat()) if launch is not None and hasattr(
+            launch, "isoformat") else str(launch or ""),
         "tags": tags,
         "asg": tags.get("aws:autoscaling:groupName"),
     }

@@ -135,7 +135,9 @@ def _create_group(
             GroupName=GROUP_NAMES[role],
             Description=GROUP_DESCRIPTIONS[role],
             VpcId=vpc_id,
-            TagSpecifications=[{"ResourceType": "security-group", "Tags": _tags(role, incident_id)}],
+            TagSpecifications=[
+                {"ResourceType": "security-group", "Tags": _tags(role, incident_id)}
+            ],
         )
     except ClientError as exc:
         if describe_error(exc).code != "InvalidGroup.Duplicate":
@@ -236,7 +238,7 @@ class IsolateSecurityGroups(Action):
         "ec2:ModifyNetworkInterfaceAttribute",
     )
 
-    def _observe(self, ctx: StepContext) -> dict[str, Any]:
+    def _observe(self, ctx: StepContext) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         if "observed" not in ctx.memo:
             vpc_id = ctx.target.facts.get("vpc_id", "")
             inst, pair = both(
@@ -249,7 +251,8 @@ class IsolateSecurityGroups(Action):
             if inst.get("VpcId") and inst["VpcId"] != vpc_id:
                 pair = find_group_pair(ctx.clients, inst["VpcId"])
             ctx.memo["observed"] = (inst, pair)
-        return ctx.memo["observed"]  # type: ignore[no-any-return]
+        observed: tuple[dict[str, Any], dict[str, dict[str, Any]]] = ctx.memo["observed"]
+        return observed
 
     def check(self, ctx: StepContext) -> bool:
         inst, pair = self._observe(ctx)
@@ -316,8 +319,8 @@ class IsolateSecurityGroups(Action):
         parallel(lambda e: move(e["id"], sealed_id, "cordon-sealed"), enis)
 
         moves = "; ".join(
-            f"{e['id']} {','.join(_group_label(g) for g in e['groups']) or '(none)'} → cordon-sealed"
-            for e in enis
+            f"{e['id']} {','.join(_group_label(g) for g in e['groups']) or '(none)'}"
+            " → cordon-sealed" for e in enis
         )
         summary = moves
         if conntrack_notes:

@@ -49,7 +49,8 @@ class TagInstance(Action):
         if "tags" not in ctx.memo:
             keys = [*incident_tags(ctx), "cordon:contained-at"]
             ctx.memo["tags"] = _current(ctx, keys)
-        return ctx.memo["tags"]  # type: ignore[no-any-return]
+        tags: dict[str, str] = ctx.memo["tags"]
+        return tags
 
     def check(self, ctx: StepContext) -> bool:
         current = self._observe(ctx)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from handlers import ec2_lookup
-from handlers.aws import Clients, ClientPool, describe_error
+from handlers.aws import ClientPool, Clients, describe_error
 from playbooks.catalogue import get_playbook
 from playbooks.errors import (
     AlreadyDecided,

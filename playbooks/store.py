@@ -288,7 +288,7 @@ class Store:
                        Incident.status == RUNNING)
                 .values(lease_until=utcnow() + timedelta(seconds=lease_seconds))
             )
-            return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+            return result.rowcount == 1  # type: ignore[attr-defined]
 
     def finish_run(self, incident_id: str, owner: str, status: str, summary: str) -> bool:
         with self.session() as s:
@@ -299,7 +299,7 @@ class Store:
                 .values(status=status, summary=summary, finished_at=utcnow(),
                         lease_owner=None, lease_until=None)
             )
-            return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+            return result.rowcount == 1  # type: ignore[attr-defined]
 
     def runs_to_resume(self) -> list[str]:
         """Approved runs nobody started, and running ones whose worker stopped."""
@@ -358,14 +358,14 @@ class Store:
                 or_(OutboxMessage.claimed_until.is_(None), OutboxMessage.claimed_until < now),
             ).values(attempts=OutboxMessage.attempts + 1,
                      claimed_until=now + timedelta(seconds=seconds)))
-            return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+            return result.rowcount == 1  # type: ignore[attr-defined]
 
     def mark_sent(self, message_id: int) -> bool:
         with self.session() as s:
             result = s.execute(update(OutboxMessage).where(
                 OutboxMessage.id == message_id, OutboxMessage.sent_at.is_(None)
             ).values(sent_at=utcnow()))
-            return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+            return result.rowcount == 1  # type: ignore[attr-defined]
 
     def mark_failed(self, message_id: int, error: str) -> None:
         with self.session() as s:

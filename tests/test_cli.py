@@ -48,7 +48,7 @@ def test_serve_runs_an_incident_logs_it_and_stops_on_sigterm(
     env = env_for(local_aws, SLACK_BOT_TOKEN="xoxb-test", SLACK_SIGNING_SECRET="s3cret",
                   SLACK_API_URL=fake_slack.api_url, CORDON_APPROVERS="S0ONCALL",
                   CORDON_DATABASE_URL=f"sqlite:///{tmp_path}/cordon.db", PORT=str(port))
-    log = open(tmp_path / "stderr.log", "w+")
+    log = (tmp_path / "stderr.log").open("w+")
     proc = subprocess.Popen([sys.executable, "-m", "bot", "serve"], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=log)
     try:
@@ -66,6 +66,7 @@ def test_serve_runs_an_incident_logs_it_and_stops_on_sigterm(
             proc.kill()
     log.seek(0)
     lines = [json.loads(line) for line in log.read().splitlines() if line.startswith("{")]
+    log.close()
     incident_id = card.blocks[0]["text"]["text"].split()[-1]
     about = [line for line in lines if line["incident"] == incident_id]
     events = {line["event"] for line in about}

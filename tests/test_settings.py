@@ -33,7 +33,7 @@ def test_missing_required_settings_stop_with_one_line(tmp_path: Path) -> None:
 
 
 def test_bad_values_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(SettingsError, match="CORDON_APPROVERS: .*alice"):
+    with pytest.raises(SettingsError, match=r"CORDON_APPROVERS: .*alice"):
         load_settings(SLACK_BOT_TOKEN="x", SLACK_SIGNING_SECRET="y", CORDON_APPROVERS="alice")
     with pytest.raises(SettingsError, match="CORDON_APPROVAL_TTL"):
         load_settings(SLACK_BOT_TOKEN="x", SLACK_SIGNING_SECRET="y", CORDON_APPROVAL_TTL="soon")

@@ -125,7 +125,8 @@ class FakeSlack:
             handler = getattr(self, "api_" + method.replace(".", "_"), None)
             if handler is None:
                 return {"ok": False, "error": "unknown_method"}
-            return handler(args)  # type: ignore[no-any-return]
+            result: dict[str, Any] = handler(args)
+            return result
 
     def api_auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "url": "https://sandbox.slack.local/", "team": "Sandbox",
