@@ -9,6 +9,8 @@ from botocore.exceptions import ClientError
 
 from handlers.aws import AwsError, Clients, both, describe_error, parallel
 
+# What finding an instance and drawing its approval card calls.
+PERMISSIONS = ("ec2:DescribeInstances", "autoscaling:DescribeAutoScalingInstances")
 NOT_FOUND_CODES = {"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"}
 
 

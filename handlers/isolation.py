@@ -204,6 +204,9 @@ def ensure_group_pair(
     return {OPEN: groups[OPEN]["GroupId"], SEALED: groups[SEALED]["GroupId"]}, created
 
 
+PREPARE_PERMISSIONS = ("ec2:DescribeVpcs",)
+
+
 def prepare_vpcs(clients: Clients, vpc_ids: list[str] | None = None) -> list[dict[str, Any]]:
     """Create the isolation groups ahead of time (`python -m bot prepare`)."""
     if not vpc_ids:
@@ -228,7 +231,6 @@ class IsolateSecurityGroups(Action):
     permissions = (
         "ec2:DescribeInstances",
         "ec2:DescribeSecurityGroups",
-        "ec2:DescribeNetworkInterfaces",
         "ec2:CreateSecurityGroup",
         "ec2:CreateTags",
         "ec2:AuthorizeSecurityGroupIngress",

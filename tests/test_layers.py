@@ -44,3 +44,23 @@ def test_every_action_declares_its_permissions_and_steps() -> None:
         assert cls.permissions, name
         assert all(p.count(":") == 1 and "*" not in p for p in cls.permissions), name
         assert cls.description, name
+
+
+def test_the_readme_policy_grants_every_declared_permission() -> None:
+    import json
+    import re
+
+    from handlers.ec2_lookup import PERMISSIONS
+    from handlers.isolation import PREPARE_PERMISSIONS
+
+    readme = (ROOT / "README.md").read_text()
+    policy = json.loads(re.search(r"```json\n(.*?)```", readme, re.S).group(1))  # type: ignore[union-attr]
+    granted: set[str] = set()
+    for statement in policy["Statement"]:
+        actions = statement["Action"]
+        granted |= {actions} if isinstance(actions, str) else set(actions)
+    declared = set(PERMISSIONS) | set(PREPARE_PERMISSIONS)
+    for cls in all_actions().values():
+        declared |= set(cls.permissions)
+    assert declared - granted == set()
+    assert granted - declared == set()

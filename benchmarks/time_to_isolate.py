@@ -1,0 +1,219 @@
+"""Time from the Approve click to the moment every ENI is on the sealed group, counted
+in sequential AWS round trips, with a fixed latency added to every AWS request.
+
+Two cases: the first containment in a VPC (the isolation groups must be created) and
+one where they already exist (`python -m bot prepare`). Beside each, a naive
+implementation that makes the same changes one call after another, measured in the
+same run. Prints JSON.
+
+    python benchmarks/time_to_isolate.py [--latency-ms 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+
+from bot.logs import setup_logging
+from bot.sandbox.fake_slack import FakeSlack
+from bot.sandbox.harness import start_bot, wait_for
+from handlers import sandbox_world
+from handlers.aws import ClientPool
+from handlers.isolation import prepare_vpcs
+from playbooks.store import FINAL_STATES
+
+TARGETS = {"first_in_vpc": 5, "groups_exist": 3}
+
+
+@dataclass
+class Call:
+    operation: str
+    params: dict[str, Any]
+    start: float
+    end: float = 0.0
+
+
+@dataclass
+class Recorder:
+    """Adds `latency` to every AWS request and records when each call ran."""
+
+    latency: float
+    calls: list[Call] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    ids: itertools.count = field(default_factory=itertools.count)  # type: ignore[type-arg]
+
+    def session(self) -> boto3.session.Session:
+        session = boto3.session.Session()
+        session.events.register("before-parameter-build.*.*", self._params)
+        session.events.register("before-call.*.*", self._start)
+        session.events.register_first("before-send.*.*", self._delay)
+        session.events.register("after-call.*.*", self._end)
+        return session
+
+    def _params(self, params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        context["bench_params"] = dict(params)
+
+    def _start(self, model: Any, context: dict[str, Any], **_: Any) -> None:
+        call = Call(model.name, context.get("bench_params", {}), time.monotonic())
+        with self.lock:
+            self.calls.append(call)
+        context["bench_call"] = call
+
+    def _delay(self, **_: Any) -> None:
+        time.sleep(self.latency)
+
+    def _end(self, context: dict[str, Any], **_: Any) -> None:
+        call = context.get("bench_call")
+        if call is not None:
+            call.end = time.monotonic()
+
+    def since(self, t0: float) -> list[Call]:
+        with self.lock:
+            return [c for c in self.calls if c.start >= t0 and c.end]
+
+
+def sequential_round_trips(calls: list[Call], until: float) -> int:
+    """Length of the longest chain of calls that each started after the previous one
+    ended: the round trips a responder waits for, however many ran side by side."""
+    depth: dict[int, int] = {}
+    ordered = sorted((c for c in calls if c.end <= until + 1e-9), key=lambda c: c.start)
+    for i, call in enumerate(ordered):
+        before = [depth[j] for j, other in enumerate(ordered[:i]) if other.end <= call.start]
+        depth[i] = 1 + max(before, default=0)
+    return max(depth.values(), default=0)
+
+
+def sealed_at(calls: list[Call], sealed_group: str, enis: int) -> float:
+    moves = [c for c in calls if c.operation == "ModifyNetworkInterfaceAttribute"
+             and c.params.get("Groups") == [sealed_group]]
+    assert len(moves) == enis, f"expected {enis} moves to the sealed group, saw {len(moves)}"
+    return max(c.end for c in moves)
+
+
+def measure_cordon(aws: sandbox_world.LocalAws, latency: float, prepared: bool
+                   ) -> dict[str, Any]:
+    aws.reset()
+    world = sandbox_world.seed()
+    if prepared:
+        prepare_vpcs(ClientPool().for_region(world.region), [world.vpc_id])
+    recorder = Recorder(latency)
+    fake = FakeSlack().start()
+    fake.usergroups["S0ONCALL"] = ["U0LEE"]
+    db = tempfile.mkdtemp(prefix="cordon-bench-")
+    bot = start_bot(fake, f"sqlite:///{db}/cordon.db", session_factory=recorder.session)
+    try:
+        bot.slack.command("U0DANA", "C1", f"{world.instance_id} isolate benchmark")
+        card = wait_for(lambda: fake.channel_messages("C1"), timeout=60)[0]
+        # Warm the approver cache as a real deployment's would be: it is Slack, not AWS.
+        bot.deps.approvers.is_approver("U0LEE")
+        clicked = time.monotonic()
+        bot.slack.click_button("U0LEE", "C1", card.ts, "Approve")
+        incident = wait_for(lambda: next(
+            (i for i in bot.deps.store.recent() if i.status in FINAL_STATES), None), timeout=60)
+        step = bot.deps.store.steps(incident.id)[0]
+        sealed = (step.details or {})["sealed_group"]
+        calls = recorder.since(clicked)
+        enis = len(sandbox_world.groups_by_eni(world.instance_id))
+        done = sealed_at(calls, sealed, enis)
+        return {
+            "round_trips": sequential_round_trips(calls, done),
+            "seconds": round(done - clicked, 3),
+            "aws_calls": len([c for c in calls if c.end <= done]),
+            "status": incident.status,
+        }
+    finally:
+        bot.stop()
+        fake.stop()
+
+
+def naive_isolate(session: boto3.session.Session, instance_id: str, prepared: bool
+                  ) -> tuple[str, float]:
+    """What a script written in a hurry does: one call after another."""
+    ec2 = session.client("ec2", region_name="us-east-1")
+    started = time.monotonic()
+    inst = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    vpc = inst["VpcId"]
+    found = ec2.describe_security_groups(Filters=[
+        {"Name": "vpc-id", "Values": [vpc]},
+        {"Name": "tag:cordon:managed", "Values": ["true"]}])["SecurityGroups"]
+    by_name = {g["GroupName"]: g["GroupId"] for g in found}
+    if prepared:
+        open_id, sealed_id = by_name["cordon-open"], by_name["cordon-sealed"]
+    else:
+        open_id = ec2.create_security_group(GroupName="naive-open", Description="open",
+                                            VpcId=vpc)["GroupId"]
+        sealed_id = ec2.create_security_group(GroupName="naive-sealed", Description="sealed",
+                                              VpcId=vpc)["GroupId"]
+        ec2.create_tags(Resources=[open_id, sealed_id],
+                        Tags=[{"Key": "cordon:managed", "Value": "true"}])
+        for perm in ({"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]},
+                     {"IpProtocol": "-1", "Ipv6Ranges": [{"CidrIpv6": "::/0"}]}):
+            ec2.authorize_security_group_ingress(GroupId=open_id, IpPermissions=[perm])
+        ec2.authorize_security_group_egress(GroupId=open_id, IpPermissions=[
+            {"IpProtocol": "-1", "Ipv6Ranges": [{"CidrIpv6": "::/0"}]}])
+        ec2.revoke_security_group_egress(GroupId=sealed_id, IpPermissions=[
+            {"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+    for eni in inst["NetworkInterfaces"]:
+        ec2.modify_network_interface_attribute(NetworkInterfaceId=eni["NetworkInterfaceId"],
+                                               Groups=[open_id])
+        ec2.modify_network_interface_attribute(
+            NetworkInterfaceId=eni["NetworkInterfaceId"],
+            ConnectionTrackingSpecification={"TcpEstablishedTimeout": 60,
+                                             "UdpStreamTimeout": 60, "UdpTimeout": 30})
+    for eni in inst["NetworkInterfaces"]:
+        ec2.modify_network_interface_attribute(NetworkInterfaceId=eni["NetworkInterfaceId"],
+                                               Groups=[sealed_id])
+    return sealed_id, started
+
+
+def measure_naive(aws: sandbox_world.LocalAws, latency: float, prepared: bool
+                  ) -> dict[str, Any]:
+    aws.reset()
+    world = sandbox_world.seed()
+    if prepared:
+        prepare_vpcs(ClientPool().for_region(world.region), [world.vpc_id])
+    recorder = Recorder(latency)
+    session = recorder.session()
+    session.client("ec2", region_name="us-east-1")  # client creation is not a round trip
+    sealed, started = naive_isolate(session, world.instance_id, prepared)
+    calls = recorder.since(started)
+    done = sealed_at(calls, sealed, len(sandbox_world.groups_by_eni(world.instance_id)))
+    return {"round_trips": sequential_round_trips(calls, done),
+            "seconds": round(done - started, 3), "aws_calls": len(calls)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--latency-ms", type=float, default=100.0)
+    args = parser.parse_args(argv)
+    latency = args.latency_ms / 1000
+    setup_logging("text", "ERROR")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    aws = sandbox_world.LocalAws().start()
+    aws.use()
+    try:
+        result: dict[str, Any] = {"latency_ms": args.latency_ms, "enis": 2, "cordon": {},
+                                  "naive": {}, "targets": TARGETS}
+        for case, prepared in (("first_in_vpc", False), ("groups_exist", True)):
+            result["cordon"][case] = measure_cordon(aws, latency, prepared)
+            result["naive"][case] = measure_naive(aws, latency, prepared)
+        result["met"] = all(result["cordon"][c]["round_trips"] <= t
+                            for c, t in TARGETS.items())
+    finally:
+        aws.stop()
+    print(json.dumps(result, indent=2))
+    return 0 if result["met"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
