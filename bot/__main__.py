@@ -55,6 +55,8 @@ def run_serve(host: str, port: int | None) -> int:
         raise SettingsError(f"cordon: cannot open the database "
                             f"({type(exc).__name__}): check CORDON_DATABASE_URL") from None
     app = build_app(settings, deps)
+    if not settings.approvers:
+        log.warning("CORDON_APPROVERS is empty: nobody can approve a containment")
     scheduler = start_scheduler(deps, settings.sweep_interval)
     deps.worker.resume_interrupted()
     stopping = threading.Event()

@@ -170,3 +170,26 @@ def test_prepare_creates_the_pair_once(pool: ClientPool, world: sandbox_world.Wo
     second = prepare_vpcs(pool.for_region("us-east-1"), [world.vpc_id])
     assert len(first[0]["created"]) == 2 and second[0]["created"] == []
     assert (first[0]["open"], first[0]["sealed"]) == (second[0]["open"], second[0]["sealed"])
+
+
+def test_groups_created_by_another_replica_meanwhile_are_adopted(
+        pool: ClientPool, world: sandbox_world.World) -> None:
+    """Another process created the pair after this one looked: creation answers
+    InvalidGroup.Duplicate, and the existing groups are used and their rules checked."""
+    from handlers.isolation import OPEN, SEALED, ensure_group_pair
+
+    clients = pool.for_region("us-east-1")
+    # The other replica got as far as creating the groups, not their rules.
+    for name in ("cordon-open", "cordon-sealed"):
+        role = "isolation-open" if name == "cordon-open" else "isolation-sealed"
+        ec2().create_security_group(
+            GroupName=name, Description="other replica", VpcId=world.vpc_id,
+            TagSpecifications=[{"ResourceType": "security-group", "Tags": [
+                {"Key": "cordon:managed", "Value": "true"},
+                {"Key": "cordon:role", "Value": role}]}])
+    ids, created = ensure_group_pair(clients, world.vpc_id, known={})
+    assert created == []
+    assert len(isolation_groups(world.vpc_id)) == 2
+    assert sandbox_world.group_rules(ids[SEALED]) == ([], [])
+    ingress, egress = sandbox_world.group_rules(ids[OPEN])
+    assert ingress and egress

@@ -363,3 +363,21 @@ def test_requests_with_a_bad_signature_are_rejected(bot: RunningBot, world: sand
     assert bot.slack.post(body, timestamp=int(time.time()) - 3600)[0] == 401
     time.sleep(0.2)
     assert fake_slack.channel_messages(CHANNEL) == [] and bot.deps.store.recent() == []
+
+
+def test_the_scheduler_expires_requests_on_its_own(
+        fake_slack: FakeSlack, world: sandbox_world.World, database_url: str,
+        aws_trace: AwsTrace) -> None:
+    from bot.sandbox.harness import start_bot
+    from bot.scheduler import start_scheduler
+
+    bot = start_bot(fake_slack, database_url, approvers="S0ONCALL",
+                    session_factory=aws_trace.session, CORDON_APPROVAL_TTL="1s")
+    scheduler = start_scheduler(bot.deps, interval_seconds=1)
+    try:
+        card = request(bot, world)
+        wait_for(lambda: only_incident(bot).status == "expired", timeout=10)
+        wait_for(lambda: "Expired" in card_text(fake_slack.message(CHANNEL, card.ts)))  # type: ignore[arg-type]
+    finally:
+        scheduler.shutdown(wait=True)
+        bot.stop()
