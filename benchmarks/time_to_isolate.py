@@ -100,12 +100,18 @@ def sealed_at(calls: list[Call], sealed_group: str, enis: int) -> float:
     return max(c.end for c in moves)
 
 
-def measure_cordon(aws: sandbox_world.LocalAws, latency: float, prepared: bool
-                   ) -> dict[str, Any]:
+def fresh_world(aws: sandbox_world.LocalAws, prepared: bool) -> sandbox_world.World:
+    """A new seeded account; with `prepared`, the VPC's isolation groups already exist."""
     aws.reset()
     world = sandbox_world.seed()
     if prepared:
         prepare_vpcs(ClientPool().for_region(world.region), [world.vpc_id])
+    return world
+
+
+def measure_cordon(aws: sandbox_world.LocalAws, latency: float, prepared: bool
+                   ) -> dict[str, Any]:
+    world = fresh_world(aws, prepared)
     recorder = Recorder(latency)
     fake = FakeSlack().start()
     fake.usergroups["S0ONCALL"] = ["U0LEE"]
@@ -178,10 +184,7 @@ def naive_isolate(session: boto3.session.Session, instance_id: str, prepared: bo
 
 def measure_naive(aws: sandbox_world.LocalAws, latency: float, prepared: bool
                   ) -> dict[str, Any]:
-    aws.reset()
-    world = sandbox_world.seed()
-    if prepared:
-        prepare_vpcs(ClientPool().for_region(world.region), [world.vpc_id])
+    world = fresh_world(aws, prepared)
     recorder = Recorder(latency)
     session = recorder.session()
     session.client("ec2", region_name="us-east-1")  # client creation is not a round trip
