@@ -30,16 +30,22 @@ from playbooks.store import (
     EXPIRED,
     FAILED,
     PARTIAL,
+    PARTIALLY_RELEASED,
     PENDING,
+    RELEASED,
+    RETRYABLE,
     RUNNING,
+    Evidence,
     Incident,
     StepRecord,
 )
 
 STATUS_ICON = {
     PENDING: "⏳", APPROVED: "▶️", RUNNING: "▶️", CONTAINED: "🔒", PARTIAL: "⚠️",
-    FAILED: "❌", DENIED: "⛔", EXPIRED: "⌛",
+    FAILED: "❌", DENIED: "⛔", EXPIRED: "⌛", RELEASED: "🔓", PARTIALLY_RELEASED: "⚠️",
 }
+FINAL_LABEL = {CONTAINED: "Contained", PARTIAL: "Partially contained", FAILED: "Failed",
+               RELEASED: "Released", PARTIALLY_RELEASED: "Partially released"}
 STEP_ICON = {"succeeded": "✅", "skipped": "✅", "failed": "❌", "not-run": "⏭️",
              "running": "▶️", "pending": "·"}
 
@@ -101,19 +107,53 @@ def _status_line(incident: Incident) -> str:
     line = f"✅ *Approved* by {who} at {when}"
     if incident.status in (APPROVED, RUNNING):
         return line + f"\n{icon} *Running* `{incident.playbook}` — see the thread"
-    final = {CONTAINED: "Contained", PARTIAL: "Partially contained", FAILED: "Failed"}
-    return (line + f"\n{icon} *{final.get(incident.status, incident.status)}* — "
+    return (line + f"\n{icon} *{FINAL_LABEL.get(incident.status, incident.status)}* — "
             f"{escape(incident.summary)}")
+
+
+def _plan_section(incident: Incident) -> SectionBlock:
+    f = incident.facts or {}
+    if incident.kind == "release":
+        lines = [f"{n}. `{escape(name)}` — {escape(what)}"
+                 for n, (name, what) in enumerate(f.get("undo", []), 1)]
+        lines.append(f"{len(lines) + 1}. `mark-released` — tag the instance "
+                     "cordon:status=released")
+        return _section(f"*Release of {escape(f.get('release_of', '?'))}* "
+                        f"({escape(f.get('release_of_status', '?'))}) — undo from the recorded "
+                        "prior state:\n" + "\n".join(lines)
+                        + "\nSnapshots, images and evidence files stay.")
+    playbook = PLAYBOOKS[incident.playbook]
+    return _section(f"*Playbook `{playbook.name}`* — {escape(playbook.summary)}\n"
+                    + _playbook_lines(playbook))
+
+
+def _decision_buttons(incident: Incident) -> list[Block]:
+    value = json.dumps({"incident_id": incident.id})
+    if incident.status == PENDING:
+        return [
+            ActionsBlock(block_id="decision", elements=[
+                ButtonElement(text="Approve", action_id=ActionId.APPROVE.value, value=value,
+                              style="primary"),
+                ButtonElement(text="Deny", action_id=ActionId.DENY.value, value=value,
+                              style="danger"),
+            ]),
+            ContextBlock(elements=[_mrkdwn(
+                "Only on-call approvers may decide; nobody approves their own request.")]),
+        ]
+    if incident.status in RETRYABLE:
+        return [ActionsBlock(block_id="retry", elements=[
+            ButtonElement(text="Retry", action_id=ActionId.RETRY.value, value=value)])]
+    return []
 
 
 def render_card(incident: Incident) -> tuple[str, list[dict[str, Any]]]:
     """The approval card, rendered from the store; the same function renders every
     later state of it (decided, running, final)."""
     f = incident.facts or {}
-    playbook = PLAYBOOKS[incident.playbook]
     name = escape(f.get("name") or "(no Name tag)")
+    title = "Release request" if incident.kind == "release" else "Containment request"
     blocks: list[Block] = [
-        HeaderBlock(text=f"Containment request {incident.id}"),
+        HeaderBlock(text=f"{title} {incident.id}"),
         _section(f"*{name}* `{escape(incident.target_id)}` — "
                  f"{escape(f.get('state', '?'))}, {escape(f.get('type', '?'))}"),
         SectionBlock(fields=[
@@ -127,22 +167,12 @@ def render_card(incident: Incident) -> tuple[str, list[dict[str, Any]]]:
         ]),
         _section("*Network interfaces*\n" + "\n".join(describe_eni(e) for e in f.get("enis", []))),
         _section(f"*Reason*\n{escape(incident.reason) or '_(none given)_'}"),
-        _section(f"*Playbook `{playbook.name}`* — {escape(playbook.summary)}\n"
-                 + _playbook_lines(playbook)),
+        _plan_section(incident),
         DividerBlock(),
         _section(_status_line(incident)),
+        *_decision_buttons(incident),
     ]
-    if incident.status == PENDING:
-        value = json.dumps({"incident_id": incident.id})
-        blocks.append(ActionsBlock(block_id="decision", elements=[
-            ButtonElement(text="Approve", action_id=ActionId.APPROVE.value, value=value,
-                          style="primary"),
-            ButtonElement(text="Deny", action_id=ActionId.DENY.value, value=value,
-                          style="danger"),
-        ]))
-        blocks.append(ContextBlock(elements=[_mrkdwn(
-            "Only on-call approvers may decide; nobody approves their own request.")]))
-    text = (f"Containment request {incident.id}: {incident.target_id} "
+    text = (f"{title} {incident.id}: {incident.target_id} "
             f"({incident.playbook}) — {incident.status}")
     return text, _dicts(blocks)
 
@@ -151,12 +181,28 @@ def render_card(incident: Incident) -> tuple[str, list[dict[str, Any]]]:
 
 
 def render_run_started(incident: Incident, resumed: bool) -> str:
-    playbook = PLAYBOOKS[incident.playbook]
+    what = f"`{incident.playbook}` on `{incident.target_id}`"
     if resumed:
-        return (f"▶️ Resuming `{playbook.name}` on `{incident.target_id}` after an "
-                "interruption; finished steps are skipped.")
-    return (f"▶️ Approved by <@{incident.decided_by}>. Running `{playbook.name}` on "
-            f"`{incident.target_id}`: {len(playbook.steps)} steps.")
+        return (f"▶️ Resuming {what} after an interruption; finished steps are skipped.")
+    return f"▶️ Approved by <@{incident.decided_by}>. Running {what}."
+
+
+def render_retry(incident: Incident, user: str) -> str:
+    return (f"🔁 <@{user}> asked to retry `{incident.playbook}`: steps already done are "
+            "skipped.")
+
+
+def render_evidence(evidence: Evidence) -> str:
+    return f"🧾 `{escape(evidence.name)}` — {evidence.size} bytes, SHA-256 `{evidence.sha256}`"
+
+
+def render_snapshot_report(states: dict[str, str]) -> str:
+    failed = [s for s, state in states.items() if state == "error"]
+    done = [s for s, state in states.items() if state == "completed"]
+    if failed:
+        return (f"❌ Snapshots failed: {', '.join(failed)}"
+                + (f"; completed: {', '.join(done)}" if done else ""))
+    return f"📦 Snapshots completed: {', '.join(done)}"
 
 
 def render_step(step: StepRecord) -> str:
@@ -177,7 +223,8 @@ def render_step(step: StepRecord) -> str:
 
 def render_run_finished(incident: Incident) -> str:
     icon = STATUS_ICON.get(incident.status, "")
-    return f"{icon} *{incident.status.capitalize()}* — {escape(incident.summary)}"
+    label = FINAL_LABEL.get(incident.status, incident.status.capitalize())
+    return f"{icon} *{label}* — {escape(incident.summary)}"
 
 
 # status and help ---------------------------------------------------------------------
@@ -220,6 +267,8 @@ def render_help() -> str:
         "`/contain <instance-id> [playbook] [region=R] [account=A] [reason…]` — ask to contain",
         "  e.g. `/contain i-0abc123def4567890 isolate suspected crypto-miner`",
         "  e.g. `/contain i-0abc123def4567890 region=eu-west-1 outbound to known C2`",
+        "`/contain release <instance-id|incident-id> [reason…]` — undo a containment "
+        "(approval required)",
         "`/contain status [instance-id|incident-id]` — what happened, who did what, when",
         "  e.g. `/contain status CRD-7Q2M4K`",
         "`/contain help` — this text",

@@ -42,7 +42,13 @@ class ContainCommand(BaseModel):
     reason: str = ""
 
 
-Command = HelpCommand | StatusCommand | ContainCommand
+class ReleaseCommand(BaseModel):
+    verb: Literal["release"] = "release"
+    query: str
+    reason: str = ""
+
+
+Command = HelpCommand | StatusCommand | ContainCommand | ReleaseCommand
 
 
 def parse(text: str) -> Command:
@@ -52,7 +58,9 @@ def parse(text: str) -> Command:
     verb = tokens[0].lower()
     if verb == "status":
         return _status(tokens[1:])
-    if verb in ("release", "key"):
+    if verb == "release":
+        return _release(tokens[1:])
+    if verb == "key":
         raise BadInput(f"`/contain {verb}` is not available in this version of Cordon. "
                        "See `/contain help`.")
     if INSTANCE_ID.match(verb):
@@ -75,6 +83,18 @@ def _status(args: list[str]) -> StatusCommand:
             return StatusCommand(query=query.upper())
     raise BadInput("`/contain status` takes nothing, an instance id (`i-…`) or an incident "
                    f"id (`CRD-…`); got `{escape(_clip(' '.join(args)))}`.")
+
+
+def _release(args: list[str]) -> ReleaseCommand:
+    if args:
+        query = args[0]
+        if INSTANCE_ID.match(query.lower()):
+            return ReleaseCommand(query=query.lower(), reason=" ".join(args[1:]))
+        if INCIDENT_ID.match(query.upper()):
+            return ReleaseCommand(query=query.upper(), reason=" ".join(args[1:]))
+    got = escape(_clip(" ".join(args))) if args else "nothing"
+    raise BadInput("`/contain release` takes an instance id (`i-…`) or an incident id "
+                   f"(`CRD-…`), then an optional reason; got `{got}`.")
 
 
 def _contain(instance_id: str, args: list[str]) -> ContainCommand:

@@ -8,6 +8,7 @@ from enum import StrEnum
 class ActionId(StrEnum):
     APPROVE = "cordon_approve"
     DENY = "cordon_deny"
+    RETRY = "cordon_retry"
 
 
 COMMAND = "/contain"

@@ -11,11 +11,11 @@ from slack_sdk import WebClient
 
 from bot import blocks
 from playbooks.logctx import incident_context
-from playbooks.store import Incident, StepRecord, Store
+from playbooks.store import Evidence, Incident, StepRecord, Store
 
 log = logging.getLogger("cordon.notifier")
 
-THREAD, CARD = "thread", "card"
+THREAD, CARD, FILE = "thread", "card", "file"
 
 
 class SlackTimeline:
@@ -35,6 +35,11 @@ class SlackTimeline:
 
     def step_finished(self, incident: Incident, step: StepRecord) -> None:
         self.post(incident, blocks.render_step(step))
+
+    def evidence_stored(self, incident: Incident, evidence: list[Evidence]) -> None:
+        for item in evidence:
+            self.store.enqueue(incident.id, FILE, {"evidence_id": item.id})
+        self._send_soon(incident.id)
 
     def run_finished(self, incident: Incident) -> None:
         self.post(incident, blocks.render_run_finished(incident))
@@ -86,6 +91,8 @@ class SlackTimeline:
                         text, card = blocks.render_card(incident)
                         self.client.chat_update(channel=incident.channel_id, ts=incident.card_ts,
                                                 text=text, blocks=card)
+                    elif msg.kind == FILE:
+                        self._upload(incident, int(msg.payload["evidence_id"]))
                     else:
                         self.client.chat_postMessage(
                             channel=incident.channel_id, thread_ts=incident.card_ts,
@@ -100,3 +107,13 @@ class SlackTimeline:
             self.store.mark_sent(msg.id)
             sent += 1
         return sent
+
+    def _upload(self, incident: Incident, evidence_id: int) -> None:
+        item = self.store.evidence_by_id(evidence_id)
+        if item is None:
+            return
+        self.client.files_upload_v2(
+            channel=incident.channel_id, thread_ts=incident.card_ts, content=item.content,
+            filename=item.name, title=item.name,
+            initial_comment=blocks.render_evidence(item),
+        )

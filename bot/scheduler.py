@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from bot import blocks
 from playbooks.logctx import incident_context
 
 if TYPE_CHECKING:
@@ -24,6 +25,10 @@ def sweep(deps: Deps) -> dict[str, int]:
             deps.timeline.post(incident, "⌛ Nobody decided before the deadline; the request "
                                "expired and nothing was changed.")
             deps.timeline.update_card(incident)
+    for incident, states in deps.cordon.snapshot_reports():
+        with incident_context(incident.id):
+            log.info("snapshots finished", extra={"snapshots": states})
+            deps.timeline.post(incident, blocks.render_snapshot_report(states))
     resumed = deps.worker.resume_interrupted()
     for incident_id in resumed:
         with incident_context(incident_id):

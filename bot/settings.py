@@ -43,6 +43,7 @@ class Settings(BaseSettings):
                                                     validate_default=True)
     accounts: str = Field(default="", alias="CORDON_ACCOUNTS")
     approval_ttl: int = Field(default=1800, alias="CORDON_APPROVAL_TTL")
+    asg_decrement: bool = Field(default=False, alias="CORDON_ASG_DECREMENT")
     sweep_interval: int = Field(default=15, alias="CORDON_SWEEP_INTERVAL")
     usergroup_cache_ttl: int = Field(default=60, alias="CORDON_USERGROUP_CACHE_TTL")
     workers: int = Field(default=4, alias="CORDON_WORKERS", ge=1, le=64)

@@ -44,7 +44,8 @@ def build_deps(settings: Settings, session_factory: Callable[[], Any] | None = N
     pool = client_pool(session_factory)
     client = make_web_client(settings)
     timeline = SlackTimeline(store, client)
-    runner = Runner(store, pool.for_region, timeline)
+    runner = Runner(store, pool.for_region, timeline,
+                    run_options={"asg_decrement": settings.asg_decrement})
     worker = Worker(runner, max_workers=settings.workers)
     cordon = Cordon(store, pool.for_region, settings.regions, settings.approval_ttl, worker)
     approvers = ApproverPolicy(settings.approvers, client, settings.usergroup_cache_ttl)

@@ -44,8 +44,21 @@ class Target:
 class StepContext:
     target: Target
     clients: Clients
+    # The step's options from the playbook, and run-wide settings (e.g. asg_decrement).
+    options: dict[str, Any] = field(default_factory=dict)
+    # Earlier steps of this run by name: status, summary, details, captured.
+    history: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Per-step memo, so that check() and capture() share one describe round trip.
     memo: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Artifact:
+    """A file of evidence: kept in the store and posted in the thread."""
+
+    name: str
+    content: bytes
+    media_type: str = "application/octet-stream"
 
 
 @dataclass
@@ -54,6 +67,7 @@ class Outcome:
 
     summary: str
     details: dict[str, Any] = field(default_factory=dict)
+    artifacts: list[Artifact] = field(default_factory=list)
 
 
 class Action:
@@ -80,6 +94,10 @@ class Action:
     def undo(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
         raise NotImplementedError
 
+    def describe_undo(self, captured: dict[str, Any]) -> str:
+        """What undo() would restore, for the release card."""
+        return "restore the recorded prior state"
+
 
 ACTIONS: dict[str, type[Action]] = {}
 
@@ -105,4 +123,12 @@ def all_actions() -> dict[str, type[Action]]:
 
 def _load_all() -> None:
     # Importing the modules registers their actions.
-    from handlers import isolation, tagging  # noqa: F401
+    from handlers import (  # noqa: F401
+        autoscaling,
+        evidence,
+        instance_profile,
+        isolation,
+        protection,
+        summary,
+        tagging,
+    )

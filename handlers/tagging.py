@@ -20,7 +20,7 @@ def incident_tags(ctx: StepContext) -> dict[str, str]:
     t = ctx.target
     tags = {
         "cordon:incident": t.incident_id,
-        "cordon:status": "contained",
+        "cordon:status": str(ctx.options.get("status", "contained")),
         "cordon:requested-by": t.requester,
         "cordon:approved-by": t.approver,
     }
@@ -69,7 +69,8 @@ class TagInstance(Action):
             Tags=[{"Key": k, "Value": v} for k, v in tags.items()],
         )
         return Outcome(
-            f"cordon:incident={ctx.target.incident_id}, cordon:status=contained",
+            f"cordon:incident={ctx.target.incident_id}, cordon:status={tags['cordon:status']}, "
+            "requester, approver, reason, time",
             {"tags": tags},
         )
 
@@ -81,6 +82,9 @@ class TagInstance(Action):
             raise VerificationFailed(f"tags not set: {', '.join(wrong)}")
         return f"{len(want)} tags present"
 
+    def describe_undo(self, captured: dict[str, Any]) -> str:
+        return "the instance's cordon:* tags back to what they were"
+
     def undo(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
         prior: dict[str, str | None] = captured["tags"]
         restore = [{"Key": k, "Value": v} for k, v in prior.items() if v is not None]
@@ -90,3 +94,33 @@ class TagInstance(Action):
         if remove:
             ctx.clients.ec2.delete_tags(Resources=[ctx.target.resource_id], Tags=remove)
         return Outcome(f"{len(restore)} tags restored, {len(remove)} removed")
+
+
+def set_status_tag(ctx: StepContext, status: str, extra: dict[str, str] | None = None) -> None:
+    tags = {"cordon:incident": ctx.target.incident_id, "cordon:status": status, **(extra or {})}
+    ctx.clients.ec2.create_tags(Resources=[ctx.target.resource_id],
+                                Tags=[{"Key": k, "Value": tag_value(v)} for k, v in tags.items()])
+
+
+@register
+class MarkReleased(Action):
+    name = "mark-released"
+    description = "tag the instance cordon:status=released"
+    permissions = ("ec2:CreateTags", "ec2:DescribeTags")
+    reversible = False
+
+    def check(self, ctx: StepContext) -> bool:
+        return _current(ctx, ["cordon:status"]).get("cordon:status") == "released"
+
+    def capture(self, ctx: StepContext) -> dict[str, Any]:
+        return {}
+
+    def apply(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
+        set_status_tag(ctx, "released", {"cordon:released-by": ctx.target.approver,
+                                         "cordon:release": ctx.options.get("release_id", "")})
+        return Outcome("cordon:status=released")
+
+    def verify(self, ctx: StepContext, captured: dict[str, Any], outcome: Outcome) -> str:
+        if not self.check(ctx):
+            raise VerificationFailed("cordon:status is not released")
+        return "cordon:status=released"

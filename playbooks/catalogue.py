@@ -1,15 +1,29 @@
-"""Playbooks as data: an ordered list of action names, readable at a glance."""
+"""Playbooks as data: which actions, in which order, which of them run together."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
 class Step:
     action: str
-    # A critical step that fails stops the run: later steps would be unsafe or untrue.
-    critical: bool = True
+    # Steps of one phase run concurrently; phases run in order.
+    phase: int = 1
+    # A critical step that fails stops the run before the next phase: what comes after
+    # would be unsafe (cutting the network of an instance its Auto Scaling group will
+    # terminate) or untrue.
+    critical: bool = False
+    # Check and capture while the previous phase runs, so that apply starts at once.
+    early_capture: bool = False
+    options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    # "apply" for a containment; "undo" for a release.
+    mode: str = "apply"
+
+    @property
+    def name(self) -> str:
+        return self.action if self.mode == "apply" else f"undo-{self.action}"
 
 
 @dataclass(frozen=True)
@@ -20,29 +34,65 @@ class Playbook:
 
     @property
     def step_names(self) -> list[str]:
-        return [s.action for s in self.steps]
+        return [s.name for s in self.steps]
+
+    def phases(self) -> list[list[Step]]:
+        by_phase: dict[int, list[Step]] = {}
+        for step in self.steps:
+            by_phase.setdefault(step.phase, []).append(step)
+        return [by_phase[k] for k in sorted(by_phase)]
 
 
 PLAYBOOKS: dict[str, Playbook] = {
+    "full": Playbook(
+        name="full",
+        summary="protect evidence, leave Auto Scaling, cut the network, strip the role, "
+                "snapshot, image",
+        steps=(
+            Step("tag-instance", phase=1, options={"status": "containing"}),
+            Step("protect-evidence", phase=1),
+            Step("detach-from-auto-scaling", phase=1, critical=True),
+            Step("isolate-security-groups", phase=2, critical=True, early_capture=True),
+            Step("remove-instance-profile", phase=3),
+            Step("capture-evidence", phase=3),
+            Step("snapshot-volumes", phase=3),
+            Step("create-image", phase=3),
+            Step("verify-containment", phase=4),
+        ),
+    ),
     "isolate": Playbook(
         name="isolate",
         summary="cut the instance's network without leaving tracked connections alive",
         steps=(
-            Step("isolate-security-groups"),
-            Step("tag-instance", critical=False),
+            Step("isolate-security-groups", phase=1, critical=True),
+            Step("tag-instance", phase=2),
         ),
     ),
 }
 
-DEFAULT_PLAYBOOK = "isolate"
+DEFAULT_PLAYBOOK = "full"
+RELEASE = "release"
 
 
 def get_playbook(name: str) -> Playbook | None:
     return PLAYBOOKS.get(name)
 
 
+def release_playbook(contained: list[tuple[str, bool]]) -> Playbook:
+    """Undo, newest first, every step that recorded a prior state and can be undone;
+    then tag the instance released. `contained` is (action, has_captured_state)."""
+    from handlers.base import all_actions
+
+    actions = all_actions()
+    undo = [Step(name, phase=1, mode="undo") for name, captured in reversed(contained)
+            if captured and name in actions and actions[name].reversible]
+    steps = [Step(s.action, phase=n, mode="undo") for n, s in enumerate(undo, 1)]
+    steps.append(Step("mark-released", phase=len(steps) + 1))
+    return Playbook(RELEASE, "undo the containment from its recorded prior state", tuple(steps))
+
+
 def step_descriptions(playbook: Playbook) -> list[tuple[str, str]]:
     from handlers.base import all_actions
 
     actions = all_actions()
-    return [(s.action, actions[s.action].description) for s in playbook.steps]
+    return [(s.name, actions[s.action].description) for s in playbook.steps]

@@ -1,6 +1,7 @@
-"""Runs a playbook's steps in order, recording each: check → capture → save → apply →
-verify. Resumes an interrupted run from the store: finished steps are skipped and the
-prior state captured before the interruption is kept."""
+"""Runs a playbook: phase after phase, the steps of a phase concurrently, each step
+check → capture → save → apply → verify, every outcome recorded with its timing.
+Resumes an interrupted run from the store: finished steps are skipped and the prior
+state captured before the interruption is kept."""
 
 from __future__ import annotations
 
@@ -11,13 +12,26 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import Any, Protocol
 
-from handlers.aws import Clients, describe_error
-from handlers.base import StepContext, StepFailed, Target, get_action
-from playbooks.catalogue import Playbook, get_playbook
+from handlers.aws import Clients, describe_error, parallel
+from handlers.base import Action, Outcome, StepContext, StepFailed, Target, get_action
+from playbooks.catalogue import Playbook, Step, get_playbook, release_playbook
 from playbooks.logctx import incident_context
-from playbooks.store import CONTAINED, FAILED, PARTIAL, Incident, StepRecord, Store, utcnow
+from playbooks.store import (
+    CONTAINED,
+    FAILED,
+    PARTIAL,
+    PARTIALLY_RELEASED,
+    RELEASABLE,
+    RELEASED,
+    Evidence,
+    Incident,
+    StepRecord,
+    Store,
+    utcnow,
+)
 
 log = logging.getLogger("cordon.runner")
 
@@ -31,10 +45,12 @@ class Timeline(Protocol):
 
     def step_finished(self, incident: Incident, step: StepRecord) -> None: ...
 
+    def evidence_stored(self, incident: Incident, evidence: list[Evidence]) -> None: ...
+
     def run_finished(self, incident: Incident) -> None: ...
 
 
-def target_of(incident: Incident) -> Target:
+def target_of(incident: Incident, approver: str | None = None) -> Target:
     return Target(
         kind=incident.kind,
         resource_id=incident.target_id,
@@ -43,33 +59,36 @@ def target_of(incident: Incident) -> Target:
         incident_id=incident.id,
         facts=incident.facts or {},
         requester=incident.requester,
-        approver=incident.decided_by or "",
+        approver=approver or incident.decided_by or "",
         reason=incident.reason,
     )
 
 
-def final_status(playbook: Playbook, steps: list[StepRecord]) -> str:
+def final_status(incident: Incident, playbook: Playbook, steps: list[StepRecord]) -> str:
     by_name = {s.name: s for s in steps}
-    critical_failed = any(
-        by_name[st.action].status == "failed" for st in playbook.steps if st.critical
-    )
-    if critical_failed:
+    failed = any(s.status != "succeeded" and s.status != "skipped" for s in steps)
+    if incident.kind == "release":
+        return PARTIALLY_RELEASED if failed else RELEASED
+    if any(by_name[st.name].status == "failed" for st in playbook.steps if st.critical):
         return FAILED
-    if all(s.status in DONE for s in steps):
-        return CONTAINED
-    return PARTIAL
+    return PARTIAL if failed else CONTAINED
 
 
-def summarise(status: str, steps: list[StepRecord]) -> str:
+def summarise(steps: list[StepRecord]) -> str:
     ok = sum(1 for s in steps if s.status in DONE)
-    failed = [s for s in steps if s.status == "failed"]
     line = f"{ok} of {len(steps)} steps done"
+    failed = [s for s in steps if s.status == "failed"]
     if failed:
         line += "; failed: " + ", ".join(f"{s.name} ({s.error_code})" for s in failed)
     not_run = [s.name for s in steps if s.status == "not-run"]
     if not_run:
         line += "; not run: " + ", ".join(not_run)
     return line
+
+
+def history_of(steps: list[StepRecord]) -> dict[str, dict[str, Any]]:
+    return {s.name: {"status": s.status, "summary": s.summary, "details": s.details,
+                     "captured": s.captured, "error_code": s.error_code} for s in steps}
 
 
 class Runner:
@@ -79,12 +98,23 @@ class Runner:
         clients_for: Callable[[str], Clients],
         timeline: Timeline,
         lease_seconds: int = 60,
+        run_options: dict[str, Any] | None = None,
     ) -> None:
         self.store = store
         self.clients_for = clients_for
         self.timeline = timeline
         self.lease_seconds = lease_seconds
+        self.run_options = dict(run_options or {})
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+
+    def plan(self, incident: Incident) -> Playbook:
+        if incident.kind == "release":
+            parent = self.store.steps(incident.parent_id or "")
+            return release_playbook([(s.name, s.captured is not None) for s in parent])
+        playbook = get_playbook(incident.playbook)
+        if playbook is None:
+            raise ValueError(f"unknown playbook {incident.playbook}")
+        return playbook
 
     def run(self, incident_id: str) -> str | None:
         """Run (or resume) one incident's playbook. None when another worker has it."""
@@ -115,70 +145,122 @@ class Runner:
     def _run(self, incident_id: str, resumed: bool) -> str:
         incident = self.store.get(incident_id)
         assert incident is not None
-        playbook = get_playbook(incident.playbook)
-        if playbook is None:
-            raise ValueError(f"unknown playbook {incident.playbook}")
-        records = self.store.ensure_steps(incident_id, playbook.step_names)
+        playbook = self.plan(incident)
+        records = {r.name: r for r in self.store.ensure_steps(incident_id, playbook.step_names)}
         self._notify(self.timeline.run_started, incident, resumed)
-        target = target_of(incident)
+        # A release acts on the containment's target, in its name.
+        subject = self.store.get(incident.parent_id) if incident.parent_id else incident
+        assert subject is not None
+        target = target_of(subject, approver=incident.decided_by)
         clients = self.clients_for(incident.region)
+        contexts = {s.name: StepContext(target=target, clients=clients,
+                                        options={**self.run_options, **s.options,
+                                                 "release_id": incident.id})
+                    for s in playbook.steps}
+        parent_captured = ({s.name: s.captured for s in self.store.steps(subject.id)}
+                           if incident.kind == "release" else {})
+        phases = playbook.phases()
         stopped_by: str | None = None
-        for step, record in zip(playbook.steps, records, strict=True):
-            if record.status in DONE:
-                continue
+        for index, phase in enumerate(phases):
+            current = {s.name: s for s in self.store.steps(incident_id)}
+            todo = [s for s in phase if current[s.name].status not in DONE]
             if stopped_by is not None:
-                self.store.update_step(record.id, status="not-run",
-                                       summary=f"not run: {stopped_by} failed")
+                for step in todo:
+                    self.store.update_step(records[step.name].id, status="not-run",
+                                           summary=f"not run: {stopped_by} failed")
                 continue
-            ok = self._run_step(StepContext(target=target, clients=clients), record, incident)
-            if not ok and step.critical:
-                stopped_by = record.name
+            history = history_of(list(current.values()))
+            for step in todo:
+                contexts[step.name].history = history
+            upcoming = phases[index + 1] if index + 1 < len(phases) else []
+            early = [s for s in upcoming if s.early_capture and current[s.name].captured is None
+                     and current[s.name].status not in DONE]
+            jobs: list[Callable[[], bool]] = []
+            jobs += [partial(self._run_step, contexts[s.name], s, current[s.name], incident,
+                             parent_captured.get(s.action)) for s in todo]
+            jobs += [partial(self._capture_early, contexts[s.name], s, current[s.name])
+                     for s in early]
+            results = parallel(lambda job: job(), jobs)
+            failed_critical = [s.name for s, ok in zip(todo, results, strict=False)
+                               if not ok and s.critical]
+            if failed_critical:
+                stopped_by = failed_critical[0]
         steps = self.store.steps(incident_id)
-        status = final_status(playbook, steps)
-        self.store.finish_run(incident_id, self.owner, status, summarise(status, steps))
+        status = final_status(incident, playbook, steps)
+        self.store.finish_run(incident_id, self.owner, status, summarise(steps))
+        if incident.kind == "release" and status == RELEASED and incident.parent_id:
+            self.store.set_status(incident.parent_id, RELEASED, RELEASABLE)
         finished = self.store.get(incident_id)
         assert finished is not None
         log.info("run finished", extra={"status": status})
         self._notify(self.timeline.run_finished, finished)
         return status
 
-    def _run_step(self, ctx: StepContext, record: StepRecord, incident: Incident) -> bool:
-        action = get_action(record.name)
+    def _capture_early(self, ctx: StepContext, step: Step, record: StepRecord) -> bool:
+        """Describe and save the prior state of the next phase's step now, so that its
+        apply can start the moment this phase ends. Never fails the run: the step
+        captures again when its turn comes."""
+        try:
+            action = get_action(step.action)
+            if not action.check(ctx):
+                self.store.update_step(record.id, captured=action.capture(ctx))
+        except Exception as exc:
+            ctx.memo.clear()
+            log.warning("early capture failed", extra={"step": step.name,
+                                                       "error": describe_error(exc).code})
+        return True
+
+    def _run_step(self, ctx: StepContext, step: Step, record: StepRecord, incident: Incident,
+                  undo_captured: dict[str, Any] | None) -> bool:
+        action = get_action(step.action)
         started = time.monotonic()
         self.store.update_step(record.id, status="running", started_at=utcnow(),
                                attempts=record.attempts + 1, error_code=None,
                                error_message=None)
         values: dict[str, Any]
+        outcome: Outcome | None = None
         try:
-            captured = record.captured
-            if action.check(ctx):
-                values = {"status": "skipped" if captured is None else "succeeded",
-                          "summary": "already in place; nothing to change"}
+            if step.mode == "undo":
+                outcome = action.undo(ctx, undo_captured or {})
+                values = {"status": "succeeded", "summary": outcome.summary}
             else:
-                if captured is None:
-                    captured = action.capture(ctx)
-                    # The prior state is safe in the store before anything changes.
-                    self.store.update_step(record.id, captured=captured)
-                outcome = action.apply(ctx, captured)
-                seen = action.verify(ctx, captured, outcome)
-                values = {"status": "succeeded", "summary": outcome.summary,
-                          "details": {**outcome.details, "verified": seen}}
+                values, outcome = self._apply(action, ctx, record.id)
         except StepFailed as exc:
             values = {"status": "failed", "error_code": exc.code,
                       "error_message": exc.message, "summary": exc.done}
         except Exception as exc:
             err = describe_error(exc)
-            log.exception("step raised", extra={"step": record.name})
+            log.exception("step raised", extra={"step": step.name})
             values = {"status": "failed", "error_code": err.code, "error_message": err.message}
         values["finished_at"] = utcnow()
         values["duration_ms"] = int((time.monotonic() - started) * 1000)
         self.store.update_step(record.id, **values)
-        log.info("step finished", extra={"step": record.name, "status": values["status"],
+        log.info("step finished", extra={"step": step.name, "status": values["status"],
                                          "duration_ms": values["duration_ms"],
                                          "error_code": values.get("error_code")})
+        if outcome is not None and outcome.artifacts and values["status"] in DONE:
+            kept = [self.store.add_evidence(incident.id, step.name, a.name, a.media_type,
+                                            a.content) for a in outcome.artifacts]
+            self._notify(self.timeline.evidence_stored, incident, kept)
         fresh = next(s for s in self.store.steps(incident.id) if s.id == record.id)
         self._notify(self.timeline.step_finished, incident, fresh)
         return values["status"] in DONE
+
+    def _apply(self, action: Action, ctx: StepContext, record_id: int
+               ) -> tuple[dict[str, Any], Outcome | None]:
+        record = next(s for s in self.store.steps_by_id([record_id]))
+        captured = record.captured
+        if action.check(ctx):
+            return {"status": "skipped" if captured is None else "succeeded",
+                    "summary": "already in place; nothing to change"}, None
+        if captured is None:
+            captured = action.capture(ctx)
+            # The prior state is safe in the store before anything changes.
+            self.store.update_step(record_id, captured=captured)
+        outcome = action.apply(ctx, captured)
+        seen = action.verify(ctx, captured, outcome)
+        return {"status": "succeeded", "summary": outcome.summary,
+                "details": {**outcome.details, "verified": seen}}, outcome
 
     def _notify(self, fn: Callable[..., None], *args: Any) -> None:
         # Slack being down must never stop a containment: the outbox retries later.

@@ -9,7 +9,8 @@ from typing import Any
 
 from handlers import ec2_lookup
 from handlers.aws import ClientPool, Clients, describe_error
-from playbooks.catalogue import get_playbook
+from handlers.base import get_action
+from playbooks.catalogue import RELEASE, get_playbook, release_playbook
 from playbooks.errors import (
     AlreadyDecided,
     AwsLookupFailed,
@@ -19,7 +20,19 @@ from playbooks.errors import (
     UnknownIncident,
 )
 from playbooks.runner import Worker
-from playbooks.store import DENIED, EXPIRED, PENDING, Decision, Incident, StepRecord, Store, utcnow
+from playbooks.store import (
+    DENIED,
+    EXPIRED,
+    OPEN_STATES,
+    PENDING,
+    RELEASABLE,
+    RELEASED,
+    Decision,
+    Incident,
+    StepRecord,
+    Store,
+    utcnow,
+)
 
 log = logging.getLogger("cordon.service")
 
@@ -98,6 +111,69 @@ class Cordon:
         log.info("request opened", extra={"incident": incident.id, "target": req.instance_id,
                                           "playbook": req.playbook})
         return incident
+
+    def open_release(self, query: str, reason: str, requester: str, channel_id: str
+                     ) -> Incident:
+        """A request to undo a containment, found by incident id or instance id."""
+        if query.startswith("CRD-"):
+            parent = self.store.get(query)
+        else:
+            parent = self.store.latest_containment(query)
+        if parent is None or parent.kind != "instance":
+            raise UnknownIncident(f"no containment of `{query}` is recorded; nothing to release")
+        if parent.status in OPEN_STATES:
+            raise BadInput(f"{parent.id} is still {parent.status}; release it once it has run")
+        if parent.status == RELEASED:
+            raise BadInput(f"{parent.id} was already released")
+        if parent.status not in RELEASABLE:
+            raise BadInput(f"{parent.id} was {parent.status}: it changed nothing, so there is "
+                           "nothing to release")
+        pending = self.store.open_release_for(parent.id)
+        if pending is not None:
+            raise BadInput(f"{parent.id} already has a release request, {pending.id} "
+                           f"({pending.status})")
+        steps = self.store.steps(parent.id)
+        plan = release_playbook([(s.name, s.captured is not None) for s in steps])
+        captured = {s.name: s.captured for s in steps}
+        undo = [(s.name, get_action(s.action).describe_undo(captured.get(s.action) or {}))
+                for s in plan.steps if s.mode == "undo"]
+        incident = self.store.create_incident(
+            ttl_seconds=self.approval_ttl_seconds, kind="release", parent_id=parent.id,
+            target_id=parent.target_id, region=parent.region, account=parent.account,
+            playbook=RELEASE, reason=reason, requester=requester, channel_id=channel_id,
+            facts={**(parent.facts or {}), "release_of": parent.id,
+                   "release_of_status": parent.status, "undo": undo},
+        )
+        log.info("release requested", extra={"incident": incident.id, "parent": parent.id})
+        return incident
+
+    def retry(self, incident_id: str, user_id: str) -> Incident:
+        if not self.store.retry(incident_id, user_id):
+            incident = self.get(incident_id)
+            raise AlreadyDecided(f"{incident_id} is {incident.status}; only a failed or "
+                                 "partial run can be retried")
+        if self.worker is not None:
+            self.worker.submit(incident_id)
+        return self.get(incident_id)
+
+    def snapshot_reports(self) -> list[tuple[Incident, dict[str, str]]]:
+        """Runs whose snapshots have all finished (completed or failed), each reported
+        once, whichever replica looks first."""
+        from handlers.evidence import snapshot_states
+
+        reports = []
+        for incident, step in self.store.snapshots_to_follow():
+            ids = [s["id"] for s in (step.details or {}).get("snapshots", [])]
+            try:
+                states = snapshot_states(self.clients_for(incident.region), ids)
+            except Exception as exc:
+                log.warning("snapshot follow-up failed", extra={
+                    "incident": incident.id, "error": describe_error(exc).code})
+                continue
+            finished = all(state in ("completed", "error") for state in states.values())
+            if finished and self.store.claim_snapshot_report(incident.id) and states:
+                reports.append((incident, states))
+        return reports
 
     def card_posted(self, incident_id: str, channel_id: str, ts: str) -> None:
         self.store.set_card(incident_id, channel_id, ts)

@@ -5,6 +5,7 @@ is a conditional UPDATE whose row count says who won."""
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from sqlalchemy import (
     Engine,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Text,
     create_engine,
@@ -31,8 +33,12 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 PENDING, APPROVED, RUNNING = "pending", "approved", "running"
 CONTAINED, PARTIAL, FAILED = "contained", "partially contained", "failed"
 DENIED, EXPIRED = "denied", "expired"
+RELEASED, PARTIALLY_RELEASED = "released", "partially released"
 OPEN_STATES = (PENDING, APPROVED, RUNNING)
-FINAL_STATES = (CONTAINED, PARTIAL, FAILED, DENIED, EXPIRED)
+FINAL_STATES = (CONTAINED, PARTIAL, FAILED, DENIED, EXPIRED, RELEASED, PARTIALLY_RELEASED)
+RETRYABLE = (PARTIAL, FAILED, PARTIALLY_RELEASED)
+# A containment that ran (even partly) has something to release.
+RELEASABLE = (CONTAINED, PARTIAL, FAILED, PARTIALLY_RELEASED)
 
 _ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 
@@ -54,7 +60,9 @@ class Incident(Base):
     __tablename__ = "incidents"
 
     id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    # "instance" (a containment) or "release" (undoing the containment `parent_id`).
     kind: Mapped[str] = mapped_column(String(16), default="instance")
+    parent_id: Mapped[str | None] = mapped_column(String(16), nullable=True)
     target_id: Mapped[str] = mapped_column(String(64), index=True)
     region: Mapped[str] = mapped_column(String(32))
     account: Mapped[str] = mapped_column(String(32), default="")
@@ -74,6 +82,7 @@ class Incident(Base):
     summary: Mapped[str] = mapped_column(Text, default="")
     lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
     lease_until: Mapped[datetime | None] = mapped_column(nullable=True)
+    snapshots_reported_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class Decision(Base):
@@ -107,6 +116,22 @@ class StepRecord(Base):
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
     duration_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class Evidence(Base):
+    """A file captured during a run, kept with its SHA-256."""
+
+    __tablename__ = "evidence"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    incident_id: Mapped[str] = mapped_column(ForeignKey("incidents.id"), index=True)
+    step: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(255))
+    media_type: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class OutboxMessage(Base):
@@ -257,6 +282,77 @@ class Store:
                     expired.append(incident_id)
         return expired
 
+    def retry(self, incident_id: str, user_id: str) -> bool:
+        """failed / partially contained → approved, once; finished steps stay done."""
+        with self.session() as s:
+            result = s.execute(
+                update(Incident)
+                .where(Incident.id == incident_id, Incident.status.in_(RETRYABLE))
+                .values(status=APPROVED, finished_at=None, summary="")
+            )
+            won = result.rowcount == 1  # type: ignore[attr-defined]
+            s.add(Decision(incident_id=incident_id, user_id=user_id, action="retry",
+                           outcome="accepted" if won else "not retryable"))
+        return won
+
+    def set_status(self, incident_id: str, status: str, expect: tuple[str, ...]) -> bool:
+        with self.session() as s:
+            result = s.execute(update(Incident).where(
+                Incident.id == incident_id, Incident.status.in_(expect)).values(status=status))
+            return result.rowcount == 1  # type: ignore[attr-defined]
+
+    def latest_containment(self, target_id: str) -> Incident | None:
+        with self.session() as s:
+            return s.scalars(
+                select(Incident)
+                .where(Incident.target_id == target_id, Incident.kind == "instance")
+                .order_by(Incident.created_at.desc())
+            ).first()
+
+    def open_release_for(self, parent_id: str) -> Incident | None:
+        with self.session() as s:
+            return s.scalars(select(Incident).where(
+                Incident.parent_id == parent_id, Incident.status.in_(OPEN_STATES))).first()
+
+    # evidence ----------------------------------------------------------------------
+
+    def add_evidence(self, incident_id: str, step: str, name: str, media_type: str,
+                     content: bytes) -> Evidence:
+        row = Evidence(incident_id=incident_id, step=step, name=name, media_type=media_type,
+                       sha256=hashlib.sha256(content).hexdigest(), size=len(content),
+                       content=content)
+        with self.session() as s:
+            s.add(row)
+        return row
+
+    def evidence(self, incident_id: str) -> list[Evidence]:
+        with self.session() as s:
+            return list(s.scalars(select(Evidence).where(Evidence.incident_id == incident_id)
+                                  .order_by(Evidence.id)))
+
+    def evidence_by_id(self, evidence_id: int) -> Evidence | None:
+        with self.session() as s:
+            return s.get(Evidence, evidence_id)
+
+    # follow-ups --------------------------------------------------------------------
+
+    def snapshots_to_follow(self) -> list[tuple[Incident, StepRecord]]:
+        with self.session() as s:
+            rows = s.execute(
+                select(Incident, StepRecord)
+                .join(StepRecord, StepRecord.incident_id == Incident.id)
+                .where(StepRecord.name == "snapshot-volumes", StepRecord.status == "succeeded",
+                       Incident.snapshots_reported_at.is_(None))
+            ).all()
+            return [(inc, step) for inc, step in rows]
+
+    def claim_snapshot_report(self, incident_id: str) -> bool:
+        with self.session() as s:
+            result = s.execute(update(Incident).where(
+                Incident.id == incident_id, Incident.snapshots_reported_at.is_(None)
+            ).values(snapshots_reported_at=utcnow()))
+            return result.rowcount == 1  # type: ignore[attr-defined]
+
     # runs --------------------------------------------------------------------------
 
     def claim_run(self, incident_id: str, owner: str, lease_seconds: int) -> bool:
@@ -327,6 +423,10 @@ class Store:
         with self.session() as s:
             return list(s.scalars(select(StepRecord).where(StepRecord.incident_id == incident_id)
                                   .order_by(StepRecord.position)))
+
+    def steps_by_id(self, step_ids: list[int]) -> list[StepRecord]:
+        with self.session() as s:
+            return list(s.scalars(select(StepRecord).where(StepRecord.id.in_(step_ids))))
 
     def update_step(self, step_id: int, **values: Any) -> None:
         with self.session() as s:

@@ -19,7 +19,7 @@ def test_a_full_request() -> None:
 def test_the_playbook_is_optional_and_defaults() -> None:
     cmd = grammar.parse(f"{ID} outbound traffic to a mining pool")
     assert isinstance(cmd, grammar.ContainCommand)
-    assert cmd.playbook == "isolate" and cmd.reason == "outbound traffic to a mining pool"
+    assert cmd.playbook == "full" and cmd.reason == "outbound traffic to a mining pool"
 
 
 def test_ids_are_case_insensitive_and_short_ids_accepted() -> None:
@@ -41,7 +41,7 @@ def test_status_forms() -> None:
 @pytest.mark.parametrize(("text", "says"), [
     ("i-xyz isolate", "is not an instance id"),
     (f"{ID} isolat a typo", "Did you mean `isolate`"),
-    (f"{ID} full", "unknown playbook `full`"),
+    (f"{ID} nacl", "unknown playbook `nacl`"),
     (f"{ID} playbook=nuke why", "unknown playbook `nuke`"),
     (f"{ID} region=mars why", "is not an AWS region"),
     (f"{ID} region=eu-west-1 region=us-east-1 why", "given twice"),
@@ -49,12 +49,20 @@ def test_status_forms() -> None:
     (f"{ID} " + "x " * 300, "keep it under"),
     ("contain the web box", "I expected an instance id"),
     ("status a b", "takes nothing"),
-    ("release i-0abc123def4567890", "not available"),
+    ("key AKIAIOSFODNN7EXAMPLE", "not available"),
+    ("release", "takes an instance id"),
+    ("release vpc-123 undo", "takes an instance id"),
 ])
 def test_bad_input_says_what_is_wrong(text: str, says: str) -> None:
     with pytest.raises(BadInput, match=None) as err:
         grammar.parse(text)
     assert says in str(err.value)
+
+
+def test_release_forms() -> None:
+    assert grammar.parse(f"release {ID} false positive") == grammar.ReleaseCommand(
+        query=ID, reason="false positive")
+    assert grammar.parse("release crd-abc234") == grammar.ReleaseCommand(query="CRD-ABC234")
 
 
 def test_typed_text_is_escaped_in_errors() -> None:

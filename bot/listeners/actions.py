@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from slack_bolt import Ack, App, Respond
 
+from bot.blocks import render_retry
 from bot.ids import ActionId
 from bot.listeners import replies_errors
 from playbooks.errors import BadInput, NotAuthorized
@@ -59,5 +60,19 @@ def register(app: App, deps: Deps) -> None:
     def handle_deny_click(body: dict[str, Any], respond: Respond) -> None:
         decide(body, respond, approve=False)
 
+    @replies_errors
+    def handle_retry_click(body: dict[str, Any], respond: Respond) -> None:
+        user = body["user"]["id"]
+        incident_id = _clicked_incident(body)
+        with incident_context(incident_id):
+            if not deps.approvers.is_approver(user):
+                deps.cordon.refuse(incident_id, user, "retry", "refused: not an approver")
+                raise NotAuthorized("you are not authorised to retry containments. "
+                                    "Nothing was changed.")
+            incident = deps.cordon.retry(incident_id, user)
+            deps.timeline.post(incident, render_retry(incident, user))
+            deps.timeline.update_card(incident)
+
     app.action(ActionId.APPROVE.value)(ack=ack_now, lazy=[handle_approve_click])
     app.action(ActionId.DENY.value)(ack=ack_now, lazy=[handle_deny_click])
+    app.action(ActionId.RETRY.value)(ack=ack_now, lazy=[handle_retry_click])

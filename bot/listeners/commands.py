@@ -14,6 +14,7 @@ from bot.listeners import replies_errors
 from bot.text import escape
 from playbooks.errors import BadInput, CordonError, TargetNotFound
 from playbooks.service import ContainRequest
+from playbooks.store import Incident
 
 if TYPE_CHECKING:
     from bot.wiring import Deps
@@ -30,6 +31,8 @@ def register(app: App, deps: Deps) -> None:
             ack(text=blocks.render_help())
         elif isinstance(cmd, grammar.ContainCommand):
             ack(text=f"🔎 Looking up `{cmd.instance_id}`…")
+        elif isinstance(cmd, grammar.ReleaseCommand):
+            ack(text=f"🔎 Looking up what was done to `{cmd.query}`…")
         else:
             ack()
 
@@ -43,6 +46,10 @@ def register(app: App, deps: Deps) -> None:
             respond(text=status_text(deps, cmd), response_type="ephemeral")
         elif isinstance(cmd, grammar.ContainCommand):
             open_containment(deps, cmd, command, client)
+        elif isinstance(cmd, grammar.ReleaseCommand):
+            incident = deps.cordon.open_release(cmd.query, cmd.reason, command["user_id"],
+                                                command["channel_id"])
+            post_card(deps, incident, client)
 
     app.command(COMMAND)(ack=ack_contain, lazy=[process_contain])
 
@@ -73,9 +80,13 @@ def open_containment(deps: Deps, cmd: grammar.ContainCommand, command: dict[str,
         region=cmd.region,
     )
     incident = deps.cordon.open_request(request, facts)
+    post_card(deps, incident, client)
+
+
+def post_card(deps: Deps, incident: Incident, client: WebClient) -> None:
     text, card = blocks.render_card(incident)
     try:
-        resp = client.chat_postMessage(channel=request.channel_id, text=text, blocks=card,
+        resp = client.chat_postMessage(channel=incident.channel_id, text=text, blocks=card,
                                        unfurl_links=False)
     except SlackApiError as exc:
         deps.cordon.card_failed(incident.id)
@@ -84,4 +95,4 @@ def open_containment(deps: Deps, cmd: grammar.ContainCommand, command: dict[str,
             "not_in_channel", "channel_not_found") else ""
         raise BadInput(f"could not post the approval card (`{error}`).{hint} "
                        "Nothing was changed.") from exc
-    deps.cordon.card_posted(incident.id, request.channel_id, str(resp["ts"]))
+    deps.cordon.card_posted(incident.id, incident.channel_id, str(resp["ts"]))

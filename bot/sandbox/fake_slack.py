@@ -23,6 +23,7 @@ class Message:
     thread_ts: str | None = None
     user: str = "UCORDONBOT"
     edits: int = 0
+    files: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -45,6 +46,8 @@ class FakeSlack:
         self.not_in: set[str] = set()  # channels the bot was not invited to
         self.failures: dict[str, list[str]] = {}  # method → errors to answer next
         self.response_owners: dict[str, str | None] = {}
+        self.uploads: dict[str, dict[str, Any]] = {}  # file id → name and bytes
+        self._file_ids = itertools.count(1)
         self._ts = itertools.count(1)
         self._response_urls = itertools.count(1)
         self.httpd = ThreadingHTTPServer((host, port), self._handler())
@@ -77,6 +80,7 @@ class FakeSlack:
             self.ephemerals.clear()
             self.usergroups.clear()
             self.not_in.clear()
+            self.uploads.clear()
             self.failures.clear()
 
     def new_response_url(self, user: str | None = None) -> str:
@@ -173,6 +177,34 @@ class FakeSlack:
             return {"ok": False, "error": "no_such_subteam"}
         return {"ok": True, "users": list(self.usergroups[group])}
 
+    def api_files_getUploadURLExternal(self, args: dict[str, Any]) -> dict[str, Any]:
+        if not args.get("filename") or not args.get("length"):
+            return {"ok": False, "error": "invalid_arguments"}
+        file_id = f"F{next(self._file_ids):08d}"
+        self.uploads[file_id] = {"name": args["filename"], "content": None}
+        return {"ok": True, "upload_url": f"{self.url}/upload/{file_id}", "file_id": file_id}
+
+    def upload(self, file_id: str, content: bytes) -> bool:
+        with self.lock:
+            if file_id not in self.uploads:
+                return False
+            self.uploads[file_id]["content"] = content
+            return True
+
+    def api_files_completeUploadExternal(self, args: dict[str, Any]) -> dict[str, Any]:
+        files = json.loads(args.get("files") or "[]")
+        if any(self.uploads.get(f["id"], {}).get("content") is None for f in files):
+            return {"ok": False, "error": "upload_not_complete"}
+        channel, thread_ts = args.get("channel_id", ""), args.get("thread_ts")
+        if thread_ts and self.message(channel, thread_ts) is None:
+            return {"ok": False, "error": "thread_not_found"}
+        shared = [{"id": f["id"], "title": f.get("title"), **self.uploads[f["id"]]}
+                  for f in files]
+        self.messages.append(Message(channel=channel, ts=self._next_ts(),
+                                     text=args.get("initial_comment", ""),
+                                     thread_ts=thread_ts, files=shared))
+        return {"ok": True, "files": [{"id": f["id"], "title": f["title"]} for f in shared]}
+
     def response_url(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
             self.calls.append(("response_url", {"path": path, **payload}))
@@ -188,6 +220,10 @@ class FakeSlack:
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, format: str, *args: object) -> None:
                 pass
+
+            def _raw(self) -> bytes:
+                length = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(length) if length else b""
 
             def _read(self) -> dict[str, Any]:
                 parts = urlsplit(self.path)
@@ -211,6 +247,14 @@ class FakeSlack:
 
             def _dispatch(self) -> None:
                 path = urlsplit(self.path).path
+                if path.startswith("/upload/"):
+                    ok = fake.upload(path.rsplit("/", 1)[-1], self._raw())
+                    body = b"OK" if ok else b"not found"
+                    self.send_response(200 if ok else 404)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
                 args = self._read()
                 if path.startswith("/api/"):
                     self._reply(fake.handle(path[len("/api/"):], args))

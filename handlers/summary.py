@@ -1,0 +1,80 @@
+"""The last step: describe everything again and say, in one message, what is contained,
+what was preserved and what failed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from handlers.aws import parallel
+from handlers.base import Action, Outcome, StepContext, VerificationFailed, register
+from handlers.ec2_lookup import describe_instance
+from handlers.instance_profile import _association
+from handlers.isolation import is_sealed
+from handlers.tagging import set_status_tag
+
+
+@register
+class VerifyContainment(Action):
+    name = "verify-containment"
+    description = "describe everything again; one summary of what is contained, kept, failed"
+    permissions = ("ec2:DescribeInstances", "ec2:DescribeSecurityGroups",
+                   "ec2:DescribeIamInstanceProfileAssociations", "ec2:CreateTags")
+    reversible = False
+
+    def check(self, ctx: StepContext) -> bool:
+        return False
+
+    def capture(self, ctx: StepContext) -> dict[str, Any]:
+        return {}
+
+    def apply(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
+        history = ctx.history
+        isolation = history.get("isolate-security-groups", {})
+        sealed_id = (isolation.get("details") or {}).get("sealed_group")
+
+        def sealed_group() -> dict[str, Any] | None:
+            if not sealed_id:
+                return None
+            groups = ctx.clients.ec2.describe_security_groups(GroupIds=[sealed_id])
+            return dict(groups["SecurityGroups"][0])
+
+        inst, group, assoc = parallel(lambda f: f(), [
+            lambda: describe_instance(ctx.clients, ctx.target.resource_id),
+            sealed_group,
+            lambda: _association(ctx),
+        ])
+        contained, kept, failed = [], [], []
+        enis = (inst or {}).get("NetworkInterfaces", [])
+        network_ok = bool(enis) and group is not None and is_sealed(group) and all(
+            [g["GroupId"] for g in e.get("Groups", [])] == [sealed_id] for e in enis)
+        if network_ok:
+            contained.append(f"network ({len(enis)} ENIs on cordon-sealed)")
+        else:
+            failed.append("network is NOT isolated")
+        if assoc is None and "remove-instance-profile" in history:
+            contained.append("no instance profile")
+        elif assoc is not None:
+            failed.append(f"instance profile still associated ({assoc['profile_arn']})")
+        for name, step in history.items():
+            details = step.get("details") or {}
+            if step.get("status") == "failed":
+                failed.append(f"{name} ({step.get('error_code')})")
+            if name == "protect-evidence" and step.get("status") in ("succeeded", "skipped"):
+                contained.append("termination/stop protected")
+            if name == "detach-from-auto-scaling" and step.get("status") == "succeeded":
+                contained.append("out of Auto Scaling and load balancers")
+            kept += [s["id"] for s in details.get("snapshots", [])]
+            if details.get("image"):
+                kept.append(details["image"])
+            kept += details.get("files", [])
+        status = "contained" if not failed else "partially-contained"
+        set_status_tag(ctx, status)
+        summary = (f"contained: {', '.join(contained) or 'nothing'} | preserved: "
+                   f"{', '.join(kept) or 'nothing'} | failed: {', '.join(failed) or 'nothing'}")
+        return Outcome(summary, {"network_isolated": network_ok, "preserved": kept,
+                                 "failed": failed})
+
+    def verify(self, ctx: StepContext, captured: dict[str, Any], outcome: Outcome) -> str:
+        if not outcome.details["network_isolated"]:
+            raise VerificationFailed("the network is not isolated", outcome.summary)
+        return "network isolated"
