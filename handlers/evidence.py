@@ -180,14 +180,20 @@ class CreateImage(Action):
 
     def apply(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
         name = f"cordon-{ctx.target.incident_id}-{ctx.target.resource_id}"
-        resp = ctx.clients.ec2.create_image(
+        ec2 = ctx.clients.ec2
+        resp = ec2.create_image(
             InstanceId=ctx.target.resource_id, Name=name, NoReboot=True,
             Description=f"Cordon {ctx.target.incident_id}: evidence (taken without reboot)",
-            TagSpecifications=[{"ResourceType": "image", "Tags": evidence_tags(ctx, "image")},
-                               {"ResourceType": "snapshot",
-                                "Tags": evidence_tags(ctx, "image-snapshot")}],
+            TagSpecifications=[{"ResourceType": "image", "Tags": evidence_tags(ctx, "image")}],
         )
-        return Outcome(f"{resp['ImageId']} ({name}), no reboot", {"image": resp["ImageId"]})
+        image = resp["ImageId"]
+        # The image's own snapshots carry the incident too, where EC2 already lists them.
+        found = ec2.describe_images(ImageIds=[image]).get("Images", [])
+        snaps = [m["Ebs"]["SnapshotId"] for img in found for m in img.get("BlockDeviceMappings", [])
+                 if m.get("Ebs", {}).get("SnapshotId")]
+        if snaps:
+            ec2.create_tags(Resources=snaps, Tags=evidence_tags(ctx, "image-snapshot"))
+        return Outcome(f"{image} ({name}), no reboot", {"image": image, "image_snapshots": snaps})
 
     def verify(self, ctx: StepContext, captured: dict[str, Any], outcome: Outcome) -> str:
         image = outcome.details["image"]

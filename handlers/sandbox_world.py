@@ -130,3 +130,39 @@ def group_rules(group_id: str, region: str = "us-east-1") -> tuple[list[Any], li
     ec2 = boto3.session.Session().client("ec2", region_name=region)
     g = ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]
     return g.get("IpPermissions", []), g.get("IpPermissionsEgress", [])
+
+
+@dataclass
+class Fleet:
+    asg: str
+    target_group: str
+    classic_elb: str
+
+
+def join_fleet(world: World, session: boto3.session.Session | None = None) -> Fleet:
+    """Put the compromised instance where production instances live: an Auto Scaling
+    group, an ALB target group and a classic load balancer."""
+    session = session or boto3.session.Session()
+    region = world.region
+    ec2 = session.client("ec2", region_name=region)
+    autoscaling = session.client("autoscaling", region_name=region)
+    elbv2 = session.client("elbv2", region_name=region)
+    elb = session.client("elb", region_name=region)
+    ec2.create_launch_template(LaunchTemplateName="web-prod", LaunchTemplateData={
+        "ImageId": SANDBOX_IMAGE, "InstanceType": "t3.large"})
+    autoscaling.create_auto_scaling_group(
+        AutoScalingGroupName="web-prod-asg", LaunchTemplate={"LaunchTemplateName": "web-prod"},
+        MinSize=0, MaxSize=4, DesiredCapacity=0, VPCZoneIdentifier=world.subnet_id)
+    autoscaling.attach_instances(InstanceIds=[world.instance_id],
+                                 AutoScalingGroupName="web-prod-asg")
+    tg = elbv2.create_target_group(Name="web-prod", Protocol="HTTP", Port=80,
+                                   VpcId=world.vpc_id, TargetType="instance")
+    tg_arn = tg["TargetGroups"][0]["TargetGroupArn"]
+    elbv2.register_targets(TargetGroupArn=tg_arn, Targets=[{"Id": world.instance_id,
+                                                            "Port": 8080}])
+    elb.create_load_balancer(LoadBalancerName="web-legacy", Subnets=[world.subnet_id],
+                             Listeners=[{"Protocol": "HTTP", "LoadBalancerPort": 80,
+                                         "InstancePort": 8080}])
+    elb.register_instances_with_load_balancer(LoadBalancerName="web-legacy",
+                                              Instances=[{"InstanceId": world.instance_id}])
+    return Fleet("web-prod-asg", tg_arn, "web-legacy")

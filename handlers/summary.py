@@ -66,7 +66,8 @@ class VerifyContainment(Action):
             kept += [s["id"] for s in details.get("snapshots", [])]
             if details.get("image"):
                 kept.append(details["image"])
-            kept += details.get("files", [])
+            if details.get("files"):
+                kept.append(f"{len(details['files'])} evidence files")
         status = "contained" if not failed else "partially-contained"
         set_status_tag(ctx, status)
         summary = (f"contained: {', '.join(contained) or 'nothing'} | preserved: "

@@ -238,12 +238,14 @@ class Runner:
         log.info("step finished", extra={"step": step.name, "status": values["status"],
                                          "duration_ms": values["duration_ms"],
                                          "error_code": values.get("error_code")})
+        kept = []
         if outcome is not None and outcome.artifacts and values["status"] in DONE:
             kept = [self.store.add_evidence(incident.id, step.name, a.name, a.media_type,
                                             a.content) for a in outcome.artifacts]
-            self._notify(self.timeline.evidence_stored, incident, kept)
         fresh = next(s for s in self.store.steps(incident.id) if s.id == record.id)
         self._notify(self.timeline.step_finished, incident, fresh)
+        if kept:
+            self._notify(self.timeline.evidence_stored, incident, kept)
         return values["status"] in DONE
 
     def _apply(self, action: Action, ctx: StepContext, record_id: int
