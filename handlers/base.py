@@ -84,6 +84,10 @@ class Action:
         """The prior state apply() is about to change (saved before apply runs)."""
         raise NotImplementedError
 
+    def prepare(self, ctx: StepContext) -> None:
+        """Get ready without touching the target (e.g. create shared resources), while
+        the steps before this one run. Optional."""
+
     def apply(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
         raise NotImplementedError
 

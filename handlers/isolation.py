@@ -283,14 +283,22 @@ class IsolateSecurityGroups(Action):
             ],
         }
 
+    def prepare(self, ctx: StepContext) -> None:
+        """The isolation groups touch no instance: they can be made ready early."""
+        _, pair = self._observe(ctx)
+        vpc_id = ctx.memo["observed"][0].get("VpcId", "")
+        if vpc_id:
+            ctx.memo["groups"] = ensure_group_pair(ctx.clients, vpc_id, pair,
+                                                   ctx.target.incident_id)
+
     def apply(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
         _, pair = self._observe(ctx)
         ec2 = ctx.clients.ec2
         enis = captured["enis"]
         if not enis:
             raise StepFailed("NoNetworkInterfaces", "the instance has no network interface")
-        ids, created = ensure_group_pair(ctx.clients, captured["vpc_id"], pair,
-                                         ctx.target.incident_id)
+        ids, created = ctx.memo.get("groups") or ensure_group_pair(
+            ctx.clients, captured["vpc_id"], pair, ctx.target.incident_id)
         open_id, sealed_id = ids[OPEN], ids[SEALED]
         position = {e["id"]: "original groups" for e in enis}
         conntrack_notes: list[str] = []

@@ -33,7 +33,9 @@ class LocalAws:
 
     def start(self) -> LocalAws:
         # One access-log line per AWS call would drown everything else.
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        # moto answers APIs it does not model (e.g. console screenshots) with a 500 and a
+        # logged traceback; the caller reports those itself.
+        logging.getLogger("werkzeug").setLevel(logging.CRITICAL)
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.url = f"http://{host}:{port}"
@@ -166,3 +168,35 @@ def join_fleet(world: World, session: boto3.session.Session | None = None) -> Fl
     elb.register_instances_with_load_balancer(LoadBalancerName="web-legacy",
                                               Instances=[{"InstanceId": world.instance_id}])
     return Fleet("web-prod-asg", tg_arn, "web-legacy")
+
+
+def describe_containment(world: World, fleet: Fleet, incident_id: str) -> dict[str, Any]:
+    """What the sandbox checks after a containment, read back from AWS."""
+    session = boto3.session.Session()
+    ec2 = session.client("ec2", region_name=world.region)
+    inst = ec2.describe_instances(InstanceIds=[world.instance_id])[
+        "Reservations"][0]["Instances"][0]
+    asg = session.client("autoscaling", region_name=world.region)
+    in_asg = asg.describe_auto_scaling_instances(InstanceIds=[world.instance_id])[
+        "AutoScalingInstances"]
+    health = session.client("elbv2", region_name=world.region).describe_target_health(
+        TargetGroupArn=fleet.target_group)["TargetHealthDescriptions"]
+    clb = session.client("elb", region_name=world.region).describe_load_balancers(
+        LoadBalancerNames=[fleet.classic_elb])["LoadBalancerDescriptions"][0]["Instances"]
+    assoc = ec2.describe_iam_instance_profile_associations(Filters=[
+        {"Name": "instance-id", "Values": [world.instance_id]},
+        {"Name": "state", "Values": ["associated"]}])["IamInstanceProfileAssociations"]
+    incident = [{"Name": "tag:cordon:incident", "Values": [incident_id]}]
+    snapped = {s["VolumeId"] for s in ec2.describe_snapshots(
+        OwnerIds=["self"], Filters=incident)["Snapshots"]}
+    volumes = {m["Ebs"]["VolumeId"] for m in inst["BlockDeviceMappings"]}
+    images = ec2.describe_images(Owners=["self"], Filters=incident)["Images"]
+    protection = ec2.describe_instance_attribute(
+        InstanceId=world.instance_id, Attribute="disableApiTermination")
+    return {
+        "in_fleet": bool(in_asg) or any(
+            d["TargetHealth"]["State"] not in ("draining", "unused") for d in health) or bool(clb),
+        "profile": [a["IamInstanceProfile"]["Arn"] for a in assoc],
+        "termination_protection": protection["DisableApiTermination"]["Value"] is True,
+        "evidence_complete": bool(volumes) and volumes <= snapped and len(images) == 1,
+    }

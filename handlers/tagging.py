@@ -42,7 +42,7 @@ def _current(ctx: StepContext, keys: list[str]) -> dict[str, str]:
 @register
 class TagInstance(Action):
     name = "tag-instance"
-    description = "tag the instance cordon:incident, cordon:status=contained, who and why"
+    description = "tag the instance with the incident, its status, who asked, who approved, why"
     permissions = ("ec2:CreateTags", "ec2:DeleteTags", "ec2:DescribeTags")
 
     def _observe(self, ctx: StepContext) -> dict[str, str]:

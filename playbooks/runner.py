@@ -204,6 +204,7 @@ class Runner:
             action = get_action(step.action)
             if not action.check(ctx):
                 self.store.update_step(record.id, captured=action.capture(ctx))
+                action.prepare(ctx)
         except Exception as exc:
             ctx.memo.clear()
             log.warning("early capture failed", extra={"step": step.name,

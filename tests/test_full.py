@@ -128,7 +128,8 @@ def test_full_is_the_default_and_contains_everything(
     assert len(images) == 1
     assert aws_trace.count("CreateImage", lambda p: p.get("NoReboot") is True) == 1
     final_tags = tags(world.instance_id)
-    assert final_tags["cordon:status"] == "contained" and final_tags["cordon:incident"] == incident.id
+    assert final_tags["cordon:status"] == "contained"
+    assert final_tags["cordon:incident"] == incident.id
     assert final_tags["cordon:requested-by"] == DANA and final_tags["cordon:approved-by"] == LEE
     # One reply per step, then the summary.
     replies = thread(fake_slack, card)
@@ -226,7 +227,7 @@ def test_a_failed_evidence_step_goes_on_and_retry_finishes_it(
 
 def test_snapshot_completion_is_reported_once(bot: RunningBot, world: sandbox_world.World,
                                               fake_slack: FakeSlack) -> None:
-    card, incident = contain(bot, world)
+    card, _ = contain(bot, world)
     sweep(bot.deps)
     sweep(bot.deps)
     wait_for(lambda: not bot.deps.store.unsent())

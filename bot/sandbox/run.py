@@ -5,7 +5,6 @@ tabletop exercise: run it to walk a team through what the bot will do."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -33,12 +32,12 @@ def ack_text(body: str) -> str:
 
 def run_sandbox(quiet: bool = False) -> int:
     setup_logging("text", "ERROR" if quiet else "WARNING")
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     say = print
 
     aws = sandbox_world.LocalAws().start()
     aws.use()
     world = sandbox_world.seed()
+    fleet = sandbox_world.join_fleet(world)
     fake = FakeSlack().start()
     fake.usergroups["S0ONCALL"] = [LEE]
     db = os.path.join(tempfile.mkdtemp(prefix="cordon-sandbox-"), "cordon.db")
@@ -53,7 +52,8 @@ def run_sandbox(quiet: bool = False) -> int:
         say("")
         before = sandbox_world.groups_by_eni(world.instance_id)
         bystander_before = sandbox_world.groups_by_eni(world.bystander_id)
-        say(f"Before — web-prod-3 ({world.instance_id}):")
+        say(f"Before — web-prod-3 ({world.instance_id}), in Auto Scaling group {fleet.asg}, "
+            f"target group web-prod and classic load balancer {fleet.classic_elb}:")
         for eni, groups in before.items():
             say(f"  {eni}: {', '.join(groups)}")
         say("")
@@ -66,7 +66,7 @@ def run_sandbox(quiet: bool = False) -> int:
                 say(f"    (only @{NAMES[user].split()[0]} sees) {line}")
 
         # 1. The responder asks.
-        text = f"{world.instance_id} isolate suspected crypto-miner, outbound to 3333 <!channel>"
+        text = f"{world.instance_id} suspected crypto-miner, outbound to 3333 <!channel>"
         person(DANA, f"/contain {text}")
         status, body = bot.slack.command(DANA, CHANNEL, text)
         if status != 200:
@@ -108,11 +108,16 @@ def run_sandbox(quiet: bool = False) -> int:
         sealed_id = (steps["isolate-security-groups"].details or {}).get("sealed_group", "")
         ingress, egress = sandbox_world.group_rules(sealed_id) if sealed_id else ([1], [1])
         bystander_after = sandbox_world.groups_by_eni(world.bystander_id)
+        world_now = sandbox_world.describe_containment(world, fleet, incident.id)
         checks = {
             "incident contained": incident.status == "contained",
             "every ENI on cordon-sealed only": bool(after) and all(
                 groups == [f"cordon-sealed ({sealed_id})"] for groups in after.values()),
             "cordon-sealed has no rules": not ingress and not egress,
+            "out of the Auto Scaling group and load balancers": not world_now["in_fleet"],
+            "instance profile removed": not world_now["profile"],
+            "termination protection on": world_now["termination_protection"],
+            "every volume snapshotted, AMI taken": world_now["evidence_complete"],
             "bystander billing-api-1 untouched": bystander_after == bystander_before,
         }
         say("")
