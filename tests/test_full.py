@@ -278,3 +278,19 @@ def test_release_of_what_was_never_contained_is_refused(
     assert "was denied: it changed nothing" in reply
     time.sleep(0.2)
     assert len(fake_slack.channel_messages(CHANNEL)) == 1
+
+
+def test_asg_decrement_is_a_setting(
+        fake_slack: FakeSlack, world: sandbox_world.World, fleet: sandbox_world.Fleet,
+        database_url: str, aws_trace: AwsTrace) -> None:
+    from bot.sandbox.harness import start_bot
+
+    bot = start_bot(fake_slack, database_url, approvers="S0ONCALL",
+                    session_factory=aws_trace.session, CORDON_ASG_DECREMENT="true")
+    try:
+        _, incident = contain(bot, world)
+        assert incident.status == "contained"
+        (detach,) = [p for op, p in aws_trace.calls if op == "DetachInstances"]
+        assert detach["ShouldDecrementDesiredCapacity"] is True
+    finally:
+        bot.stop()
