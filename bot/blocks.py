@@ -5,6 +5,7 @@ escaped before it is shown."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -93,12 +94,20 @@ def _playbook_lines(playbook: Playbook) -> str:
     return "\n".join(lines)
 
 
-def _status_line(incident: Incident) -> str:
+def _status_line(incident: Incident, approvals: Sequence[str] = ()) -> str:
     icon = STATUS_ICON.get(incident.status, "")
     who = f"<@{incident.decided_by}>" if incident.decided_by else ""
     when = slack_date(incident.decided_at) if incident.decided_at else ""
+    if approvals and incident.approvals_required > 1:
+        who = ", ".join(f"<@{u}>" for u in approvals)
     if incident.status == PENDING:
-        return f"{icon} *Waiting for approval* — expires {slack_date(incident.expires_at)}"
+        expires = f"expires {slack_date(incident.expires_at)}"
+        if incident.approvals_required > 1:
+            by = f" ({', '.join(f'<@{u}>' for u in approvals)})" if approvals else ""
+            return (f"{icon} *{len(approvals)} of {incident.approvals_required} approvals*"
+                    f"{by} — this playbook needs {incident.approvals_required} different "
+                    f"approvers — {expires}")
+        return f"{icon} *Waiting for approval* — {expires}"
     if incident.status == DENIED:
         return f"{icon} *Denied* by {who} at {when}. Nothing was changed."
     if incident.status == EXPIRED:
@@ -146,9 +155,28 @@ def _decision_buttons(incident: Incident) -> list[Block]:
     return []
 
 
-def render_card(incident: Incident) -> tuple[str, list[dict[str, Any]]]:
+def _blast_blocks(incident: Incident) -> list[Block]:
+    blast = (incident.facts or {}).get("blast")
+    if not blast:
+        return []
+    others = blast.get("others", [])
+    where = (f"the whole VPC `{escape(blast.get('vpc_id', '?'))}`" if blast["scope"] == "vpc"
+             else "subnet " + ", ".join(f"`{escape(s)}`" for s in blast.get("subnets", [])))
+    lines = [f"⚠️ *Blast radius: {len(others)} other instance"
+             f"{'' if len(others) == 1 else 's'} in {where} are hit too*"]
+    lines += [f"• {escape(o.get('name') or '(no Name tag)')} `{escape(o['id'])}`"
+              for o in others[:25]]
+    if len(others) > 25:
+        lines.append(f"… and {len(others) - 25} more")
+    lines.append("*What changes*")
+    lines += [f"• {escape(c)}" for c in blast.get("changes", [])] or ["• nothing found to change"]
+    return [_section("\n".join(lines))]
+
+
+def render_card(incident: Incident, approvals: Sequence[str] = ()
+                ) -> tuple[str, list[dict[str, Any]]]:
     """The approval card, rendered from the store; the same function renders every
-    later state of it (decided, running, final)."""
+    later state of it (approvals so far, decided, running, final)."""
     f = incident.facts or {}
     name = escape(f.get("name") or "(no Name tag)")
     title = "Release request" if incident.kind == "release" else "Containment request"
@@ -168,8 +196,9 @@ def render_card(incident: Incident) -> tuple[str, list[dict[str, Any]]]:
         _section("*Network interfaces*\n" + "\n".join(describe_eni(e) for e in f.get("enis", []))),
         _section(f"*Reason*\n{escape(incident.reason) or '_(none given)_'}"),
         _plan_section(incident),
+        *_blast_blocks(incident),
         DividerBlock(),
-        _section(_status_line(incident)),
+        _section(_status_line(incident, approvals)),
         *_decision_buttons(incident),
     ]
     text = (f"{title} {incident.id}: {incident.target_id} "
@@ -271,6 +300,7 @@ def render_help() -> str:
         "(approval required)",
         "`/contain status [instance-id|incident-id]` — what happened, who did what, when",
         "  e.g. `/contain status CRD-7Q2M4K`",
+        "  e.g. `/contain i-0abc123def4567890 nacl mode=insert worm spreading in the subnet`",
         "`/contain help` — this text",
         f"Playbooks: {names}.",
         "An on-call approver (not the requester) must press *Approve* on the card.",

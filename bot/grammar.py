@@ -18,7 +18,8 @@ INCIDENT_ID = re.compile(r"^CRD-[A-Z0-9]{6}$")
 REGION = re.compile(r"^[a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-\d$")
 ACCOUNT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 OPTION = re.compile(r"^([a-z_]+)=(.*)$")
-OPTIONS = ("region", "account", "playbook")
+OPTIONS = ("region", "account", "playbook", "mode")
+MODES = ("replace", "insert")
 MAX_REASON = 500
 
 USAGE = "`/contain i-0abc123def4567890 [playbook] [region=R] reason…` — or `/contain help`"
@@ -39,7 +40,12 @@ class ContainCommand(BaseModel):
     playbook: str = DEFAULT_PLAYBOOK
     region: str | None = None
     account: str | None = None
+    mode: str | None = None
     reason: str = ""
+
+    @property
+    def options(self) -> dict[str, str]:
+        return {"mode": self.mode} if self.mode else {}
 
 
 class ReleaseCommand(BaseModel):
@@ -119,6 +125,9 @@ def _contain(instance_id: str, args: list[str]) -> ContainCommand:
     if "region" in fields and not REGION.match(fields["region"]):
         raise BadInput(f"`{escape(_clip(fields['region']))}` is not an AWS region name "
                        "(e.g. `eu-west-1`).")
+    if "mode" in fields and fields["mode"] not in MODES:
+        raise BadInput(f"`mode={escape(_clip(fields['mode']))}`: the modes are "
+                       + ", ".join(f"`{m}`" for m in MODES) + " (for the `nacl` playbook).")
     if "account" in fields and not ACCOUNT.match(fields["account"]):
         raise BadInput(f"`{escape(_clip(fields['account']))}` is not an account name or id.")
     reason = " ".join(rest)

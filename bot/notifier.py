@@ -88,7 +88,8 @@ class SlackTimeline:
             with incident_context(incident.id):
                 try:
                     if msg.kind == CARD:
-                        text, card = blocks.render_card(incident)
+                        text, card = blocks.render_card(incident,
+                                                        self.store.votes(incident.id))
                         self.client.chat_update(channel=incident.channel_id, ts=incident.card_ts,
                                                 text=text, blocks=card)
                     elif msg.kind == FILE:

@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     accounts: str = Field(default="", alias="CORDON_ACCOUNTS")
     approval_ttl: int = Field(default=1800, alias="CORDON_APPROVAL_TTL")
     asg_decrement: bool = Field(default=False, alias="CORDON_ASG_DECREMENT")
+    wide_approvals: int = Field(default=2, alias="CORDON_WIDE_APPROVALS", ge=1, le=10)
     sweep_interval: int = Field(default=15, alias="CORDON_SWEEP_INTERVAL")
     usergroup_cache_ttl: int = Field(default=60, alias="CORDON_USERGROUP_CACHE_TTL")
     workers: int = Field(default=4, alias="CORDON_WORKERS", ge=1, le=64)

@@ -47,7 +47,8 @@ def build_deps(settings: Settings, session_factory: Callable[[], Any] | None = N
     runner = Runner(store, pool.for_region, timeline,
                     run_options={"asg_decrement": settings.asg_decrement})
     worker = Worker(runner, max_workers=settings.workers)
-    cordon = Cordon(store, pool.for_region, settings.regions, settings.approval_ttl, worker)
+    cordon = Cordon(store, pool.for_region, settings.regions, settings.approval_ttl, worker,
+                    wide_approvals=settings.wide_approvals)
     approvers = ApproverPolicy(settings.approvers, client, settings.usergroup_cache_ttl)
     return Deps(cordon=cordon, approvers=approvers, timeline=timeline, client=client,
                 store=store, worker=worker)

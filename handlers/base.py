@@ -132,7 +132,9 @@ def _load_all() -> None:
         evidence,
         instance_profile,
         isolation,
+        network_acl,
         protection,
+        route_table,
         summary,
         tagging,
     )

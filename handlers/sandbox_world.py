@@ -200,3 +200,43 @@ def describe_containment(world: World, fleet: Fleet, incident_id: str) -> dict[s
         "termination_protection": protection["DisableApiTermination"]["Value"] is True,
         "evidence_complete": bool(volumes) and volumes <= snapped and len(images) == 1,
     }
+
+
+@dataclass
+class Network:
+    igw: str
+    public_table: str
+    main_table: str
+    other_subnet: str
+    other_instance: str
+    neighbour: str
+
+
+def add_network(world: World, session: boto3.session.Session | None = None) -> Network:
+    """An internet gateway with default routes, a second subnet with its own instance,
+    and one more instance beside the compromised one."""
+    session = session or boto3.session.Session()
+    ec2 = session.client("ec2", region_name=world.region)
+    igw = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    ec2.attach_internet_gateway(InternetGatewayId=igw, VpcId=world.vpc_id)
+    public = ec2.create_route_table(VpcId=world.vpc_id)["RouteTable"]["RouteTableId"]
+    ec2.create_route(RouteTableId=public, DestinationCidrBlock="0.0.0.0/0", GatewayId=igw)
+    ec2.create_route(RouteTableId=public, DestinationIpv6CidrBlock="::/0", GatewayId=igw)
+    ec2.associate_route_table(RouteTableId=public, SubnetId=world.subnet_id)
+    main = ec2.describe_route_tables(Filters=[
+        {"Name": "vpc-id", "Values": [world.vpc_id]},
+        {"Name": "association.main", "Values": ["true"]}])["RouteTables"][0]["RouteTableId"]
+    ec2.create_route(RouteTableId=main, DestinationCidrBlock="0.0.0.0/0", GatewayId=igw)
+    other = ec2.create_subnet(VpcId=world.vpc_id, CidrBlock="10.20.2.0/24")["Subnet"]["SubnetId"]
+
+    def launch(name: str, subnet: str) -> str:
+        return str(ec2.run_instances(
+            ImageId=SANDBOX_IMAGE, MinCount=1, MaxCount=1, InstanceType="t3.small",
+            NetworkInterfaces=[{"DeviceIndex": 0, "SubnetId": subnet,
+                                "Groups": [world.web_group]}],
+            TagSpecifications=[{"ResourceType": "instance",
+                                "Tags": [{"Key": "Name", "Value": name}]}],
+        )["Instances"][0]["InstanceId"])
+
+    return Network(igw, public, main, other, launch("db-1", other),
+                   launch("web-prod-4", world.subnet_id))

@@ -31,6 +31,10 @@ class Playbook:
     name: str
     summary: str
     steps: tuple[Step, ...]
+    # Acts on a whole subnet ("nacl", "route") or VPC ("igw"): the card shows the blast
+    # radius and more approvers must agree.
+    wide: str | None = None
+    options: tuple[str, ...] = ()
 
     @property
     def step_names(self) -> list[str]:
@@ -69,6 +73,19 @@ PLAYBOOKS: dict[str, Playbook] = {
         ),
     ),
 }
+
+for _name, _summary, _action, _options in (
+    ("nacl", "deny all traffic of the instance's subnet(s) with a network ACL (stateless: "
+             "existing connections end too)", "isolate-subnet-nacl", ("mode",)),
+    ("route", "give the instance's subnet(s) a route table with only the VPC-local route",
+              "isolate-subnet-routes", ()),
+    ("igw", "remove every route to the VPC's internet gateway", "remove-internet-routes", ()),
+):
+    PLAYBOOKS[_name] = Playbook(
+        name=_name, summary=_summary,
+        steps=(Step(_action, phase=1, critical=True), Step("tag-instance", phase=2)),
+        wide=_name, options=_options,
+    )
 
 DEFAULT_PLAYBOOK = "full"
 RELEASE = "release"

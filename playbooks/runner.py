@@ -154,8 +154,8 @@ class Runner:
         target = target_of(subject, approver=incident.decided_by)
         clients = self.clients_for(incident.region)
         contexts = {s.name: StepContext(target=target, clients=clients,
-                                        options={**self.run_options, **s.options,
-                                                 "release_id": incident.id})
+                                        options={**self.run_options, **(subject.options or {}),
+                                                 **s.options, "release_id": incident.id})
                     for s in playbook.steps}
         parent_captured = ({s.name: s.captured for s in self.store.steps(subject.id)}
                            if incident.kind == "release" else {})

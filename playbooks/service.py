@@ -10,6 +10,7 @@ from typing import Any
 from handlers import ec2_lookup
 from handlers.aws import ClientPool, Clients, describe_error
 from handlers.base import get_action
+from handlers.subnets import blast_radius
 from playbooks.catalogue import RELEASE, get_playbook, release_playbook
 from playbooks.errors import (
     AlreadyDecided,
@@ -45,6 +46,7 @@ class ContainRequest:
     requester: str
     channel_id: str
     region: str | None = None
+    options: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -62,12 +64,14 @@ class Cordon:
         regions: Sequence[str],
         approval_ttl_seconds: int,
         worker: Worker | None = None,
+        wide_approvals: int = 2,
     ) -> None:
         self.store = store
         self.clients_for = clients_for
         self.regions = list(regions)
         self.approval_ttl_seconds = approval_ttl_seconds
         self.worker = worker
+        self.wide_approvals = wide_approvals
 
     # requests ----------------------------------------------------------------------
 
@@ -89,15 +93,30 @@ class Cordon:
             raise AwsLookupFailed(f"could not look up {instance_id}: {err}") from exc
 
     def open_request(self, req: ContainRequest, facts: dict[str, Any]) -> Incident:
-        if get_playbook(req.playbook) is None:
+        playbook = get_playbook(req.playbook)
+        if playbook is None:
             raise BadInput(f"unknown playbook `{req.playbook}`")
+        options = dict(req.options or {})
+        unknown = set(options) - set(playbook.options)
+        if unknown:
+            raise BadInput(f"`{'=`, `'.join(sorted(unknown))}=` does not apply to the "
+                           f"`{playbook.name}` playbook")
         existing = self.store.open_for_target(req.instance_id)
         if existing is not None:
             raise BadInput(f"{req.instance_id} already has an open request, "
                            f"{existing.id} ({existing.status}); see `/contain status "
                            f"{existing.id}`")
+        if playbook.wide:
+            try:
+                facts = {**facts, "blast": blast_radius(self.clients_for(facts["region"]),
+                                                        facts, playbook.wide, options)}
+            except Exception as exc:
+                raise AwsLookupFailed(f"could not work out what else `{playbook.name}` would "
+                                      f"hit: {describe_error(exc)}") from exc
         incident = self.store.create_incident(
             ttl_seconds=self.approval_ttl_seconds,
+            approvals_required=self.wide_approvals if playbook.wide else 1,
+            options=options,
             kind="instance",
             target_id=req.instance_id,
             region=facts["region"],
@@ -137,8 +156,11 @@ class Cordon:
         captured = {s.name: s.captured for s in steps}
         undo = [(s.name, get_action(s.action).describe_undo(captured.get(s.action) or {}))
                 for s in plan.steps if s.mode == "undo"]
+        parent_playbook = get_playbook(parent.playbook)
+        wide = parent_playbook is not None and parent_playbook.wide is not None
         incident = self.store.create_incident(
             ttl_seconds=self.approval_ttl_seconds, kind="release", parent_id=parent.id,
+            approvals_required=self.wide_approvals if wide else 1,
             target_id=parent.target_id, region=parent.region, account=parent.account,
             playbook=RELEASE, reason=reason, requester=requester, channel_id=channel_id,
             facts={**(parent.facts or {}), "release_of": parent.id,
@@ -190,8 +212,23 @@ class Cordon:
         return incident
 
     def decide(self, incident_id: str, user_id: str, approve: bool) -> Incident:
-        """pending → approved/denied exactly once; the loser learns what happened."""
-        if self.store.decide(incident_id, user_id, approve):
+        """pending → approved/denied exactly once; the loser learns what happened. A wide
+        containment is approved when enough distinct approvers have agreed."""
+        current = self.get(incident_id)
+        if approve and current.approvals_required > 1 and current.status == PENDING:
+            won, counted, voters = self.store.vote(incident_id, user_id)
+            if won and self.worker is not None:
+                self.worker.submit(incident_id)
+            incident = self.get(incident_id)
+            if won or counted:
+                log.info("approval counted", extra={"incident": incident_id, "by": user_id,
+                                                    "approvals": len(voters)})
+                return incident
+            if incident.status == PENDING and user_id in voters:
+                raise AlreadyDecided(
+                    f"your approval is already counted ({len(voters)} of "
+                    f"{incident.approvals_required}); another approver must approve too")
+        elif self.store.decide(incident_id, user_id, approve):
             incident = self.get(incident_id)
             log.info("decided", extra={"incident": incident_id, "by": user_id,
                                        "decision": incident.status})
@@ -206,6 +243,9 @@ class Cordon:
         if incident.status == DENIED:
             raise AlreadyDecided(f"{incident_id} was already denied by <@{incident.decided_by}>")
         raise AlreadyDecided(f"{incident_id} was already approved by <@{incident.decided_by}>")
+
+    def approvals(self, incident_id: str) -> list[str]:
+        return self.store.votes(incident_id)
 
     def refuse(self, incident_id: str, user_id: str, action: str, why: str) -> None:
         self.store.record_refusal(incident_id, user_id, action, why)

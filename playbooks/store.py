@@ -21,6 +21,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    UniqueConstraint,
     create_engine,
     event,
     or_,
@@ -28,6 +29,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 PENDING, APPROVED, RUNNING = "pending", "approved", "running"
@@ -83,6 +85,20 @@ class Incident(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
     lease_until: Mapped[datetime | None] = mapped_column(nullable=True)
     snapshots_reported_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    approvals_required: Mapped[int] = mapped_column(Integer, default=1)
+    options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class ApprovalVote(Base):
+    """One approver's approval of a wide containment; a person counts once."""
+
+    __tablename__ = "approval_votes"
+    __table_args__ = (UniqueConstraint("incident_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    incident_id: Mapped[str] = mapped_column(ForeignKey("incidents.id"), index=True)
+    user_id: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Decision(Base):
@@ -256,6 +272,42 @@ class Store:
                            action="approve" if approve else "deny",
                            outcome="accepted" if won else "too late", at=now))
         return won
+
+    def vote(self, incident_id: str, user_id: str) -> tuple[bool, bool, list[str]]:
+        """Count this person's approval once; when enough distinct approvers agree,
+        pending → approved (once). Returns (approved now, counted now, approvers)."""
+        now = utcnow()
+        with self.session() as s:
+            inc = s.get(Incident, incident_id)
+            if inc is None or inc.status != PENDING or inc.expires_at <= now:
+                return False, False, self.votes(incident_id)
+            required = inc.approvals_required
+        try:
+            with self.session() as s:
+                s.add(ApprovalVote(incident_id=incident_id, user_id=user_id, at=now))
+            outcome = "counted"
+        except IntegrityError:
+            outcome = "already counted"
+        voters = self.votes(incident_id)
+        won = False
+        if len(voters) >= required:
+            with self.session() as s:
+                result = s.execute(
+                    update(Incident)
+                    .where(Incident.id == incident_id, Incident.status == PENDING,
+                           Incident.expires_at > now)
+                    .values(status=APPROVED, decided_by=user_id, decided_at=now))
+                won = result.rowcount == 1  # type: ignore[attr-defined]
+        with self.session() as s:
+            s.add(Decision(incident_id=incident_id, user_id=user_id, action="approve",
+                           outcome="accepted" if won else outcome))
+        return won, outcome == "counted", voters
+
+    def votes(self, incident_id: str) -> list[str]:
+        with self.session() as s:
+            return list(s.scalars(select(ApprovalVote.user_id)
+                                  .where(ApprovalVote.incident_id == incident_id)
+                                  .order_by(ApprovalVote.id)))
 
     def record_refusal(self, incident_id: str, user_id: str, action: str, why: str) -> None:
         with self.session() as s:

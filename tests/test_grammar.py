@@ -41,7 +41,8 @@ def test_status_forms() -> None:
 @pytest.mark.parametrize(("text", "says"), [
     ("i-xyz isolate", "is not an instance id"),
     (f"{ID} isolat a typo", "Did you mean `isolate`"),
-    (f"{ID} nacl", "unknown playbook `nacl`"),
+    (f"{ID} quarantine", "unknown playbook `quarantine`"),
+    (f"{ID} nacl mode=sideways why", "the modes are"),
     (f"{ID} playbook=nuke why", "unknown playbook `nuke`"),
     (f"{ID} region=mars why", "is not an AWS region"),
     (f"{ID} region=eu-west-1 region=us-east-1 why", "given twice"),
@@ -57,6 +58,12 @@ def test_bad_input_says_what_is_wrong(text: str, says: str) -> None:
     with pytest.raises(BadInput, match=None) as err:
         grammar.parse(text)
     assert says in str(err.value)
+
+
+def test_nacl_mode() -> None:
+    cmd = grammar.parse(f"{ID} nacl mode=insert worm in the subnet")
+    assert isinstance(cmd, grammar.ContainCommand)
+    assert cmd.playbook == "nacl" and cmd.options == {"mode": "insert"}
 
 
 def test_release_forms() -> None:

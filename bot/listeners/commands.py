@@ -78,6 +78,7 @@ def open_containment(deps: Deps, cmd: grammar.ContainCommand, command: dict[str,
         requester=command["user_id"],
         channel_id=command["channel_id"],
         region=cmd.region,
+        options=cmd.options,
     )
     incident = deps.cordon.open_request(request, facts)
     post_card(deps, incident, client)

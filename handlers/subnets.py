@@ -1,0 +1,98 @@
+"""Containment that acts on a whole subnet or VPC: a network ACL, a route table, the
+internet gateway's routes. Each hits every instance there, so the card shows the blast
+radius before anyone approves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from handlers.aws import Clients, both
+
+
+def subnets_of(facts: dict[str, Any]) -> list[str]:
+    """Every subnet the instance has a network interface in."""
+    found = {e.get("subnet_id") for e in facts.get("enis", []) if e.get("subnet_id")}
+    if facts.get("subnet_id"):
+        found.add(facts["subnet_id"])
+    return sorted(s for s in found if s)
+
+
+def _name(inst: dict[str, Any]) -> str:
+    return next((t["Value"] for t in inst.get("Tags", []) if t["Key"] == "Name"), "")
+
+
+def blast_radius(clients: Clients, facts: dict[str, Any], method: str,
+                 options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The other instances a subnet- or VPC-wide change hits, and what it changes."""
+    subnets = subnets_of(facts)
+    vpc_id = facts.get("vpc_id", "")
+    ec2 = clients.ec2
+    if method == "nacl" and (options or {}).get("mode") == "insert":
+        return _shared_acl_radius(clients, facts, subnets)
+    where = ({"Name": "vpc-id", "Values": [vpc_id]} if method == "igw"
+             else {"Name": "subnet-id", "Values": subnets})
+
+    def instances() -> list[dict[str, Any]]:
+        return _instances(clients, where)
+
+    def changes() -> list[str]:
+        if method == "nacl":
+            acls = ec2.describe_network_acls(Filters=[
+                {"Name": "association.subnet-id", "Values": subnets}])["NetworkAcls"]
+            return [f"{a['SubnetId']}: network ACL {acl['NetworkAclId']} → Cordon's isolation ACL"
+                    for acl in acls for a in acl.get("Associations", [])
+                    if a["SubnetId"] in subnets]
+        if method == "route":
+            tables = ec2.describe_route_tables(Filters=[
+                {"Name": "association.subnet-id", "Values": subnets}])["RouteTables"]
+            explicit = {a["SubnetId"]: t["RouteTableId"] for t in tables
+                        for a in t.get("Associations", []) if a.get("SubnetId") in subnets}
+            return [f"{s}: route table {explicit.get(s, 'main (implicit)')} → Cordon's "
+                    "isolation route table (VPC-local route only)" for s in subnets]
+        tables = ec2.describe_route_tables(Filters=[
+            {"Name": "vpc-id", "Values": [vpc_id]}])["RouteTables"]
+        return [f"{t['RouteTableId']}: route {_destination(r)} → {r['GatewayId']} removed"
+                for t in tables for r in t.get("Routes", [])
+                if str(r.get("GatewayId", "")).startswith("igw-")]
+
+    found, changed = both(instances, changes)
+    return {"scope": "vpc" if method == "igw" else "subnet", "subnets": subnets,
+            "vpc_id": vpc_id, "others": _others(found, facts), "changes": changed}
+
+
+def _instances(clients: Clients, where: dict[str, Any]) -> list[dict[str, Any]]:
+    paginator = clients.ec2.get_paginator("describe_instances")
+    found = []
+    for page in paginator.paginate(Filters=[where, {
+            "Name": "instance-state-name", "Values": ["pending", "running", "stopping",
+                                                      "stopped"]}]):
+        for reservation in page.get("Reservations", []):
+            found += reservation.get("Instances", [])
+    return found
+
+
+def _others(found: list[dict[str, Any]], facts: dict[str, Any]) -> list[dict[str, str]]:
+    others = [{"id": i["InstanceId"], "name": _name(i)} for i in found
+              if i["InstanceId"] != facts.get("instance_id")]
+    return sorted(others, key=lambda o: o["id"])
+
+
+def _shared_acl_radius(clients: Clients, facts: dict[str, Any], subnets: list[str]
+                       ) -> dict[str, Any]:
+    """Entries inserted into a subnet's ACL apply to every subnet that shares it."""
+    acls = clients.ec2.describe_network_acls(Filters=[
+        {"Name": "association.subnet-id", "Values": subnets}])["NetworkAcls"]
+    hit = sorted({a["SubnetId"] for acl in acls for a in acl.get("Associations", [])})
+    changes = []
+    for acl in acls:
+        users = ", ".join(a["SubnetId"] for a in acl.get("Associations", []))
+        changes.append(f"{acl['NetworkAclId']} (used by {users}): deny-all entries inserted "
+                       "ahead of its rules")
+    found = _instances(clients, {"Name": "subnet-id", "Values": hit or subnets})
+    return {"scope": "subnet", "subnets": hit or subnets, "vpc_id": facts.get("vpc_id", ""),
+            "others": _others(found, facts), "changes": changes}
+
+
+def _destination(route: dict[str, Any]) -> str:
+    return str(route.get("DestinationCidrBlock") or route.get("DestinationIpv6CidrBlock")
+               or route.get("DestinationPrefixListId") or "?")
