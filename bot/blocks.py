@@ -303,7 +303,8 @@ def render_help() -> str:
         "  e.g. `/contain i-0abc123def4567890 nacl mode=insert worm spreading in the subnet`",
         "`/contain help` — this text",
         f"Playbooks: {names}.",
-        "An on-call approver (not the requester) must press *Approve* on the card.",
+        "An on-call approver (not the requester) must press *Approve* on the card; "
+        "`nacl`, `route` and `igw` hit a whole subnet or VPC and need more than one.",
     ])
 
 
