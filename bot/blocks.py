@@ -22,7 +22,7 @@ from slack_sdk.models.blocks import (
 
 from bot.ids import ActionId
 from bot.text import escape
-from playbooks.catalogue import PLAYBOOKS, Playbook, step_descriptions
+from playbooks.catalogue import INSTANCE_PLAYBOOKS, PLAYBOOKS, Playbook, step_descriptions
 from playbooks.service import IncidentReport
 from playbooks.store import (
     APPROVED,
@@ -173,15 +173,10 @@ def _blast_blocks(incident: Incident) -> list[Block]:
     return [_section("\n".join(lines))]
 
 
-def render_card(incident: Incident, approvals: Sequence[str] = ()
-                ) -> tuple[str, list[dict[str, Any]]]:
-    """The approval card, rendered from the store; the same function renders every
-    later state of it (approvals so far, decided, running, final)."""
+def _instance_blocks(incident: Incident) -> list[Block]:
     f = incident.facts or {}
     name = escape(f.get("name") or "(no Name tag)")
-    title = "Release request" if incident.kind == "release" else "Containment request"
-    blocks: list[Block] = [
-        HeaderBlock(text=f"{title} {incident.id}"),
+    return [
         _section(f"*{name}* `{escape(incident.target_id)}` — "
                  f"{escape(f.get('state', '?'))}, {escape(f.get('type', '?'))}"),
         SectionBlock(fields=[
@@ -193,7 +188,61 @@ def render_card(incident: Incident, approvals: Sequence[str] = ()
             _mrkdwn(f"*Auto Scaling group*\n{escape(f.get('asg') or 'none')}"),
             _mrkdwn(f"*Requested by*\n<@{incident.requester}>"),
         ]),
-        _section("*Network interfaces*\n" + "\n".join(describe_eni(e) for e in f.get("enis", []))),
+        _section("*Network interfaces*\n"
+                 + "\n".join(describe_eni(e) for e in f.get("enis", []))),
+    ]
+
+
+def _key_blocks(incident: Incident) -> list[Block]:
+    f = incident.facts or {}
+    key = f"`{escape(f['key_id'])}`"
+    if f.get("temporary"):
+        return [
+            _section(f"*Temporary key* {key} in account {escape(f.get('account') or '?')}, "
+                     f"issued by role *{escape(f.get('role') or '?')}*"),
+            _section("⚠️ A temporary key cannot be deactivated. Approving revokes *every* "
+                     f"session of role `{escape(f.get('role') or '?')}` issued before now — "
+                     "legitimate ones too; they must assume the role again."),
+            SectionBlock(fields=[_mrkdwn(f"*Requested by*\n<@{incident.requester}>")]),
+        ]
+    used = f.get("last_used") or {}
+    last = (f"{escape(used['when'])} — {escape(str(used.get('service')))} in "
+            f"{escape(str(used.get('region')))}" if used.get("when") else "never")
+    others = ", ".join(f"`{escape(k['id'])}` ({escape(k['status'])})"
+                       for k in f.get("other_keys", [])) or "none"
+    age = f"{f['age_days']} days" if f.get("age_days") is not None else "?"
+    return [
+        _section(f"*Access key* {key} of IAM user *{escape(f.get('user', '?'))}* in account "
+                 f"{escape(f.get('account') or '?')}"),
+        SectionBlock(fields=[
+            _mrkdwn(f"*Status*\n{escape(f.get('status', '?'))}, {age} old"),
+            _mrkdwn(f"*Last used*\n{last}"),
+            _mrkdwn(f"*Other keys*\n{others}"),
+            _mrkdwn(f"*Console access*\n{'yes' if f.get('console') else 'no'}"),
+            _mrkdwn("*Attached policies*\n"
+                    + (escape(", ".join(f.get("attached_policies", []))) or "none")),
+            _mrkdwn("*Inline policies*\n"
+                    + (escape(", ".join(f.get("inline_policies", []))) or "none")),
+            _mrkdwn(f"*Requested by*\n<@{incident.requester}>"),
+            _mrkdwn("*Console*\n" + ("will be disabled (console=off)"
+                                     if (incident.options or {}).get("console") == "off"
+                                     else "left alone (add console=off to disable)")),
+        ]),
+    ]
+
+
+def render_card(incident: Incident, approvals: Sequence[str] = ()
+                ) -> tuple[str, list[dict[str, Any]]]:
+    """The approval card, rendered from the store; the same function renders every
+    later state of it (approvals so far, decided, running, final)."""
+    f = incident.facts or {}
+    title = "Release request" if incident.kind == "release" else "Containment request"
+    if f.get("key_id"):
+        title = title.replace("Containment", "Leaked key")
+    target = _key_blocks(incident) if f.get("key_id") else _instance_blocks(incident)
+    blocks: list[Block] = [
+        HeaderBlock(text=f"{title} {incident.id}"),
+        *target,
         _section(f"*Reason*\n{escape(incident.reason) or '_(none given)_'}"),
         _plan_section(incident),
         *_blast_blocks(incident),
@@ -290,13 +339,17 @@ def render_status_detail(report: IncidentReport) -> str:
 
 
 def render_help() -> str:
-    names = ", ".join(f"`{p.name}` ({escape(p.summary)})" for p in PLAYBOOKS.values())
+    names = ", ".join(f"`{p.name}` ({escape(p.summary)})"
+                      for p in INSTANCE_PLAYBOOKS.values())
     return "\n".join([
         "*Cordon — contain a compromised AWS instance, with approval and a timeline*",
         "`/contain <instance-id> [playbook] [region=R] [account=A] [reason…]` — ask to contain",
         "  e.g. `/contain i-0abc123def4567890 isolate suspected crypto-miner`",
         "  e.g. `/contain i-0abc123def4567890 region=eu-west-1 outbound to known C2`",
-        "`/contain release <instance-id|incident-id> [reason…]` — undo a containment "
+        "`/contain key <access-key-id> [console=off] [reason…]` — a leaked access key: "
+        "deactivate it, revoke its sessions, review what it did",
+        "  e.g. `/contain key AKIAIOSFODNN7EXAMPLE found in a public repository`",
+        "`/contain release <instance-id|key-id|incident-id> [reason…]` — undo a containment "
         "(approval required)",
         "`/contain status [instance-id|incident-id]` — what happened, who did what, when",
         "  e.g. `/contain status CRD-7Q2M4K`",

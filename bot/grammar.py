@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from bot.text import escape
-from playbooks.catalogue import DEFAULT_PLAYBOOK, PLAYBOOKS
+from playbooks.catalogue import DEFAULT_PLAYBOOK
+from playbooks.catalogue import INSTANCE_PLAYBOOKS as PLAYBOOKS
 from playbooks.errors import BadInput
 
 INSTANCE_ID = re.compile(r"^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
 INCIDENT_ID = re.compile(r"^CRD-[A-Z0-9]{6}$")
+KEY_ID = re.compile(r"^(AKIA|ASIA)[A-Z0-9]{16}$")
+ROLE_NAME = re.compile(r"^[\w+=,.@-]{1,64}$")
 REGION = re.compile(r"^[a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-\d$")
 ACCOUNT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 OPTION = re.compile(r"^([a-z_]+)=(.*)$")
@@ -48,13 +51,26 @@ class ContainCommand(BaseModel):
         return {"mode": self.mode} if self.mode else {}
 
 
+class KeyCommand(BaseModel):
+    verb: Literal["key"] = "key"
+    key_id: str
+    console_off: bool = False
+    role: str | None = None
+    reason: str = ""
+
+    @property
+    def options(self) -> dict[str, str]:
+        opts = {"console": "off"} if self.console_off else {}
+        return {**opts, **({"role": self.role} if self.role else {})}
+
+
 class ReleaseCommand(BaseModel):
     verb: Literal["release"] = "release"
     query: str
     reason: str = ""
 
 
-Command = HelpCommand | StatusCommand | ContainCommand | ReleaseCommand
+Command = HelpCommand | StatusCommand | ContainCommand | ReleaseCommand | KeyCommand
 
 
 def parse(text: str) -> Command:
@@ -67,8 +83,7 @@ def parse(text: str) -> Command:
     if verb == "release":
         return _release(tokens[1:])
     if verb == "key":
-        raise BadInput(f"`/contain {verb}` is not available in this version of Cordon. "
-                       "See `/contain help`.")
+        return _key(tokens[1:])
     if INSTANCE_ID.match(verb):
         return _contain(verb, tokens[1:])
     if verb.startswith("i-"):
@@ -82,25 +97,51 @@ def _status(args: list[str]) -> StatusCommand:
     if not args:
         return StatusCommand()
     if len(args) == 1:
-        query = args[0]
-        if INSTANCE_ID.match(query.lower()):
-            return StatusCommand(query=query.lower())
-        if INCIDENT_ID.match(query.upper()):
-            return StatusCommand(query=query.upper())
-    raise BadInput("`/contain status` takes nothing, an instance id (`i-…`) or an incident "
-                   f"id (`CRD-…`); got `{escape(_clip(' '.join(args)))}`.")
+        query = _target_id(args[0])
+        if query:
+            return StatusCommand(query=query)
+    raise BadInput("`/contain status` takes nothing, an instance id (`i-…`), a key id "
+                   f"(`AKIA…`) or an incident id (`CRD-…`); got "
+                   f"`{escape(_clip(' '.join(args)))}`.")
+
+
+def _target_id(query: str) -> str | None:
+    if INSTANCE_ID.match(query.lower()):
+        return query.lower()
+    if INCIDENT_ID.match(query.upper()) or KEY_ID.match(query.upper()):
+        return query.upper()
+    return None
 
 
 def _release(args: list[str]) -> ReleaseCommand:
-    if args:
-        query = args[0]
-        if INSTANCE_ID.match(query.lower()):
-            return ReleaseCommand(query=query.lower(), reason=" ".join(args[1:]))
-        if INCIDENT_ID.match(query.upper()):
-            return ReleaseCommand(query=query.upper(), reason=" ".join(args[1:]))
+    if args and (query := _target_id(args[0])):
+        return ReleaseCommand(query=query, reason=" ".join(args[1:]))
     got = escape(_clip(" ".join(args))) if args else "nothing"
-    raise BadInput("`/contain release` takes an instance id (`i-…`) or an incident id "
-                   f"(`CRD-…`), then an optional reason; got `{got}`.")
+    raise BadInput("`/contain release` takes an instance id (`i-…`), an access key id "
+                   f"(`AKIA…`) or an incident id (`CRD-…`), then an optional reason; "
+                   f"got `{got}`.")
+
+
+def _key(args: list[str]) -> KeyCommand:
+    if not args or not KEY_ID.match(args[0].upper()):
+        got = escape(_clip(args[0])) if args else "nothing"
+        raise BadInput("`/contain key` takes an access key id: `AKIA` or `ASIA` and 16 "
+                       f"letters or digits, e.g. `AKIAIOSFODNN7EXAMPLE`; got `{got}`.")
+    fields: dict[str, Any] = {"key_id": args[0].upper()}
+    rest = args[1:]
+    while rest and (m := OPTION.match(rest[0])):
+        key, value = m.group(1), m.group(2)
+        if key == "console" and value == "off":
+            fields["console_off"] = True
+        elif key == "role" and ROLE_NAME.match(value):
+            fields["role"] = value
+        else:
+            raise BadInput(f"`{escape(_clip(rest[0]))}`: for a key the options are "
+                           "`console=off` and `role=NAME` (for a temporary `ASIA…` key).")
+        rest.pop(0)
+    if "role" in fields and not fields["key_id"].startswith("ASIA"):
+        raise BadInput("`role=` is for temporary (`ASIA…`) keys only.")
+    return KeyCommand(reason=" ".join(rest), **fields)
 
 
 def _contain(instance_id: str, args: list[str]) -> ContainCommand:

@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     accounts: str = Field(default="", alias="CORDON_ACCOUNTS")
     approval_ttl: int = Field(default=1800, alias="CORDON_APPROVAL_TTL")
     asg_decrement: bool = Field(default=False, alias="CORDON_ASG_DECREMENT")
+    key_lookback_days: int = Field(default=7, alias="CORDON_KEY_LOOKBACK", ge=1, le=90)
     wide_approvals: int = Field(default=2, alias="CORDON_WIDE_APPROVALS", ge=1, le=10)
     sweep_interval: int = Field(default=15, alias="CORDON_SWEEP_INTERVAL")
     usergroup_cache_ttl: int = Field(default=60, alias="CORDON_USERGROUP_CACHE_TTL")
@@ -70,6 +71,14 @@ class Settings(BaseSettings):
             regions = [os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
                        or "us-east-1"]
         return regions
+
+    @field_validator("key_lookback_days", mode="before")
+    @classmethod
+    def _days(cls, value: object) -> int:
+        text = str(value).strip().lower().removesuffix("d")
+        if not text.isdigit():
+            raise ValueError(f"not a number of days: {value!r} (use e.g. 7 or 7d)")
+        return int(text)
 
     @field_validator("approval_ttl", "sweep_interval", "usergroup_cache_ttl", mode="before")
     @classmethod

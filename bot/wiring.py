@@ -30,6 +30,7 @@ class Deps:
     client: WebClient
     store: Store
     worker: Worker
+    key_lookback_days: int = 7
 
 
 def make_web_client(settings: Settings) -> WebClient:
@@ -45,13 +46,14 @@ def build_deps(settings: Settings, session_factory: Callable[[], Any] | None = N
     client = make_web_client(settings)
     timeline = SlackTimeline(store, client)
     runner = Runner(store, pool.for_region, timeline,
-                    run_options={"asg_decrement": settings.asg_decrement})
+                    run_options={"asg_decrement": settings.asg_decrement,
+                                 "key_lookback_days": settings.key_lookback_days})
     worker = Worker(runner, max_workers=settings.workers)
     cordon = Cordon(store, pool.for_region, settings.regions, settings.approval_ttl, worker,
                     wide_approvals=settings.wide_approvals)
     approvers = ApproverPolicy(settings.approvers, client, settings.usergroup_cache_ttl)
     return Deps(cordon=cordon, approvers=approvers, timeline=timeline, client=client,
-                store=store, worker=worker)
+                store=store, worker=worker, key_lookback_days=settings.key_lookback_days)
 
 
 def build_app(settings: Settings, deps: Deps) -> App:

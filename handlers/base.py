@@ -76,6 +76,10 @@ class Action:
     permissions: ClassVar[tuple[str, ...]] = ()
     reversible: ClassVar[bool] = True
 
+    def skip_reason(self, ctx: StepContext) -> str | None:
+        """Why this step does not apply to this run (e.g. an option not given), or None."""
+        return None
+
     def check(self, ctx: StepContext) -> bool:
         """True when the target is already in the state apply() would bring about."""
         raise NotImplementedError
@@ -128,6 +132,7 @@ def all_actions() -> dict[str, type[Action]]:
 def _load_all() -> None:
     # Importing the modules registers their actions.
     from handlers import (  # noqa: F401
+        access_keys,
         autoscaling,
         evidence,
         instance_profile,

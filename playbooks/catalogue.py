@@ -35,6 +35,8 @@ class Playbook:
     # radius and more approvers must agree.
     wide: str | None = None
     options: tuple[str, ...] = ()
+    # What it contains: an EC2 "instance" or an access "key".
+    target: str = "instance"
 
     @property
     def step_names(self) -> list[str]:
@@ -87,6 +89,29 @@ for _name, _summary, _action, _options in (
         wide=_name, options=_options,
     )
 
+PLAYBOOKS["key"] = Playbook(
+    name="key",
+    summary="deactivate a leaked access key and revoke the sessions minted from it",
+    steps=(
+        Step("deactivate-access-key", phase=1, critical=True),
+        Step("revoke-sessions", phase=1),
+        Step("disable-console", phase=1),
+        Step("review-activity", phase=2),
+        Step("list-other-keys", phase=2),
+    ),
+    options=("console",), target="key",
+)
+PLAYBOOKS["key-temporary"] = Playbook(
+    name="key-temporary",
+    summary="a temporary key cannot be deactivated: revoke every older session of its role",
+    steps=(
+        Step("revoke-role-sessions", phase=1, critical=True),
+        Step("review-activity", phase=2),
+    ),
+    options=("role",), target="key",
+)
+INSTANCE_PLAYBOOKS = {n: p for n, p in PLAYBOOKS.items() if p.target == "instance"}
+
 DEFAULT_PLAYBOOK = "full"
 RELEASE = "release"
 
@@ -95,7 +120,7 @@ def get_playbook(name: str) -> Playbook | None:
     return PLAYBOOKS.get(name)
 
 
-def release_playbook(contained: list[tuple[str, bool]]) -> Playbook:
+def release_playbook(contained: list[tuple[str, bool]], target: str = "instance") -> Playbook:
     """Undo, newest first, every step that recorded a prior state and can be undone;
     then tag the instance released. `contained` is (action, has_captured_state)."""
     from handlers.base import all_actions
@@ -104,7 +129,8 @@ def release_playbook(contained: list[tuple[str, bool]]) -> Playbook:
     undo = [Step(name, phase=1, mode="undo") for name, captured in reversed(contained)
             if captured and name in actions and actions[name].reversible]
     steps = [Step(s.action, phase=n, mode="undo") for n, s in enumerate(undo, 1)]
-    steps.append(Step("mark-released", phase=len(steps) + 1))
+    if target == "instance":
+        steps.append(Step("mark-released", phase=len(steps) + 1))
     return Playbook(RELEASE, "undo the containment from its recorded prior state", tuple(steps))
 
 

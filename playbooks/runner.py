@@ -110,7 +110,9 @@ class Runner:
     def plan(self, incident: Incident) -> Playbook:
         if incident.kind == "release":
             parent = self.store.steps(incident.parent_id or "")
-            return release_playbook([(s.name, s.captured is not None) for s in parent])
+            contained = self.store.get(incident.parent_id or "")
+            target = "key" if contained is not None and contained.kind == "key" else "instance"
+            return release_playbook([(s.name, s.captured is not None) for s in parent], target)
         playbook = get_playbook(incident.playbook)
         if playbook is None:
             raise ValueError(f"unknown playbook {incident.playbook}")
@@ -253,6 +255,9 @@ class Runner:
                ) -> tuple[dict[str, Any], Outcome | None]:
         record = next(s for s in self.store.steps_by_id([record_id]))
         captured = record.captured
+        reason = action.skip_reason(ctx)
+        if reason:
+            return {"status": "skipped", "summary": reason}, None
         if action.check(ctx):
             return {"status": "skipped" if captured is None else "succeeded",
                     "summary": "already in place; nothing to change"}, None

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from handlers import ec2_lookup
+from handlers import access_keys, ec2_lookup
 from handlers.aws import ClientPool, Clients, describe_error
 from handlers.base import get_action
 from handlers.subnets import blast_radius
@@ -138,7 +138,7 @@ class Cordon:
             parent = self.store.get(query)
         else:
             parent = self.store.latest_containment(query)
-        if parent is None or parent.kind != "instance":
+        if parent is None or parent.kind == "release":
             raise UnknownIncident(f"no containment of `{query}` is recorded; nothing to release")
         if parent.status in OPEN_STATES:
             raise BadInput(f"{parent.id} is still {parent.status}; release it once it has run")
@@ -152,7 +152,8 @@ class Cordon:
             raise BadInput(f"{parent.id} already has a release request, {pending.id} "
                            f"({pending.status})")
         steps = self.store.steps(parent.id)
-        plan = release_playbook([(s.name, s.captured is not None) for s in steps])
+        plan = release_playbook([(s.name, s.captured is not None) for s in steps],
+                                "key" if parent.kind == "key" else "instance")
         captured = {s.name: s.captured for s in steps}
         undo = [(s.name, get_action(s.action).describe_undo(captured.get(s.action) or {}))
                 for s in plan.steps if s.mode == "undo"]
@@ -196,6 +197,49 @@ class Cordon:
             if finished and self.store.claim_snapshot_report(incident.id) and states:
                 reports.append((incident, states))
         return reports
+
+    def open_key_request(self, key_id: str, reason: str, requester: str, channel_id: str,
+                         options: dict[str, str], lookback_days: int = 7) -> Incident:
+        """A leaked access key: who owns it, what it may do; a temporary key's role."""
+        clients = self.clients_for(self.regions[0])
+        try:
+            own = clients.sts.get_caller_identity()["Account"]
+            facts = access_keys.describe_key(clients, key_id, own)
+        except access_keys.KeyNotFound as exc:
+            raise TargetNotFound(str(exc)) from exc
+        except Exception as exc:
+            raise AwsLookupFailed(f"could not look up {key_id}: {describe_error(exc)}") from exc
+        playbook = "key"
+        if facts["temporary"]:
+            role = options.get("role")
+            if not role:
+                try:
+                    role = access_keys.role_of_temporary_key(clients, key_id, lookback_days)
+                except Exception as exc:
+                    role, why = None, f"CloudTrail could not be read ({describe_error(exc).code})"
+                else:
+                    why = "CloudTrail has no event of it"
+                if not role:
+                    raise BadInput(
+                        f"{key_id} is a temporary key: it cannot be deactivated, and the role "
+                        f"that issued it is not known — {why}. If you know the role, type "
+                        f"`/contain key {key_id} role=NAME reason…` to revoke every session "
+                        "of that role issued before now (all of them, legitimate ones too).")
+            facts["role"] = role
+            playbook = "key-temporary"
+        existing = self.store.open_for_target(key_id)
+        if existing is not None:
+            raise BadInput(f"{key_id} already has an open request, {existing.id} "
+                           f"({existing.status}); see `/contain status {existing.id}`")
+        facts["region"] = self.regions[0]
+        incident = self.store.create_incident(
+            ttl_seconds=self.approval_ttl_seconds, kind="key", target_id=key_id,
+            region=self.regions[0], account=facts.get("account", ""), playbook=playbook,
+            reason=reason, requester=requester, channel_id=channel_id, facts=facts,
+            options={k: v for k, v in options.items() if k == "console"},
+        )
+        log.info("key request opened", extra={"incident": incident.id, "playbook": playbook})
+        return incident
 
     def card_posted(self, incident_id: str, channel_id: str, ts: str) -> None:
         self.store.set_card(incident_id, channel_id, ts)

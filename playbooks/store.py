@@ -357,7 +357,7 @@ class Store:
         with self.session() as s:
             return s.scalars(
                 select(Incident)
-                .where(Incident.target_id == target_id, Incident.kind == "instance")
+                .where(Incident.target_id == target_id, Incident.kind != "release")
                 .order_by(Incident.created_at.desc())
             ).first()
 

@@ -33,6 +33,8 @@ def register(app: App, deps: Deps) -> None:
             ack(text=f"🔎 Looking up `{cmd.instance_id}`…")
         elif isinstance(cmd, grammar.ReleaseCommand):
             ack(text=f"🔎 Looking up what was done to `{cmd.query}`…")
+        elif isinstance(cmd, grammar.KeyCommand):
+            ack(text=f"🔎 Looking up access key `{cmd.key_id}`…")
         else:
             ack()
 
@@ -49,6 +51,11 @@ def register(app: App, deps: Deps) -> None:
         elif isinstance(cmd, grammar.ReleaseCommand):
             incident = deps.cordon.open_release(cmd.query, cmd.reason, command["user_id"],
                                                 command["channel_id"])
+            post_card(deps, incident, client)
+        elif isinstance(cmd, grammar.KeyCommand):
+            incident = deps.cordon.open_key_request(
+                cmd.key_id, cmd.reason, command["user_id"], command["channel_id"],
+                cmd.options, deps.key_lookback_days)
             post_card(deps, incident, client)
 
     app.command(COMMAND)(ack=ack_contain, lazy=[process_contain])

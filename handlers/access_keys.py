@@ -1,0 +1,415 @@
+"""A leaked access key. `aws:TokenIssueTime` exists only for temporary credentials, so
+a deny policy alone leaves a long-term key working: the key itself is deactivated
+(never deleted — its id is evidence), and the deny kills the sessions minted from it."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from handlers.aws import Clients, describe_error, parallel
+from handlers.base import Action, Outcome, StepContext, StepFailed, VerificationFailed, register
+
+KEY_ID = re.compile(r"^(AKIA|ASIA)[A-Z0-9]{16}$")
+USER_POLICY = "cordon-revoke-sessions"
+ROLE_POLICY = "AWSRevokeOlderSessions"
+# Calls that suggest persistence or privilege escalation, shown first.
+SUSPICIOUS = (
+    "CreateAccessKey", "CreateUser", "CreateLoginProfile", "UpdateLoginProfile",
+    "AttachUserPolicy", "AttachRolePolicy", "AttachGroupPolicy", "PutUserPolicy",
+    "PutRolePolicy", "PutGroupPolicy", "CreateRole", "UpdateAssumeRolePolicy", "AssumeRole",
+    "RunInstances", "ConsoleLogin", "CreatePolicyVersion", "SetDefaultPolicyVersion",
+    "AddUserToGroup", "GetFederationToken", "GetSessionToken", "CreateVirtualMFADevice",
+    "DeactivateMFADevice", "StopLogging", "DeleteTrail", "PutBucketPolicy",
+)
+
+
+class KeyNotFound(Exception):
+    pass
+
+
+def _no_such_entity(exc: ClientError) -> bool:
+    return describe_error(exc).code in ("NoSuchEntity", "NoSuchEntityException")
+
+
+def describe_key(clients: Clients, key_id: str, own_account: str) -> dict[str, Any]:
+    """Who owns the key and what that user can do: everything the card shows."""
+    iam, sts = clients.client("iam"), clients.client("sts")
+    account = sts.get_access_key_info(AccessKeyId=key_id).get("Account", "")
+    if own_account and account and account != own_account:
+        raise KeyNotFound(f"{key_id} belongs to account {account}; Cordon acts in "
+                          f"{own_account}")
+    facts: dict[str, Any] = {"key_id": key_id, "account": account,
+                             "temporary": key_id.startswith("ASIA")}
+    if facts["temporary"]:
+        return facts
+    try:
+        used = iam.get_access_key_last_used(AccessKeyId=key_id)
+    except ClientError as exc:
+        if _no_such_entity(exc):
+            raise KeyNotFound(f"no access key {key_id} in account {account}") from exc
+        raise
+    user = used["UserName"]
+    last = used.get("AccessKeyLastUsed") or {}
+
+    def keys() -> list[dict[str, Any]]:
+        return list(iam.list_access_keys(UserName=user)["AccessKeyMetadata"])
+
+    def console() -> bool:
+        try:
+            iam.get_login_profile(UserName=user)
+            return True
+        except ClientError as exc:
+            if _no_such_entity(exc):
+                return False
+            raise
+
+    def attached() -> list[str]:
+        return [p["PolicyName"] for p in
+                iam.list_attached_user_policies(UserName=user)["AttachedPolicies"]]
+
+    def inline() -> list[str]:
+        return list(iam.list_user_policies(UserName=user)["PolicyNames"])
+
+    all_keys, has_console, attached_names, inline_names = parallel(
+        lambda f: f(), [keys, console, attached, inline])
+    now = datetime.now(UTC)
+    this: dict[str, Any] = next((k for k in all_keys if k["AccessKeyId"] == key_id), {})
+    created = this.get("CreateDate")
+    facts.update({
+        "user": user,
+        "status": this.get("Status", "?"),
+        "created": created.isoformat() if isinstance(created, datetime) else str(created or ""),
+        "age_days": (now - created).days if isinstance(created, datetime) else None,
+        "last_used": {
+            "when": (last["LastUsedDate"].isoformat()
+                     if isinstance(last.get("LastUsedDate"), datetime) else None),
+            "service": last.get("ServiceName"), "region": last.get("Region")},
+        "other_keys": [{"id": k["AccessKeyId"], "status": k["Status"]}
+                       for k in all_keys if k["AccessKeyId"] != key_id],
+        "console": has_console,
+        "attached_policies": attached_names,
+        "inline_policies": inline_names,
+    })
+    return facts
+
+
+def deny_older_sessions(issued_before: str) -> dict[str, Any]:
+    return {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Deny", "Action": "*", "Resource": "*",
+        "Condition": {"DateLessThan": {"aws:TokenIssueTime": issued_before}}}]}
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _policy(doc: Any) -> dict[str, Any]:
+    return json.loads(doc) if isinstance(doc, str) else dict(doc)
+
+
+@register
+class DeactivateAccessKey(Action):
+    name = "deactivate-access-key"
+    description = "deactivate the key (never deleted: its id is evidence)"
+    permissions = ("iam:ListAccessKeys", "iam:UpdateAccessKey")
+
+    def _status(self, ctx: StepContext) -> str:
+        user = ctx.target.facts["user"]
+        keys = ctx.clients.client("iam").list_access_keys(UserName=user)["AccessKeyMetadata"]
+        found = next((k for k in keys if k["AccessKeyId"] == ctx.target.resource_id), None)
+        if found is None:
+            raise StepFailed("NoSuchEntity", f"{ctx.target.resource_id} no longer exists")
+        return str(found["Status"])
+
+    def check(self, ctx: StepContext) -> bool:
+        ctx.memo["status"] = self._status(ctx)
+        return bool(ctx.memo["status"] == "Inactive")
+
+    def capture(self, ctx: StepContext) -> dict[str, Any]:
+        return {"user": ctx.target.facts["user"], "status": ctx.memo.get("status")}
+
+    def apply(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
+        ctx.clients.client("iam").update_access_key(
+            UserName=captured["user"], AccessKeyId=ctx.target.resource_id, Status="Inactive")
+        return Outcome(f"{ctx.target.resource_id} of {captured['user']}: Active → Inactive "
+                       "(kept, not deleted: the key id is evidence)")
+
+    def verify(self, ctx: StepContext, captured: dict[str, Any], outcome: Outcome) -> str:
+        if self._status(ctx) != "Inactive":
+            raise VerificationFailed("the key is still active")
+        return "Inactive"
+
+    def describe_undo(self, captured: dict[str, Any]) -> str:
+        return f"reactivate the key of {captured.get('user')}"
+
+    def undo(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
+        ctx.clients.client("iam").update_access_key(
+            UserName=captured["user"], AccessKeyId=ctx.target.resource_id,
+            Status=captured.get("status") or "Active")
+        return Outcome(f"{ctx.target.resource_id} reactivated. A rotated key is the better "
+                       "ending: create a new key, move the workload to it, delete this one")
+
+
+class _DenyOlderSessions(Action):
+    """An inline deny-all for sessions issued before now, on a user or a role."""
+
+    kind = "user"
+    policy_name = USER_POLICY
+
+    def _principal(self, ctx: StepContext) -> str:
+        return str(ctx.target.facts["user" if self.kind == "user" else "role"])
+
+    def _get(self, ctx: StepContext) -> dict[str, Any] | None:
+        iam = ctx.clients.client("iam")
+        try:
+            if self.kind == "user":
+                doc = iam.get_user_policy(UserName=self._principal(ctx),
+                                          PolicyName=self.policy_name)
+            else:
+                doc = iam.get_role_policy(RoleName=self._principal(ctx),
+                                          PolicyName=self.policy_name)
+        except ClientError as exc:
+            if _no_such_entity(exc):
+                return None
+            raise
+        return _policy(doc["PolicyDocument"])
+
+    def _put(self, ctx: StepContext, document: dict[str, Any]) -> None:
+        iam = ctx.clients.client("iam")
+        if self.kind == "user":
+            iam.put_user_policy(UserName=self._principal(ctx), PolicyName=self.policy_name,
+                                PolicyDocument=json.dumps(document))
+        else:
+            iam.put_role_policy(RoleName=self._principal(ctx), PolicyName=self.policy_name,
+                                PolicyDocument=json.dumps(document))
+
+    def check(self, ctx: StepContext) -> bool:
+        return False  # a newer cut-off is always at least as strict
+
+    def capture(self, ctx: StepContext) -> dict[str, Any]:
+        return {"principal": self._principal(ctx), "prior_policy": self._get(ctx)}
+
+    def apply(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
+        now = _now()
+        document = deny_older_sessions(now)
+        self._put(ctx, document)
+        return Outcome(self._said(captured["principal"], now), {"policy": document})
+
+    def _said(self, principal: str, now: str) -> str:
+        raise NotImplementedError
+
+    def verify(self, ctx: StepContext, captured: dict[str, Any], outcome: Outcome) -> str:
+        if self._get(ctx) != outcome.details["policy"]:
+            raise VerificationFailed(f"{self.policy_name} is not in place")
+        return f"{self.policy_name} in place"
+
+    def describe_undo(self, captured: dict[str, Any]) -> str:
+        return f"remove {self.policy_name} from {captured.get('principal')}"
+
+    def undo(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
+        iam = ctx.clients.client("iam")
+        if captured.get("prior_policy"):
+            self._put(ctx, captured["prior_policy"])
+            return Outcome(f"{self.policy_name} back to its earlier version")
+        try:
+            if self.kind == "user":
+                iam.delete_user_policy(UserName=captured["principal"],
+                                       PolicyName=self.policy_name)
+            else:
+                iam.delete_role_policy(RoleName=captured["principal"],
+                                       PolicyName=self.policy_name)
+        except ClientError as exc:
+            if not _no_such_entity(exc):
+                raise
+        return Outcome(f"{self.policy_name} removed from {captured['principal']}")
+
+
+@register
+class RevokeSessions(_DenyOlderSessions):
+    name = "revoke-sessions"
+    description = ("deny everything to the user's sessions issued before now (those minted "
+                   "from the key with GetSessionToken or GetFederationToken)")
+    permissions = ("iam:GetUserPolicy", "iam:PutUserPolicy", "iam:DeleteUserPolicy")
+
+    def _said(self, principal: str, now: str) -> str:
+        return (f"inline policy {USER_POLICY} on {principal}: deny * to sessions issued "
+                f"before {now}")
+
+
+@register
+class RevokeRoleSessions(_DenyOlderSessions):
+    name = "revoke-role-sessions"
+    description = ("deny everything to every session of the role issued before now — ALL "
+                   "of them, legitimate ones too (AWSRevokeOlderSessions)")
+    permissions = ("iam:GetRolePolicy", "iam:PutRolePolicy", "iam:DeleteRolePolicy")
+    kind = "role"
+    policy_name = ROLE_POLICY
+
+    def _said(self, principal: str, now: str) -> str:
+        return (f"{ROLE_POLICY} on role {principal}: every session of the role issued before "
+                f"{now} is denied — legitimate ones too; they must assume the role again")
+
+
+@register
+class DisableConsole(Action):
+    name = "disable-console"
+    description = "delete the user's console password (only with console=off)"
+    permissions = ("iam:GetLoginProfile", "iam:DeleteLoginProfile")
+
+    def skip_reason(self, ctx: StepContext) -> str | None:
+        if ctx.options.get("console") != "off":
+            return "not asked (add console=off to disable console access)"
+        return None
+
+    def _exists(self, ctx: StepContext) -> bool:
+        try:
+            ctx.clients.client("iam").get_login_profile(UserName=ctx.target.facts["user"])
+            return True
+        except ClientError as exc:
+            if _no_such_entity(exc):
+                return False
+            raise
+
+    def check(self, ctx: StepContext) -> bool:
+        return not self._exists(ctx)
+
+    def capture(self, ctx: StepContext) -> dict[str, Any]:
+        return {"user": ctx.target.facts["user"], "had_console": True}
+
+    def apply(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
+        ctx.clients.client("iam").delete_login_profile(UserName=captured["user"])
+        return Outcome(f"console password of {captured['user']} deleted")
+
+    def verify(self, ctx: StepContext, captured: dict[str, Any], outcome: Outcome) -> str:
+        if self._exists(ctx):
+            raise VerificationFailed("the login profile still exists")
+        return "no login profile"
+
+    def describe_undo(self, captured: dict[str, Any]) -> str:
+        return f"remind you to re-create {captured.get('user')}'s console password"
+
+    def undo(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
+        return Outcome(f"{captured['user']}'s console password was deleted and cannot be "
+                       "restored: re-create it (iam create-login-profile) with a new password")
+
+
+def rank_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """CloudTrail events, the ones suggesting persistence or escalation first, newest
+    first within each group."""
+    rows = []
+    for e in events:
+        detail: dict[str, Any] = {}
+        try:
+            detail = json.loads(e.get("CloudTrailEvent") or "{}")
+        except ValueError:
+            pass
+        when = e.get("EventTime")
+        rows.append({
+            "name": e.get("EventName", "?"),
+            "time": when.isoformat() if isinstance(when, datetime) else str(when or ""),
+            "source_ip": detail.get("sourceIPAddress", "?"),
+            "region": detail.get("awsRegion", "?"),
+            "suspicious": e.get("EventName") in SUSPICIOUS,
+            "role": (detail.get("userIdentity", {}).get("sessionContext", {})
+                     .get("sessionIssuer", {}).get("arn")),
+        })
+    return sorted(rows, key=lambda r: (not r["suspicious"], _neg_time(r["time"])))
+
+
+def _neg_time(text: str) -> str:
+    # Newest first: invert the ISO string so that sorted() ascends the other way.
+    return "".join(chr(255 - ord(c)) for c in text)
+
+
+def summarise_events(rows: list[dict[str, Any]], limit: int = 15) -> str:
+    if not rows:
+        return "no CloudTrail events for this key in the look-back window"
+    flagged = sum(r["suspicious"] for r in rows)
+    lines = [f"{len(rows)} events, {flagged} suggesting persistence or escalation:"]
+    for r in rows[:limit]:
+        mark = "⚠️ " if r["suspicious"] else ""
+        lines.append(f"{mark}{r['time']} {r['name']} from {r['source_ip']} in {r['region']}")
+    if len(rows) > limit:
+        lines.append(f"… and {len(rows) - limit} more")
+    return "\n".join(lines)
+
+
+def lookup_events(clients: Clients, key_id: str, days: int) -> list[dict[str, Any]]:
+    trail = clients.client("cloudtrail")
+    start = datetime.now(UTC) - timedelta(days=days)
+    events: list[dict[str, Any]] = []
+    for page in trail.get_paginator("lookup_events").paginate(
+            LookupAttributes=[{"AttributeKey": "AccessKeyId", "AttributeValue": key_id}],
+            StartTime=start, EndTime=datetime.now(UTC)):
+        events += page.get("Events", [])
+    return events
+
+
+@register
+class ReviewActivity(Action):
+    name = "review-activity"
+    description = "what the key did (CloudTrail), persistence and escalation first"
+    permissions = ("cloudtrail:LookupEvents",)
+    reversible = False
+
+    def check(self, ctx: StepContext) -> bool:
+        return False
+
+    def capture(self, ctx: StepContext) -> dict[str, Any]:
+        return {}
+
+    def apply(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
+        days = int(ctx.options.get("key_lookback_days", 7))
+        try:
+            rows = rank_events(lookup_events(ctx.clients, ctx.target.resource_id, days))
+        except Exception as exc:
+            err = describe_error(exc)
+            return Outcome(f"activity review unavailable: {err.code} — look the key up in "
+                           f"CloudTrail by hand (AccessKeyId = {ctx.target.resource_id})",
+                           {"available": False})
+        return Outcome(f"last {days} days: " + summarise_events(rows),
+                       {"available": True, "events": len(rows),
+                        "suspicious": sum(r["suspicious"] for r in rows)})
+
+    def verify(self, ctx: StepContext, captured: dict[str, Any], outcome: Outcome) -> str:
+        return "reviewed" if outcome.details["available"] else "not available"
+
+
+@register
+class ListOtherKeys(Action):
+    name = "list-other-keys"
+    description = "the user's other active keys, flagged for rotation"
+    permissions = ("iam:ListAccessKeys",)
+    reversible = False
+
+    def check(self, ctx: StepContext) -> bool:
+        return False
+
+    def capture(self, ctx: StepContext) -> dict[str, Any]:
+        return {}
+
+    def apply(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
+        user = ctx.target.facts["user"]
+        keys = ctx.clients.client("iam").list_access_keys(UserName=user)["AccessKeyMetadata"]
+        others = [k["AccessKeyId"] for k in keys
+                  if k["AccessKeyId"] != ctx.target.resource_id and k["Status"] == "Active"]
+        if not others:
+            return Outcome(f"{user} has no other active key", {"others": []})
+        return Outcome(f"⚠️ rotate these too — {user}'s other active keys: {', '.join(others)}",
+                       {"others": others})
+
+    def verify(self, ctx: StepContext, captured: dict[str, Any], outcome: Outcome) -> str:
+        return f"{len(outcome.details['others'])} other active keys"
+
+
+def role_of_temporary_key(clients: Clients, key_id: str, days: int) -> str | None:
+    """The role a temporary key's session came from, as CloudTrail recorded it."""
+    for row in rank_events(lookup_events(clients, key_id, days)):
+        if row.get("role"):
+            return str(row["role"]).rsplit("/", 1)[-1]
+    return None
