@@ -15,6 +15,12 @@ from handlers.aws import Clients, describe_error, parallel
 from handlers.base import Action, Outcome, StepContext, StepFailed, VerificationFailed, register
 
 KEY_ID = re.compile(r"^(AKIA|ASIA)[A-Z0-9]{16}$")
+# What finding a key's owner and drawing its card calls.
+LOOKUP_PERMISSIONS = (
+    "sts:GetCallerIdentity", "sts:GetAccessKeyInfo", "iam:GetAccessKeyLastUsed",
+    "iam:ListAccessKeys", "iam:GetLoginProfile", "iam:ListAttachedUserPolicies",
+    "iam:ListUserPolicies", "cloudtrail:LookupEvents",
+)
 USER_POLICY = "cordon-revoke-sessions"
 ROLE_POLICY = "AWSRevokeOlderSessions"
 # Calls that suggest persistence or privilege escalation, shown first.
