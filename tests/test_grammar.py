@@ -50,7 +50,9 @@ def test_status_forms() -> None:
     (f"{ID} " + "x " * 300, "keep it under"),
     ("contain the web box", "I expected an instance id"),
     ("status a b", "takes nothing"),
-    ("key AKIAIOSFODNN7EXAMPLE", "not available"),
+    ("key AKIA123 leaked", "`AKIA` or `ASIA` and 16"),
+    ("key AKIAIOSFODNN7EXAMPLE role=ci leaked", "for temporary (`ASIA…`) keys only"),
+    ("key AKIAIOSFODNN7EXAMPLE console=on leaked", "the options are `console=off`"),
     ("release", "takes an instance id"),
     ("release vpc-123 undo", "takes an instance id"),
 ])
@@ -64,6 +66,15 @@ def test_nacl_mode() -> None:
     cmd = grammar.parse(f"{ID} nacl mode=insert worm in the subnet")
     assert isinstance(cmd, grammar.ContainCommand)
     assert cmd.playbook == "nacl" and cmd.options == {"mode": "insert"}
+
+
+def test_key_forms() -> None:
+    cmd = grammar.parse("key akiaiosfodnn7example console=off in a gist")
+    assert cmd == grammar.KeyCommand(key_id="AKIAIOSFODNN7EXAMPLE", console_off=True,
+                                     reason="in a gist")
+    assert isinstance(cmd, grammar.KeyCommand) and cmd.options == {"console": "off"}
+    temp = grammar.parse("key ASIAIOSFODNN7EXAMPLE role=ci-runner seen")
+    assert isinstance(temp, grammar.KeyCommand) and temp.options == {"role": "ci-runner"}
 
 
 def test_release_forms() -> None:
