@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -113,7 +114,8 @@ def parallel(fn: Callable[[Any], T], items: Iterable[Any]) -> list[T]:
     if len(items) == 1:
         return [fn(items[0])]
     with ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
-        futures = [pool.submit(fn, item) for item in items]
+        # Each call keeps the caller's context (which action is acting, which incident).
+        futures = [pool.submit(contextvars.copy_context().run, fn, item) for item in items]
         errors = [f.exception() for f in futures]
     for err in errors:
         if err is not None:
@@ -124,10 +126,29 @@ def parallel(fn: Callable[[Any], T], items: Iterable[Any]) -> list[T]:
 def both(first: Callable[[], T], second: Callable[[], Any]) -> tuple[T, Any]:
     """Two independent calls in one round trip."""
     with ThreadPoolExecutor(max_workers=2) as pool:
-        a, b = pool.submit(first), pool.submit(second)
+        a = pool.submit(contextvars.copy_context().run, first)
+        b = pool.submit(contextvars.copy_context().run, second)
         a_err, b_err = a.exception(), b.exception()
     if a_err is not None:
         raise a_err
     if b_err is not None:
         raise b_err
     return a.result(), b.result()
+
+
+# Which declared unit of AWS behaviour is making calls right now: an action's name, or
+# one of the look-ups in handlers.permissions.LOOKUPS. Tests hold every call to it.
+acting: contextvars.ContextVar[str | None] = contextvars.ContextVar("acting", default=None)
+
+
+class acting_as:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._token: contextvars.Token[str | None] | None = None
+
+    def __enter__(self) -> None:
+        self._token = acting.set(self.name)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            acting.reset(self._token)

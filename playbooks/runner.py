@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any, Protocol
 
-from handlers.aws import Clients, describe_error, parallel
+from handlers.aws import Clients, acting_as, describe_error, parallel
 from handlers.base import Action, Outcome, StepContext, StepFailed, Target, get_action
 from playbooks.catalogue import Playbook, Step, get_playbook, release_playbook
 from playbooks.logctx import incident_context
@@ -199,6 +199,10 @@ class Runner:
         return status
 
     def _capture_early(self, ctx: StepContext, step: Step, record: StepRecord) -> bool:
+        with acting_as(step.action):
+            return self._capture_early_as(ctx, step, record)
+
+    def _capture_early_as(self, ctx: StepContext, step: Step, record: StepRecord) -> bool:
         """Describe and save the prior state of the next phase's step now, so that its
         apply can start the moment this phase ends. Never fails the run: the step
         captures again when its turn comes."""
@@ -215,6 +219,11 @@ class Runner:
 
     def _run_step(self, ctx: StepContext, step: Step, record: StepRecord, incident: Incident,
                   undo_captured: dict[str, Any] | None) -> bool:
+        with acting_as(step.action):
+            return self._run_step_as(ctx, step, record, incident, undo_captured)
+
+    def _run_step_as(self, ctx: StepContext, step: Step, record: StepRecord,
+                     incident: Incident, undo_captured: dict[str, Any] | None) -> bool:
         action = get_action(step.action)
         started = time.monotonic()
         self.store.update_step(record.id, status="running", started_at=utcnow(),

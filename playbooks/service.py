@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from handlers import access_keys, ec2_lookup
-from handlers.aws import ClientPool, Clients, describe_error
+from handlers.aws import ClientPool, Clients, acting_as, describe_error
 from handlers.base import get_action
 from handlers.subnets import blast_radius
 from playbooks.catalogue import RELEASE, get_playbook, release_playbook
@@ -81,7 +81,8 @@ class Cordon:
                            f"configured: {', '.join(self.regions)}")
         regions = [region] if region else self.regions
         try:
-            return ec2_lookup.find_instance(self.clients_for, instance_id, regions)
+            with acting_as("lookup-instance"):
+                return ec2_lookup.find_instance(self.clients_for, instance_id, regions)
         except ec2_lookup.TargetNotFound as exc:
             where = ", ".join(regions)
             if exc.errors:
@@ -108,8 +109,9 @@ class Cordon:
                            f"{existing.id}`")
         if playbook.wide:
             try:
-                facts = {**facts, "blast": blast_radius(self.clients_for(facts["region"]),
-                                                        facts, playbook.wide, options)}
+                with acting_as("blast-radius"):
+                    facts = {**facts, "blast": blast_radius(self.clients_for(facts["region"]),
+                                                            facts, playbook.wide, options)}
             except Exception as exc:
                 raise AwsLookupFailed(f"could not work out what else `{playbook.name}` would "
                                       f"hit: {describe_error(exc)}") from exc
@@ -188,7 +190,8 @@ class Cordon:
         for incident, step in self.store.snapshots_to_follow():
             ids = [s["id"] for s in (step.details or {}).get("snapshots", [])]
             try:
-                states = snapshot_states(self.clients_for(incident.region), ids)
+                with acting_as("snapshot-follow-up"):
+                    states = snapshot_states(self.clients_for(incident.region), ids)
             except Exception as exc:
                 log.warning("snapshot follow-up failed", extra={
                     "incident": incident.id, "error": describe_error(exc).code})
@@ -203,8 +206,9 @@ class Cordon:
         """A leaked access key: who owns it, what it may do; a temporary key's role."""
         clients = self.clients_for(self.regions[0])
         try:
-            own = clients.sts.get_caller_identity()["Account"]
-            facts = access_keys.describe_key(clients, key_id, own)
+            with acting_as("lookup-key"):
+                own = clients.sts.get_caller_identity()["Account"]
+                facts = access_keys.describe_key(clients, key_id, own)
         except access_keys.KeyNotFound as exc:
             raise TargetNotFound(str(exc)) from exc
         except Exception as exc:
@@ -214,7 +218,8 @@ class Cordon:
             role = options.get("role")
             if not role:
                 try:
-                    role = access_keys.role_of_temporary_key(clients, key_id, lookback_days)
+                    with acting_as("lookup-key"):
+                        role = access_keys.role_of_temporary_key(clients, key_id, lookback_days)
                 except Exception as exc:
                     role, why = None, f"CloudTrail could not be read ({describe_error(exc).code})"
                 else:
@@ -325,7 +330,8 @@ def prepare_isolation(pool: ClientPool, regions: Sequence[str],
     from handlers.isolation import prepare_vpcs
 
     results = []
-    for region in regions:
-        for row in prepare_vpcs(pool.for_region(region), vpc_ids):
-            results.append({"region": region, **row})
+    with acting_as("prepare"):
+        for region in regions:
+            for row in prepare_vpcs(pool.for_region(region), vpc_ids):
+                results.append({"region": region, **row})
     return results

@@ -15,6 +15,8 @@ from botocore.awsrequest import AWSResponse
 from sqlalchemy import create_engine, text
 
 from bot.sandbox.fake_slack import FakeSlack
+from handlers.aws import acting
+from handlers.permissions import declared, iam_action
 from bot.sandbox.harness import RunningBot, start_bot
 from handlers import sandbox_world
 from handlers.aws import ClientPool
@@ -95,6 +97,7 @@ class AwsTrace:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.attributed: list[tuple[str | None, str]] = []
         self.faults: dict[str, list[tuple[int, str, str]]] = {}
         self.lock = threading.Lock()
         self.delay: dict[str, float] = {}
@@ -106,8 +109,17 @@ class AwsTrace:
         return session
 
     def _before_call(self, model: Any, params: dict[str, Any], **_: Any) -> None:
+        action = iam_action(model.service_model.signing_name, model.name)
         with self.lock:
             self.calls.append((model.name, params))
+            self.attributed.append((acting.get(), action))
+
+    def undeclared(self) -> list[str]:
+        """Calls made by no declared unit, or not in its declared permissions."""
+        table = declared()
+        with self.lock:
+            return sorted({f"{unit}: {action}" for unit, action in self.attributed
+                           if unit is None or action not in table.get(unit, ())})
 
     def _before_send(self, request: Any, event_name: str, **_: Any) -> AWSResponse | None:
         op = event_name.rsplit(".", 1)[-1]
@@ -147,8 +159,10 @@ def aws_trace() -> AwsTrace:
 
 
 @pytest.fixture
-def pool(local_aws: sandbox_world.LocalAws, aws_trace: AwsTrace) -> ClientPool:
-    return ClientPool(aws_trace.session)
+def pool(local_aws: sandbox_world.LocalAws, aws_trace: AwsTrace) -> Iterator[ClientPool]:
+    yield ClientPool(aws_trace.session)
+    # Every AWS call belongs to a unit that declared it (the IAM policy comes from these).
+    assert aws_trace.undeclared() == []
 
 
 @pytest.fixture
@@ -158,3 +172,5 @@ def bot(fake_slack: FakeSlack, world: sandbox_world.World, database_url: str,
                         regions="us-east-1,eu-west-1", session_factory=aws_trace.session)
     yield running
     running.stop()
+    # Every AWS call belongs to a unit that declared it (the IAM policy comes from these).
+    assert aws_trace.undeclared() == []

@@ -11,7 +11,7 @@ from typing import Any
 import boto3
 
 from handlers import sandbox_world
-from handlers.aws import ClientPool
+from handlers.aws import ClientPool, acting_as
 from handlers.base import StepContext, StepFailed, Target, get_action
 from handlers.ec2_lookup import find_instance
 from handlers.isolation import CONNTRACK_MINIMUM, find_group_pair, prepare_vpcs
@@ -26,16 +26,18 @@ def ec2() -> Any:
 def context(pool: ClientPool, world: sandbox_world.World, instance_id: str | None = None,
             incident: str = "CRD-TEST01") -> StepContext:
     instance_id = instance_id or world.instance_id
-    facts = find_instance(pool.for_region, instance_id, ["us-east-1"])
+    with acting_as("lookup-instance"):
+        facts = find_instance(pool.for_region, instance_id, ["us-east-1"])
     target = Target("instance", instance_id, "us-east-1", None, incident, facts)
     return StepContext(target=target, clients=pool.for_region("us-east-1"))
 
 
 def isolate(ctx: StepContext) -> tuple[dict[str, Any], Any]:
     action = get_action("isolate-security-groups")
-    captured = action.capture(ctx)
-    outcome = action.apply(ctx, captured)
-    action.verify(ctx, captured, outcome)
+    with acting_as(action.name):
+        captured = action.capture(ctx)
+        outcome = action.apply(ctx, captured)
+        action.verify(ctx, captured, outcome)
     return captured, outcome
 
 
@@ -122,8 +124,9 @@ def test_two_containments_in_one_vpc_at_once_create_one_pair(
 
 def test_a_sealed_group_someone_added_a_rule_to_is_emptied(
         pool: ClientPool, world: sandbox_world.World) -> None:
-    prepare_vpcs(pool.for_region("us-east-1"), [world.vpc_id])
-    pair = find_group_pair(pool.for_region("us-east-1"), world.vpc_id)
+    with acting_as("prepare"):
+        prepare_vpcs(pool.for_region("us-east-1"), [world.vpc_id])
+        pair = find_group_pair(pool.for_region("us-east-1"), world.vpc_id)
     sealed = pair["isolation-sealed"]["GroupId"]
     ec2().authorize_security_group_ingress(GroupId=sealed, IpPermissions=[
         {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
@@ -136,12 +139,14 @@ def test_verify_fails_when_an_eni_is_not_sealed(pool: ClientPool, world: sandbox
                                                 ) -> None:
     ctx = context(pool, world)
     action = get_action("isolate-security-groups")
-    captured = action.capture(ctx)
-    outcome = action.apply(ctx, captured)
+    with acting_as(action.name):
+        captured = action.capture(ctx)
+        outcome = action.apply(ctx, captured)
     ec2().modify_network_interface_attribute(NetworkInterfaceId=world.second_eni,
                                              Groups=[world.web_group])
     try:
-        action.verify(ctx, captured, outcome)
+        with acting_as(action.name):
+            action.verify(ctx, captured, outcome)
     except StepFailed as exc:
         assert exc.code == "VerificationFailed"
         assert world.second_eni in exc.message
@@ -151,9 +156,10 @@ def test_verify_fails_when_an_eni_is_not_sealed(pool: ClientPool, world: sandbox
 
 def test_check_says_done_once_isolated(pool: ClientPool, world: sandbox_world.World) -> None:
     action = get_action("isolate-security-groups")
-    assert action.check(context(pool, world)) is False
-    isolate(context(pool, world))
-    assert action.check(context(pool, world)) is True
+    with acting_as(action.name):
+        assert action.check(context(pool, world)) is False
+        isolate(context(pool, world))
+        assert action.check(context(pool, world)) is True
 
 
 def test_undo_puts_every_eni_back_on_its_own_groups(pool: ClientPool,
@@ -161,13 +167,15 @@ def test_undo_puts_every_eni_back_on_its_own_groups(pool: ClientPool,
     before = eni_groups(world.instance_id)
     ctx = context(pool, world)
     captured, _ = isolate(ctx)
-    get_action("isolate-security-groups").undo(ctx, captured)
+    with acting_as("isolate-security-groups"):
+        get_action("isolate-security-groups").undo(ctx, captured)
     assert eni_groups(world.instance_id) == before
 
 
 def test_prepare_creates_the_pair_once(pool: ClientPool, world: sandbox_world.World) -> None:
-    first = prepare_vpcs(pool.for_region("us-east-1"), [world.vpc_id])
-    second = prepare_vpcs(pool.for_region("us-east-1"), [world.vpc_id])
+    with acting_as("prepare"):
+        first = prepare_vpcs(pool.for_region("us-east-1"), [world.vpc_id])
+        second = prepare_vpcs(pool.for_region("us-east-1"), [world.vpc_id])
     assert len(first[0]["created"]) == 2 and second[0]["created"] == []
     assert (first[0]["open"], first[0]["sealed"]) == (second[0]["open"], second[0]["sealed"])
 
@@ -187,7 +195,8 @@ def test_groups_created_by_another_replica_meanwhile_are_adopted(
             TagSpecifications=[{"ResourceType": "security-group", "Tags": [
                 {"Key": "cordon:managed", "Value": "true"},
                 {"Key": "cordon:role", "Value": role}]}])
-    ids, created = ensure_group_pair(clients, world.vpc_id, known={})
+    with acting_as("prepare"):
+        ids, created = ensure_group_pair(clients, world.vpc_id, known={})
     assert created == []
     assert len(isolation_groups(world.vpc_id)) == 2
     assert sandbox_world.group_rules(ids[SEALED]) == ([], [])
