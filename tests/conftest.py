@@ -15,11 +15,10 @@ from botocore.awsrequest import AWSResponse
 from sqlalchemy import create_engine, text
 
 from bot.sandbox.fake_slack import FakeSlack
-from handlers.aws import acting
-from handlers.permissions import declared, iam_action
 from bot.sandbox.harness import RunningBot, start_bot
 from handlers import sandbox_world
-from handlers.aws import ClientPool
+from handlers.aws import ClientPool, acting
+from handlers.permissions import declared, iam_action
 from playbooks.store import Store
 
 POSTGRES_URL = os.environ.get("CORDON_TEST_POSTGRES_URL",
@@ -174,3 +173,18 @@ def bot(fake_slack: FakeSlack, world: sandbox_world.World, database_url: str,
     running.stop()
     # Every AWS call belongs to a unit that declared it (the IAM policy comes from these).
     assert aws_trace.undeclared() == []
+
+
+def settle(bot: RunningBot, incident_id: str, timeout: float = 60) -> Any:
+    """Wait until the run has finished and Slack shows it: the card carries the final
+    status (it is updated after the thread's last message is queued, and the queue is
+    sent in order) and nothing is left to send."""
+    from bot.sandbox.harness import wait_for
+    from playbooks.store import FINAL_STATES
+
+    incident = wait_for(lambda: (i := bot.deps.store.get(incident_id)) is not None
+                        and i.status in FINAL_STATES and i, timeout=timeout)
+    wait_for(lambda: (m := bot.slack.fake.message(incident.channel_id, incident.card_ts or ""))
+             is not None and m.text.endswith(incident.status) and not bot.deps.store.unsent(),
+             timeout=20)
+    return incident

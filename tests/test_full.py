@@ -18,7 +18,7 @@ from bot.sandbox.harness import RunningBot, wait_for
 from bot.scheduler import sweep
 from handlers import sandbox_world
 from playbooks.store import FINAL_STATES, Incident
-from tests.conftest import AwsTrace
+from tests.conftest import AwsTrace, settle
 
 CHANNEL = "C0INCIDENT"
 DANA, LEE, KIM = "U0DANA", "U0LEE", "U0KIM"
@@ -85,8 +85,7 @@ def settled(bot: RunningBot, card: Message) -> Incident:
     incident: Incident = wait_for(lambda: next(
         (i for i in bot.deps.store.recent() if i.card_ts == card.ts
          and i.status in FINAL_STATES), None), timeout=60)
-    wait_for(lambda: not bot.deps.store.unsent(), timeout=20)
-    return incident
+    return settle(bot, incident.id)  # type: ignore[no-any-return]
 
 
 def thread(fake: FakeSlack, card: Message) -> list[str]:

@@ -19,6 +19,7 @@ from bot.sandbox.harness import RunningBot, wait_for
 from handlers import access_keys
 from handlers.aws import Clients
 from playbooks.store import FINAL_STATES, Incident
+from tests.conftest import settle
 
 CHANNEL = "C0INCIDENT"
 DANA, LEE = "U0DANA", "U0LEE"
@@ -62,8 +63,7 @@ def approve(bot: RunningBot, card: Message) -> Incident:
     incident: Incident = wait_for(lambda: next(
         (i for i in bot.deps.store.recent() if i.card_ts == card.ts
          and i.status in FINAL_STATES), None), timeout=60)
-    wait_for(lambda: not bot.deps.store.unsent())
-    return incident
+    return settle(bot, incident.id)  # type: ignore[no-any-return]
 
 
 def thread(fake: FakeSlack, card: Message) -> list[str]:

@@ -15,8 +15,8 @@ from handlers import sandbox_world
 from handlers.aws import ClientPool
 from handlers.isolation import prepare_vpcs
 from playbooks.service import ContainRequest
-from playbooks.store import FINAL_STATES, RUNNING, Incident, utcnow
-from tests.conftest import AwsTrace
+from playbooks.store import RUNNING, Incident, utcnow
+from tests.conftest import AwsTrace, settle
 
 CHANNEL = "C0INCIDENT"
 
@@ -39,8 +39,7 @@ def open_incident(bot: RunningBot, world: sandbox_world.World) -> Incident:
 
 
 def final(bot: RunningBot, incident_id: str) -> Incident:
-    return wait_for(lambda: (i := bot.deps.store.get(incident_id)) and  # type: ignore[no-any-return]
-                    i.status in FINAL_STATES and i, timeout=30)
+    return settle(bot, incident_id)  # type: ignore[no-any-return]
 
 
 def test_an_interrupted_run_resumes_and_keeps_the_true_prior_state(

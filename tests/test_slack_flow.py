@@ -15,7 +15,7 @@ from bot.sandbox.harness import RunningBot, wait_for
 from bot.scheduler import sweep
 from handlers import sandbox_world
 from playbooks.store import FINAL_STATES, Incident
-from tests.conftest import AwsTrace
+from tests.conftest import AwsTrace, settle
 
 CHANNEL = "C0INCIDENT"
 DANA, LEE, KIM, SAM, ALEX = "U0DANA", "U0LEE", "U0KIM", "U0SAM", "U0ALEX"
@@ -50,8 +50,7 @@ def only_incident(bot: RunningBot) -> Incident:
 def finished(bot: RunningBot) -> Incident:
     incident: Incident = wait_for(lambda: next(
         (i for i in bot.deps.store.recent() if i.status in FINAL_STATES), None), timeout=30)
-    wait_for(lambda: not bot.deps.store.unsent())
-    return incident
+    return settle(bot, incident.id)  # type: ignore[no-any-return]
 
 
 def eni_groups(instance_id: str) -> dict[str, list[str]]:

@@ -16,7 +16,7 @@ from bot.sandbox.harness import RunningBot, wait_for
 from handlers import sandbox_world
 from handlers.network_acl import denies_first
 from playbooks.store import FINAL_STATES, Incident
-from tests.conftest import AwsTrace
+from tests.conftest import AwsTrace, settle
 
 CHANNEL = "C0INCIDENT"
 DANA, LEE, KIM = "U0DANA", "U0LEE", "U0KIM"
@@ -77,8 +77,7 @@ def approve_twice(bot: RunningBot, card: Message) -> Incident:
     incident: Incident = wait_for(lambda: next(
         (i for i in bot.deps.store.recent() if i.card_ts == card.ts
          and i.status in FINAL_STATES), None), timeout=60)
-    wait_for(lambda: not bot.deps.store.unsent())
-    return incident
+    return settle(bot, incident.id)  # type: ignore[no-any-return]
 
 
 def release(bot: RunningBot, incident: Incident) -> Incident:
