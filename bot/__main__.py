@@ -24,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=None, help="default: $PORT or 3000")
     sandbox = sub.add_parser("sandbox", help="play an incident against a local AWS and Slack")
     sandbox.add_argument("--quiet", action="store_true", help="only the transcript")
+    policy = sub.add_parser("policy", help="print the IAM policy Cordon's role needs (JSON)")
+    policy.add_argument("--playbook", action="append", metavar="NAME",
+                        help="only what these playbooks need (default: all)")
+    sub.add_parser("preflight", help="check Slack, the database and AWS; exit 0 when all pass")
     prepare = sub.add_parser("prepare", help="create the isolation groups ahead of time")
     prepare.add_argument("--region", action="append", help="default: every CORDON_REGIONS")
     prepare.add_argument("--vpc", action="append", help="default: every VPC in the region")
@@ -32,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return run_serve(args.host, args.port)
+        if args.command == "policy":
+            return run_policy(args.playbook)
+        if args.command == "preflight":
+            from bot.preflight import run_preflight
+
+            return run_preflight()
         if args.command == "sandbox":
             from bot.sandbox.run import run_sandbox
 
@@ -87,6 +97,21 @@ def run_serve(host: str, port: int | None) -> int:
     deps.worker.shutdown(wait=True)
     deps.timeline.close()
     log.info("stopped")
+    return 0
+
+
+def run_policy(playbooks: list[str] | None) -> int:
+    import json
+
+    from handlers.permissions import build_policy
+    from playbooks.catalogue import PLAYBOOKS, units_for
+
+    unknown = [p for p in playbooks or [] if p not in PLAYBOOKS]
+    if unknown:
+        print(f"unknown playbook(s): {', '.join(unknown)}; playbooks: {', '.join(PLAYBOOKS)}",
+              file=sys.stderr)
+        return 2
+    print(json.dumps(build_policy(units_for(playbooks)), indent=2))
     return 0
 
 

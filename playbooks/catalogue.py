@@ -139,3 +139,19 @@ def step_descriptions(playbook: Playbook) -> list[tuple[str, str]]:
 
     actions = all_actions()
     return [(s.name, actions[s.action].description) for s in playbook.steps]
+
+
+def units_for(names: list[str] | None = None) -> list[str]:
+    """The declared units (actions and look-ups) running these playbooks takes —
+    releasing them included. All playbooks when `names` is empty."""
+    chosen = [PLAYBOOKS[n] for n in names] if names else list(PLAYBOOKS.values())
+    units = {"lookup-instance", "snapshot-follow-up", "prepare", "assume-role", "preflight"}
+    for playbook in chosen:
+        units |= {s.action for s in playbook.steps}
+        if playbook.wide:
+            units.add("blast-radius")
+        if playbook.target == "key":
+            units.add("lookup-key")
+        elif any(s.action in ("isolate-security-groups", "tag-instance") for s in playbook.steps):
+            units.add("mark-released")
+    return sorted(units)

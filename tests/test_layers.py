@@ -46,23 +46,36 @@ def test_every_action_declares_its_permissions_and_steps() -> None:
         assert cls.description, name
 
 
-def test_the_readme_policy_grants_every_declared_permission() -> None:
+def test_the_readme_shows_the_generated_policy() -> None:
     import json
     import re
 
-    from handlers.ec2_lookup import PERMISSIONS
-    from handlers.isolation import PREPARE_PERMISSIONS
+    from handlers.permissions import build_policy
+    from playbooks.catalogue import units_for
 
     readme = (ROOT / "README.md").read_text()
-    policy = json.loads(re.search(r"```json\n(.*?)```", readme, re.S).group(1))  # type: ignore[union-attr]
-    granted: set[str] = set()
-    for statement in policy["Statement"]:
-        actions = statement["Action"]
-        granted |= {actions} if isinstance(actions, str) else set(actions)
-    from handlers.access_keys import LOOKUP_PERMISSIONS
+    shown = json.loads(re.search(r"```json\n(.*?)```", readme, re.S).group(1))  # type: ignore[union-attr]
+    assert shown == build_policy(units_for(None))
 
-    declared = set(PERMISSIONS) | set(PREPARE_PERMISSIONS) | set(LOOKUP_PERMISSIONS)
-    for cls in all_actions().values():
-        declared |= set(cls.permissions)
-    assert declared - granted == set()
-    assert granted - declared == set()
+
+def test_the_policy_covers_every_step_without_wildcards() -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "bot", "policy"], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    policy = json.loads(out)
+    granted = {a for st in policy["Statement"] for a in
+               ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])}
+    assert all("*" not in a for a in granted)
+    for name, cls in all_actions().items():
+        assert set(cls.permissions) <= granted, name
+    tagged = next(st for st in policy["Statement"] if st["Sid"] == "CreateOnlyTagged")
+    assert "ec2:CreateSecurityGroup" in tagged["Action"]
+    assert tagged["Condition"] == {"StringEquals": {"aws:RequestTag/cordon:managed": "true"}}
+    only_isolate = json.loads(subprocess.run(
+        [sys.executable, "-m", "bot", "policy", "--playbook", "isolate"], cwd=ROOT, check=True,
+        capture_output=True, text=True).stdout)
+    narrow = {a for st in only_isolate["Statement"] for a in st["Action"]}
+    assert "ec2:ModifyNetworkInterfaceAttribute" in narrow and "iam:UpdateAccessKey" not in narrow
