@@ -29,7 +29,7 @@ from bot.logs import setup_logging
 from bot.sandbox.fake_slack import FakeSlack
 from bot.sandbox.harness import start_bot, wait_for
 from handlers import sandbox_world
-from handlers.aws import ClientPool
+from handlers.aws import ClientPool, hook
 from handlers.isolation import prepare_vpcs
 from playbooks.store import FINAL_STATES
 
@@ -56,10 +56,10 @@ class Recorder:
 
     def session(self) -> boto3.session.Session:
         session = boto3.session.Session()
-        session.events.register("before-parameter-build.*.*", self._params)
-        session.events.register("before-call.*.*", self._start)
-        session.events.register_first("before-send.*.*", self._delay)
-        session.events.register("after-call.*.*", self._end)
+        hook(session, "before-parameter-build.*.*", self._params)
+        hook(session, "before-call.*.*", self._start)
+        hook(session, "before-send.*.*", self._delay, first=True)
+        hook(session, "after-call.*.*", self._end)
         return session
 
     def _params(self, params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:

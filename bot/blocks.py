@@ -173,6 +173,12 @@ def _blast_blocks(incident: Incident) -> list[Block]:
     return [_section("\n".join(lines))]
 
 
+def _account(facts: dict[str, Any]) -> str:
+    number = escape(facts.get("account") or "?")
+    name = facts.get("account_name")
+    return f"{escape(name)} ({number})" if name else number
+
+
 def _instance_blocks(incident: Incident) -> list[Block]:
     f = incident.facts or {}
     name = escape(f.get("name") or "(no Name tag)")
@@ -180,7 +186,7 @@ def _instance_blocks(incident: Incident) -> list[Block]:
         _section(f"*{name}* `{escape(incident.target_id)}` — "
                  f"{escape(f.get('state', '?'))}, {escape(f.get('type', '?'))}"),
         SectionBlock(fields=[
-            _mrkdwn(f"*Account*\n{escape(f.get('account') or '?')}"),
+            _mrkdwn(f"*Account*\n{_account(f)}"),
             _mrkdwn(f"*Region*\n{escape(incident.region)}"),
             _mrkdwn(f"*VPC / subnet*\n`{escape(f.get('vpc_id', '?'))}` / "
                     f"`{escape(f.get('subnet_id', '?'))}`"),
@@ -198,7 +204,7 @@ def _key_blocks(incident: Incident) -> list[Block]:
     key = f"`{escape(f['key_id'])}`"
     if f.get("temporary"):
         return [
-            _section(f"*Temporary key* {key} in account {escape(f.get('account') or '?')}, "
+            _section(f"*Temporary key* {key} in account {_account(f)}, "
                      f"issued by role *{escape(f.get('role') or '?')}*"),
             _section("⚠️ A temporary key cannot be deactivated. Approving revokes *every* "
                      f"session of role `{escape(f.get('role') or '?')}` issued before now — "
@@ -213,7 +219,7 @@ def _key_blocks(incident: Incident) -> list[Block]:
     age = f"{f['age_days']} days" if f.get("age_days") is not None else "?"
     return [
         _section(f"*Access key* {key} of IAM user *{escape(f.get('user', '?'))}* in account "
-                 f"{escape(f.get('account') or '?')}"),
+                 f"{_account(f)}"),
         SectionBlock(fields=[
             _mrkdwn(f"*Status*\n{escape(f.get('status', '?'))}, {age} old"),
             _mrkdwn(f"*Last used*\n{last}"),

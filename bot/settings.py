@@ -41,7 +41,8 @@ class Settings(BaseSettings):
     database_url: str = Field(default="sqlite:///cordon.db", alias="CORDON_DATABASE_URL")
     regions: Annotated[list[str], NoDecode] = Field(default_factory=list, alias="CORDON_REGIONS",
                                                     validate_default=True)
-    accounts: str = Field(default="", alias="CORDON_ACCOUNTS")
+    accounts: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict,
+                                                          alias="CORDON_ACCOUNTS")
     approval_ttl: int = Field(default=1800, alias="CORDON_APPROVAL_TTL")
     asg_decrement: bool = Field(default=False, alias="CORDON_ASG_DECREMENT")
     key_lookback_days: int = Field(default=7, alias="CORDON_KEY_LOOKBACK", ge=1, le=90)
@@ -62,6 +63,15 @@ class Settings(BaseSettings):
         if bad:
             raise ValueError(f"not Slack user (U…) or user-group (S…) IDs: {', '.join(bad)}")
         return ids
+
+    @field_validator("accounts", mode="before")
+    @classmethod
+    def _accounts(cls, value: object) -> dict[str, str]:
+        if isinstance(value, dict):
+            return {str(k): str(v) for k, v in value.items()}
+        from handlers.aws import parse_accounts
+
+        return parse_accounts(str(value or ""))
 
     @field_validator("regions", mode="before")
     @classmethod

@@ -42,7 +42,7 @@ def make_web_client(settings: Settings) -> WebClient:
 
 def build_deps(settings: Settings, session_factory: Callable[[], Any] | None = None) -> Deps:
     store = Store.from_url(settings.database_url)
-    pool = client_pool(session_factory)
+    pool = client_pool(session_factory, settings.accounts)
     client = make_web_client(settings)
     timeline = SlackTimeline(store, client)
     runner = Runner(store, pool.for_region, timeline,
@@ -50,7 +50,7 @@ def build_deps(settings: Settings, session_factory: Callable[[], Any] | None = N
                                  "key_lookback_days": settings.key_lookback_days})
     worker = Worker(runner, max_workers=settings.workers)
     cordon = Cordon(store, pool.for_region, settings.regions, settings.approval_ttl, worker,
-                    wide_approvals=settings.wide_approvals)
+                    wide_approvals=settings.wide_approvals, accounts=settings.accounts)
     approvers = ApproverPolicy(settings.approvers, client, settings.usergroup_cache_ttl)
     return Deps(cordon=cordon, approvers=approvers, timeline=timeline, client=client,
                 store=store, worker=worker, key_lookback_days=settings.key_lookback_days)

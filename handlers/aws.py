@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextvars
+import re
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import boto3
@@ -60,22 +62,113 @@ class Clients:
         return self.client("sts")
 
 
-class ClientPool:
-    """Clients per region, shared by all runs (boto3 clients are thread-safe)."""
+_SESSION_NAME = re.compile(r"[^\w+=,.@-]")
+# Assumed credentials are renewed this long before they expire.
+_RENEW_BEFORE = timedelta(minutes=5)
 
-    def __init__(self, session_factory: SessionFactory = default_session) -> None:
+
+def parse_accounts(text: str) -> dict[str, str]:
+    """`prod=arn:aws:iam::222222222222:role/CordonResponder,…` → {name: role ARN}."""
+    accounts: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, arn = part.partition("=")
+        if not sep or not re.fullmatch(r"arn:aws[\w-]*:iam::\d{12}:role/[\w+=,.@/-]+",
+                                       arn.strip()):
+            raise ValueError(f"not name=role-arn: {part!r}")
+        accounts[name.strip()] = arn.strip()
+    return accounts
+
+
+def account_id_of(role_arn: str) -> str:
+    return role_arn.split(":")[4]
+
+
+class ClientPool:
+    """Clients per account and region, shared by all runs (boto3 clients are
+    thread-safe). With accounts configured, each account's role is assumed; the session
+    is named after who acts and carries them as SourceIdentity, and is cached until
+    shortly before its credentials expire."""
+
+    def __init__(self, session_factory: SessionFactory = default_session,
+                 accounts: dict[str, str] | None = None) -> None:
         self._session_factory = session_factory
         self._session: boto3.session.Session | None = None
-        self._clients: dict[str, Clients] = {}
-        self._lock = threading.Lock()
+        self.accounts = dict(accounts or {})
+        self._clients: dict[tuple[str | None, str, str], Clients] = {}
+        self._assumed: dict[tuple[str, str], tuple[boto3.session.Session, datetime]] = {}
+        self._lock = threading.RLock()
 
-    def for_region(self, region: str) -> Clients:
+    def base_session(self) -> boto3.session.Session:
         with self._lock:
             if self._session is None:
                 self._session = self._session_factory()
-            if region not in self._clients:
-                self._clients[region] = Clients(region=region, session=self._session)
-            return self._clients[region]
+            return self._session
+
+    def for_region(self, region: str, account: str | None = None,
+                   identity: str = "cordon", session_name: str | None = None) -> Clients:
+        if account is None or not self.accounts:
+            key: tuple[str | None, str, str] = (None, region, "")
+            with self._lock:
+                if key not in self._clients:
+                    self._clients[key] = Clients(region=region, session=self.base_session())
+                return self._clients[key]
+        session = self._assume(account, identity, session_name or f"cordon-{identity}")
+        key = (account, region, f"{identity}/{session_name}")
+        with self._lock:
+            cached = self._clients.get(key)
+            if cached is None or cached.session is not session:
+                cached = self._clients[key] = Clients(region=region, session=session)
+            return cached
+
+    def _assume(self, account: str, identity: str, session_name: str) -> boto3.session.Session:
+        role_arn = self.accounts[account]
+        now = datetime.now(UTC)
+        with self._lock:
+            hit = self._assumed.get((account, session_name))
+        if hit is not None and hit[1] - now > _RENEW_BEFORE:
+            return hit[0]
+        sts = self.base_session().client("sts", config=_CLIENT_CONFIG)
+        token = acting.set("assume-role")
+        try:
+            resp = sts.assume_role(
+                RoleArn=role_arn,
+                RoleSessionName=_SESSION_NAME.sub("-", session_name)[:64],
+                SourceIdentity=_SESSION_NAME.sub("-", identity)[:64],
+                DurationSeconds=3600,
+            )
+        finally:
+            acting.reset(token)
+        creds = resp["Credentials"]
+        session = boto3.session.Session(
+            aws_access_key_id=creds["AccessKeyId"],
+            aws_secret_access_key=creds["SecretAccessKey"],
+            aws_session_token=creds["SessionToken"],
+        )
+        copy_event_handlers(self.base_session(), session)
+        expires = creds["Expiration"]
+        if expires.tzinfo is None:
+            expires = expires.replace(tzinfo=UTC)
+        with self._lock:
+            self._assumed[(account, session_name)] = (session, expires)
+        return session
+
+
+def hook(session: boto3.session.Session, event: str, handler: Callable[..., Any],
+         first: bool = False) -> None:
+    """Register a botocore event handler that sessions assumed from this one keep too."""
+    if first:
+        session.events.register_first(event, handler)
+    else:
+        session.events.register(event, handler)
+    hooks = list(getattr(session, "_cordon_hooks", []))
+    hooks.append((event, handler, first))
+    setattr(session, "_cordon_hooks", hooks)  # noqa: B010 - boto3 sessions have no such slot
+
+
+def copy_event_handlers(source: boto3.session.Session, target: boto3.session.Session) -> None:
+    """Assumed sessions keep the hooks of the session they came from (tracing, tests)."""
+    for event, handler, first in getattr(source, "_cordon_hooks", []):
+        hook(target, event, handler, first)
 
 
 def make_clients(session: boto3.session.Session, region: str) -> Clients:

@@ -80,38 +80,57 @@ def describe_instance(clients: Clients, instance_id: str) -> dict[str, Any] | No
     return None
 
 
+# Where to look: (account name or None for Cordon's own account, region).
+Location = tuple[str | None, str]
+
+
+class AmbiguousTarget(Exception):
+    def __init__(self, resource_id: str, places: list[Location]) -> None:
+        self.resource_id = resource_id
+        self.places = places
+        super().__init__(f"{resource_id} found in {len(places)} places")
+
+
 def find_instance(
-    clients_for: Callable[[str], Clients], instance_id: str, regions: Sequence[str]
+    clients_for: Callable[[Location], Clients], instance_id: str, locations: Sequence[Location]
 ) -> dict[str, Any]:
-    """Look the instance up in every region at once; its Auto Scaling group in the same
-    round trip when only one region is searched."""
-    if len(regions) == 1:
-        clients = clients_for(regions[0])
+    """Look the instance up in every account and region at once; its Auto Scaling group
+    in the same round trip when only one place is searched."""
+    if len(locations) == 1:
+        clients = clients_for(locations[0])
         inst, asg = both(
             lambda: describe_instance(clients, instance_id),
             lambda: _asg_of(clients, instance_id),
         )
         if inst is None:
-            raise TargetNotFound(instance_id, regions, {})
-        facts = instance_facts(inst, inst["_OwnerId"], regions[0])
+            raise TargetNotFound(instance_id, [_where(locations[0])], {})
+        facts = instance_facts(inst, inst["_OwnerId"], locations[0][1])
+        facts["account_name"] = locations[0][0]
         facts["asg"] = asg or facts["asg"]
         return facts
 
-    def one(region: str) -> tuple[str, dict[str, Any] | None, AwsError | None]:
+    def one(place: Location) -> tuple[Location, dict[str, Any] | None, AwsError | None]:
         try:
-            return region, describe_instance(clients_for(region), instance_id), None
-        except Exception as exc:  # a region that fails must not hide the others
-            return region, None, describe_error(exc)
+            return place, describe_instance(clients_for(place), instance_id), None
+        except Exception as exc:  # a place that fails must not hide the others
+            return place, None, describe_error(exc)
 
-    results = parallel(one, regions)
-    found = [(region, inst) for region, inst, _ in results if inst is not None]
-    errors = {region: err for region, _, err in results if err is not None}
+    results = parallel(one, locations)
+    found = [(place, inst) for place, inst, _ in results if inst is not None]
+    errors = {_where(place): err for place, _, err in results if err is not None}
     if not found:
-        raise TargetNotFound(instance_id, regions, errors)
-    region, inst = found[0]
-    facts = instance_facts(inst, inst["_OwnerId"], region)
-    facts["asg"] = _asg_of(clients_for(region), instance_id) or facts["asg"]
+        raise TargetNotFound(instance_id, [_where(p) for p in locations], errors)
+    if len(found) > 1:
+        raise AmbiguousTarget(instance_id, [place for place, _ in found])
+    place, inst = found[0]
+    facts = instance_facts(inst, inst["_OwnerId"], place[1])
+    facts["account_name"] = place[0]
+    facts["asg"] = _asg_of(clients_for(place), instance_id) or facts["asg"]
     return facts
+
+
+def _where(place: Location) -> str:
+    return f"{place[0]}/{place[1]}" if place[0] else place[1]
 
 
 def _asg_of(clients: Clients, instance_id: str) -> str | None:

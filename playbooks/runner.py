@@ -95,7 +95,7 @@ class Runner:
     def __init__(
         self,
         store: Store,
-        clients_for: Callable[[str], Clients],
+        clients_for: Callable[..., Clients],
         timeline: Timeline,
         lease_seconds: int = 60,
         run_options: dict[str, Any] | None = None,
@@ -154,7 +154,11 @@ class Runner:
         subject = self.store.get(incident.parent_id) if incident.parent_id else incident
         assert subject is not None
         target = target_of(subject, approver=incident.decided_by)
-        clients = self.clients_for(incident.region)
+        # In the incident's account; with accounts configured, in a role session named
+        # after the incident and the approver, who is also its SourceIdentity.
+        clients = self.clients_for(incident.region, (subject.facts or {}).get("account_name"),
+                                   identity=incident.decided_by or "cordon",
+                                   session_name=f"cordon-{incident.id}-{incident.decided_by}")
         contexts = {s.name: StepContext(target=target, clients=clients,
                                         options={**self.run_options, **(subject.options or {}),
                                                  **s.options, "release_id": incident.id})

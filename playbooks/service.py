@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from handlers import access_keys, ec2_lookup
-from handlers.aws import ClientPool, Clients, acting_as, describe_error
+from handlers.aws import ClientPool, Clients, account_id_of, acting_as, describe_error
 from handlers.base import get_action
 from handlers.subnets import blast_radius
 from playbooks.catalogue import RELEASE, get_playbook, release_playbook
@@ -60,12 +60,14 @@ class Cordon:
     def __init__(
         self,
         store: Store,
-        clients_for: Callable[[str], Clients],
+        clients_for: Callable[..., Clients],
         regions: Sequence[str],
         approval_ttl_seconds: int,
         worker: Worker | None = None,
         wide_approvals: int = 2,
+        accounts: dict[str, str] | None = None,
     ) -> None:
+        self.accounts = dict(accounts or {})
         self.store = store
         self.clients_for = clients_for
         self.regions = list(regions)
@@ -75,16 +77,29 @@ class Cordon:
 
     # requests ----------------------------------------------------------------------
 
-    def lookup_instance(self, instance_id: str, region: str | None = None) -> dict[str, Any]:
+    def lookup_instance(self, instance_id: str, region: str | None = None,
+                        account: str | None = None) -> dict[str, Any]:
         if region is not None and region not in self.regions:
             raise BadInput(f"region `{region}` is not configured; "
                            f"configured: {', '.join(self.regions)}")
+        if account is not None and account not in self.accounts:
+            known = ", ".join(self.accounts) or "none (Cordon acts in its own account)"
+            raise BadInput(f"account `{account}` is not configured; configured: {known}")
         regions = [region] if region else self.regions
+        accounts: list[str | None] = ([account] if account
+                                      else list(self.accounts) or [None])
+        places = [(a, r) for a in accounts for r in regions]
         try:
             with acting_as("lookup-instance"):
-                return ec2_lookup.find_instance(self.clients_for, instance_id, regions)
+                return ec2_lookup.find_instance(
+                    lambda place: self.clients_for(place[1], place[0]), instance_id, places)
+        except ec2_lookup.AmbiguousTarget as exc:
+            where = ", ".join(f"account={a} region={r}" if a else f"region={r}"
+                              for a, r in exc.places)
+            raise BadInput(f"{instance_id} exists in more than one place ({where}); say which "
+                           "with `account=` and/or `region=`") from exc
         except ec2_lookup.TargetNotFound as exc:
-            where = ", ".join(regions)
+            where = ", ".join(exc.searched)
             if exc.errors:
                 errs = "; ".join(f"{r}: {e}" for r, e in exc.errors.items())
                 raise AwsLookupFailed(f"{instance_id} not found in {where} ({errs})") from exc
@@ -110,8 +125,9 @@ class Cordon:
         if playbook.wide:
             try:
                 with acting_as("blast-radius"):
-                    facts = {**facts, "blast": blast_radius(self.clients_for(facts["region"]),
-                                                            facts, playbook.wide, options)}
+                    clients = self.clients_for(facts["region"], facts.get("account_name"))
+                    facts = {**facts, "blast": blast_radius(clients, facts, playbook.wide,
+                                                            options)}
             except Exception as exc:
                 raise AwsLookupFailed(f"could not work out what else `{playbook.name}` would "
                                       f"hit: {describe_error(exc)}") from exc
@@ -191,7 +207,9 @@ class Cordon:
             ids = [s["id"] for s in (step.details or {}).get("snapshots", [])]
             try:
                 with acting_as("snapshot-follow-up"):
-                    states = snapshot_states(self.clients_for(incident.region), ids)
+                    clients = self.clients_for(incident.region,
+                                               (incident.facts or {}).get("account_name"))
+                    states = snapshot_states(clients, ids)
             except Exception as exc:
                 log.warning("snapshot follow-up failed", extra={
                     "incident": incident.id, "error": describe_error(exc).code})
@@ -204,11 +222,23 @@ class Cordon:
     def open_key_request(self, key_id: str, reason: str, requester: str, channel_id: str,
                          options: dict[str, str], lookback_days: int = 7) -> Incident:
         """A leaked access key: who owns it, what it may do; a temporary key's role."""
-        clients = self.clients_for(self.regions[0])
+        own_clients = self.clients_for(self.regions[0])
         try:
             with acting_as("lookup-key"):
-                own = clients.sts.get_caller_identity()["Account"]
-                facts = access_keys.describe_key(clients, key_id, own)
+                owner = own_clients.sts.get_access_key_info(AccessKeyId=key_id)["Account"]
+                name = next((n for n, arn in self.accounts.items()
+                             if account_id_of(arn) == owner), None)
+                if self.accounts and name is None:
+                    raise access_keys.KeyNotFound(
+                        f"{key_id} belongs to account {owner}, which is not in CORDON_ACCOUNTS")
+                clients = self.clients_for(self.regions[0], name)
+                facts = access_keys.describe_key(clients, key_id, owner)
+                facts["account_name"] = name
+                if name is None:
+                    own = own_clients.sts.get_caller_identity()["Account"]
+                    if owner != own:
+                        raise access_keys.KeyNotFound(
+                            f"{key_id} belongs to account {owner}; Cordon acts in {own}")
         except access_keys.KeyNotFound as exc:
             raise TargetNotFound(str(exc)) from exc
         except Exception as exc:
@@ -318,10 +348,13 @@ class Cordon:
         return max(0, int((incident.expires_at - utcnow()).total_seconds()))
 
 
-def client_pool(session_factory: Callable[[], Any] | None = None) -> ClientPool:
+def client_pool(session_factory: Callable[[], Any] | None = None,
+                accounts: dict[str, str] | None = None) -> ClientPool:
     """AWS clients for the bot; `session_factory` lets a caller wrap the boto3 session
     (the benchmarks inject latency this way)."""
-    return ClientPool(session_factory) if session_factory else ClientPool()
+    if session_factory:
+        return ClientPool(session_factory, accounts)
+    return ClientPool(accounts=accounts)
 
 
 def prepare_isolation(pool: ClientPool, regions: Sequence[str],
@@ -335,3 +368,9 @@ def prepare_isolation(pool: ClientPool, regions: Sequence[str],
             for row in prepare_vpcs(pool.for_region(region), vpc_ids):
                 results.append({"region": region, **row})
     return results
+
+
+def preflight_aws(pool: ClientPool, regions: Sequence[str]) -> list[Any]:
+    from handlers.preflight import check_aws
+
+    return check_aws(pool, list(regions))

@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, text
 from bot.sandbox.fake_slack import FakeSlack
 from bot.sandbox.harness import RunningBot, start_bot
 from handlers import sandbox_world
-from handlers.aws import ClientPool, acting
+from handlers.aws import ClientPool, acting, hook
 from handlers.permissions import declared, iam_action
 from playbooks.store import Store
 
@@ -103,8 +103,8 @@ class AwsTrace:
 
     def session(self) -> boto3.session.Session:
         session = boto3.session.Session()
-        session.events.register("before-parameter-build.*.*", self._before_call)
-        session.events.register_first("before-send.*.*", self._before_send)
+        hook(session, "before-parameter-build.*.*", self._before_call)
+        hook(session, "before-send.*.*", self._before_send, first=True)
         return session
 
     def _before_call(self, model: Any, params: dict[str, Any], **_: Any) -> None:

@@ -12,7 +12,7 @@ from bot import blocks, grammar
 from bot.ids import COMMAND
 from bot.listeners import replies_errors
 from bot.text import escape
-from playbooks.errors import BadInput, CordonError, TargetNotFound
+from playbooks.errors import BadInput, CordonError
 from playbooks.service import ContainRequest
 from playbooks.store import Incident
 
@@ -74,10 +74,7 @@ def status_text(deps: Deps, cmd: grammar.StatusCommand) -> str:
 
 def open_containment(deps: Deps, cmd: grammar.ContainCommand, command: dict[str, Any],
                      client: WebClient) -> None:
-    facts = deps.cordon.lookup_instance(cmd.instance_id, cmd.region)
-    if cmd.account and cmd.account != facts.get("account"):
-        raise TargetNotFound(f"`{cmd.instance_id}` is in account {facts.get('account')}, "
-                             f"not `{escape(cmd.account)}`")
+    facts = deps.cordon.lookup_instance(cmd.instance_id, cmd.region, cmd.account)
     request = ContainRequest(
         instance_id=cmd.instance_id,
         playbook=cmd.playbook,

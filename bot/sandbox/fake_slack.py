@@ -132,6 +132,8 @@ class FakeSlack:
             result: dict[str, Any] = handler(args)
             return result
 
+    SCOPES = "commands,chat:write,files:write,usergroups:read"
+
     def api_auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "url": "https://sandbox.slack.local/", "team": "Sandbox",
                 "user": "cordon", "team_id": "T0SANDBOX", "user_id": self.BOT_USER,
@@ -241,6 +243,7 @@ class FakeSlack:
                 body = json.dumps(payload).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
+                self.send_header("x-oauth-scopes", fake.SCOPES)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -257,6 +260,10 @@ class FakeSlack:
                     return
                 args = self._read()
                 if path.startswith("/api/"):
+                    auth = self.headers.get("Authorization") or f"Bearer {args.get('token', '')}"
+                    if not auth.startswith("Bearer xoxb-"):
+                        self._reply({"ok": False, "error": "invalid_auth"})
+                        return
                     self._reply(fake.handle(path[len("/api/"):], args))
                 elif path.startswith("/response/"):
                     self._reply(fake.response_url(path, args))

@@ -1,0 +1,64 @@
+"""`python -m bot preflight`: one line per check, ✅ or ❌ with the fix; exit status 0
+only when every check passes."""
+
+from __future__ import annotations
+
+from sqlalchemy import inspect
+
+from bot.settings import load_settings
+from bot.wiring import make_web_client
+from playbooks.service import client_pool, preflight_aws
+from playbooks.store import Base, make_engine
+
+REQUIRED_SCOPES = ("commands", "chat:write", "files:write", "usergroups:read")
+
+
+def run_preflight() -> int:
+    settings = load_settings()
+    lines: list[tuple[bool, str]] = []
+
+    client = make_web_client(settings)
+    try:
+        resp = client.auth_test()
+        lines.append((True, f"Slack token: works for team {resp.get('team')} as "
+                            f"@{resp.get('user')}"))
+        granted = {s.strip() for s in (resp.headers.get("x-oauth-scopes") or "").split(",")
+                   if s.strip()}
+        missing = [s for s in REQUIRED_SCOPES if s not in granted]
+        if not granted:
+            lines.append((False, "Slack scopes: Slack did not report them — reinstall the app "
+                                 "from slack-manifest.yml"))
+        elif missing:
+            lines.append((False, f"Slack scopes: missing {', '.join(missing)} — add them "
+                                 "(slack-manifest.yml) and reinstall the app"))
+        else:
+            lines.append((True, f"Slack scopes: {', '.join(REQUIRED_SCOPES)}"))
+    except Exception as exc:
+        error = getattr(getattr(exc, "response", None), "get", lambda _k: None)("error") or exc
+        lines.append((False, f"Slack token: {error} — set SLACK_BOT_TOKEN to the app's Bot "
+                             "User OAuth Token (xoxb-…)"))
+
+    secret = settings.slack_signing_secret
+    lines.append((len(secret) >= 16, "Signing secret: set" if len(secret) >= 16 else
+                  "Signing secret: too short — copy it from the app's Basic Information"))
+
+    try:
+        engine = make_engine(settings.database_url)
+        tables = set(inspect(engine).get_table_names())
+        engine.dispose()
+        missing_tables = sorted(set(Base.metadata.tables) - tables)
+        if missing_tables:
+            lines.append((False, f"Database: reachable, missing tables {', '.join(missing_tables)}"
+                                 " — start `python -m bot serve` once to create them"))
+        else:
+            lines.append((True, "Database: reachable and migrated"))
+    except Exception as exc:
+        lines.append((False, f"Database: unreachable ({type(exc).__name__}) — check "
+                             "CORDON_DATABASE_URL"))
+
+    for check in preflight_aws(client_pool(accounts=settings.accounts), settings.regions):
+        lines.append((check.ok, f"AWS {check.what}: {check.detail}"))
+
+    for ok, text in lines:
+        print(f"{'✅' if ok else '❌'} {text}")
+    return 0 if all(ok for ok, _ in lines) else 1

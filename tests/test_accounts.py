@@ -1,0 +1,136 @@
+"""Several accounts and regions (a second moto account reached through sts AssumeRole:
+moto keeps resources per account), and `python -m bot preflight`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from bot.sandbox.fake_slack import FakeSlack
+from bot.sandbox.harness import RunningBot, start_bot, wait_for
+from handlers import sandbox_world
+from handlers.aws import Clients
+from handlers.ec2_lookup import AmbiguousTarget, find_instance
+from playbooks.store import Store
+from tests.conftest import AwsTrace, settle
+
+ROOT = Path(__file__).resolve().parent.parent
+PROD_ROLE = "arn:aws:iam::222222222222:role/CordonResponder"
+OWN_ROLE = "arn:aws:iam::123456789012:role/CordonResponder"
+CHANNEL = "C0INCIDENT"
+
+
+def prod_session() -> boto3.session.Session:
+    creds = boto3.session.Session().client("sts", region_name="us-east-1").assume_role(
+        RoleArn=PROD_ROLE, RoleSessionName="test-setup")["Credentials"]
+    return boto3.session.Session(aws_access_key_id=creds["AccessKeyId"],
+                                 aws_secret_access_key=creds["SecretAccessKey"],
+                                 aws_session_token=creds["SessionToken"])
+
+
+@pytest.fixture
+def prod_world(local_aws: sandbox_world.LocalAws) -> sandbox_world.World:
+    local_aws.reset()
+    sandbox_world.seed("us-east-1")  # something in Cordon's own account too
+    return sandbox_world.seed("eu-west-1", session=prod_session())
+
+
+@pytest.fixture
+def bot(fake_slack: FakeSlack, prod_world: sandbox_world.World, database_url: str,
+        aws_trace: AwsTrace) -> Any:
+    running = start_bot(fake_slack, database_url, approvers="S0ONCALL",
+                        regions="us-east-1,eu-west-1", session_factory=aws_trace.session,
+                        CORDON_ACCOUNTS=f"own={OWN_ROLE},prod={PROD_ROLE}")
+    yield running
+    running.stop()
+    assert aws_trace.undeclared() == []
+
+
+def test_containment_finds_the_instance_and_acts_in_its_account_as_the_approver(
+        bot: RunningBot, prod_world: sandbox_world.World, fake_slack: FakeSlack,
+        aws_trace: AwsTrace) -> None:
+    bot.slack.command("U0DANA", CHANNEL, f"{prod_world.instance_id} isolate miner")
+    card = wait_for(lambda: fake_slack.channel_messages(CHANNEL))[0]
+    text = str(card.blocks)
+    assert "prod (222222222222)" in text and "eu-west-1" in text
+    bot.slack.click_button("U0LEE", CHANNEL, card.ts, "Approve")
+    incident = settle(bot, bot.deps.store.recent()[0].id)
+    assert incident.status == "contained", incident.summary
+    # The change happened in the prod account, in eu-west-1.
+    ec2 = prod_session().client("ec2", region_name="eu-west-1")
+    inst = ec2.describe_instances(InstanceIds=[prod_world.instance_id])[
+        "Reservations"][0]["Instances"][0]
+    assert all([g["GroupName"] for g in e["Groups"]] == ["cordon-sealed"]
+               for e in inst["NetworkInterfaces"])
+    # In a role session named after the incident and the approver, who is its source identity.
+    assumed = [p for op, p in aws_trace.calls if op == "AssumeRole"
+               and p.get("SourceIdentity") == "U0LEE"]
+    assert assumed and all(p["RoleArn"] == PROD_ROLE for p in assumed)
+    assert assumed[0]["RoleSessionName"] == f"cordon-{incident.id}-U0LEE"
+    # Credentials are cached: one AssumeRole for the whole run.
+    assert len(assumed) == 1
+
+
+def test_an_account_that_is_not_configured_is_refused(
+        bot: RunningBot, prod_world: sandbox_world.World, fake_slack: FakeSlack) -> None:
+    bot.slack.command("U0DANA", CHANNEL, f"{prod_world.instance_id} account=staging miner")
+    assert "account `staging` is not configured" in wait_for(
+        lambda: fake_slack.ephemerals_for("U0DANA"))[0]
+
+
+def test_an_instance_id_found_in_two_places_is_refused_with_the_list() -> None:
+    instance = {"InstanceId": "i-0123456789abcdef0", "State": {"Name": "running"}}
+    reply = {"Reservations": [{"OwnerId": "1", "Instances": [instance]}]}
+
+    def clients_for(place: tuple[str | None, str]) -> Clients:
+        session = boto3.session.Session(region_name=place[1], aws_access_key_id="x",
+                                        aws_secret_access_key="y")
+        clients = Clients(region=place[1], session=session)
+        ec2 = session.client("ec2", region_name=place[1], endpoint_url="https://ec2.test")
+        stub = Stubber(ec2)
+        stub.add_response("describe_instances", reply)
+        stub.activate()
+        clients._made["ec2"] = ec2
+        return clients
+
+    with pytest.raises(AmbiguousTarget) as err:
+        find_instance(clients_for, "i-0123456789abcdef0",
+                      [("prod", "eu-west-1"), ("staging", "eu-west-1")])
+    assert err.value.places == [("prod", "eu-west-1"), ("staging", "eu-west-1")]
+
+
+def _preflight(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "CORDON_"))}
+    return subprocess.run([sys.executable, "-m", "bot", "preflight"], cwd=cwd,
+                          env={**base, "PYTHONPATH": str(ROOT), **env},
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_preflight_passes_against_moto_and_the_fake_slack(
+        tmp_path: Path, prod_world: sandbox_world.World, fake_slack: FakeSlack) -> None:
+    db = f"sqlite:///{tmp_path}/cordon.db"
+    Store.from_url(db).engine.dispose()  # as `serve` leaves it
+    env = {"SLACK_BOT_TOKEN": "xoxb-test", "SLACK_SIGNING_SECRET": "0123456789abcdef0123",
+           "SLACK_API_URL": fake_slack.api_url, "CORDON_DATABASE_URL": db,
+           "CORDON_REGIONS": "us-east-1,eu-west-1",
+           "CORDON_ACCOUNTS": f"own={OWN_ROLE},prod={PROD_ROLE}"}
+    proc = _preflight(env, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert all(line.startswith("✅") for line in lines)
+    for expected in ("Slack token", "Slack scopes", "Signing secret", "Database",
+                     "account prod: role assumed", "prod/eu-west-1 ec2:CreateSecurityGroup"):
+        assert any(expected in line for line in lines), expected
+    # A bad token fails, with the fix; a missing one stops with one line.
+    bad = _preflight({**env, "SLACK_BOT_TOKEN": "not-a-token"}, tmp_path)
+    assert bad.returncode == 1
+    assert any(line.startswith("❌ Slack token: invalid_auth") for line in bad.stdout.splitlines())
+    missing = _preflight({k: v for k, v in env.items() if k != "SLACK_BOT_TOKEN"}, tmp_path)
+    assert missing.returncode == 2 and "SLACK_BOT_TOKEN is not set" in missing.stderr
