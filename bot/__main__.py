@@ -78,20 +78,21 @@ def run_serve(host: str, port: int | None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
+    # The HTTP server runs in Socket Mode too: it serves /healthz.
+    server = SlackHTTPServer(app, host, port or settings.port, deps.store.ping)
+    server.start()
     if settings.slack_app_token:
         from slack_bolt.adapter.socket_mode import SocketModeHandler
 
         handler = SocketModeHandler(app, settings.slack_app_token)
         handler.connect()
-        log.info("connected with Socket Mode")
+        log.info("connected with Socket Mode", extra={"health": f"{server.url}/healthz"})
         stopping.wait()
         handler.close()
     else:
-        server = SlackHTTPServer(app, host, port or settings.port, deps.store.ping)
-        server.start()
         log.info("listening", extra={"url": f"{server.url}/slack/events"})
         stopping.wait()
-        server.stop()
+    server.stop()
     scheduler.shutdown(wait=False)
     # Runs in progress finish their current step; an unfinished run resumes at next start.
     deps.worker.shutdown(wait=True)

@@ -47,6 +47,7 @@ class FakeSlack:
         self.failures: dict[str, list[str]] = {}  # method → errors to answer next
         self.response_owners: dict[str, str | None] = {}
         self.uploads: dict[str, dict[str, Any]] = {}  # file id → name and bytes
+        self.socket_url = ""  # Socket Mode: where apps.connections.open points
         self._file_ids = itertools.count(1)
         self._ts = itertools.count(1)
         self._response_urls = itertools.count(1)
@@ -173,6 +174,11 @@ class FakeSlack:
                                          user=args.get("user"), channel=args.get("channel")))
         return {"ok": True, "message_ts": self._next_ts()}
 
+    def api_apps_connections_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        if not self.socket_url:
+            return {"ok": False, "error": "socket_mode_not_enabled"}
+        return {"ok": True, "url": self.socket_url}
+
     def api_usergroups_users_list(self, args: dict[str, Any]) -> dict[str, Any]:
         group = args.get("usergroup", "")
         if group not in self.usergroups:
@@ -261,7 +267,8 @@ class FakeSlack:
                 args = self._read()
                 if path.startswith("/api/"):
                     auth = self.headers.get("Authorization") or f"Bearer {args.get('token', '')}"
-                    if not auth.startswith("Bearer xoxb-"):
+                    app_level = path == "/api/apps.connections.open"
+                    if not auth.startswith("Bearer xapp-" if app_level else "Bearer xoxb-"):
                         self._reply({"ok": False, "error": "invalid_auth"})
                         return
                     self._reply(fake.handle(path[len("/api/"):], args))
