@@ -114,3 +114,39 @@ def test_the_sandbox_contains_the_instance_and_says_so(tmp_path: Path) -> None:
     assert "someone else must approve" in out and "not authorised" in out
     assert "✅ *isolate-security-groups*" in out and "Containment verified" in out
     assert "<!channel>" in out  # shown as text in the transcript, escaped on Slack
+
+
+def _json_instruction(dockerfile: str, keyword: str) -> list[str]:
+    text = dockerfile.replace("\\\n", " ")
+    line = next(ln for ln in text.splitlines() if ln.startswith(keyword))
+    return list(json.loads(line[line.index("["):]))
+
+
+def test_the_container_command_serves_and_its_healthcheck_passes(
+        tmp_path: Path, local_aws: sandbox_world.LocalAws, fake_slack: FakeSlack) -> None:
+    """What the image runs, run here (no Docker engine on this machine): its CMD, and its
+    HEALTHCHECK command against it."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    cmd = _json_instruction(dockerfile, "CMD")
+    assert cmd == ["python", "-m", "bot", "serve", "--host", "0.0.0.0"]
+    healthcheck = dockerfile.replace("\\\n", " ")
+    probe = json.loads(healthcheck[healthcheck.index("CMD [", healthcheck.index("HEALTHCHECK"))
+                                   + 4:].splitlines()[0])
+    assert "USER cordon" in dockerfile and "FROM python:3.11-slim AS build" in dockerfile
+    port = free_port()
+    env = env_for(local_aws, SLACK_BOT_TOKEN="xoxb-test", SLACK_SIGNING_SECRET="s",
+                  SLACK_API_URL=fake_slack.api_url, PORT=str(port),
+                  CORDON_DATABASE_URL=f"sqlite:///{tmp_path}/cordon.db")
+    proc = subprocess.Popen([sys.executable, *cmd[1:]],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: health(port) == 200, timeout=30)
+        probe_run = subprocess.run([sys.executable, *probe[1:]], env=env, timeout=30)
+        assert probe_run.returncode == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    # With nothing listening, the health check fails.
+    assert subprocess.run([sys.executable, *probe[1:]], env=env, timeout=30,
+                          capture_output=True).returncode != 0

@@ -47,3 +47,15 @@ def test_lists_and_durations_parse(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.approvers == ["S0ONCALL", "U0LEAD"]
     assert s.approval_ttl == 1800
     assert parse_duration("2h") == 7200 and parse_duration("90") == 90
+
+
+def test_the_manifest_asks_for_what_the_code_uses() -> None:
+    import yaml
+
+    from bot.preflight import REQUIRED_SCOPES
+
+    manifest = yaml.safe_load((ROOT / "slack-manifest.yml").read_text())
+    assert [c["command"] for c in manifest["features"]["slash_commands"]] == ["/contain"]
+    assert manifest["settings"]["interactivity"]["is_enabled"] is True
+    assert manifest["settings"]["socket_mode_enabled"] is True
+    assert sorted(manifest["oauth_config"]["scopes"]["bot"]) == sorted(REQUIRED_SCOPES)
