@@ -186,6 +186,8 @@ def test_route_leaves_only_the_local_route_and_release_restores_it(
         assert incident.status == "contained", incident.summary
         isolated = table_of(subnet, world.vpc_id)
         assert isolated not in (before_table, network.main_table)
+        other = network.other_subnet if subnet == world.subnet_id else world.subnet_id
+        assert table_of(other, world.vpc_id) in (network.public_table, "main")  # untouched
         assert all(gw == "local" for _, _, gw in routes(world.vpc_id)[isolated])
         replies = [m.text for m in fake_slack.thread(CHANNEL, card.ts)]
         assert any("can still reach its own subnet" in r for r in replies)
