@@ -12,7 +12,15 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from handlers.aws import Clients, describe_error, parallel
-from handlers.base import Action, Outcome, StepContext, StepFailed, VerificationFailed, register
+from handlers.base import (
+    Action,
+    Observation,
+    Outcome,
+    StepContext,
+    StepFailed,
+    VerificationFailed,
+    register,
+)
 
 KEY_ID = re.compile(r"^(AKIA|ASIA)[A-Z0-9]{16}$")
 # What finding a key's owner and drawing its card calls.
@@ -354,17 +362,10 @@ def lookup_events(clients: Clients, key_id: str, days: int) -> list[dict[str, An
 
 
 @register
-class ReviewActivity(Action):
+class ReviewActivity(Observation):
     name = "review-activity"
     description = "what the key did (CloudTrail), persistence and escalation first"
     permissions = ("cloudtrail:LookupEvents",)
-    reversible = False
-
-    def check(self, ctx: StepContext) -> bool:
-        return False
-
-    def capture(self, ctx: StepContext) -> dict[str, Any]:
-        return {}
 
     def apply(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
         days = int(ctx.options.get("key_lookback_days", 7))
@@ -384,17 +385,10 @@ class ReviewActivity(Action):
 
 
 @register
-class ListOtherKeys(Action):
+class ListOtherKeys(Observation):
     name = "list-other-keys"
     description = "the user's other active keys, flagged for rotation"
     permissions = ("iam:ListAccessKeys",)
-    reversible = False
-
-    def check(self, ctx: StepContext) -> bool:
-        return False
-
-    def capture(self, ctx: StepContext) -> dict[str, Any]:
-        return {}
 
     def apply(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
         user = ctx.target.facts["user"]

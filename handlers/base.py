@@ -107,6 +107,18 @@ class Action:
         return "restore the recorded prior state"
 
 
+class Observation(Action):
+    """A step that only looks and reports: nothing to check first, capture or undo."""
+
+    reversible: ClassVar[bool] = False
+
+    def check(self, ctx: StepContext) -> bool:
+        return False
+
+    def capture(self, ctx: StepContext) -> dict[str, Any]:
+        return {}
+
+
 ACTIONS: dict[str, type[Action]] = {}
 
 

@@ -11,6 +11,7 @@ from handlers.aws import describe_error, parallel
 from handlers.base import (
     Action,
     Artifact,
+    Observation,
     Outcome,
     StepContext,
     StepFailed,
@@ -43,17 +44,10 @@ def _volumes(ctx: StepContext) -> list[str]:
 
 
 @register
-class CaptureEvidence(Action):
+class CaptureEvidence(Observation):
     name = "capture-evidence"
     description = "the instance's description, console output and screenshot, the prior state"
     permissions = ("ec2:DescribeInstances", "ec2:GetConsoleOutput", "ec2:GetConsoleScreenshot")
-    reversible = False
-
-    def check(self, ctx: StepContext) -> bool:
-        return False  # capturing again is harmless, and newer
-
-    def capture(self, ctx: StepContext) -> dict[str, Any]:
-        return {}
 
     def apply(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
         ec2 = ctx.clients.ec2

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from handlers.aws import parallel
-from handlers.base import Action, Outcome, StepContext, VerificationFailed, register
+from handlers.base import Observation, Outcome, StepContext, VerificationFailed, register
 from handlers.ec2_lookup import describe_instance
 from handlers.instance_profile import _association
 from handlers.isolation import is_sealed
@@ -14,18 +14,11 @@ from handlers.tagging import set_status_tag
 
 
 @register
-class VerifyContainment(Action):
+class VerifyContainment(Observation):
     name = "verify-containment"
     description = "describe everything again; one summary of what is contained, kept, failed"
     permissions = ("ec2:DescribeInstances", "ec2:DescribeSecurityGroups",
                    "ec2:DescribeIamInstanceProfileAssociations", "ec2:CreateTags")
-    reversible = False
-
-    def check(self, ctx: StepContext) -> bool:
-        return False
-
-    def capture(self, ctx: StepContext) -> dict[str, Any]:
-        return {}
 
     def apply(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
         history = ctx.history

@@ -188,3 +188,12 @@ def settle(bot: RunningBot, incident_id: str, timeout: float = 60) -> Any:
              is not None and m.text.endswith(incident.status) and not bot.deps.store.unsent(),
              timeout=20)
     return incident
+
+
+def settle_card(bot: RunningBot, card_ts: str, timeout: float = 60) -> Any:
+    """settle() for the incident whose card is at `card_ts`."""
+    from bot.sandbox.harness import wait_for
+
+    incident = wait_for(lambda: next((i for i in bot.deps.store.recent()
+                                      if i.card_ts == card_ts), None), timeout=timeout)
+    return settle(bot, incident.id, timeout)

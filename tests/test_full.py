@@ -17,8 +17,8 @@ from bot.sandbox.fake_slack import FakeSlack, Message
 from bot.sandbox.harness import RunningBot, wait_for
 from bot.scheduler import sweep
 from handlers import sandbox_world
-from playbooks.store import FINAL_STATES, Incident
-from tests.conftest import AwsTrace, settle
+from playbooks.store import Incident
+from tests.conftest import AwsTrace, settle_card
 
 CHANNEL = "C0INCIDENT"
 DANA, LEE, KIM = "U0DANA", "U0LEE", "U0KIM"
@@ -82,10 +82,7 @@ def contain(bot: RunningBot, world: sandbox_world.World, text: str = "miner on p
 
 
 def settled(bot: RunningBot, card: Message) -> Incident:
-    incident: Incident = wait_for(lambda: next(
-        (i for i in bot.deps.store.recent() if i.card_ts == card.ts
-         and i.status in FINAL_STATES), None), timeout=60)
-    return settle(bot, incident.id)  # type: ignore[no-any-return]
+    return settle_card(bot, card.ts)  # type: ignore[no-any-return]
 
 
 def thread(fake: FakeSlack, card: Message) -> list[str]:

@@ -18,8 +18,8 @@ from bot.sandbox.fake_slack import FakeSlack, Message
 from bot.sandbox.harness import RunningBot, wait_for
 from handlers import access_keys
 from handlers.aws import Clients
-from playbooks.store import FINAL_STATES, Incident
-from tests.conftest import settle
+from playbooks.store import Incident
+from tests.conftest import settle_card
 
 CHANNEL = "C0INCIDENT"
 DANA, LEE = "U0DANA", "U0LEE"
@@ -60,10 +60,7 @@ def request(bot: RunningBot, text: str) -> Message:
 
 def approve(bot: RunningBot, card: Message) -> Incident:
     bot.slack.click_button(LEE, CHANNEL, card.ts, "Approve")
-    incident: Incident = wait_for(lambda: next(
-        (i for i in bot.deps.store.recent() if i.card_ts == card.ts
-         and i.status in FINAL_STATES), None), timeout=60)
-    return settle(bot, incident.id)  # type: ignore[no-any-return]
+    return settle_card(bot, card.ts)  # type: ignore[no-any-return]
 
 
 def thread(fake: FakeSlack, card: Message) -> list[str]:

@@ -16,7 +16,7 @@ from bot.sandbox.harness import RunningBot, wait_for
 from handlers import sandbox_world
 from handlers.network_acl import denies_first
 from playbooks.store import FINAL_STATES, Incident
-from tests.conftest import AwsTrace, settle
+from tests.conftest import AwsTrace, settle_card
 
 CHANNEL = "C0INCIDENT"
 DANA, LEE, KIM = "U0DANA", "U0LEE", "U0KIM"
@@ -74,10 +74,7 @@ def approve_twice(bot: RunningBot, card: Message) -> Incident:
     bot.slack.click_button(LEE, CHANNEL, card.ts, "Approve")
     wait_for(lambda: "1 of 2 approvals" in card_text(bot.slack.fake.message(CHANNEL, card.ts)))  # type: ignore[arg-type]
     bot.slack.click_button(KIM, CHANNEL, card.ts, "Approve")
-    incident: Incident = wait_for(lambda: next(
-        (i for i in bot.deps.store.recent() if i.card_ts == card.ts
-         and i.status in FINAL_STATES), None), timeout=60)
-    return settle(bot, incident.id)  # type: ignore[no-any-return]
+    return settle_card(bot, card.ts)  # type: ignore[no-any-return]
 
 
 def release(bot: RunningBot, incident: Incident) -> Incident:
