@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from abc import abstractmethod
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -211,8 +212,9 @@ class _DenyOlderSessions(Action):
         self._put(ctx, document)
         return Outcome(self._said(captured["principal"], now), {"policy": document})
 
+    @abstractmethod
     def _said(self, principal: str, now: str) -> str:
-        raise NotImplementedError
+        """What the thread says the policy does."""
 
     def verify(self, ctx: StepContext, captured: dict[str, Any], outcome: Outcome) -> str:
         if self._get(ctx) != outcome.details["policy"]:

@@ -3,6 +3,7 @@ check / capture / apply / verify / undo. Actions register by kebab-case name."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -70,7 +71,7 @@ class Outcome:
     artifacts: list[Artifact] = field(default_factory=list)
 
 
-class Action:
+class Action(ABC):
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     permissions: ClassVar[tuple[str, ...]] = ()
@@ -80,27 +81,29 @@ class Action:
         """Why this step does not apply to this run (e.g. an option not given), or None."""
         return None
 
+    @abstractmethod
     def check(self, ctx: StepContext) -> bool:
         """True when the target is already in the state apply() would bring about."""
-        raise NotImplementedError
 
+    @abstractmethod
     def capture(self, ctx: StepContext) -> dict[str, Any]:
         """The prior state apply() is about to change (saved before apply runs)."""
-        raise NotImplementedError
 
-    def prepare(self, ctx: StepContext) -> None:
+    def prepare(self, ctx: StepContext) -> None:  # noqa: B027 - optional, empty by default
         """Get ready without touching the target (e.g. create shared resources), while
         the steps before this one run. Optional."""
 
+    @abstractmethod
     def apply(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
-        raise NotImplementedError
+        """Make the change; return what changed."""
 
+    @abstractmethod
     def verify(self, ctx: StepContext, captured: dict[str, Any], outcome: Outcome) -> str:
         """Describe again; raise VerificationFailed on mismatch; return what was seen."""
-        raise NotImplementedError
 
     def undo(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
-        raise NotImplementedError
+        """Restore `captured`. Irreversible actions (reversible = False) are never undone."""
+        raise StepFailed("NotReversible", f"{self.name} cannot be undone")
 
     def describe_undo(self, captured: dict[str, Any]) -> str:
         """What undo() would restore, for the release card."""
