@@ -303,7 +303,8 @@ class Cordon:
                 log.info("approval counted", extra={"incident": incident_id, "by": user_id,
                                                     "approvals": len(voters)})
                 return incident
-            if incident.status == PENDING and user_id in voters:
+            if (incident.status == PENDING and user_id in voters
+                    and incident.expires_at > utcnow()):
                 raise AlreadyDecided(
                     f"your approval is already counted ({len(voters)} of "
                     f"{incident.approvals_required}); another approver must approve too")

@@ -103,3 +103,39 @@ def test_step_records_keep_captured_state_as_json(store: Store) -> None:
     store.update_step(rec.id, captured=captured)
     again = store.ensure_steps(inc.id, ["isolate-security-groups"])
     assert len(again) == 1 and again[0].captured == captured
+
+
+def test_wide_approvals_count_distinct_people_once_and_expire(store: Store) -> None:
+    import time
+
+    import pytest
+
+    from playbooks.errors import AlreadyDecided, RequestExpired
+    from playbooks.service import Cordon
+
+    cordon = Cordon(store, clients_for=lambda *a, **k: None, regions=["us-east-1"],
+                    approval_ttl_seconds=1)
+    inc = store.create_incident(ttl_seconds=1, approvals_required=2, kind="instance",
+                                target_id="i-0123456789abcdef0", region="us-east-1",
+                                playbook="nacl", requester="U0DANA", channel_id="C1")
+    assert cordon.decide(inc.id, "U1", approve=True).status == PENDING
+    with pytest.raises(AlreadyDecided, match="already counted"):
+        cordon.decide(inc.id, "U1", approve=True)
+    assert store.votes(inc.id) == ["U1"]
+    time.sleep(1.1)
+    with pytest.raises(RequestExpired):
+        cordon.decide(inc.id, "U1", approve=True)
+    with pytest.raises(RequestExpired):
+        cordon.decide(inc.id, "U2", approve=True)
+    assert store.votes(inc.id) == ["U1"]
+
+
+def test_two_approvers_at_once_approve_a_wide_request_once(store: Store) -> None:
+    inc = store.create_incident(ttl_seconds=600, approvals_required=2, kind="instance",
+                                target_id="i-0123456789abcdef0", region="us-east-1",
+                                playbook="nacl", requester="U0DANA", channel_id="C1")
+    assert store.vote(inc.id, "U0")[0] is False
+    results = race(4, lambda i: store.vote(inc.id, f"U{i + 1}")[0])
+    assert results.count(True) == 1
+    got = store.get(inc.id)
+    assert got is not None and got.status == APPROVED
