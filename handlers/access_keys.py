@@ -170,46 +170,39 @@ class DeactivateAccessKey(Action):
 class _DenyOlderSessions(Action):
     """An inline deny-all for sessions issued before now, on a user or a role."""
 
-    kind = "user"
+    kind = "user"  # or "role": the IAM calls are the same but for the word
     policy_name = USER_POLICY
 
-    def _principal(self, ctx: StepContext) -> str:
-        return str(ctx.target.facts["user" if self.kind == "user" else "role"])
-
-    def _get(self, ctx: StepContext) -> dict[str, Any] | None:
+    def _call(self, ctx: StepContext, verb: str, principal: str, **kwargs: Any) -> Any:
+        """iam.{verb}_{kind}_policy for this principal, e.g. put_role_policy(RoleName=…)."""
         iam = ctx.clients.client("iam")
+        method = getattr(iam, f"{verb}_{self.kind}_policy")
+        return method(**{f"{self.kind.capitalize()}Name": principal},
+                      PolicyName=self.policy_name, **kwargs)
+
+    def _principal(self, ctx: StepContext) -> str:
+        return str(ctx.target.facts[self.kind])
+
+    def _get(self, ctx: StepContext, principal: str) -> dict[str, Any] | None:
         try:
-            if self.kind == "user":
-                doc = iam.get_user_policy(UserName=self._principal(ctx),
-                                          PolicyName=self.policy_name)
-            else:
-                doc = iam.get_role_policy(RoleName=self._principal(ctx),
-                                          PolicyName=self.policy_name)
+            doc = self._call(ctx, "get", principal)
         except ClientError as exc:
             if _no_such_entity(exc):
                 return None
             raise
         return _policy(doc["PolicyDocument"])
 
-    def _put(self, ctx: StepContext, document: dict[str, Any]) -> None:
-        iam = ctx.clients.client("iam")
-        if self.kind == "user":
-            iam.put_user_policy(UserName=self._principal(ctx), PolicyName=self.policy_name,
-                                PolicyDocument=json.dumps(document))
-        else:
-            iam.put_role_policy(RoleName=self._principal(ctx), PolicyName=self.policy_name,
-                                PolicyDocument=json.dumps(document))
-
     def check(self, ctx: StepContext) -> bool:
         return False  # a newer cut-off is always at least as strict
 
     def capture(self, ctx: StepContext) -> dict[str, Any]:
-        return {"principal": self._principal(ctx), "prior_policy": self._get(ctx)}
+        principal = self._principal(ctx)
+        return {"principal": principal, "prior_policy": self._get(ctx, principal)}
 
     def apply(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
         now = _now()
         document = deny_older_sessions(now)
-        self._put(ctx, document)
+        self._call(ctx, "put", captured["principal"], PolicyDocument=json.dumps(document))
         return Outcome(self._said(captured["principal"], now), {"policy": document})
 
     @abstractmethod
@@ -217,7 +210,7 @@ class _DenyOlderSessions(Action):
         """What the thread says the policy does."""
 
     def verify(self, ctx: StepContext, captured: dict[str, Any], outcome: Outcome) -> str:
-        if self._get(ctx) != outcome.details["policy"]:
+        if self._get(ctx, captured["principal"]) != outcome.details["policy"]:
             raise VerificationFailed(f"{self.policy_name} is not in place")
         return f"{self.policy_name} in place"
 
@@ -225,21 +218,17 @@ class _DenyOlderSessions(Action):
         return f"remove {self.policy_name} from {captured.get('principal')}"
 
     def undo(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
-        iam = ctx.clients.client("iam")
+        principal = captured["principal"]
         if captured.get("prior_policy"):
-            self._put(ctx, captured["prior_policy"])
+            self._call(ctx, "put", principal,
+                       PolicyDocument=json.dumps(captured["prior_policy"]))
             return Outcome(f"{self.policy_name} back to its earlier version")
         try:
-            if self.kind == "user":
-                iam.delete_user_policy(UserName=captured["principal"],
-                                       PolicyName=self.policy_name)
-            else:
-                iam.delete_role_policy(RoleName=captured["principal"],
-                                       PolicyName=self.policy_name)
+            self._call(ctx, "delete", principal)
         except ClientError as exc:
             if not _no_such_entity(exc):
                 raise
-        return Outcome(f"{self.policy_name} removed from {captured['principal']}")
+        return Outcome(f"{self.policy_name} removed from {principal}")
 
 
 @register

@@ -110,14 +110,14 @@ class ClientPool:
             key: tuple[str | None, str, str] = (None, region, "")
             with self._lock:
                 if key not in self._clients:
-                    self._clients[key] = Clients(region=region, session=self.base_session())
+                    self._clients[key] = make_clients(self.base_session(), region)
                 return self._clients[key]
         session = self._assume(account, identity, session_name or f"cordon-{identity}")
         key = (account, region, f"{identity}/{session_name}")
         with self._lock:
             cached = self._clients.get(key)
             if cached is None or cached.session is not session:
-                cached = self._clients[key] = Clients(region=region, session=session)
+                cached = self._clients[key] = make_clients(session, region)
             return cached
 
     def _assume(self, account: str, identity: str, session_name: str) -> boto3.session.Session:

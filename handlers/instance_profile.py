@@ -37,7 +37,7 @@ def revocation_policy(instance_arn: str, issued_before: str) -> dict[str, Any]:
     }
 
 
-def _association(ctx: StepContext) -> dict[str, Any] | None:
+def profile_association(ctx: StepContext) -> dict[str, Any] | None:
     resp = ctx.clients.ec2.describe_iam_instance_profile_associations(Filters=[
         {"Name": "instance-id", "Values": [ctx.target.resource_id]},
         {"Name": "state", "Values": ["associating", "associated"]},
@@ -90,11 +90,11 @@ class RemoveInstanceProfile(Action):
     def check(self, ctx: StepContext) -> bool:
         # The deny is written before the profile is taken away, so no association left
         # means both are done (or there was never a profile).
-        ctx.memo["association"] = _association(ctx)
+        ctx.memo["association"] = profile_association(ctx)
         return ctx.memo["association"] is None
 
     def capture(self, ctx: StepContext) -> dict[str, Any]:
-        assoc = ctx.memo.get("association") or _association(ctx)
+        assoc = ctx.memo.get("association") or profile_association(ctx)
         if assoc is None:
             return {"association": None}
         role = _role_of(ctx, assoc["profile_arn"])
@@ -126,7 +126,7 @@ class RemoveInstanceProfile(Action):
     def verify(self, ctx: StepContext, captured: dict[str, Any], outcome: Outcome) -> str:
         if captured["association"] is None:
             return "no instance profile"
-        if _association(ctx) is not None:
+        if profile_association(ctx) is not None:
             raise VerificationFailed("the instance profile is still associated")
         if captured.get("role"):
             stored = _current_policy(ctx, captured["role"], captured["policy_name"])
@@ -145,7 +145,7 @@ class RemoveInstanceProfile(Action):
         assoc = captured.get("association")
         if not assoc:
             return Outcome("nothing to restore")
-        if _association(ctx) is None:
+        if profile_association(ctx) is None:
             ctx.clients.ec2.associate_iam_instance_profile(
                 IamInstanceProfile={"Arn": assoc["profile_arn"]},
                 InstanceId=ctx.target.resource_id)

@@ -8,20 +8,13 @@ from typing import Any
 
 from handlers.aws import both, parallel
 from handlers.base import Action, Outcome, StepContext, VerificationFailed, register
-from handlers.subnets import subnets_of
+from handlers.subnets import internet_routes, route_destination, subnets_of
 
 ROLE = "isolation-route-table"
 
 
 def _local_only(table: dict[str, Any]) -> bool:
     return all(r.get("GatewayId") == "local" for r in table.get("Routes", []))
-
-
-def _destination(route: dict[str, Any]) -> dict[str, str]:
-    for key in ("DestinationCidrBlock", "DestinationIpv6CidrBlock", "DestinationPrefixListId"):
-        if route.get(key):
-            return {key: route[key]}
-    return {}
 
 
 @register
@@ -81,7 +74,7 @@ class IsolateSubnetRoutes(Action):
         table_id = str(mine["RouteTableId"])
         if not _local_only(mine):
             # Someone added a route to Cordon's table: take it out again.
-            parallel(lambda r: ec2.delete_route(RouteTableId=table_id, **_destination(r)),
+            parallel(lambda r: ec2.delete_route(RouteTableId=table_id, **route_destination(r)),
                      [r for r in mine.get("Routes", []) if r.get("GatewayId") != "local"])
         calls = []
         for subnet, v in captured["subnets"].items():
@@ -138,23 +131,10 @@ class RemoveInternetRoutes(Action):
     name = "remove-internet-routes"
     description = ("remove every route to the VPC's internet gateway from every route table "
                    "(the gateway stays attached); hits every instance in the VPC")
-    permissions = ("ec2:DescribeRouteTables", "ec2:DescribeInternetGateways", "ec2:DeleteRoute",
-                   "ec2:CreateRoute")
+    permissions = ("ec2:DescribeRouteTables", "ec2:DeleteRoute", "ec2:CreateRoute")
 
     def _routes(self, ctx: StepContext) -> list[dict[str, Any]]:
-        ec2 = ctx.clients.ec2
-        vpc_id = ctx.target.facts.get("vpc_id", "")
-        gateways, tables = both(
-            lambda: ec2.describe_internet_gateways(Filters=[
-                {"Name": "attachment.vpc-id", "Values": [vpc_id]}])["InternetGateways"],
-            lambda: ec2.describe_route_tables(Filters=[
-                {"Name": "vpc-id", "Values": [vpc_id]}])["RouteTables"],
-        )
-        igws = {g["InternetGatewayId"] for g in gateways}
-        return [{"route_table_id": t["RouteTableId"], "gateway_id": r["GatewayId"],
-                 "destination": _destination(r)}
-                for t in tables for r in t.get("Routes", [])
-                if r.get("GatewayId") in igws or str(r.get("GatewayId", "")).startswith("igw-")]
+        return internet_routes(ctx.clients, ctx.target.facts.get("vpc_id", ""))
 
     def check(self, ctx: StepContext) -> bool:
         ctx.memo["routes"] = self._routes(ctx)

@@ -49,11 +49,8 @@ def blast_radius(clients: Clients, facts: dict[str, Any], method: str,
                         for a in t.get("Associations", []) if a.get("SubnetId") in subnets}
             return [f"{s}: route table {explicit.get(s, 'main (implicit)')} → Cordon's "
                     "isolation route table (VPC-local route only)" for s in subnets]
-        tables = ec2.describe_route_tables(Filters=[
-            {"Name": "vpc-id", "Values": [vpc_id]}])["RouteTables"]
-        return [f"{t['RouteTableId']}: route {_destination(r)} → {r['GatewayId']} removed"
-                for t in tables for r in t.get("Routes", [])
-                if str(r.get("GatewayId", "")).startswith("igw-")]
+        return [f"{r['route_table_id']}: route {next(iter(r['destination'].values()))} → "
+                f"{r['gateway_id']} removed" for r in internet_routes(clients, vpc_id)]
 
     found, changed = both(instances, changes)
     return {"scope": "vpc" if method == "igw" else "subnet", "subnets": subnets,
@@ -93,6 +90,19 @@ def _shared_acl_radius(clients: Clients, facts: dict[str, Any], subnets: list[st
             "others": _others(found, facts), "changes": changes}
 
 
-def _destination(route: dict[str, Any]) -> str:
-    return str(route.get("DestinationCidrBlock") or route.get("DestinationIpv6CidrBlock")
-               or route.get("DestinationPrefixListId") or "?")
+def route_destination(route: dict[str, Any]) -> dict[str, str]:
+    """A route's destination as the keyword delete_route / create_route take."""
+    for key in ("DestinationCidrBlock", "DestinationIpv6CidrBlock", "DestinationPrefixListId"):
+        if route.get(key):
+            return {key: route[key]}
+    return {}
+
+
+def internet_routes(clients: Clients, vpc_id: str) -> list[dict[str, Any]]:
+    """Every route of the VPC's route tables that targets an internet gateway."""
+    tables = clients.ec2.describe_route_tables(Filters=[
+        {"Name": "vpc-id", "Values": [vpc_id]}])["RouteTables"]
+    return [{"route_table_id": t["RouteTableId"], "gateway_id": r["GatewayId"],
+             "destination": route_destination(r)}
+            for t in tables for r in t.get("Routes", [])
+            if str(r.get("GatewayId", "")).startswith("igw-")]

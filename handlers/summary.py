@@ -8,7 +8,7 @@ from typing import Any
 from handlers.aws import parallel
 from handlers.base import Observation, Outcome, StepContext, VerificationFailed, register
 from handlers.ec2_lookup import describe_instance
-from handlers.instance_profile import _association
+from handlers.instance_profile import profile_association
 from handlers.isolation import is_sealed
 from handlers.tagging import set_status_tag
 
@@ -34,7 +34,7 @@ class VerifyContainment(Observation):
         inst, group, assoc = parallel(lambda f: f(), [
             lambda: describe_instance(ctx.clients, ctx.target.resource_id),
             sealed_group,
-            lambda: _association(ctx),
+            lambda: profile_association(ctx),
         ])
         contained, kept, failed = [], [], []
         enis = (inst or {}).get("NetworkInterfaces", [])

@@ -240,7 +240,7 @@ class Runner:
                 outcome = action.undo(ctx, undo_captured or {})
                 values = {"status": "succeeded", "summary": outcome.summary}
             else:
-                values, outcome = self._apply(action, ctx, record.id)
+                values, outcome = self._apply(action, ctx, record)
         except StepFailed as exc:
             values = {"status": "failed", "error_code": exc.code,
                       "error_message": exc.message, "summary": exc.done}
@@ -258,15 +258,15 @@ class Runner:
         if outcome is not None and outcome.artifacts and values["status"] in DONE:
             kept = [self.store.add_evidence(incident.id, step.name, a.name, a.media_type,
                                             a.content) for a in outcome.artifacts]
-        fresh = next(s for s in self.store.steps(incident.id) if s.id == record.id)
+        (fresh,) = self.store.steps_by_id([record.id])
         self._notify(self.timeline.step_finished, incident, fresh)
         if kept:
             self._notify(self.timeline.evidence_stored, incident, kept)
         return values["status"] in DONE
 
-    def _apply(self, action: Action, ctx: StepContext, record_id: int
+    def _apply(self, action: Action, ctx: StepContext, record: StepRecord
                ) -> tuple[dict[str, Any], Outcome | None]:
-        record = next(s for s in self.store.steps_by_id([record_id]))
+        # `record` was read when this phase began, after the early capture had saved.
         captured = record.captured
         reason = action.skip_reason(ctx)
         if reason:
@@ -277,7 +277,7 @@ class Runner:
         if captured is None:
             captured = action.capture(ctx)
             # The prior state is safe in the store before anything changes.
-            self.store.update_step(record_id, captured=captured)
+            self.store.update_step(record.id, captured=captured)
         outcome = action.apply(ctx, captured)
         seen = action.verify(ctx, captured, outcome)
         return {"status": "succeeded", "summary": outcome.summary,

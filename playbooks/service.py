@@ -45,7 +45,6 @@ class ContainRequest:
     reason: str
     requester: str
     channel_id: str
-    region: str | None = None
     options: dict[str, str] | None = None
 
 
@@ -324,9 +323,6 @@ class Cordon:
             raise AlreadyDecided(f"{incident_id} was already denied by <@{incident.decided_by}>")
         raise AlreadyDecided(f"{incident_id} was already approved by <@{incident.decided_by}>")
 
-    def approvals(self, incident_id: str) -> list[str]:
-        return self.store.votes(incident_id)
-
     def refuse(self, incident_id: str, user_id: str, action: str, why: str) -> None:
         self.store.record_refusal(incident_id, user_id, action, why)
 
@@ -345,8 +341,6 @@ class Cordon:
     def recent(self, limit: int = 10) -> list[Incident]:
         return self.store.recent(limit)
 
-    def seconds_left(self, incident: Incident) -> int:
-        return max(0, int((incident.expires_at - utcnow()).total_seconds()))
 
 
 def client_pool(session_factory: Callable[[], Any] | None = None,

@@ -81,7 +81,6 @@ def open_containment(deps: Deps, cmd: grammar.ContainCommand, command: dict[str,
         reason=cmd.reason,
         requester=command["user_id"],
         channel_id=command["channel_id"],
-        region=cmd.region,
         options=cmd.options,
     )
     incident = deps.cordon.open_request(request, facts)
