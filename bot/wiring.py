@@ -4,8 +4,9 @@ import time; tests, the sandbox and `serve` all build through here."""
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from slack_bolt import App
@@ -16,7 +17,7 @@ from bot.listeners import actions, commands
 from bot.notifier import SlackTimeline
 from bot.settings import Settings
 from playbooks.runner import Runner, Worker
-from playbooks.service import Cordon, client_pool
+from playbooks.service import Cordon, client_pool, warm_clients
 from playbooks.store import Store
 
 log = logging.getLogger("cordon")
@@ -31,6 +32,7 @@ class Deps:
     store: Store
     worker: Worker
     key_lookback_days: int = 7
+    warmed: threading.Event = field(default_factory=threading.Event)
 
 
 def make_web_client(settings: Settings) -> WebClient:
@@ -43,6 +45,16 @@ def make_web_client(settings: Settings) -> WebClient:
 def build_deps(settings: Settings, session_factory: Callable[[], Any] | None = None) -> Deps:
     store = Store.from_url(settings.database_url)
     pool = client_pool(session_factory, settings.accounts)
+    warmed = threading.Event()
+
+    def warm() -> None:
+        try:
+            warm_clients(pool, settings.regions)
+        except Exception:
+            log.exception("could not create AWS clients ahead of time")
+        warmed.set()
+
+    threading.Thread(target=warm, name="cordon-warm", daemon=True).start()
     client = make_web_client(settings)
     timeline = SlackTimeline(store, client)
     runner = Runner(store, pool.for_region, timeline,
@@ -53,7 +65,8 @@ def build_deps(settings: Settings, session_factory: Callable[[], Any] | None = N
                     wide_approvals=settings.wide_approvals, accounts=settings.accounts)
     approvers = ApproverPolicy(settings.approvers, client, settings.usergroup_cache_ttl)
     return Deps(cordon=cordon, approvers=approvers, timeline=timeline, client=client,
-                store=store, worker=worker, key_lookback_days=settings.key_lookback_days)
+                store=store, worker=worker, key_lookback_days=settings.key_lookback_days,
+                warmed=warmed)
 
 
 def build_app(settings: Settings, deps: Deps) -> App:

@@ -62,6 +62,7 @@ class Clients:
         return self.client("sts")
 
 
+WARM_SERVICES = ("ec2", "autoscaling", "elbv2", "elb", "iam", "sts")
 _SESSION_NAME = re.compile(r"[^\w+=,.@-]")
 # Assumed credentials are renewed this long before they expire.
 _RENEW_BEFORE = timedelta(minutes=5)
@@ -103,6 +104,15 @@ class ClientPool:
             if self._session is None:
                 self._session = self._session_factory()
             return self._session
+
+    def warm(self, regions: Iterable[str]) -> None:
+        """Create the clients a containment uses before any incident: creating a boto3
+        client costs a few hundred milliseconds that must not fall on the path to the
+        network cut."""
+        for region in regions:
+            clients = self.for_region(region)
+            for service in WARM_SERVICES:
+                clients.client(service)
 
     def for_region(self, region: str, account: str | None = None,
                    identity: str = "cordon", session_name: str | None = None) -> Clients:

@@ -369,3 +369,7 @@ def preflight_aws(pool: ClientPool, regions: Sequence[str]) -> list[Any]:
     from handlers.preflight import check_aws
 
     return check_aws(pool, list(regions))
+
+
+def warm_clients(pool: ClientPool, regions: Sequence[str]) -> None:
+    pool.warm(regions)
