@@ -67,8 +67,10 @@ def run_serve(host: str, port: int | None) -> int:
     app = build_app(settings, deps)
     if not settings.approvers:
         log.warning("CORDON_APPROVERS is empty: nobody can approve a containment")
-    scheduler = start_scheduler(deps, settings.sweep_interval)
+    # Runs left by an earlier life of this process are taken over at once, before anything
+    # else: one of them may have left an instance on the allow-all group.
     deps.worker.resume_interrupted()
+    scheduler = start_scheduler(deps, settings.sweep_interval, settings.lease_seconds / 4)
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -131,9 +131,15 @@ def _plan_section(incident: Incident) -> SectionBlock:
                         f"({escape(f.get('release_of_status', '?'))}) — undo from the recorded "
                         "prior state:\n" + "\n".join(lines)
                         + "\nSnapshots, images and evidence files stay.")
-    playbook = PLAYBOOKS[incident.playbook]
+    base = PLAYBOOKS[incident.playbook]
+    playbook = base.for_target(f)
+    added = ""
+    if any(s.when == "fleet" for s in playbook.steps):
+        added = ("\n_It is in an Auto Scaling group or behind a load balancer: its evidence is "
+                 "protected and it is detached first, so that its group does not terminate "
+                 "it once its network is cut._")
     return _section(f"*Playbook `{playbook.name}`* — {escape(playbook.summary)}\n"
-                    + _playbook_lines(playbook))
+                    + _playbook_lines(playbook) + added)
 
 
 def _decision_buttons(incident: Incident) -> list[Block]:

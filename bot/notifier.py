@@ -45,6 +45,9 @@ class SlackTimeline:
         self.post(incident, blocks.render_run_finished(incident))
         self.update_card(incident)
 
+    def note(self, incident: Incident, text: str) -> None:
+        self.post(incident, text)
+
     # --------------------------------------------------------------------------------
 
     def post(self, incident: Incident, text: str) -> None:

@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     sweep_interval: int = Field(default=15, alias="CORDON_SWEEP_INTERVAL")
     usergroup_cache_ttl: int = Field(default=60, alias="CORDON_USERGROUP_CACHE_TTL")
     workers: int = Field(default=4, alias="CORDON_WORKERS", ge=1, le=64)
+    lease_seconds: int = Field(default=10, alias="CORDON_LEASE_SECONDS", ge=3, le=300)
     log_format: str = Field(default="json", alias="CORDON_LOG_FORMAT")
     log_level: str = Field(default="INFO", alias="CORDON_LOG_LEVEL")
 
@@ -90,7 +91,8 @@ class Settings(BaseSettings):
             raise ValueError(f"not a number of days: {value!r} (use e.g. 7 or 7d)")
         return int(text)
 
-    @field_validator("approval_ttl", "sweep_interval", "usergroup_cache_ttl", mode="before")
+    @field_validator("approval_ttl", "sweep_interval", "usergroup_cache_ttl", "lease_seconds",
+                     mode="before")
     @classmethod
     def _duration(cls, value: object) -> int:
         return parse_duration(value)

@@ -57,7 +57,7 @@ def build_deps(settings: Settings, session_factory: Callable[[], Any] | None = N
     threading.Thread(target=warm, name="cordon-warm", daemon=True).start()
     client = make_web_client(settings)
     timeline = SlackTimeline(store, client)
-    runner = Runner(store, pool.for_region, timeline,
+    runner = Runner(store, pool.for_region, timeline, lease_seconds=settings.lease_seconds,
                     run_options={"asg_decrement": settings.asg_decrement,
                                  "key_lookback_days": settings.key_lookback_days})
     worker = Worker(runner, max_workers=settings.workers)

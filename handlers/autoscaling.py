@@ -1,56 +1,107 @@
 """Take the instance out of its Auto Scaling group and load balancers before the network
 cut: a group whose health checks fail replaces — and terminates — the instance, and
-the evidence with it."""
+the evidence with it.
+
+Only the Auto Scaling detach blocks the cut. Deregistration from load balancers is
+best effort and reported: the instance is not terminated by a load balancer, and a
+sealed instance answers no health check anyway. The load balancers are found when the
+card is made (`fleet_facts`), from the group's own TargetGroupARNs/LoadBalancerNames
+and the registrations of the instance, so that no scan of the region's target groups
+lies on the path to the cut.
+
+What real AWS does that moto does not show: detaching an instance from a group also
+deregisters it from the group's own load balancers and target groups (moto does not);
+an instance in `Pending*` cannot be detached until it is InService, one in
+`Terminating*` is being terminated whatever Cordon does; reads are throttled under
+load (retried here with backoff, never fatal)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from handlers.aws import parallel
-from handlers.base import Action, Outcome, StepContext, VerificationFailed, register
+from handlers.aws import Backoff, Clients, describe_error, parallel
+from handlers.base import (
+    Action,
+    Outcome,
+    StepContext,
+    StepFailed,
+    VerificationFailed,
+    register,
+)
 
 GONE_STATES = {"Detaching", "Detached"}
+DETACHABLE = {"InService", "Standby"}
+# Moving on its own within seconds to a state that can be detached.
+SETTLING = {"EnteringStandby"}
+LAUNCHING_PREFIX = ("Pending", "Warmed")
+TERMINATING_PREFIX = ("Terminating", "Terminated", "Quarantined")
 DEREGISTERED = {"draining", "unused"}
+READ_RETRY = Backoff(attempts=6, base=0.2, cap=3.0)
+SETTLE_RETRY = Backoff(attempts=8, base=0.5, cap=4.0)
+
+# What the card's look-up calls to find the load balancers (see ec2_lookup).
+FLEET_PERMISSIONS = (
+    "autoscaling:DescribeAutoScalingGroups",
+    "elasticloadbalancing:DescribeTargetGroups",
+    "elasticloadbalancing:DescribeTargetHealth",
+    "elasticloadbalancing:DescribeLoadBalancers",
+)
 
 
-def _asg_membership(ctx: StepContext) -> dict[str, Any] | None:
-    resp = ctx.clients.autoscaling.describe_auto_scaling_instances(
-        InstanceIds=[ctx.target.resource_id])
+def membership(clients: Clients, instance_id: str) -> dict[str, Any] | None:
+    """The instance's group and lifecycle state, or None; throttling retried."""
+    resp = READ_RETRY.call(lambda: clients.autoscaling.describe_auto_scaling_instances(
+        InstanceIds=[instance_id]))
     for item in resp.get("AutoScalingInstances", []):
         if item.get("LifecycleState") not in GONE_STATES:
             return {"name": item["AutoScalingGroupName"], "state": item.get("LifecycleState")}
     return None
 
 
-def _target_groups(ctx: StepContext) -> list[str]:
-    arns: list[str] = []
-    paginator = ctx.clients.client("elbv2").get_paginator("describe_target_groups")
-    for page in paginator.paginate():
-        arns += [tg["TargetGroupArn"] for tg in page.get("TargetGroups", [])
-                 if tg.get("TargetType", "instance") == "instance"]
-    return arns
+def fleet_facts(clients: Clients, instance_id: str, asg: str | None) -> dict[str, Any]:
+    """For the card: the target groups (with ports) and classic load balancers the
+    instance is registered with — its group's own, and its own registrations."""
+    elbv2, elb = clients.client("elbv2"), clients.client("elb")
 
+    def target_groups() -> list[str]:
+        arns: list[str] = []
+        for page in elbv2.get_paginator("describe_target_groups").paginate():
+            arns += [tg["TargetGroupArn"] for tg in page.get("TargetGroups", [])
+                     if tg.get("TargetType", "instance") == "instance"]
+        return arns
 
-def _classic_elbs(ctx: StepContext) -> list[str]:
-    resp = ctx.clients.client("elb").describe_load_balancers()
-    return [lb["LoadBalancerName"] for lb in resp.get("LoadBalancerDescriptions", [])
-            if any(i["InstanceId"] == ctx.target.resource_id for i in lb.get("Instances", []))]
+    def classic() -> list[str]:
+        names: list[str] = []
+        for page in elb.get_paginator("describe_load_balancers").paginate():
+            names += [lb["LoadBalancerName"] for lb in page.get("LoadBalancerDescriptions", [])
+                      if any(i["InstanceId"] == instance_id for i in lb.get("Instances", []))]
+        return names
 
+    def group() -> dict[str, Any]:
+        if not asg:
+            return {}
+        resp = clients.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[asg])
+        groups = resp.get("AutoScalingGroups", [])
+        return groups[0] if groups else {}
 
-def _registrations(ctx: StepContext, arns: list[str]) -> list[dict[str, Any]]:
-    """Target groups the instance is registered in (and on which ports)."""
-    elbv2 = ctx.clients.client("elbv2")
+    arns, elbs, own = parallel(lambda f: f(), [target_groups, classic, group])
 
-    def one(arn: str) -> list[dict[str, Any]]:
+    def registered(arn: str) -> list[dict[str, Any]]:
         resp = elbv2.describe_target_health(TargetGroupArn=arn)
         return [{"arn": arn, "port": d["Target"].get("Port")}
                 for d in resp.get("TargetHealthDescriptions", [])
-                if d["Target"]["Id"] == ctx.target.resource_id
+                if d["Target"]["Id"] == instance_id
                 and d.get("TargetHealth", {}).get("State") not in DEREGISTERED]
 
-    return [reg for regs in parallel(one, arns) for reg in regs]
+    regs = [r for rs in parallel(registered, arns) for r in rs]
+    seen = {r["arn"] for r in regs}
+    regs += [{"arn": arn, "port": None} for arn in own.get("TargetGroupARNs", [])
+             if arn not in seen]
+    elbs += [n for n in own.get("LoadBalancerNames", []) if n not in elbs]
+    return {"target_groups": regs, "classic_elbs": elbs}
 
 
 def _target(instance_id: str, registration: dict[str, Any]) -> dict[str, Any]:
@@ -58,22 +109,16 @@ def _target(instance_id: str, registration: dict[str, Any]) -> dict[str, Any]:
     return {"Id": instance_id, "Port": port} if port else {"Id": instance_id}
 
 
-def observe(ctx: StepContext) -> dict[str, Any]:
-    """Group, target groups and classic load balancers: two round trips at most."""
-    asg, arns, elbs = parallel(lambda f: f(ctx), [_asg_membership, _target_groups, _classic_elbs])
-    return {"asg": asg, "target_groups": _registrations(ctx, arns), "classic_elbs": elbs}
-
-
 @register
 class DetachFromAutoScaling(Action):
     name = "detach-from-auto-scaling"
-    description = ("detach from its Auto Scaling group and load balancers, so that the group "
-                   "does not replace (terminate) it once its network is cut")
+    description = ("detach from its Auto Scaling group (and, best effort, its load "
+                   "balancers), so that the group does not terminate it once its network "
+                   "is cut")
     permissions = (
         "autoscaling:DescribeAutoScalingInstances",
         "autoscaling:DetachInstances",
         "autoscaling:AttachInstances",
-        "elasticloadbalancing:DescribeTargetGroups",
         "elasticloadbalancing:DescribeTargetHealth",
         "elasticloadbalancing:DeregisterTargets",
         "elasticloadbalancing:RegisterTargets",
@@ -82,59 +127,127 @@ class DetachFromAutoScaling(Action):
         "elasticloadbalancing:RegisterInstancesWithLoadBalancer",
     )
 
-    def _observe(self, ctx: StepContext) -> dict[str, Any]:
-        if "state" not in ctx.memo:
-            ctx.memo["state"] = observe(ctx)
-        state: dict[str, Any] = ctx.memo["state"]
-        return state
+    def _membership(self, ctx: StepContext) -> dict[str, Any] | None:
+        """Read now; if the read still fails after backoff, the card's facts decide."""
+        if "asg" not in ctx.memo:
+            try:
+                ctx.memo["asg"] = membership(ctx.clients, ctx.target.resource_id)
+            except Exception as exc:
+                known = ctx.target.facts.get("asg")
+                ctx.memo["read_error"] = describe_error(exc).code
+                ctx.memo["asg"] = {"name": known, "state": "unknown"} if known else None
+        member: dict[str, Any] | None = ctx.memo["asg"]
+        return member
 
     def check(self, ctx: StepContext) -> bool:
-        s = self._observe(ctx)
-        return s["asg"] is None and not s["target_groups"] and not s["classic_elbs"]
+        facts = ctx.target.facts
+        return (self._membership(ctx) is None and not facts.get("target_groups")
+                and not facts.get("classic_elbs"))
 
     def capture(self, ctx: StepContext) -> dict[str, Any]:
-        s = self._observe(ctx)
-        return {"asg": s["asg"]["name"] if s["asg"] else None,
-                "target_groups": s["target_groups"], "classic_elbs": s["classic_elbs"]}
+        member = self._membership(ctx)
+        facts = ctx.target.facts
+        return {"asg": member["name"] if member else None,
+                "state": member["state"] if member else None,
+                "target_groups": list(facts.get("target_groups") or []),
+                "classic_elbs": list(facts.get("classic_elbs") or [])}
+
+    def _detach(self, ctx: StepContext, group: str, state: str) -> str:
+        instance_id = ctx.target.resource_id
+        if state.startswith(TERMINATING_PREFIX):
+            # Nothing stops a group's termination: the cut goes on, the responder knows.
+            return (f"{group} is already terminating it ({state}); it cannot be detached "
+                    "— its evidence is at risk")
+        if state.startswith(LAUNCHING_PREFIX):
+            raise StepFailed("LifecycleState", f"still launching in {group} ({state}): Auto "
+                             "Scaling cannot detach it before it is InService; retry then, "
+                             "or complete or abandon its lifecycle action")
+        decrement = bool(ctx.options.get("asg_decrement", False))
+
+        def detach() -> None:
+            ctx.clients.autoscaling.detach_instances(
+                InstanceIds=[instance_id], AutoScalingGroupName=group,
+                ShouldDecrementDesiredCapacity=decrement)
+
+        if state in SETTLING:
+            # EnteringStandby: a moment later it is Standby, which can be detached.
+            for delay in SETTLE_RETRY.delays():
+                time.sleep(delay)
+                now = membership(ctx.clients, instance_id)
+                if now is None or now["state"] in DETACHABLE:
+                    break
+        try:
+            READ_RETRY.call(detach)
+        except Exception as exc:
+            err = describe_error(exc)
+            raise StepFailed(err.code, f"could not detach from {group} ({state}): "
+                             f"{err.message}") from exc
+        then = "desired capacity lowered" if decrement else "the group launches a replacement"
+        return f"detached from {group} ({then})"
+
+    def _deregister(self, ctx: StepContext, captured: dict[str, Any]) -> list[str]:
+        """Best effort: what could not be deregistered, with its error code."""
+        instance_id = ctx.target.resource_id
+        elbv2, elb = ctx.clients.client("elbv2"), ctx.clients.client("elb")
+        calls: list[tuple[str, Callable[[], Any]]] = []
+        for reg in captured["target_groups"]:
+            calls.append((reg["arn"].rsplit(":", 1)[-1], partial(
+                elbv2.deregister_targets, TargetGroupArn=reg["arn"],
+                Targets=[_target(instance_id, reg)])))
+        for name in captured["classic_elbs"]:
+            calls.append((name, partial(elb.deregister_instances_from_load_balancer,
+                                        LoadBalancerName=name,
+                                        Instances=[{"InstanceId": instance_id}])))
+
+        def one(item: tuple[str, Callable[[], Any]]) -> str | None:
+            try:
+                READ_RETRY.call(item[1])
+            except Exception as exc:
+                return f"{item[0]} ({describe_error(exc).code})"
+            return None
+
+        return [e for e in parallel(one, calls) if e]
 
     def apply(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
-        instance_id = ctx.target.resource_id
-        decrement = bool(ctx.options.get("asg_decrement", False))
-        calls: list[Callable[[], Any]] = []
+        jobs: list[Callable[[], Any]] = [lambda: self._deregister(ctx, captured)]
         if captured["asg"]:
-            calls.append(partial(ctx.clients.autoscaling.detach_instances,
-                                 InstanceIds=[instance_id],
-                                 AutoScalingGroupName=captured["asg"],
-                                 ShouldDecrementDesiredCapacity=decrement))
-        elbv2, elb = ctx.clients.client("elbv2"), ctx.clients.client("elb")
-        for reg in captured["target_groups"]:
-            calls.append(partial(elbv2.deregister_targets, TargetGroupArn=reg["arn"],
-                                 Targets=[_target(instance_id, reg)]))
-        for name in captured["classic_elbs"]:
-            calls.append(partial(elb.deregister_instances_from_load_balancer,
-                                 LoadBalancerName=name, Instances=[{"InstanceId": instance_id}]))
-        parallel(lambda call: call(), calls)
-        parts = []
-        if captured["asg"]:
-            then = ("desired capacity lowered" if decrement
-                    else "the group launches a replacement")
-            parts.append(f"detached from {captured['asg']} ({then})")
-        if captured["target_groups"]:
-            parts.append(f"deregistered from {len(captured['target_groups'])} target group(s)")
-        if captured["classic_elbs"]:
-            parts.append(f"deregistered from {', '.join(captured['classic_elbs'])}")
-        return Outcome("; ".join(parts))
+            jobs.append(lambda: self._detach(ctx, captured["asg"], captured["state"] or ""))
+        results = parallel(lambda job: job(), jobs)
+        errors = results[0]
+        parts = [results[1]] if captured["asg"] else []
+        n = len(captured["target_groups"]) + len(captured["classic_elbs"])
+        if n:
+            parts.append(f"deregistered from {n - len(errors)} of {n} load balancer(s)"
+                         + (f"; not from {', '.join(errors)} (best effort)" if errors else ""))
+        if ctx.memo.get("read_error"):
+            parts.append(f"membership read from the card ({ctx.memo['read_error']} now)")
+        return Outcome("; ".join(parts), {"deregistration_errors": errors})
 
     def verify(self, ctx: StepContext, captured: dict[str, Any], outcome: Outcome) -> str:
-        s = observe(ctx)
-        problems = []
-        if s["asg"] is not None:
-            problems.append(f"still in {s['asg']['name']} ({s['asg']['state']})")
-        problems += [f"still registered in {r['arn']}" for r in s["target_groups"]]
-        problems += [f"still registered with {n}" for n in s["classic_elbs"]]
-        if problems:
-            raise VerificationFailed("; ".join(problems))
-        return "in no Auto Scaling group, target group or classic load balancer"
+        member = membership(ctx.clients, ctx.target.resource_id)
+        if member is not None and not member["state"].startswith(TERMINATING_PREFIX):
+            raise VerificationFailed(f"still in {member['name']} ({member['state']})")
+        elbv2 = ctx.clients.client("elbv2")
+
+        def still(reg: dict[str, Any]) -> bool:
+            try:
+                resp = elbv2.describe_target_health(TargetGroupArn=reg["arn"],
+                                                    Targets=[_target(ctx.target.resource_id,
+                                                                     reg)])
+            except Exception:
+                return False  # best effort: reported by apply
+            return any(d.get("TargetHealth", {}).get("State") not in DEREGISTERED
+                       for d in resp.get("TargetHealthDescriptions", []))
+
+        left = [r["arn"].rsplit(":", 1)[-1] for r, s in
+                zip(captured["target_groups"], parallel(still, captured["target_groups"]),
+                    strict=True) if s]
+        seen = "in no Auto Scaling group"
+        if left:
+            seen += f"; still registered in {', '.join(left)} (best effort)"
+        elif captured["target_groups"]:
+            seen += "; in none of its target groups"
+        return seen
 
     def describe_undo(self, captured: dict[str, Any]) -> str:
         parts = []
@@ -149,7 +262,8 @@ class DetachFromAutoScaling(Action):
     def undo(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
         instance_id = ctx.target.resource_id
         calls: list[Callable[[], Any]] = []
-        if captured.get("asg"):
+        if captured.get("asg") and not str(captured.get("state") or "").startswith(
+                TERMINATING_PREFIX):
             calls.append(partial(ctx.clients.autoscaling.attach_instances,
                                  InstanceIds=[instance_id],
                                  AutoScalingGroupName=captured["asg"]))
@@ -162,3 +276,4 @@ class DetachFromAutoScaling(Action):
                                  LoadBalancerName=name, Instances=[{"InstanceId": instance_id}]))
         parallel(lambda call: call(), calls)
         return Outcome(self.describe_undo(captured))
+

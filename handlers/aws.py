@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextvars
+import random
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -13,7 +15,14 @@ from typing import Any, TypeVar
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
 
 T = TypeVar("T")
 
@@ -24,6 +33,11 @@ _CLIENT_CONFIG = Config(
     connect_timeout=5,
     read_timeout=30,
 )
+
+# The moves on the path to the network cut retry in Cordon's own loop (short, bounded
+# backoff: see `Backoff`), not inside botocore, whose standard mode sleeps up to 20 s.
+_CUT_CONFIG = _CLIENT_CONFIG.merge(Config(retries={"mode": "standard", "total_max_attempts": 1},
+                                          read_timeout=10))
 
 SessionFactory = Callable[[], boto3.session.Session]
 
@@ -41,17 +55,25 @@ class Clients:
     _made: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def client(self, service: str) -> Any:
+    def client(self, service: str, cut: bool = False) -> Any:
+        """A service's client; `cut=True`: the one without botocore's own retries, for
+        calls that retry under `Backoff` (the network cut)."""
+        key = f"{service}/cut" if cut else service
         with self._lock:
-            if service not in self._made:
-                self._made[service] = self.session.client(
-                    service, region_name=self.region, config=_CLIENT_CONFIG
+            if key not in self._made:
+                self._made[key] = self.session.client(
+                    service, region_name=self.region,
+                    config=_CUT_CONFIG if cut else _CLIENT_CONFIG,
                 )
-            return self._made[service]
+            return self._made[key]
 
     @property
     def ec2(self) -> Any:
         return self.client("ec2")
+
+    @property
+    def ec2_cut(self) -> Any:
+        return self.client("ec2", cut=True)
 
     @property
     def autoscaling(self) -> Any:
@@ -62,7 +84,7 @@ class Clients:
         return self.client("sts")
 
 
-WARM_SERVICES = ("ec2", "autoscaling", "elbv2", "elb", "iam", "sts")
+WARM_SERVICES = ("ec2", "ec2/cut", "autoscaling", "elbv2", "elb", "iam", "sts")
 _SESSION_NAME = re.compile(r"[^\w+=,.@-]")
 # Assumed credentials are renewed this long before they expire.
 _RENEW_BEFORE = timedelta(minutes=5)
@@ -103,6 +125,8 @@ class ClientPool:
         with self._lock:
             if self._session is None:
                 self._session = self._session_factory()
+                # A run that lost its lease makes no further AWS call (see RunGuard).
+                hook(self._session, "before-call.*.*", _guard_call)
             return self._session
 
     def warm(self, regions: Iterable[str]) -> None:
@@ -112,7 +136,8 @@ class ClientPool:
         for region in regions:
             clients = self.for_region(region)
             for service in WARM_SERVICES:
-                clients.client(service)
+                name, _, cut = service.partition("/")
+                clients.client(name, cut=bool(cut))
 
     def for_region(self, region: str, account: str | None = None,
                    identity: str = "cordon", session_name: str | None = None) -> Clients:
@@ -255,3 +280,95 @@ class acting_as:
     def __exit__(self, *exc: object) -> None:
         if self._token is not None:
             acting.reset(self._token)
+
+
+# Retrying ---------------------------------------------------------------------------
+
+RETRYABLE_CODES = frozenset({
+    "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException",
+    "RequestThrottled", "RequestThrottledException", "SlowDown", "ServiceUnavailable",
+    "Unavailable", "InternalError", "InternalFailure", "RequestTimeout",
+    "RequestTimeoutException", "PriorRequestNotComplete",
+})
+_CONNECTION_ERRORS = (ConnectionClosedError, EndpointConnectionError, ConnectTimeoutError,
+                      ReadTimeoutError)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Throttling, a 5xx, or an answer that never came: the same call may succeed later."""
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return True
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return describe_error(exc).code in RETRYABLE_CODES or int(status or 0) >= 500
+    return False
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Capped exponential backoff with full jitter (AWS's advice for throttling)."""
+
+    attempts: int = 6
+    base: float = 0.2
+    cap: float = 3.0
+
+    def delays(self) -> list[float]:
+        return [random.uniform(0, min(self.cap, self.base * 2 ** n))
+                for n in range(self.attempts - 1)]
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """fn(), again after a pause while it fails with a retryable error."""
+        for delay in self.delays():
+            try:
+                return fn()
+            except Exception as exc:
+                if not is_retryable(exc):
+                    raise
+            time.sleep(delay)
+        return fn()
+
+
+# Leases -------------------------------------------------------------------------------
+
+class LeaseLost(Exception):
+    """This worker no longer owns the run: it makes no further AWS call for it."""
+
+
+class RunGuard:
+    """Set while a worker runs an incident; the botocore hook below refuses every AWS
+    call once the run's lease is lost, except the fail-safe moves (`fail_safe()`)."""
+
+    def __init__(self, incident_id: str) -> None:
+        self.incident_id = incident_id
+        self.lost = threading.Event()
+        self.why = ""
+
+    def lose(self, why: str) -> None:
+        self.why = why
+        self.lost.set()
+
+    def check(self) -> None:
+        if self.lost.is_set() and not _exempt.get():
+            raise LeaseLost(f"{self.incident_id}: {self.why}")
+
+
+run_guard: contextvars.ContextVar[RunGuard | None] = contextvars.ContextVar("run_guard",
+                                                                           default=None)
+_exempt: contextvars.ContextVar[bool] = contextvars.ContextVar("lease_exempt", default=False)
+
+
+class fail_safe:
+    """Calls that take an instance off the allow-all group go out even after the lease
+    was lost: leaving it there would be worse than two workers making the same move."""
+
+    def __enter__(self) -> None:
+        self._token = _exempt.set(True)
+
+    def __exit__(self, *exc: object) -> None:
+        _exempt.reset(self._token)
+
+
+def _guard_call(**_: Any) -> None:
+    guard = run_guard.get()
+    if guard is not None:
+        guard.check()

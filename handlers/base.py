@@ -101,6 +101,12 @@ class Action(ABC):
     def verify(self, ctx: StepContext, captured: dict[str, Any], outcome: Outcome) -> str:
         """Describe again; raise VerificationFailed on mismatch; return what was seen."""
 
+    def secure(self, ctx: StepContext, captured: dict[str, Any]) -> str | None:
+        """Called first when a run resumes after an interruption, for a step that saved
+        its prior state but did not finish: make safe what a half-done apply may have
+        left (e.g. an ENI on the allow-all group). Returns what it did, or None."""
+        return None
+
     def undo(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
         """Restore `captured`. Irreversible actions (reversible = False) are never undone."""
         raise StepFailed("NotReversible", f"{self.name} cannot be undone")

@@ -7,10 +7,12 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from handlers.autoscaling import FLEET_PERMISSIONS, fleet_facts
 from handlers.aws import AwsError, Clients, both, describe_error, parallel
 
 # What finding an instance and drawing its approval card calls.
-PERMISSIONS = ("ec2:DescribeInstances", "autoscaling:DescribeAutoScalingInstances")
+PERMISSIONS = ("ec2:DescribeInstances", "autoscaling:DescribeAutoScalingInstances",
+               *FLEET_PERMISSIONS)
 NOT_FOUND_CODES = {"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"}
 
 
@@ -107,7 +109,7 @@ def find_instance(
         facts = instance_facts(inst, inst["_OwnerId"], locations[0][1])
         facts["account_name"] = locations[0][0]
         facts["asg"] = asg or facts["asg"]
-        return facts
+        return _with_fleet(clients, facts)
 
     def one(place: Location) -> tuple[Location, dict[str, Any] | None, AwsError | None]:
         try:
@@ -126,6 +128,17 @@ def find_instance(
     facts = instance_facts(inst, inst["_OwnerId"], place[1])
     facts["account_name"] = place[0]
     facts["asg"] = _asg_of(clients_for(place), instance_id) or facts["asg"]
+    return _with_fleet(clients_for(place), facts)
+
+
+def _with_fleet(clients: Clients, facts: dict[str, Any]) -> dict[str, Any]:
+    """Its load balancers, found now so that the containment need not search for them.
+    A failure here does not block the card; the card says so."""
+    try:
+        facts.update(fleet_facts(clients, facts["instance_id"], facts.get("asg")))
+    except Exception as exc:
+        facts.update(target_groups=[], classic_elbs=[],
+                     fleet_error=describe_error(exc).code)
     return facts
 
 

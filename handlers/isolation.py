@@ -7,13 +7,24 @@ when missing and reused by every containment in that VPC."""
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from handlers.aws import Clients, both, describe_error, parallel
+from handlers.aws import (
+    Backoff,
+    Clients,
+    LeaseLost,
+    both,
+    describe_error,
+    fail_safe,
+    parallel,
+)
 from handlers.base import Action, Outcome, StepContext, StepFailed, VerificationFailed, register
 from handlers.ec2_lookup import describe_instance
 
@@ -28,6 +39,8 @@ ALL_TRAFFIC_V6 = {"IpProtocol": "-1", "Ipv6Ranges": [{"CidrIpv6": "::/0"}]}
 # The lowest connection-tracking timeouts EC2 accepts (seconds).
 CONNTRACK_MINIMUM = {"TcpEstablishedTimeout": 60, "UdpStreamTimeout": 60, "UdpTimeout": 30}
 CONNTRACK_DEFAULT = {"TcpEstablishedTimeout": 432000, "UdpStreamTimeout": 180, "UdpTimeout": 30}
+
+log = logging.getLogger("cordon.isolation")
 
 _vpc_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 
@@ -292,47 +305,43 @@ class IsolateSecurityGroups(Action):
                                                    ctx.target.incident_id)
 
     def apply(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
+        """Each ENI on its own: to cordon-open (its connection-tracking timeouts lowered in
+        the same round trip), then at once to cordon-sealed, so that an ENI spends one
+        round trip on the allow-all group. The seal retries with backoff; an ENI that
+        still cannot be sealed goes back to its recorded groups. Whatever happens, no
+        ENI is left on cordon-open, and a failure reports where each ENI is, from a
+        describe made after the fact.
+
+        What real AWS does that moto does not show: tracked connections (those not
+        allowed by an all-traffic 0.0.0.0/0 rule in both directions) survive a change
+        of rules; moving to the open group first makes them untracked, and the sealed
+        group then drops them. ICMP and flows through a NAT gateway, NLB, Gateway Load
+        Balancer or Transit Gateway stay tracked whatever the groups say."""
         _, pair = self._observe(ctx)
-        ec2 = ctx.clients.ec2
         enis = captured["enis"]
         if not enis:
             raise StepFailed("NoNetworkInterfaces", "the instance has no network interface")
         ids, created = ctx.memo.get("groups") or ensure_group_pair(
             ctx.clients, captured["vpc_id"], pair, ctx.target.incident_id)
         open_id, sealed_id = ids[OPEN], ids[SEALED]
-        position = {e["id"]: "original groups" for e in enis}
-        conntrack_notes: list[str] = []
-
-        def move(eni_id: str, group_id: str, label: str) -> None:
-            try:
-                ec2.modify_network_interface_attribute(NetworkInterfaceId=eni_id,
-                                                       Groups=[group_id])
-            except Exception as exc:
-                err = describe_error(exc)
-                raise StepFailed(err.code, f"{eni_id}: {err.message}", _where(position)) from exc
-            position[eni_id] = label
-
-        def lower_conntrack(eni_id: str) -> None:
-            try:
-                ec2.modify_network_interface_attribute(
-                    NetworkInterfaceId=eni_id, ConnectionTrackingSpecification=CONNTRACK_MINIMUM
-                )
-            except Exception as exc:  # not every instance type supports it: note and go on
-                conntrack_notes.append(f"{eni_id}: {describe_error(exc).code}")
-
-        # Round trip 1: every ENI to the open group, and the timeouts lowered, at once.
-        parallel(lambda job: job(), [
-            *[(lambda e=e: move(e["id"], open_id, "cordon-open")) for e in enis],
-            *[(lambda e=e: lower_conntrack(e["id"])) for e in enis],
-        ])
-        # Round trip 2: every ENI to the sealed group.
-        parallel(lambda e: move(e["id"], sealed_id, "cordon-sealed"), enis)
-
+        cuts = parallel(lambda eni: cut_eni(ctx.clients, eni, open_id, sealed_id), enis)
+        failed = [c for c in cuts if not c.sealed]
+        if failed:
+            where = describe_positions(ctx.clients, ctx.target.resource_id, open_id, sealed_id)
+            first = failed[0]
+            raise StepFailed(first.error_code, "could not seal "
+                             + "; ".join(f"{c.eni_id} ({c.error})" for c in failed), where)
+        conntrack_notes = [f"{c.eni_id}: {c.conntrack_error}" for c in cuts
+                           if c.conntrack_error]
         moves = "; ".join(
             f"{e['id']} {','.join(_group_label(g) for g in e['groups']) or '(none)'}"
             " → cordon-sealed" for e in enis
         )
         summary = moves
+        untracked = [c.eni_id for c in cuts if c.open_error]
+        if untracked:
+            summary += ("; not moved through cordon-open first, tracked connections may "
+                        f"survive on {', '.join(untracked)}")
         if conntrack_notes:
             summary += f"; conntrack timeouts not lowered ({', '.join(conntrack_notes)})"
         else:
@@ -340,8 +349,32 @@ class IsolateSecurityGroups(Action):
         if created:
             summary += f"; created isolation groups {', '.join(created)}"
         return Outcome(summary, {"open_group": open_id, "sealed_group": sealed_id,
-                                 "created_groups": created, "conntrack_notes": conntrack_notes})
+                                 "created_groups": created, "conntrack_notes": conntrack_notes,
+                                 "open_seconds": {c.eni_id: c.open_seconds for c in cuts}})
 
+    def secure(self, ctx: StepContext, captured: dict[str, Any]) -> str | None:
+        """Before anything else when a run resumes: an ENI found on cordon-open (its
+        worker died between the two moves) is sealed now, or put back on its recorded
+        groups if that cannot be done. Returns what was done, or None."""
+        vpc_id = captured.get("vpc_id") or ctx.target.facts.get("vpc_id", "")
+        if not vpc_id or not captured.get("enis"):
+            return None
+        inst, pair = both(lambda: describe_instance(ctx.clients, ctx.target.resource_id),
+                          lambda: find_group_pair(ctx.clients, vpc_id))
+        if inst is None or OPEN not in pair or SEALED not in pair:
+            return None
+        open_id, sealed_id = pair[OPEN]["GroupId"], pair[SEALED]["GroupId"]
+        stranded = {e["NetworkInterfaceId"] for e in inst.get("NetworkInterfaces", [])
+                    if open_id in [g["GroupId"] for g in e.get("Groups", [])]}
+        if not stranded:
+            return None
+        recorded = [e for e in captured["enis"] if e["id"] in stranded]
+        with fail_safe():
+            cuts = parallel(lambda eni: seal_or_restore(ctx.clients, eni, sealed_id), recorded)
+        return "; ".join(
+            f"{c.eni_id} was on cordon-open: " + ("sealed" if c.sealed else
+                                                  f"back on its own groups ({c.error})")
+            for c in cuts)
     def verify(self, ctx: StepContext, captured: dict[str, Any], outcome: Outcome) -> str:
         sealed_id = outcome.details["sealed_group"]
         inst, groups = both(
@@ -386,5 +419,98 @@ class IsolateSecurityGroups(Action):
         ))
 
 
-def _where(position: dict[str, str]) -> str:
-    return "; ".join(f"{eni} on {where}" for eni, where in position.items())
+# Moving one ENI -------------------------------------------------------------------------
+
+# How long an ENI's seal is retried before it goes back to its own groups, and how long
+# that return is retried: leaving an ENI on the allow-all group is the one outcome a
+# containment must never produce, so the way back is tried longest.
+SEAL_RETRY = Backoff(attempts=8, base=0.2, cap=3.0)
+RESTORE_RETRY = Backoff(attempts=12, base=0.2, cap=5.0)
+
+
+@dataclass
+class EniCut:
+    eni_id: str
+    sealed: bool = False
+    restored: bool = False
+    error: str = ""
+    error_code: str = ""
+    open_error: str = ""
+    conntrack_error: str = ""
+    open_seconds: float = 0.0
+
+
+def _move(clients: Clients, eni_id: str, group_ids: list[str], backoff: Backoff) -> None:
+    backoff.call(lambda: clients.ec2_cut.modify_network_interface_attribute(
+        NetworkInterfaceId=eni_id, Groups=group_ids))
+
+
+def cut_eni(clients: Clients, eni: dict[str, Any], open_id: str, sealed_id: str) -> EniCut:
+    """One ENI: to the open group (timeouts lowered alongside), then to the sealed one."""
+    result = EniCut(eni["id"])
+
+    def lower_conntrack() -> None:
+        try:
+            clients.ec2_cut.modify_network_interface_attribute(
+                NetworkInterfaceId=eni["id"], ConnectionTrackingSpecification=CONNTRACK_MINIMUM)
+        except LeaseLost:
+            raise
+        except Exception as exc:  # not every instance type supports it: note and go on
+            result.conntrack_error = describe_error(exc).code
+
+    def through_open() -> None:
+        try:
+            _move(clients, eni["id"], [open_id], SEAL_RETRY)
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            # Still on its own groups, or (answer lost) on the open one: seal it anyway.
+            result.open_error = describe_error(exc).code
+        opened_at = time.monotonic()
+        with fail_safe():
+            sealed = seal_or_restore(clients, eni, sealed_id)
+        result.open_seconds = round(time.monotonic() - opened_at, 3)
+        result.sealed, result.restored = sealed.sealed, sealed.restored
+        result.error, result.error_code = sealed.error, sealed.error_code
+
+    # The seal follows the ENI's own move at once; the timeouts go alongside.
+    both(through_open, lower_conntrack)
+    return result
+
+
+def seal_or_restore(clients: Clients, eni: dict[str, Any], sealed_id: str) -> EniCut:
+    """To the sealed group, retried with backoff; failing that, back to the groups
+    recorded before Cordon touched it."""
+    result = EniCut(eni["id"])
+    try:
+        _move(clients, eni["id"], [sealed_id], SEAL_RETRY)
+        result.sealed = True
+        return result
+    except Exception as exc:
+        err = describe_error(exc)
+        result.error, result.error_code = f"{err.code}: {err.message}", err.code
+    original = [g["id"] for g in eni["groups"]]
+    try:
+        _move(clients, eni["id"], original, RESTORE_RETRY)
+        result.restored = True
+    except Exception as exc:
+        result.error += f"; the return to its own groups failed too: {describe_error(exc)}"
+        log.error("ENI may be left on the open group", extra={"eni": eni["id"]})
+    return result
+
+
+def describe_positions(clients: Clients, instance_id: str, open_id: str, sealed_id: str) -> str:
+    """Which groups each ENI is on now, described after the fact."""
+    try:
+        with fail_safe():
+            inst = Backoff(attempts=4).call(lambda: describe_instance(clients, instance_id))
+    except Exception as exc:
+        return f"where each ENI is could not be described ({describe_error(exc).code})"
+    if inst is None:
+        return "the instance no longer exists"
+    names = {open_id: "cordon-open (ALLOWS ALL)", sealed_id: "cordon-sealed"}
+    return "now: " + "; ".join(
+        f"{e['NetworkInterfaceId']} on "
+        + (", ".join(names.get(g["GroupId"], g.get("GroupName") or g["GroupId"])
+                     for g in e.get("Groups", [])) or "no group")
+        for e in inst.get("NetworkInterfaces", []))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -20,6 +20,9 @@ class Step:
     options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     # "apply" for a containment; "undo" for a release.
     mode: str = "apply"
+    # Only for some targets: "fleet" — an instance in an Auto Scaling group or registered
+    # with a load balancer when the card was made (see `fleet_member`).
+    when: str | None = None
 
     @property
     def name(self) -> str:
@@ -42,12 +45,31 @@ class Playbook:
     def step_names(self) -> list[str]:
         return [s.name for s in self.steps]
 
+    def for_target(self, facts: dict[str, Any]) -> Playbook:
+        """The steps that apply to this target (from the facts looked up for its card)."""
+        steps = tuple(s for s in self.steps if s.when is None
+                      or (s.when == "fleet" and fleet_member(facts)))
+        return replace(self, steps=steps) if steps != self.steps else self
+
     def phases(self) -> list[list[Step]]:
         by_phase: dict[int, list[Step]] = {}
         for step in self.steps:
             by_phase.setdefault(step.phase, []).append(step)
         return [by_phase[k] for k in sorted(by_phase)]
 
+
+def fleet_member(facts: dict[str, Any]) -> bool:
+    """In an Auto Scaling group, or registered with a load balancer: its group would
+    replace — terminate — it once its health checks fail behind a cut network."""
+    return bool(facts.get("asg") or facts.get("target_groups") or facts.get("classic_elbs"))
+
+
+# Network-only playbooks never hand an Auto Scaling member to its group: for such an
+# instance they first protect its evidence and detach it, exactly as `full` does.
+FLEET_GUARD = (
+    Step("protect-evidence", phase=1, when="fleet"),
+    Step("detach-from-auto-scaling", phase=1, critical=True, when="fleet"),
+)
 
 PLAYBOOKS: dict[str, Playbook] = {
     "full": Playbook(
@@ -70,8 +92,9 @@ PLAYBOOKS: dict[str, Playbook] = {
         name="isolate",
         summary="cut the instance's network without leaving tracked connections alive",
         steps=(
-            Step("isolate-security-groups", phase=1, critical=True),
-            Step("tag-instance", phase=2),
+            *FLEET_GUARD,
+            Step("isolate-security-groups", phase=2, critical=True, early_capture=True),
+            Step("tag-instance", phase=3),
         ),
     ),
 }
@@ -85,7 +108,8 @@ for _name, _summary, _action, _options in (
 ):
     PLAYBOOKS[_name] = Playbook(
         name=_name, summary=_summary,
-        steps=(Step(_action, phase=1, critical=True), Step("tag-instance", phase=2)),
+        steps=(*FLEET_GUARD, Step(_action, phase=2, critical=True),
+               Step("tag-instance", phase=3)),
         wide=_name, options=_options,
     )
 

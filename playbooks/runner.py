@@ -10,12 +10,21 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any, Protocol
 
-from handlers.aws import Clients, acting_as, describe_error, parallel
+from handlers.aws import (
+    Clients,
+    LeaseLost,
+    RunGuard,
+    acting_as,
+    describe_error,
+    parallel,
+    run_guard,
+)
 from handlers.base import Action, Outcome, StepContext, StepFailed, Target, get_action
 from playbooks.catalogue import Playbook, Step, get_playbook, release_playbook
 from playbooks.logctx import incident_context
@@ -48,6 +57,37 @@ class Timeline(Protocol):
     def evidence_stored(self, incident: Incident, evidence: list[Evidence]) -> None: ...
 
     def run_finished(self, incident: Incident) -> None: ...
+
+    def note(self, incident: Incident, text: str) -> None: ...
+
+
+# Who runs: this host, this process, this start of it. A process that starts again (same
+# host, and the same pid in a container) recognises the runs of its earlier life.
+HOST = socket.gethostname()[:32]
+BOOT = uuid.uuid4().hex[:8]
+
+
+def process_owner() -> str:
+    return f"{HOST}:{os.getpid()}:{BOOT}"
+
+
+def owner_is_dead(owner: str) -> bool:
+    """An owner recorded by an earlier life of a process on this host, now gone."""
+    parts = owner.split(":")
+    if len(parts) < 3 or parts[0] != HOST or not parts[1].isdigit():
+        return False
+    pid, boot = int(parts[1]), parts[2]
+    if boot == BOOT:
+        return False  # this very process
+    if pid == os.getpid():
+        return True  # a container restarted: same pid, another start
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def target_of(incident: Incident, approver: str | None = None) -> Target:
@@ -97,7 +137,7 @@ class Runner:
         store: Store,
         clients_for: Callable[..., Clients],
         timeline: Timeline,
-        lease_seconds: int = 60,
+        lease_seconds: float = 10,
         run_options: dict[str, Any] | None = None,
     ) -> None:
         self.store = store
@@ -105,7 +145,9 @@ class Runner:
         self.timeline = timeline
         self.lease_seconds = lease_seconds
         self.run_options = dict(run_options or {})
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self.owner = f"{process_owner()}:{id(self) & 0xFFFFFF:x}"
+        # Owners found dead on this host: their runs are taken over without waiting.
+        self.dead_owners: set[str] = set()
 
     def plan(self, incident: Incident) -> Playbook:
         if incident.kind == "release":
@@ -115,41 +157,123 @@ class Runner:
             return release_playbook([(s.name, s.captured is not None) for s in parent], target)
         playbook = get_playbook(incident.playbook)
         if playbook is None:
-            raise ValueError(f"unknown playbook {incident.playbook}")
-        return playbook
+            raise ValueError(f"unknown playbook {incident.playbook!r}")
+        return playbook.for_target(incident.facts or {})
+
+    def find_dead_owners(self) -> set[str]:
+        """Running incidents whose worker was an earlier life of a process on this host."""
+        dead = {o for o in self.store.running_owners().values() if o and owner_is_dead(o)}
+        self.dead_owners |= dead
+        return dead
 
     def run(self, incident_id: str) -> str | None:
         """Run (or resume) one incident's playbook. None when another worker has it."""
         with incident_context(incident_id):
             before = self.store.get(incident_id)
-            if before is None or not self.store.claim_run(incident_id, self.owner,
-                                                          self.lease_seconds):
+            if before is None or not self.store.claim_run(
+                    incident_id, self.owner, self.lease_seconds, tuple(self.dead_owners)):
                 return None
             resumed = before.status == "running"
-            log.info("run claimed", extra={"owner": self.owner, "resumed": resumed})
+            log.info("run claimed", extra={"owner": self.owner, "resumed": resumed,
+                                           "from": before.lease_owner if resumed else None})
+            guard = RunGuard(incident_id)
+            token = run_guard.set(guard)
             stop = threading.Event()
-            beat = threading.Thread(target=self._heartbeat, args=(incident_id, stop),
-                                    daemon=True)
+            beat = threading.Thread(target=self._heartbeat, args=(incident_id, guard, stop),
+                                    daemon=True, name=f"cordon-lease-{incident_id}")
             beat.start()
             try:
-                return self._run(incident_id, resumed)
+                return self._run_safely(incident_id, resumed, guard)
             finally:
                 stop.set()
                 beat.join()
+                run_guard.reset(token)
 
-    def _heartbeat(self, incident_id: str, stop: threading.Event) -> None:
+    def _heartbeat(self, incident_id: str, guard: RunGuard, stop: threading.Event) -> None:
+        """Renew the lease; when it is lost (taken, or not renewed in time because the
+        database did not answer), the run stops before its next AWS call."""
         with incident_context(incident_id):
+            renewed = time.monotonic()
             while not stop.wait(self.lease_seconds / 4):
-                if not self.store.renew_lease(incident_id, self.owner, self.lease_seconds):
-                    log.warning("lease lost")
-                    return
+                try:
+                    if self.store.renew_lease(incident_id, self.owner, self.lease_seconds):
+                        renewed = time.monotonic()
+                        continue
+                    why = "another worker holds it"
+                except Exception as exc:
+                    if time.monotonic() - renewed < self.lease_seconds * 0.75:
+                        log.warning("lease not renewed; trying again",
+                                    extra={"error": type(exc).__name__})
+                        continue
+                    why = f"the database did not answer ({type(exc).__name__})"
+                log.warning("lease lost", extra={"owner": self.owner, "why": why})
+                guard.lose(why)
+                return
+
+    def _run_safely(self, incident_id: str, resumed: bool, guard: RunGuard) -> str | None:
+        try:
+            return self._run(incident_id, resumed)
+        except LeaseLost:
+            self._lost(incident_id, guard)
+            return None
+        except Exception as exc:
+            if guard.lost.is_set():
+                self._lost(incident_id, guard)
+            return None
+            # Not a step's failure (those are recorded by the step): the run cannot go on.
+            # It ends failed, with the reason in the thread, instead of being resumed
+            # again and again.
+            log.exception("run stopped")
+            err = describe_error(exc)
+            reason = f"the run stopped: {err.code}: {err.message}"
+            if not self.store.finish_run(incident_id, self.owner, FAILED, reason):
+                self._lost(incident_id, guard)
+            return None
+            finished = self.store.get(incident_id)
+            assert finished is not None
+            self._notify(self.timeline.run_finished, finished)
+            return FAILED
+
+    def _lost(self, incident_id: str, guard: RunGuard) -> None:
+        if not guard.lost.is_set():
+            guard.lose("another worker holds it")
+        log.warning("run abandoned: lease lost", extra={"owner": self.owner, "why": guard.why})
+        incident = self.store.get(incident_id)
+        if incident is not None:
+            self._notify(self.timeline.note, incident,
+                         f"⚠️ A worker lost this run's lease ({guard.why}) and stopped; "
+                         "another worker takes it over from the recorded state.")
+
+    def _update(self, step_id: int, **values: Any) -> None:
+        """Write a step's record, only while this worker owns the run."""
+        if not self.store.update_step(step_id, owner=self.owner, **values):
+            guard = run_guard.get()
+            if guard is not None:
+                guard.lose("another worker holds it")
+            raise LeaseLost(f"step {step_id}: this worker no longer owns the run")
+
+    def _secure(self, playbook: Playbook, records: dict[str, StepRecord],
+                contexts: dict[str, StepContext], incident: Incident) -> None:
+        """A resumed run first makes safe what its predecessor left half done (an ENI on
+        the allow-all group), before anything else."""
+        for step in playbook.steps:
+            record = records[step.name]
+            if step.mode != "apply" or record.captured is None or record.status in DONE:
+                continue
+            action = get_action(step.action)
+            with acting_as(step.action):
+                done = action.secure(contexts[step.name], record.captured)
+            if done:
+                log.warning("made safe on resume", extra={"step": step.name, "done": done})
+                self._notify(self.timeline.note, incident,
+                             f"🛟 *{step.name}*: found half done after an interruption — "
+                             f"{done}")
 
     def _run(self, incident_id: str, resumed: bool) -> str:
         incident = self.store.get(incident_id)
         assert incident is not None
         playbook = self.plan(incident)
         records = {r.name: r for r in self.store.ensure_steps(incident_id, playbook.step_names)}
-        self._notify(self.timeline.run_started, incident, resumed)
         # A release acts on the containment's target, in its name.
         subject = self.store.get(incident.parent_id) if incident.parent_id else incident
         assert subject is not None
@@ -163,6 +287,11 @@ class Runner:
                                         options={**self.run_options, **(subject.options or {}),
                                                  **s.options, "release_id": incident.id})
                     for s in playbook.steps}
+        if resumed:
+            self._secure(playbook, records, contexts, incident)
+            for ctx in contexts.values():
+                ctx.memo.clear()
+        self._notify(self.timeline.run_started, incident, resumed)
         parent_captured = ({s.name: s.captured for s in self.store.steps(subject.id)}
                            if incident.kind == "release" else {})
         phases = playbook.phases()
@@ -172,8 +301,8 @@ class Runner:
             todo = [s for s in phase if current[s.name].status not in DONE]
             if stopped_by is not None:
                 for step in todo:
-                    self.store.update_step(records[step.name].id, status="not-run",
-                                           summary=f"not run: {stopped_by} failed")
+                    self._update(records[step.name].id, status="not-run",
+                                 summary=f"not run: {stopped_by} failed")
                 continue
             history = history_of(list(current.values()))
             for step in todo:
@@ -193,7 +322,8 @@ class Runner:
                 stopped_by = failed_critical[0]
         steps = self.store.steps(incident_id)
         status = final_status(incident, playbook, steps)
-        self.store.finish_run(incident_id, self.owner, status, summarise(steps))
+        if not self.store.finish_run(incident_id, self.owner, status, summarise(steps)):
+            raise LeaseLost(f"{incident_id}: finished, but the lease was lost")
         if incident.kind == "release" and status == RELEASED and incident.parent_id:
             self.store.set_status(incident.parent_id, RELEASED, RELEASABLE)
         finished = self.store.get(incident_id)
@@ -213,8 +343,10 @@ class Runner:
         try:
             action = get_action(step.action)
             if not action.check(ctx):
-                self.store.update_step(record.id, captured=action.capture(ctx))
+                self._update(record.id, captured=action.capture(ctx))
                 action.prepare(ctx)
+        except LeaseLost:
+            raise
         except Exception as exc:
             ctx.memo.clear()
             log.warning("early capture failed", extra={"step": step.name,
@@ -230,9 +362,8 @@ class Runner:
                      incident: Incident, undo_captured: dict[str, Any] | None) -> bool:
         action = get_action(step.action)
         started = time.monotonic()
-        self.store.update_step(record.id, status="running", started_at=utcnow(),
-                               attempts=record.attempts + 1, error_code=None,
-                               error_message=None)
+        self._update(record.id, status="running", started_at=utcnow(),
+                     attempts=record.attempts + 1, error_code=None, error_message=None)
         values: dict[str, Any]
         outcome: Outcome | None = None
         try:
@@ -244,13 +375,15 @@ class Runner:
         except StepFailed as exc:
             values = {"status": "failed", "error_code": exc.code,
                       "error_message": exc.message, "summary": exc.done}
+        except LeaseLost:
+            raise
         except Exception as exc:
             err = describe_error(exc)
             log.exception("step raised", extra={"step": step.name})
             values = {"status": "failed", "error_code": err.code, "error_message": err.message}
         values["finished_at"] = utcnow()
         values["duration_ms"] = int((time.monotonic() - started) * 1000)
-        self.store.update_step(record.id, **values)
+        self._update(record.id, **values)
         log.info("step finished", extra={"step": step.name, "status": values["status"],
                                          "duration_ms": values["duration_ms"],
                                          "error_code": values.get("error_code")})
@@ -277,7 +410,7 @@ class Runner:
         if captured is None:
             captured = action.capture(ctx)
             # The prior state is safe in the store before anything changes.
-            self.store.update_step(record.id, captured=captured)
+            self._update(record.id, captured=captured)
         outcome = action.apply(ctx, captured)
         seen = action.verify(ctx, captured, outcome)
         return {"status": "succeeded", "summary": outcome.summary,
@@ -320,10 +453,11 @@ class Worker:
                 self._active.discard(incident_id)
 
     def resume_interrupted(self) -> list[str]:
-        ids = self.runner.store.runs_to_resume()
-        for incident_id in ids:
-            self.submit(incident_id)
-        return ids
+        """Start what is approved but not running, and take over runs whose worker is
+        gone: at once for an earlier life of this process, after the lease otherwise."""
+        self.runner.find_dead_owners()
+        ids = self.runner.store.runs_to_resume(tuple(self.runner.dead_owners))
+        return [i for i in ids if self.submit(i) is not None]
 
     def shutdown(self, wait: bool = True) -> None:
         self._pool.shutdown(wait=wait)

@@ -190,6 +190,11 @@ class Cordon:
     def retry(self, incident_id: str, user_id: str) -> Incident:
         if not self.store.retry(incident_id, user_id):
             incident = self.get(incident_id)
+            release = self.store.open_release_for(incident_id)
+            if release is not None:
+                raise AlreadyDecided(f"{incident_id} has a release in progress, {release.id} "
+                                     f"({release.status}); containment and undo never run at "
+                                     "once, so it cannot be retried now")
             raise AlreadyDecided(f"{incident_id} is {incident.status}; only a failed or "
                                  "partial run can be retried")
         if self.worker is not None:

@@ -24,13 +24,17 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    exists,
+    func,
+    literal,
     or_,
     select,
     text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column, sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
 
 PENDING, APPROVED, RUNNING = "pending", "approved", "running"
 CONTAINED, PARTIAL, FAILED = "contained", "partially contained", "failed"
@@ -336,10 +340,14 @@ class Store:
 
     def retry(self, incident_id: str, user_id: str) -> bool:
         """failed / partially contained → approved, once; finished steps stay done."""
+        release = aliased(Incident)
         with self.session() as s:
             result = s.execute(
                 update(Incident)
-                .where(Incident.id == incident_id, Incident.status.in_(RETRYABLE))
+                .where(Incident.id == incident_id, Incident.status.in_(RETRYABLE),
+                       # Containment and undo never act on the instance at once.
+                       ~exists(select(release.id).where(release.parent_id == incident_id,
+                                                        release.status.in_(OPEN_STATES))))
                 .values(status=APPROVED, finished_at=None, summary="")
             )
             won = result.rowcount == 1  # type: ignore[attr-defined]
@@ -407,34 +415,55 @@ class Store:
 
     # runs --------------------------------------------------------------------------
 
-    def claim_run(self, incident_id: str, owner: str, lease_seconds: int) -> bool:
-        """Take the right to run: approved, or running under a lease that lapsed
-        (its worker died). Exactly one worker wins."""
-        now = utcnow()
+    def _now(self, plus_seconds: float = 0) -> ColumnElement[datetime]:
+        """Now, by the database's clock on PostgreSQL (replicas on several hosts compare
+        leases by one clock); SQLite lives on one host, whose clock it is."""
+        if self.engine.dialect.name == "postgresql":
+            now: ColumnElement[datetime] = func.timezone("UTC", func.clock_timestamp(),
+                                                         type_=DateTime())
+            return now + timedelta(seconds=plus_seconds) if plus_seconds else now
+        return literal(utcnow() + timedelta(seconds=plus_seconds), DateTime())
+
+    def _claimable(self, dead_owners: tuple[str, ...] = ()) -> ColumnElement[bool]:
+        """Approved and not started, or running under a lease that lapsed or whose owner
+        is known to be dead; never a containment while its release runs, nor a release
+        while its containment runs."""
+        other = aliased(Incident)
+        lapsed = (Incident.status == RUNNING) & (Incident.lease_until < self._now())
+        if dead_owners:
+            lapsed = lapsed | ((Incident.status == RUNNING)
+                               & Incident.lease_owner.in_(dead_owners))
+        busy_release = exists(select(other.id).where(other.parent_id == Incident.id,
+                                                     other.status.in_((APPROVED, RUNNING))))
+        busy_parent = exists(select(other.id).where(other.id == Incident.parent_id,
+                                                    other.status.in_(OPEN_STATES)))
+        return or_(Incident.status == APPROVED, lapsed) & ~busy_release & ~busy_parent
+
+    def claim_run(self, incident_id: str, owner: str, lease_seconds: float,
+                  dead_owners: tuple[str, ...] = ()) -> bool:
+        """Take the right to run: approved, or running under a lease that lapsed (or
+        whose owner is dead). Exactly one worker wins."""
         with self.session() as s:
             result = s.execute(
                 update(Incident)
-                .where(Incident.id == incident_id, or_(
-                    Incident.status == APPROVED,
-                    (Incident.status == RUNNING) & (Incident.lease_until < now),
-                ))
+                .where(Incident.id == incident_id, self._claimable(dead_owners))
                 .values(status=RUNNING, lease_owner=owner,
-                        lease_until=now + timedelta(seconds=lease_seconds))
+                        lease_until=self._now(lease_seconds))
             )
             won = result.rowcount == 1  # type: ignore[attr-defined]
             if won:
                 s.execute(update(Incident).where(Incident.id == incident_id,
                                                  Incident.started_at.is_(None))
-                          .values(started_at=now))
+                          .values(started_at=utcnow()))
             return won
 
-    def renew_lease(self, incident_id: str, owner: str, lease_seconds: int) -> bool:
+    def renew_lease(self, incident_id: str, owner: str, lease_seconds: float) -> bool:
         with self.session() as s:
             result = s.execute(
                 update(Incident)
                 .where(Incident.id == incident_id, Incident.lease_owner == owner,
                        Incident.status == RUNNING)
-                .values(lease_until=utcnow() + timedelta(seconds=lease_seconds))
+                .values(lease_until=self._now(lease_seconds))
             )
             return result.rowcount == 1  # type: ignore[attr-defined]
 
@@ -449,14 +478,17 @@ class Store:
             )
             return result.rowcount == 1  # type: ignore[attr-defined]
 
-    def runs_to_resume(self) -> list[str]:
-        """Approved runs nobody started, and running ones whose worker stopped."""
-        now = utcnow()
+    def running_owners(self) -> dict[str, str]:
+        """Running incidents and the worker that holds each."""
         with self.session() as s:
-            return list(s.scalars(select(Incident.id).where(or_(
-                Incident.status == APPROVED,
-                (Incident.status == RUNNING) & (Incident.lease_until < now),
-            ))))
+            return {i: o or "" for i, o in s.execute(
+                select(Incident.id, Incident.lease_owner).where(Incident.status == RUNNING))}
+
+    def runs_to_resume(self, dead_owners: tuple[str, ...] = ()) -> list[str]:
+        """Approved runs nobody started, and running ones whose worker stopped."""
+        with self.session() as s:
+            return list(s.scalars(select(Incident.id).where(self._claimable(dead_owners))
+                                  .order_by(Incident.decided_at)))
 
     # steps -------------------------------------------------------------------------
 
@@ -480,9 +512,17 @@ class Store:
         with self.session() as s:
             return list(s.scalars(select(StepRecord).where(StepRecord.id.in_(step_ids))))
 
-    def update_step(self, step_id: int, **values: Any) -> None:
+    def update_step(self, step_id: int, owner: str | None = None, **values: Any) -> bool:
+        """With `owner`, only while that worker holds the run's lease: False otherwise,
+        and nothing is written."""
+        query = update(StepRecord).where(StepRecord.id == step_id)
+        if owner is not None:
+            query = query.where(exists(select(Incident.id).where(
+                Incident.id == StepRecord.incident_id, Incident.lease_owner == owner,
+                Incident.status == RUNNING)))
         with self.session() as s:
-            s.execute(update(StepRecord).where(StepRecord.id == step_id).values(**values))
+            result = s.execute(query.values(**values))
+            return result.rowcount == 1  # type: ignore[attr-defined]
 
     # outbox ------------------------------------------------------------------------
 

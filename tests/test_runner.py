@@ -72,13 +72,15 @@ def test_an_interrupted_run_resumes_and_keeps_the_true_prior_state(
     done = final(bot, incident.id)
     assert done.status == "contained"
     steps = store.steps(incident.id)
-    sealed = steps[0].details["sealed_group"]  # type: ignore[index]
-    assert eni_groups(world.instance_id) == {eni: [sealed] for eni in original}
+    assert eni_groups(world.instance_id) == {eni: [rows[0]["sealed"]] for eni in original}
     assert steps[0].captured == captured  # not the open group it found on resume
     assert steps[0].attempts == 2
     wait_for(lambda: not store.unsent())
     texts = [m.text for m in fake_slack.thread(CHANNEL, done.card_ts or "")]
-    assert texts[0].startswith("▶️ Resuming `isolate`")
+    # The ENIs left on the open group were sealed before anything else, and it says so.
+    assert texts[0].startswith("🛟 *isolate-security-groups*: found half done")
+    assert all(f"{eni} was on cordon-open: sealed" in texts[0] for eni in original)
+    assert texts[1].startswith("▶️ Resuming `isolate`")
 
 
 def test_a_failed_non_critical_step_leaves_the_run_partially_contained(

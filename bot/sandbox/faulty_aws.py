@@ -1,0 +1,202 @@
+"""A fault layer between Cordon and its (local) AWS: an HTTP proxy in front of moto's
+server that forwards every request, except those a rule picks, which it answers the
+way a real AWS fault looks from the client:
+
+- `throttle`: the service's throttling error (EC2: 503 RequestLimitExceeded; the
+  others: 400 Throttling), moto never sees the call;
+- `unavailable`: 503 ServiceUnavailable, moto never sees the call;
+- `drop`: moto applies the call, then the connection is closed without an answer
+  (the client cannot know whether it landed);
+- `hold`: the request is kept unanswered (and not forwarded) until `release()`, so
+  that a test can kill the caller at exactly that point.
+
+Every AWS API Cordon uses speaks the query protocol (`Action=…&Param=…` form bodies),
+so a rule matches on the action name and the decoded parameters."""
+
+from __future__ import annotations
+
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl
+
+Params = dict[str, str]
+
+_EC2_ERROR = ('<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>{code}'
+              "</Code><Message>{message}</Message></Error></Errors><RequestID>fault</RequestID>"
+              "</Response>")
+_QUERY_ERROR = ('<?xml version="1.0" encoding="UTF-8"?><ErrorResponse><Error><Type>Sender'
+                "</Type><Code>{code}</Code><Message>{message}</Message></Error>"
+                "<RequestId>fault</RequestId></ErrorResponse>")
+
+
+@dataclass
+class Rule:
+    action: str
+    effect: str  # throttle | unavailable | drop | hold
+    times: int = 1  # how many matching calls it answers (-1: every one)
+    where: Callable[[Params], bool] | None = None
+    hits: int = 0
+
+    def matches(self, action: str, params: Params) -> bool:
+        if self.times == 0 or action != self.action:
+            return False
+        return self.where is None or self.where(params)
+
+
+@dataclass
+class Seen:
+    action: str
+    params: Params
+    service: str
+    answered: str  # "forwarded" or the effect that answered it
+
+
+@dataclass
+class FaultyAws:
+    upstream: str
+    rules: list[Rule] = field(default_factory=list)
+    seen: list[Seen] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._released = threading.Event()
+        self._held = threading.Condition(self._lock)
+        self.holding = 0
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True,
+                                        name="faulty-aws")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def start(self) -> FaultyAws:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.release()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def add(self, action: str, effect: str, times: int = 1,
+            where: Callable[[Params], bool] | None = None) -> Rule:
+        rule = Rule(action, effect, times, where)
+        with self._lock:
+            self.rules.append(rule)
+        return rule
+
+    def clear(self) -> None:
+        with self._lock:
+            self.rules.clear()
+            self.seen.clear()
+        self.release()
+        self._released = threading.Event()
+
+    def release(self) -> None:
+        """Let held requests go (they are forwarded) and hold no more."""
+        with self._lock:
+            for rule in self.rules:
+                if rule.effect == "hold":
+                    rule.times = 0
+        self._released.set()
+
+    def wait_held(self, count: int = 1, timeout: float = 30) -> bool:
+        with self._held:
+            return self._held.wait_for(lambda: self.holding >= count, timeout=timeout)
+
+    def calls(self, action: str, where: Callable[[Params], bool] | None = None) -> list[Seen]:
+        with self._lock:
+            return [s for s in self.seen
+                    if s.action == action and (where is None or where(s.params))]
+
+    # --------------------------------------------------------------------------------
+
+    def _pick(self, action: str, params: Params) -> str | None:
+        with self._lock:
+            for rule in self.rules:
+                if rule.matches(action, params):
+                    if rule.times > 0:
+                        rule.times -= 1
+                    rule.hits += 1
+                    return rule.effect
+        return None
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _forward(self, body: bytes) -> tuple[int, dict[str, str], bytes]:
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("host", "content-length", "connection")}
+                req = urllib.request.Request(proxy.upstream + self.path, data=body or None,
+                                             headers=headers, method=self.command)
+                try:
+                    with urllib.request.urlopen(req, timeout=60) as resp:
+                        return resp.status, dict(resp.headers.items()), resp.read()
+                except urllib.error.HTTPError as err:
+                    return err.code, dict(err.headers.items()), err.read()
+
+            def _answer(self, status: int, headers: dict[str, str], body: bytes) -> None:
+                self.send_response(status)
+                for key, value in headers.items():
+                    if key.lower() not in ("content-length", "transfer-encoding", "connection",
+                                           "server", "date"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                params = dict(parse_qsl(body.decode("utf-8", "replace")))
+                action = params.get("Action", "")
+                auth = self.headers.get("Authorization", "")
+                service = auth.split("Credential=", 1)[-1].split("/")[3] if "/" in auth else ""
+                effect = proxy._pick(action, params) if action else None
+                with proxy._lock:
+                    proxy.seen.append(Seen(action, params, service, effect or "forwarded"))
+                if effect == "hold":
+                    with proxy._held:
+                        proxy.holding += 1
+                        proxy._held.notify_all()
+                    proxy._released.wait()
+                    with proxy._held:
+                        proxy.holding -= 1
+                    effect = None
+                if effect in ("throttle", "unavailable"):
+                    if effect == "throttle":
+                        code = "RequestLimitExceeded" if service == "ec2" else "Throttling"
+                        status = 503 if service == "ec2" else 400
+                        message = "Request limit exceeded." if service == "ec2" else \
+                            "Rate exceeded"
+                    else:
+                        code, status, message = ("ServiceUnavailable", 503,
+                                                 "Service is unavailable")
+                    template = _EC2_ERROR if service == "ec2" else _QUERY_ERROR
+                    self._answer(status, {"Content-Type": "text/xml"},
+                                 template.format(code=code, message=message).encode())
+                    return
+                status, headers, answer = self._forward(body)
+                if effect == "drop":
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                self._answer(status, headers, answer)
+
+            do_POST = _handle
+            do_GET = _handle
+
+        return Handler
