@@ -131,7 +131,10 @@ def _plan_section(incident: Incident) -> SectionBlock:
                         f"({escape(f.get('release_of_status', '?'))}) — undo from the recorded "
                         "prior state:\n" + "\n".join(lines)
                         + "\nSnapshots, images and evidence files stay.")
-    base = PLAYBOOKS[incident.playbook]
+    base = PLAYBOOKS.get(incident.playbook)
+    if base is None:
+        return _section(f"*Playbook `{escape(incident.playbook)}`* — not known to this "
+                        "version of Cordon")
     playbook = base.for_target(f)
     added = ""
     if any(s.when == "fleet" for s in playbook.steps):

@@ -53,7 +53,8 @@ FLEET_PERMISSIONS = (
 
 def membership(clients: Clients, instance_id: str) -> dict[str, Any] | None:
     """The instance's group and lifecycle state, or None; throttling retried."""
-    resp = READ_RETRY.call(lambda: clients.autoscaling.describe_auto_scaling_instances(
+    autoscaling = clients.client("autoscaling", cut=True)  # retried here, not in botocore
+    resp = READ_RETRY.call(lambda: autoscaling.describe_auto_scaling_instances(
         InstanceIds=[instance_id]))
     for item in resp.get("AutoScalingInstances", []):
         if item.get("LifecycleState") not in GONE_STATES:
@@ -224,7 +225,11 @@ class DetachFromAutoScaling(Action):
         return Outcome("; ".join(parts), {"deregistration_errors": errors})
 
     def verify(self, ctx: StepContext, captured: dict[str, Any], outcome: Outcome) -> str:
-        member = membership(ctx.clients, ctx.target.resource_id)
+        try:
+            member = membership(ctx.clients, ctx.target.resource_id)
+        except Exception as exc:
+            # The detach was accepted; a read that stays throttled must not stop the cut.
+            return f"membership not re-read ({describe_error(exc).code}); the detach was accepted"
         if member is not None and not member["state"].startswith(TERMINATING_PREFIX):
             raise VerificationFailed(f"still in {member['name']} ({member['state']})")
         elbv2 = ctx.clients.client("elbv2")

@@ -84,7 +84,8 @@ class Clients:
         return self.client("sts")
 
 
-WARM_SERVICES = ("ec2", "ec2/cut", "autoscaling", "elbv2", "elb", "iam", "sts")
+WARM_SERVICES = ("ec2", "ec2/cut", "autoscaling", "autoscaling/cut", "elbv2", "elb", "iam",
+                 "sts")
 _SESSION_NAME = re.compile(r"[^\w+=,.@-]")
 # Assumed credentials are renewed this long before they expire.
 _RENEW_BEFORE = timedelta(minutes=5)

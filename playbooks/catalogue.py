@@ -15,6 +15,9 @@ class Step:
     # would be unsafe (cutting the network of an instance its Auto Scaling group will
     # terminate) or untrue.
     critical: bool = False
+    # Whether a critical step's failure also stops the later phases (None: it does).
+    # Stripping the role and taking snapshots stay useful when the network cut failed.
+    blocks: bool | None = None
     # Check and capture while the previous phase runs, so that apply starts at once.
     early_capture: bool = False
     options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
@@ -27,6 +30,10 @@ class Step:
     @property
     def name(self) -> str:
         return self.action if self.mode == "apply" else f"undo-{self.action}"
+
+    @property
+    def stops_run(self) -> bool:
+        return self.critical if self.blocks is None else self.blocks
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,8 @@ PLAYBOOKS: dict[str, Playbook] = {
             Step("tag-instance", phase=1, options={"status": "containing"}),
             Step("protect-evidence", phase=1),
             Step("detach-from-auto-scaling", phase=1, critical=True),
-            Step("isolate-security-groups", phase=2, critical=True, early_capture=True),
+            Step("isolate-security-groups", phase=2, critical=True, early_capture=True,
+                 blocks=False),
             Step("remove-instance-profile", phase=3),
             Step("capture-evidence", phase=3),
             Step("snapshot-volumes", phase=3),

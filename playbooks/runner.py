@@ -219,7 +219,7 @@ class Runner:
         except Exception as exc:
             if guard.lost.is_set():
                 self._lost(incident_id, guard)
-            return None
+                return None
             # Not a step's failure (those are recorded by the step): the run cannot go on.
             # It ends failed, with the reason in the thread, instead of being resumed
             # again and again.
@@ -228,7 +228,7 @@ class Runner:
             reason = f"the run stopped: {err.code}: {err.message}"
             if not self.store.finish_run(incident_id, self.owner, FAILED, reason):
                 self._lost(incident_id, guard)
-            return None
+                return None
             finished = self.store.get(incident_id)
             assert finished is not None
             self._notify(self.timeline.run_finished, finished)
@@ -317,7 +317,7 @@ class Runner:
                      for s in early]
             results = parallel(lambda job: job(), jobs)
             failed_critical = [s.name for s, ok in zip(todo, results, strict=False)
-                               if not ok and s.critical]
+                               if not ok and s.stops_run]
             if failed_critical:
                 stopped_by = failed_critical[0]
         steps = self.store.steps(incident_id)

@@ -7,8 +7,9 @@ way a real AWS fault looks from the client:
 - `unavailable`: 503 ServiceUnavailable, moto never sees the call;
 - `drop`: moto applies the call, then the connection is closed without an answer
   (the client cannot know whether it landed);
-- `hold`: the request is kept unanswered (and not forwarded) until `release()`, so
-  that a test can kill the caller at exactly that point.
+- `hold`: the request is kept unanswered until `release()`, then dropped without
+  reaching AWS (as if the network lost it), so that a test can kill the caller, or
+  take its lease, at exactly that point.
 
 Every AWS API Cordon uses speaks the query protocol (`Action=…&Param=…` form bodies),
 so a rule matches on the action name and the decoded parameters."""
@@ -175,7 +176,9 @@ class FaultyAws:
                     proxy._released.wait()
                     with proxy._held:
                         proxy.holding -= 1
-                    effect = None
+                    self.close_connection = True
+                    self.connection.close()
+                    return
                 if effect in ("throttle", "unavailable"):
                     if effect == "throttle":
                         code = "RequestLimitExceeded" if service == "ec2" else "Throttling"

@@ -1,0 +1,418 @@
+"""The open group is a transit, never a resting place. Faults are injected between the
+bot and moto's server by an HTTP layer (throttling, 503, answers dropped after moto
+applied the call, requests held while the bot is killed), the bot is driven through
+its real HTTP endpoint with signed requests, and every test judges by moto's state:
+the groups each ENI ends on.
+
+moto tracks no connection: that the open → sealed move ends tracked flows is AWS's
+documented behaviour, not something these tests can show."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from sqlalchemy import update
+
+from bot.sandbox.fake_slack import FakeSlack
+from bot.sandbox.faulty_aws import FaultyAws
+from bot.sandbox.harness import RunningBot, start_bot, wait_for
+from bot.sandbox.signed import SignedSlack
+from bot.scheduler import take_over
+from handlers import autoscaling, isolation, sandbox_world
+from handlers.aws import Backoff, ClientPool, hook
+from handlers.isolation import prepare_vpcs
+from playbooks.service import ContainRequest
+from playbooks.store import FAILED, RUNNING, Incident, utcnow
+from tests.conftest import AwsTrace, settle, settle_card
+from tests.test_cli import env_for, free_port, health
+
+CHANNEL = "C0INCIDENT"
+DANA, LEE, KIM = "U0DANA", "U0LEE", "U0KIM"
+MODIFY = "ModifyNetworkInterfaceAttribute"
+
+
+def ec2() -> Any:
+    return boto3.session.Session().client("ec2", region_name="us-east-1")
+
+
+def eni_groups(instance_id: str) -> dict[str, list[str]]:
+    inst = ec2().describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    return {e["NetworkInterfaceId"]: sorted(g["GroupId"] for g in e["Groups"])
+            for e in inst["NetworkInterfaces"]}
+
+
+def to(group_id: str) -> Any:
+    """Matches a move of an ENI to exactly this group."""
+    return lambda p: p.get("SecurityGroupId.1") == group_id and "SecurityGroupId.2" not in p
+
+
+class ProxiedSession(boto3.session.Session):
+    """A boto3 session whose clients speak to the fault layer instead of moto."""
+
+    endpoint = ""
+
+    def client(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("endpoint_url", self.endpoint)
+        return super().client(*args, **kwargs)
+
+
+@pytest.fixture
+def faulty(local_aws: sandbox_world.LocalAws) -> Iterator[FaultyAws]:
+    proxy = FaultyAws(local_aws.url).start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def groups(world: sandbox_world.World) -> dict[str, str]:
+    (row,) = prepare_vpcs(ClientPool().for_region("us-east-1"), [world.vpc_id])
+    return {"open": row["open"], "sealed": row["sealed"]}
+
+
+@pytest.fixture
+def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> Backoff:
+    quick = Backoff(attempts=4, base=0.05, cap=0.2)
+    monkeypatch.setattr(isolation, "SEAL_RETRY", quick)
+    monkeypatch.setattr(isolation, "RESTORE_RETRY", quick)
+    monkeypatch.setattr(autoscaling, "READ_RETRY", quick)
+    return quick
+
+
+@pytest.fixture
+def faulty_bot(fake_slack: FakeSlack, world: sandbox_world.World, faulty: FaultyAws,
+               tmp_path: Path, aws_trace: AwsTrace) -> Iterator[RunningBot]:
+    def session() -> boto3.session.Session:
+        s = ProxiedSession()
+        s.endpoint = faulty.url
+        hook(s, "before-parameter-build.*.*", aws_trace._before_call)
+        return s
+
+    running = start_bot(fake_slack, f"sqlite:///{tmp_path}/cordon.db",
+                        approvers="S0ONCALL,U0ALEX", session_factory=session,
+                        CORDON_LEASE_SECONDS="4")
+    yield running
+    running.stop()
+    assert aws_trace.undeclared() == []
+
+
+def contain(bot: RunningBot, target: str, playbook: str, approvers: tuple[str, ...] = (LEE,)
+            ) -> Incident:
+    assert bot.slack.command(DANA, CHANNEL, f"{target} {playbook} miner")[0] == 200
+    card = wait_for(lambda: [m for m in bot.slack.fake.channel_messages(CHANNEL)
+                             if "Approve" in str(m.blocks)])[-1]
+    for who in approvers:
+        bot.slack.click_button(who, CHANNEL, card.ts, "Approve")
+    return settle_card(bot, card.ts)  # type: ignore[no-any-return]
+
+
+def thread(bot: RunningBot, incident: Incident) -> list[str]:
+    return [m.text for m in bot.slack.fake.thread(incident.channel_id, incident.card_ts or "")]
+
+
+# the seal fails ------------------------------------------------------------------------
+
+
+def test_a_seal_throttled_throughout_puts_every_eni_back_on_its_own_groups(
+        faulty_bot: RunningBot, world: sandbox_world.World, faulty: FaultyAws,
+        groups: dict[str, str], fast_backoff: Backoff) -> None:
+    before = eni_groups(world.instance_id)
+    faulty.add(MODIFY, "throttle", times=-1, where=to(groups["sealed"]))
+    done = contain(faulty_bot, world.instance_id, "isolate")
+    assert done.status == FAILED
+    # Not one ENI rests on the allow-all group: each is back on its own groups.
+    assert eni_groups(world.instance_id) == before
+    # The seal was retried with backoff, for each ENI.
+    assert len(faulty.calls(MODIFY, to(groups["sealed"]))) == fast_backoff.attempts * 2
+    (step,) = [s for s in faulty_bot.deps.store.steps(done.id)
+               if s.name == "isolate-security-groups"]
+    assert step.status == "failed" and step.error_code == "RequestLimitExceeded"
+    # The thread says where each ENI is, from a describe made after the fact.
+    message = next(t for t in thread(faulty_bot, done)
+                   if t.startswith("❌ *isolate-security-groups* failed"))
+    for eni in before:
+        assert f"{eni} on web" in message or f"{eni} on mgmt" in message
+    assert "cordon-open" not in message.split("Done before the failure")[1]
+
+
+def test_a_full_run_whose_seal_fails_still_strips_the_role_and_snapshots(
+        faulty_bot: RunningBot, world: sandbox_world.World, faulty: FaultyAws,
+        groups: dict[str, str], fast_backoff: Backoff) -> None:
+    before = eni_groups(world.instance_id)
+    faulty.add(MODIFY, "throttle", times=-1, where=to(groups["sealed"]))
+    done = contain(faulty_bot, world.instance_id, "full")
+    assert done.status == FAILED
+    assert eni_groups(world.instance_id) == before
+    status = {s.name: s.status for s in faulty_bot.deps.store.steps(done.id)}
+    assert status["isolate-security-groups"] == "failed"
+    # What does not need the cut still ran: the stolen role is gone, the disks are kept.
+    assert status["remove-instance-profile"] == "succeeded"
+    assert status["snapshot-volumes"] == "succeeded"
+    assoc = ec2().describe_iam_instance_profile_associations(Filters=[
+        {"Name": "instance-id", "Values": [world.instance_id]},
+        {"Name": "state", "Values": ["associated"]}])["IamInstanceProfileAssociations"]
+    assert assoc == []
+
+
+@pytest.mark.parametrize("effect", ["throttle", "unavailable", "drop"])
+def test_a_seal_that_fails_once_is_retried_and_the_instance_is_contained(
+        faulty_bot: RunningBot, world: sandbox_world.World, faulty: FaultyAws,
+        groups: dict[str, str], fast_backoff: Backoff, effect: str) -> None:
+    before = eni_groups(world.instance_id)
+    faulty.add(MODIFY, effect, times=1, where=to(groups["sealed"]))
+    done = contain(faulty_bot, world.instance_id, "isolate")
+    assert done.status == "contained"
+    assert eni_groups(world.instance_id) == {eni: [groups["sealed"]] for eni in before}
+    # Two ENIs, one of them sealed at the second attempt.
+    assert len(faulty.calls(MODIFY, to(groups["sealed"]))) == 3
+    # Each ENI spent one round trip (plus the retry) on the open group, never waiting
+    # for the other ENIs.
+    (step,) = [s for s in faulty_bot.deps.store.steps(done.id)
+               if s.name == "isolate-security-groups"]
+    assert set((step.details or {})["open_seconds"]) == set(before)
+
+
+def test_an_open_move_that_fails_still_seals_the_eni(
+        faulty_bot: RunningBot, world: sandbox_world.World, faulty: FaultyAws,
+        groups: dict[str, str], fast_backoff: Backoff) -> None:
+    before = eni_groups(world.instance_id)
+    faulty.add(MODIFY, "throttle", times=-1, where=to(groups["open"]))
+    done = contain(faulty_bot, world.instance_id, "isolate")
+    assert done.status == "contained"
+    assert eni_groups(world.instance_id) == {eni: [groups["sealed"]] for eni in before}
+    text = next(t for t in thread(faulty_bot, done)
+                if t.startswith("✅ *isolate-security-groups*"))
+    assert "tracked connections may survive" in text
+
+
+# crashes and leases ----------------------------------------------------------------------
+
+
+def _serve(tmp_path: Path, local_aws: sandbox_world.LocalAws, faulty: FaultyAws,
+           fake_slack: FakeSlack, port: int, db: str, name: str, **extra: str
+           ) -> subprocess.Popen[bytes]:
+    env = env_for(local_aws, SLACK_BOT_TOKEN="xoxb-test", SLACK_SIGNING_SECRET="s3cret",
+                  SLACK_API_URL=fake_slack.api_url, CORDON_APPROVERS="S0ONCALL",
+                  CORDON_DATABASE_URL=db, PORT=str(port), **extra)
+    env["AWS_ENDPOINT_URL"] = faulty.url
+    log = (tmp_path / f"{name}.log").open("ab")
+    proc = subprocess.Popen([sys.executable, "-m", "bot", "serve"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=log)
+    wait_for(lambda: health(port) == 200, timeout=30)
+    return proc
+
+
+def _stop(*procs: subprocess.Popen[bytes]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _approve_and_hold_the_seal(slack: SignedSlack, fake_slack: FakeSlack, faulty: FaultyAws,
+                               world: sandbox_world.World, sealed: str) -> str:
+    faulty.add(MODIFY, "hold", times=-1, where=to(sealed))
+    assert slack.command(DANA, CHANNEL, f"{world.instance_id} isolate miner")[0] == 200
+    card = wait_for(lambda: fake_slack.channel_messages(CHANNEL), timeout=30)[0]
+    slack.click_button(LEE, CHANNEL, card.ts, "Approve")
+    assert faulty.wait_held(2)
+    return str(card.ts)
+
+
+def test_kill_9_while_enis_are_on_the_open_group_and_restart_seals_them_first(
+        tmp_path: Path, local_aws: sandbox_world.LocalAws, world: sandbox_world.World,
+        fake_slack: FakeSlack, faulty: FaultyAws, groups: dict[str, str]) -> None:
+    before = eni_groups(world.instance_id)
+    port = free_port()
+    db = f"sqlite:///{tmp_path}/cordon.db"
+    # A lease far longer than the test: only recognising its own dead run lets the
+    # restarted process take it over.
+    first = _serve(tmp_path, local_aws, faulty, fake_slack, port, db, "first",
+                   CORDON_LEASE_SECONDS="300")
+    try:
+        slack = SignedSlack(f"http://127.0.0.1:{port}/slack/events", "s3cret", fake_slack)
+        card_ts = _approve_and_hold_the_seal(slack, fake_slack, faulty, world,
+                                             groups["sealed"])
+        assert eni_groups(world.instance_id) == {eni: [groups["open"]] for eni in before}
+        first.kill()
+        first.wait(timeout=10)
+    finally:
+        _stop(first)
+    faulty.release()  # what the dead process sent never reaches AWS
+    second = _serve(tmp_path, local_aws, faulty, fake_slack, port, db, "second",
+                    CORDON_LEASE_SECONDS="300")
+    try:
+        wait_for(lambda: eni_groups(world.instance_id)
+                 == {eni: [groups["sealed"]] for eni in before}, timeout=30)
+        wait_for(lambda: any(t.text.startswith("🔒 *Contained*")
+                             for t in fake_slack.thread(CHANNEL, card_ts)), timeout=30)
+    finally:
+        _stop(second)
+    texts = [m.text for m in fake_slack.thread(CHANNEL, card_ts)]
+    safe = [t for t in texts if t.startswith("🛟")]
+    assert len(safe) == 1 and all(f"{eni} was on cordon-open: sealed" in safe[0]
+                                  for eni in before)
+    # Sealed before anything else of the resumed run.
+    assert texts.index(safe[0]) < next(i for i, t in enumerate(texts)
+                                       if t.startswith("▶️ Resuming"))
+
+
+def test_another_replica_takes_over_a_dead_replicas_run_after_its_lease(
+        bot: RunningBot, world: sandbox_world.World, groups: dict[str, str]) -> None:
+    """A worker on another host died between the two moves; this replica takes the run
+    over when the lease lapses (by the database's clock) and seals first."""
+    before = eni_groups(world.instance_id)
+    cordon, store = bot.deps.cordon, bot.deps.store
+    facts = cordon.lookup_instance(world.instance_id)
+    incident = cordon.open_request(ContainRequest(world.instance_id, "isolate", "t", DANA,
+                                                  CHANNEL), facts)
+    resp = bot.deps.client.chat_postMessage(channel=CHANNEL, text="card")
+    cordon.card_posted(incident.id, CHANNEL, resp["ts"])
+    assert store.decide(incident.id, LEE, approve=True)
+    assert store.claim_run(incident.id, "elsewhere:1:deadbeef:1", 2)
+    captured = {"vpc_id": world.vpc_id, "enis": [
+        {"id": eni, "groups": [{"id": g, "name": ""} for g in gs], "conntrack": {}}
+        for eni, gs in before.items()]}
+    (step, _) = store.ensure_steps(incident.id, ["isolate-security-groups", "tag-instance"])
+    store.update_step(step.id, status="running", captured=captured, attempts=1)
+    for eni in before:
+        ec2().modify_network_interface_attribute(NetworkInterfaceId=eni,
+                                                 Groups=[groups["open"]])
+    assert take_over(bot.deps) == []  # its lease still holds
+    wait_for(lambda: take_over(bot.deps), timeout=10)
+    assert settle(bot, incident.id).status == "contained"
+    assert eni_groups(world.instance_id) == {eni: [groups["sealed"]] for eni in before}
+
+
+def test_a_worker_that_loses_its_lease_stops_before_its_next_aws_call(
+        faulty_bot: RunningBot, world: sandbox_world.World, faulty: FaultyAws,
+        groups: dict[str, str], fast_backoff: Backoff) -> None:
+    before = eni_groups(world.instance_id)
+    store = faulty_bot.deps.store
+    faulty.add(MODIFY, "hold", times=-1, where=to(groups["open"]))
+    assert faulty_bot.slack.command(DANA, CHANNEL, f"{world.instance_id} isolate m")[0] == 200
+    card = wait_for(lambda: faulty_bot.slack.fake.channel_messages(CHANNEL))[0]
+    faulty_bot.slack.click_button(LEE, CHANNEL, card.ts, "Approve")
+    assert faulty.wait_held(2)
+    incident = wait_for(lambda: next(i for i in store.recent() if i.card_ts == card.ts))
+    # Another worker takes the run (its lease was thought lapsed).
+    with store.session() as s:
+        s.execute(update(Incident).where(Incident.id == incident.id)
+                  .values(lease_owner="thief:1:cafe:1", lease_until=utcnow()))
+    wait_for(lambda: any(t.startswith("⚠️ A worker lost this run's lease")
+                         for t in thread(faulty_bot, incident)), timeout=20)
+    calls = len(faulty.seen)
+    faulty.release()  # the held moves are lost; the worker would now retry them
+    time.sleep(1)
+    assert len(faulty.seen) == calls  # it did not
+    assert eni_groups(world.instance_id) == before
+    after = store.get(incident.id)
+    assert after is not None and after.status == RUNNING
+    assert after.lease_owner == "thief:1:cafe:1"
+    (step,) = [s for s in store.steps(incident.id) if s.name == "isolate-security-groups"]
+    assert step.status == "running"  # the record belongs to the new owner now
+
+
+# Auto Scaling -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("playbook", ["isolate", "nacl", "route", "igw"])
+def test_a_network_only_playbook_never_hands_the_instance_to_its_group(
+        bot: RunningBot, world: sandbox_world.World, playbook: str) -> None:
+    fleet = sandbox_world.join_fleet(world)
+    approvers = (LEE,) if playbook == "isolate" else (LEE, KIM)
+    done = contain(bot, world.instance_id, playbook, approvers)
+    assert done.status == "contained", done.summary
+    status = {s.name: s.status for s in bot.deps.store.steps(done.id)}
+    assert status["protect-evidence"] == "succeeded"
+    assert status["detach-from-auto-scaling"] == "succeeded"
+    client = boto3.session.Session().client
+    assert client("autoscaling", region_name="us-east-1").describe_auto_scaling_instances(
+        InstanceIds=[world.instance_id])["AutoScalingInstances"] == []
+    health = client("elbv2", region_name="us-east-1").describe_target_health(
+        TargetGroupArn=fleet.target_group)["TargetHealthDescriptions"]
+    assert all(d["TargetHealth"]["State"] in ("draining", "unused") for d in health)
+    protected = ec2().describe_instance_attribute(InstanceId=world.instance_id,
+                                                  Attribute="disableApiTermination")
+    assert protected["DisableApiTermination"]["Value"] is True
+    card = bot.slack.fake.message(CHANNEL, done.card_ts or "")
+    assert card is not None and "detached first" in str(card.blocks)
+
+
+def test_isolate_on_an_instance_in_no_group_adds_nothing(
+        bot: RunningBot, world: sandbox_world.World) -> None:
+    done = contain(bot, world.instance_id, "isolate")
+    assert [s.name for s in bot.deps.store.steps(done.id)] == ["isolate-security-groups",
+                                                               "tag-instance"]
+
+
+def test_a_throttled_membership_read_does_not_stop_the_cut_of_an_instance_in_no_group(
+        faulty_bot: RunningBot, world: sandbox_world.World, faulty: FaultyAws,
+        groups: dict[str, str], fast_backoff: Backoff) -> None:
+    faulty.add("DescribeAutoScalingInstances", "throttle", times=-1)
+    done = contain(faulty_bot, world.instance_id, "full")
+    assert done.status == "contained", done.summary
+    assert set(sum(eni_groups(world.instance_id).values(), [])) == {groups["sealed"]}
+
+
+# runs never loop silently ---------------------------------------------------------------------
+
+
+def test_an_error_outside_a_step_ends_the_run_failed_and_says_why(
+        bot: RunningBot, world: sandbox_world.World) -> None:
+    cordon, store = bot.deps.cordon, bot.deps.store
+    facts = cordon.lookup_instance(world.instance_id)
+    incident = cordon.open_request(ContainRequest(world.instance_id, "isolate", "t", DANA,
+                                                  CHANNEL), facts)
+    resp = bot.deps.client.chat_postMessage(channel=CHANNEL, text="card")
+    cordon.card_posted(incident.id, CHANNEL, resp["ts"])
+    with store.session() as s:  # a playbook this version does not know
+        s.execute(update(Incident).where(Incident.id == incident.id).values(playbook="gone"))
+    cordon.decide(incident.id, LEE, approve=True)
+    done = settle(bot, incident.id)
+    assert done.status == FAILED
+    assert "unknown playbook 'gone'" in done.summary
+    assert any("unknown playbook" in t for t in thread(bot, done))
+    assert take_over(bot.deps) == []  # not resumed again
+
+
+def test_retry_is_refused_while_a_release_is_open_and_release_while_a_run_is(
+        bot: RunningBot, world: sandbox_world.World, aws_trace: AwsTrace) -> None:
+    aws_trace.fail("CreateTags", "UnauthorizedOperation", times=10)
+    done = contain(bot, world.instance_id, "isolate")
+    assert done.status == "partially contained"
+    cordon = bot.deps.cordon
+    release = cordon.open_release(done.id, "undo", DANA, CHANNEL)
+    with pytest.raises(Exception, match="release in progress"):
+        cordon.retry(done.id, LEE)
+    assert bot.deps.store.get(done.id).status == "partially contained"  # type: ignore[union-attr]
+    # Release denied: now it may be retried, and while it runs no release is accepted.
+    assert bot.deps.store.decide(release.id, LEE, approve=False)
+    with bot.deps.store.session() as s:
+        s.execute(update(Incident).where(Incident.id == done.id).values(status=RUNNING))
+    with pytest.raises(Exception, match="still running"):
+        cordon.open_release(done.id, "undo", DANA, CHANNEL)
+
+
+def test_the_lease_is_renewed_by_the_database_clock(bot: RunningBot,
+                                                    world: sandbox_world.World) -> None:
+    store = bot.deps.store
+    facts = bot.deps.cordon.lookup_instance(world.instance_id)
+    incident = bot.deps.cordon.open_request(ContainRequest(world.instance_id, "isolate", "t",
+                                                           DANA, CHANNEL), facts)
+    store.decide(incident.id, LEE, approve=True)
+    assert store.claim_run(incident.id, "w:1:a:1", 30)
+    got = store.get(incident.id)
+    assert got is not None and got.lease_until is not None
+    ahead = (got.lease_until - utcnow()).total_seconds()
+    assert 25 < ahead <= 31
