@@ -28,12 +28,13 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	@$(BIN)/pytest; rc=$$?; \
+	@$(BIN)/pytest -n auto; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure here"; fi; \
 	exit $$rc
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/time_to_isolate.py
+	$(BIN)/python benchmarks/open_window.py
 
 serve: $(STAMP)
 	$(BIN)/python -m bot serve

@@ -327,7 +327,8 @@ class IsolateSecurityGroups(Action):
         cuts = parallel(lambda eni: cut_eni(ctx.clients, eni, open_id, sealed_id), enis)
         failed = [c for c in cuts if not c.sealed]
         if failed:
-            where = describe_positions(ctx.clients, ctx.target.resource_id, open_id, sealed_id)
+            where = describe_positions(ctx.clients, ctx.target.resource_id, open_id, sealed_id,
+                                       enis)
             first = failed[0]
             raise StepFailed(first.error_code, "could not seal "
                              + "; ".join(f"{c.eni_id} ({c.error})" for c in failed), where)
@@ -499,7 +500,8 @@ def seal_or_restore(clients: Clients, eni: dict[str, Any], sealed_id: str) -> En
     return result
 
 
-def describe_positions(clients: Clients, instance_id: str, open_id: str, sealed_id: str) -> str:
+def describe_positions(clients: Clients, instance_id: str, open_id: str, sealed_id: str,
+                       recorded: list[dict[str, Any]]) -> str:
     """Which groups each ENI is on now, described after the fact."""
     try:
         with fail_safe():
@@ -508,9 +510,19 @@ def describe_positions(clients: Clients, instance_id: str, open_id: str, sealed_
         return f"where each ENI is could not be described ({describe_error(exc).code})"
     if inst is None:
         return "the instance no longer exists"
-    names = {open_id: "cordon-open (ALLOWS ALL)", sealed_id: "cordon-sealed"}
-    return "now: " + "; ".join(
-        f"{e['NetworkInterfaceId']} on "
-        + (", ".join(names.get(g["GroupId"], g.get("GroupName") or g["GroupId"])
-                     for g in e.get("Groups", [])) or "no group")
-        for e in inst.get("NetworkInterfaces", []))
+    own = {e["id"]: sorted(g["id"] for g in e["groups"]) for e in recorded}
+    names = {open_id: "cordon-open", sealed_id: "cordon-sealed"}
+    lines = []
+    for eni in inst.get("NetworkInterfaces", []):
+        groups = eni.get("Groups", [])
+        ids = sorted(g["GroupId"] for g in groups)
+        label = ", ".join(names.get(g["GroupId"], g.get("GroupName") or g["GroupId"])
+                          for g in groups) or "no group"
+        if ids == [sealed_id]:
+            label += " (sealed)"
+        elif open_id in ids:
+            label += " (ALLOWS ALL TRAFFIC)"
+        elif ids == own.get(eni["NetworkInterfaceId"]):
+            label += " (its own groups, as before)"
+        lines.append(f"{eni['NetworkInterfaceId']} on {label}")
+    return "described after the fact: " + "; ".join(lines)

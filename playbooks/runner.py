@@ -61,20 +61,24 @@ class Timeline(Protocol):
     def note(self, incident: Incident, text: str) -> None: ...
 
 
-# Who runs: this host, this process, this start of it. A process that starts again (same
-# host, and the same pid in a container) recognises the runs of its earlier life.
-HOST = socket.gethostname()[:32]
+# Who runs: this host (or CORDON_WORKER_ID, where host names are not unique), this
+# process, this start of it. A process that starts again (same host, and the same pid
+# in a container) recognises the runs of its earlier life.
 BOOT = uuid.uuid4().hex[:8]
 
 
+def worker_host() -> str:
+    return (os.environ.get("CORDON_WORKER_ID") or socket.gethostname()).replace(":", "-")[:32]
+
+
 def process_owner() -> str:
-    return f"{HOST}:{os.getpid()}:{BOOT}"
+    return f"{worker_host()}:{os.getpid()}:{BOOT}"
 
 
 def owner_is_dead(owner: str) -> bool:
     """An owner recorded by an earlier life of a process on this host, now gone."""
     parts = owner.split(":")
-    if len(parts) < 3 or parts[0] != HOST or not parts[1].isdigit():
+    if len(parts) < 3 or parts[0] != worker_host() or not parts[1].isdigit():
         return False
     pid, boot = int(parts[1]), parts[2]
     if boot == BOOT:

@@ -245,7 +245,9 @@ def test_an_aws_failure_is_reported_with_its_code_and_nothing_is_lost(
     assert incident.status == "failed"
     thread = [m.text for m in fake_slack.thread(CHANNEL, card.ts)]
     failure = next(t for t in thread if "isolate-security-groups" in t and "failed" in t)
-    assert "UnauthorizedOperation" in failure and "original groups" in failure
+    assert "UnauthorizedOperation" in failure
+    # Where each ENI is, described after the fact: back on its own groups.
+    assert failure.count("(its own groups, as before)") == len(before)
     assert any(t.startswith("❌ *Failed*") for t in thread)
     steps = bot.deps.store.steps(incident.id)
     assert steps[0].error_code == "UnauthorizedOperation"
@@ -257,10 +259,10 @@ def test_an_aws_failure_is_reported_with_its_code_and_nothing_is_lost(
 def test_the_ack_comes_back_fast_even_when_aws_is_slow(
         bot: RunningBot, world: sandbox_world.World, aws_trace: AwsTrace) -> None:
     aws_trace.delay["DescribeInstances"] = 4.0
-    started = time.monotonic()
     status, body = bot.slack.command(DANA, CHANNEL, f"{world.instance_id} isolate slow aws")
     assert status == 200 and "Looking up" in body
-    assert time.monotonic() - started < 3.0
+    # The ack did not wait for AWS: the look-up is still under way when it arrives.
+    assert bot.slack.fake.channel_messages(CHANNEL) == []
     card_of(bot.slack.fake)  # the card still arrives once AWS answers
 
 

@@ -17,6 +17,7 @@ so a rule matches on the action name and the decoded parameters."""
 from __future__ import annotations
 
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -55,6 +56,7 @@ class Seen:
     params: Params
     service: str
     answered: str  # "forwarded" or the effect that answered it
+    applied_at: float = 0.0  # monotonic time moto's answer came back (forwarded calls)
 
 
 @dataclass
@@ -62,6 +64,8 @@ class FaultyAws:
     upstream: str
     rules: list[Rule] = field(default_factory=list)
     seen: list[Seen] = field(default_factory=list)
+    # Added to every request on its way in (the round trip to a real AWS region).
+    latency: float = 0.0
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -167,8 +171,11 @@ class FaultyAws:
                 auth = self.headers.get("Authorization", "")
                 service = auth.split("Credential=", 1)[-1].split("/")[3] if "/" in auth else ""
                 effect = proxy._pick(action, params) if action else None
+                seen = Seen(action, params, service, effect or "forwarded")
                 with proxy._lock:
-                    proxy.seen.append(Seen(action, params, service, effect or "forwarded"))
+                    proxy.seen.append(seen)
+                if proxy.latency:
+                    time.sleep(proxy.latency)
                 if effect == "hold":
                     with proxy._held:
                         proxy.holding += 1
@@ -193,6 +200,7 @@ class FaultyAws:
                                  template.format(code=code, message=message).encode())
                     return
                 status, headers, answer = self._forward(body)
+                seen.applied_at = time.monotonic()
                 if effect == "drop":
                     self.close_connection = True
                     self.connection.close()
