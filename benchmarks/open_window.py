@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                                                        "replica_takeover"))
     finally:
         aws.stop()
-    print(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2, ensure_ascii=False))
     return 0 if result["met"] else 1
 
 

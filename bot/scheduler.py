@@ -29,6 +29,11 @@ def sweep(deps: Deps) -> dict[str, int]:
         with incident_context(incident.id):
             log.info("snapshots finished", extra={"snapshots": states})
             deps.timeline.post(incident, blocks.render_snapshot_report(states))
+    for incident, note in deps.cordon.expire_revocations():
+        with incident_context(incident.id):
+            log.info("revocation removed", extra={"note": note})
+            deps.timeline.post(incident, "🧹 Every credential issued before the containment "
+                               f"has now expired: {note}.")
     resumed = take_over(deps)
     sent = deps.timeline.flush()
     return {"expired": len(expired), "resumed": len(resumed), "resent": sent}

@@ -12,6 +12,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from handlers import revocation
 from handlers.aws import Clients, describe_error, parallel
 from handlers.base import (
     Action,
@@ -203,7 +204,14 @@ class _DenyOlderSessions(Action):
         now = _now()
         document = deny_older_sessions(now)
         self._call(ctx, "put", captured["principal"], PolicyDocument=json.dumps(document))
-        return Outcome(self._said(captured["principal"], now), {"policy": document})
+        until = revocation.stamp(revocation.until_of(
+            self.kind, datetime.strptime(now, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)))
+        record = {"kind": self.kind, "principal": captured["principal"],
+                  "policy": self.policy_name, "sid": None, "cutoff": now, "until": until}
+        return Outcome(self._said(captured["principal"], now)
+                       + f". It stays until {until}, when every session it could hit has "
+                       "expired — a release does not remove it",
+                       {"policy": document, "revocations": [record]})
 
     @abstractmethod
     def _said(self, principal: str, now: str) -> str:
@@ -215,20 +223,22 @@ class _DenyOlderSessions(Action):
         return f"{self.policy_name} in place"
 
     def describe_undo(self, captured: dict[str, Any]) -> str:
-        return f"remove {self.policy_name} from {captured.get('principal')}"
+        return (f"nothing: {self.policy_name} on {captured.get('principal')} stays until every "
+                "session it could hit has expired")
 
     def undo(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
-        principal = captured["principal"]
-        if captured.get("prior_policy"):
-            self._call(ctx, "put", principal,
-                       PolicyDocument=json.dumps(captured["prior_policy"]))
-            return Outcome(f"{self.policy_name} back to its earlier version")
-        try:
-            self._call(ctx, "delete", principal)
-        except ClientError as exc:
-            if not _no_such_entity(exc):
-                raise
-        return Outcome(f"{self.policy_name} removed from {principal}")
+        """The revocation stays: removing it would bring back to life the sessions an
+        attacker may hold. The sweep removes it once they have all expired."""
+        current = self._get(ctx, captured["principal"])
+        cutoffs = sorted({st.get("Condition", {}).get("DateLessThan", {})
+                          .get("aws:TokenIssueTime", "")
+                          for st in (current or {}).get("Statement", [])} - {""})
+        if not cutoffs:
+            return Outcome(f"{self.policy_name} is no longer on {captured['principal']}")
+        cutoff = datetime.strptime(cutoffs[-1], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        until = revocation.stamp(revocation.until_of(self.kind, cutoff))
+        return Outcome(f"{self.policy_name} kept on {captured['principal']} until {until}, "
+                       "when every session issued before the containment has expired")
 
 
 @register
@@ -236,7 +246,7 @@ class RevokeSessions(_DenyOlderSessions):
     name = "revoke-sessions"
     description = ("deny everything to the user's sessions issued before now (those minted "
                    "from the key with GetSessionToken or GetFederationToken)")
-    permissions = ("iam:GetUserPolicy", "iam:PutUserPolicy", "iam:DeleteUserPolicy")
+    permissions = ("iam:GetUserPolicy", "iam:PutUserPolicy")
 
     def _said(self, principal: str, now: str) -> str:
         return (f"inline policy {USER_POLICY} on {principal}: deny * to sessions issued "
@@ -248,7 +258,7 @@ class RevokeRoleSessions(_DenyOlderSessions):
     name = "revoke-role-sessions"
     description = ("deny everything to every session of the role issued before now — ALL "
                    "of them, legitimate ones too (AWSRevokeOlderSessions)")
-    permissions = ("iam:GetRolePolicy", "iam:PutRolePolicy", "iam:DeleteRolePolicy")
+    permissions = ("iam:GetRolePolicy", "iam:PutRolePolicy")
     kind = "role"
     policy_name = ROLE_POLICY
 

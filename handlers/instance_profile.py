@@ -4,37 +4,21 @@ for this instance only, so that other instances sharing the role keep working.""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from botocore.exceptions import ClientError
 
+from handlers import revocation
 from handlers.aws import describe_error
-from handlers.base import Action, Outcome, StepContext, VerificationFailed, register
-
-
-def revocation_policy_name(instance_id: str) -> str:
-    return f"cordon-revoke-{instance_id}"
-
-
-def revocation_policy(instance_arn: str, issued_before: str) -> dict[str, Any]:
-    """Deny everything to credentials that were issued to this instance before now.
-    `aws:TokenIssueTime` exists for temporary credentials — which is what an instance
-    profile hands out — and `ec2:SourceInstanceARN` names the instance they were
-    delivered to."""
-    return {
-        "Version": "2012-10-17",
-        "Statement": [{
-            "Sid": "CordonRevokeInstanceSessions",
-            "Effect": "Deny",
-            "Action": "*",
-            "Resource": "*",
-            "Condition": {
-                "StringEquals": {"ec2:SourceInstanceARN": instance_arn},
-                "DateLessThan": {"aws:TokenIssueTime": issued_before},
-            },
-        }],
-    }
+from handlers.base import (
+    Action,
+    Outcome,
+    StepContext,
+    StepFailed,
+    VerificationFailed,
+    register,
+)
 
 
 def profile_association(ctx: StepContext) -> dict[str, Any] | None:
@@ -60,22 +44,17 @@ def _role_of(ctx: StepContext, profile_arn: str) -> str | None:
     return str(roles[0]["RoleName"]) if roles else None
 
 
-def _current_policy(ctx: StepContext, role: str, name: str) -> dict[str, Any] | None:
-    try:
-        doc = ctx.clients.client("iam").get_role_policy(RoleName=role, PolicyName=name)
-    except ClientError as exc:
-        if describe_error(exc).code == "NoSuchEntity":
-            return None
-        raise
-    document = doc["PolicyDocument"]
-    return json.loads(document) if isinstance(document, str) else dict(document)
+# Credentials issued up to this long after the disassociation are denied too: the clocks
+# of Cordon's host and of AWS may differ a little, and the instance gets no new
+# credentials once its profile is gone anyway.
+CUTOFF_MARGIN = timedelta(seconds=60)
 
 
 @register
 class RemoveInstanceProfile(Action):
     name = "remove-instance-profile"
-    description = ("revoke the credentials the instance already holds (a deny on its role for "
-                   "this instance only), then disassociate its instance profile")
+    description = ("disassociate its instance profile, then revoke the credentials the "
+                   "instance already holds (a deny on its role for this instance only)")
     permissions = (
         "ec2:DescribeIamInstanceProfileAssociations",
         "ec2:DisassociateIamInstanceProfile",
@@ -83,65 +62,110 @@ class RemoveInstanceProfile(Action):
         "iam:GetInstanceProfile",
         "iam:GetRolePolicy",
         "iam:PutRolePolicy",
-        "iam:DeleteRolePolicy",
         "iam:PassRole",
     )
 
+    def _role(self, ctx: StepContext, profile_arn: str | None) -> str | None:
+        if not profile_arn:
+            return None
+        if "role" not in ctx.memo:
+            ctx.memo["role"] = _role_of(ctx, profile_arn)
+        role: str | None = ctx.memo["role"]
+        return role
+
     def check(self, ctx: StepContext) -> bool:
-        # The deny is written before the profile is taken away, so no association left
-        # means both are done (or there was never a profile).
+        """Done when no profile is associated and, if the instance had one, its role
+        holds this instance's revocation (the profile goes first, so a crash between
+        the two leaves the revocation still to write)."""
         ctx.memo["association"] = profile_association(ctx)
-        return ctx.memo["association"] is None
+        if ctx.memo["association"] is not None:
+            return False
+        role = self._role(ctx, ctx.target.facts.get("instance_profile"))
+        if role is None:
+            return True
+        doc = revocation.get_role_policy(ctx.clients, role)
+        return revocation.statement_for(doc, ctx.target.resource_id) is not None
 
     def capture(self, ctx: StepContext) -> dict[str, Any]:
         assoc = ctx.memo.get("association") or profile_association(ctx)
+        if assoc is None and ctx.target.facts.get("instance_profile"):
+            # Already disassociated (an earlier attempt): the revocation is still owed.
+            assoc = {"id": None, "profile_arn": ctx.target.facts["instance_profile"]}
         if assoc is None:
             return {"association": None}
-        role = _role_of(ctx, assoc["profile_arn"])
-        name = revocation_policy_name(ctx.target.resource_id)
-        return {"association": assoc, "role": role, "policy_name": name,
-                "prior_policy": _current_policy(ctx, role, name) if role else None}
+        return {"association": assoc, "role": self._role(ctx, assoc["profile_arn"]),
+                "policy_name": revocation.ROLE_POLICY}
 
     def apply(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
         assoc = captured["association"]
         if assoc is None:
             return Outcome("no instance profile", {"revoked": False})
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        document = revocation_policy(_instance_arn(ctx), now)
-        parts = []
-        if captured.get("role"):
-            ctx.clients.client("iam").put_role_policy(
-                RoleName=captured["role"], PolicyName=captured["policy_name"],
-                PolicyDocument=json.dumps(document))
-            parts.append(
-                f"credentials issued to this instance before {now} revoked: role "
-                f"{captured['role']} now denies * to them (policy {captured['policy_name']}, "
-                "condition ec2:SourceInstanceARN + aws:TokenIssueTime); other instances "
-                "using the role keep working")
-        ctx.clients.ec2.disassociate_iam_instance_profile(AssociationId=assoc["id"])
-        parts.insert(0, f"{assoc['profile_arn'].rsplit('/', 1)[-1]} disassociated")
-        return Outcome("; ".join(parts), {"revoked": bool(captured.get("role")),
-                                          "policy": document, "issued_before": now})
+        name = assoc["profile_arn"].rsplit("/", 1)[-1]
+        # First the profile goes: from now on the instance gets no new credentials.
+        if assoc.get("id"):
+            ctx.clients.ec2.disassociate_iam_instance_profile(AssociationId=assoc["id"])
+        parts = [f"{name} disassociated"]
+        role = captured.get("role")
+        if not role:
+            return Outcome(parts[0] + "; its profile has no role", {"revoked": False})
+        # Then every credential it was handed before that moment is denied.
+        cutoff = datetime.now(UTC).replace(microsecond=0) + CUTOFF_MARGIN
+        statement = revocation.instance_statement(ctx.target.resource_id, _instance_arn(ctx),
+                                                  cutoff)
+        iam = ctx.clients.client("iam")
+        try:
+            document = revocation.merged(revocation.get_role_policy(ctx.clients, role),
+                                         ctx.target.resource_id, statement, datetime.now(UTC))
+            iam.put_role_policy(RoleName=role, PolicyName=revocation.ROLE_POLICY,
+                                PolicyDocument=json.dumps(document))
+        except (revocation.PolicyTooLarge, ClientError) as exc:
+            err = describe_error(exc)
+            code = "LimitExceeded" if isinstance(exc, revocation.PolicyTooLarge) else err.code
+            raise StepFailed(code, f"the revocation could not be written on role {role}: "
+                             f"{err.message}. Credentials the instance already holds stay "
+                             "valid until they expire (up to 12 h): free inline-policy space "
+                             f"on {role} and retry, or rotate what the role can reach",
+                             f"{name} disassociated (the instance gets no new credentials)"
+                             ) from exc
+        until = revocation.until_of("instance", cutoff)
+        parts.append(
+            f"credentials issued to this instance before {revocation.stamp(cutoff)} revoked: "
+            f"role {role} denies * to them ({revocation.ROLE_POLICY}, statement "
+            f"{statement['Sid']}: ec2:SourceInstanceARN + aws:TokenIssueTime); other "
+            f"instances using the role keep working. The revocation stays until "
+            f"{revocation.stamp(until)}, when every credential it could hit has expired "
+            "— a release does not remove it")
+        record = {"kind": "instance", "principal": role, "policy": revocation.ROLE_POLICY,
+                  "sid": statement["Sid"], "cutoff": revocation.stamp(cutoff),
+                  "until": revocation.stamp(until)}
+        return Outcome("; ".join(parts), {"revoked": True, "statement": statement,
+                                          "issued_before": revocation.stamp(cutoff),
+                                          "revocations": [record]})
 
     def verify(self, ctx: StepContext, captured: dict[str, Any], outcome: Outcome) -> str:
         if captured["association"] is None:
             return "no instance profile"
         if profile_association(ctx) is not None:
             raise VerificationFailed("the instance profile is still associated")
-        if captured.get("role"):
-            stored = _current_policy(ctx, captured["role"], captured["policy_name"])
-            if stored != outcome.details["policy"]:
-                raise VerificationFailed(f"{captured['policy_name']} is not in place")
-        return "no profile associated; revocation policy in place"
+        if outcome.details.get("revoked"):
+            doc = revocation.get_role_policy(ctx.clients, captured["role"])
+            if revocation.statement_for(doc, ctx.target.resource_id) != \
+                    outcome.details["statement"]:
+                raise VerificationFailed(f"{revocation.ROLE_POLICY} does not hold the "
+                                         "revocation")
+            return "no profile associated; revocation in place"
+        return "no profile associated"
 
     def describe_undo(self, captured: dict[str, Any]) -> str:
         if not captured.get("association"):
             return "nothing (it had no instance profile)"
         return (f"re-associate {captured['association']['profile_arn'].rsplit('/', 1)[-1]}"
-                + (f", remove {captured['policy_name']} from role {captured['role']}"
-                   if captured.get("role") else ""))
+                + (f" (the revocation on role {captured['role']} stays until every "
+                   "credential it could hit has expired)" if captured.get("role") else ""))
 
     def undo(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
+        """Re-associate the profile. The revocation stays: removing it would bring back to
+        life credentials an attacker may hold; the sweep removes it once they expired."""
         assoc = captured.get("association")
         if not assoc:
             return Outcome("nothing to restore")
@@ -149,16 +173,11 @@ class RemoveInstanceProfile(Action):
             ctx.clients.ec2.associate_iam_instance_profile(
                 IamInstanceProfile={"Arn": assoc["profile_arn"]},
                 InstanceId=ctx.target.resource_id)
+        said = f"{assoc['profile_arn'].rsplit('/', 1)[-1]} re-associated (new credentials work)"
         if captured.get("role"):
-            iam = ctx.clients.client("iam")
-            if captured.get("prior_policy"):
-                iam.put_role_policy(RoleName=captured["role"], PolicyName=captured["policy_name"],
-                                    PolicyDocument=json.dumps(captured["prior_policy"]))
-            else:
-                try:
-                    iam.delete_role_policy(RoleName=captured["role"],
-                                           PolicyName=captured["policy_name"])
-                except ClientError as exc:
-                    if describe_error(exc).code != "NoSuchEntity":
-                        raise
-        return Outcome(self.describe_undo(captured))
+            doc = revocation.get_role_policy(ctx.clients, captured["role"])
+            until = revocation.until_in(revocation.statement_for(doc, ctx.target.resource_id))
+            if until is not None:
+                said += ("; the credentials it held before the containment stay revoked "
+                         f"until {revocation.stamp(until)}, when every one of them has expired")
+        return Outcome(said)

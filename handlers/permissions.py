@@ -9,6 +9,7 @@ from handlers.access_keys import LOOKUP_PERMISSIONS as KEY_LOOKUP
 from handlers.base import all_actions
 from handlers.ec2_lookup import PERMISSIONS as INSTANCE_LOOKUP
 from handlers.isolation import PREPARE_PERMISSIONS, IsolateSecurityGroups
+from handlers.revocation import PERMISSIONS as REVOCATION_EXPIRY
 
 LOOKUPS: dict[str, tuple[str, ...]] = {
     "lookup-instance": INSTANCE_LOOKUP,
@@ -16,6 +17,7 @@ LOOKUPS: dict[str, tuple[str, ...]] = {
                      "ec2:DescribeRouteTables"),
     "lookup-key": KEY_LOOKUP,
     "snapshot-follow-up": ("ec2:DescribeSnapshots",),
+    "revocation-expiry": REVOCATION_EXPIRY,
     "prepare": PREPARE_PERMISSIONS + IsolateSecurityGroups.permissions,
     "assume-role": ("sts:AssumeRole", "sts:SetSourceIdentity"),
     "preflight": ("sts:GetCallerIdentity", "ec2:DescribeInstances", "ec2:DescribeSecurityGroups",

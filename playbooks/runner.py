@@ -391,6 +391,9 @@ class Runner:
         log.info("step finished", extra={"step": step.name, "status": values["status"],
                                          "duration_ms": values["duration_ms"],
                                          "error_code": values.get("error_code")})
+        if outcome is not None and outcome.details.get("revocations") and \
+                values["status"] in DONE:
+            self.store.add_revocations(incident.id, outcome.details["revocations"])
         kept = []
         if outcome is not None and outcome.artifacts and values["status"] in DONE:
             kept = [self.store.add_evidence(incident.id, step.name, a.name, a.media_type,

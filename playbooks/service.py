@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from handlers import access_keys, ec2_lookup
@@ -222,6 +223,32 @@ class Cordon:
             if finished and self.store.claim_snapshot_report(incident.id) and states:
                 reports.append((incident, states))
         return reports
+
+    def expire_revocations(self, now: datetime | None = None) -> list[tuple[Incident, str]]:
+        """Remove the revocations whose tokens have all expired, each once; what was done,
+        by incident, for its thread."""
+        from handlers.revocation import expire
+
+        moment = now or utcnow()
+        done = []
+        for rev in self.store.revocations_due(moment):
+            incident = self.store.get(rev.incident_id)
+            if incident is None:
+                continue
+            try:
+                with acting_as("revocation-expiry"):
+                    clients = self.clients_for(incident.region,
+                                               (incident.facts or {}).get("account_name"))
+                    note = expire(clients, {"kind": rev.kind, "principal": rev.principal,
+                                            "policy": rev.policy, "sid": rev.sid,
+                                            "cutoff": rev.cutoff}, moment.replace(tzinfo=UTC))
+            except Exception as exc:
+                log.warning("revocation not removed yet", extra={
+                    "incident": incident.id, "error": describe_error(exc).code})
+                continue
+            if self.store.claim_revocation(rev.id, note):
+                done.append((incident, note))
+        return done
 
     def open_key_request(self, key_id: str, reason: str, requester: str, channel_id: str,
                          options: dict[str, str], lookback_days: int = 7) -> Incident:

@@ -170,6 +170,24 @@ class OutboxMessage(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
+class Revocation(Base):
+    """A deny on credentials issued before a cut-off. Kept through a release; removed
+    by the sweep once every token it could hit has expired (`remove_after`)."""
+
+    __tablename__ = "revocations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    incident_id: Mapped[str] = mapped_column(ForeignKey("incidents.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # instance | role | user
+    principal: Mapped[str] = mapped_column(String(128))
+    policy: Mapped[str] = mapped_column(String(128))
+    sid: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    cutoff: Mapped[str] = mapped_column(String(32))
+    remove_after: Mapped[datetime] = mapped_column(index=True)
+    removed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    note: Mapped[str] = mapped_column(Text, default="")
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
@@ -522,6 +540,35 @@ class Store:
                 Incident.status == RUNNING)))
         with self.session() as s:
             result = s.execute(query.values(**values))
+            return result.rowcount == 1  # type: ignore[attr-defined]
+
+    # revocations --------------------------------------------------------------------
+
+    def add_revocations(self, incident_id: str, records: list[dict[str, Any]]) -> None:
+        with self.session() as s:
+            for rec in records:
+                until = datetime.strptime(rec["until"], "%Y-%m-%dT%H:%M:%SZ")
+                s.add(Revocation(incident_id=incident_id, kind=rec["kind"],
+                                 principal=rec["principal"], policy=rec["policy"],
+                                 sid=rec.get("sid"), cutoff=rec["cutoff"], remove_after=until))
+
+    def revocations(self, incident_id: str) -> list[Revocation]:
+        with self.session() as s:
+            return list(s.scalars(select(Revocation).where(Revocation.incident_id == incident_id)
+                                  .order_by(Revocation.id)))
+
+    def revocations_due(self, now: datetime | None = None) -> list[Revocation]:
+        with self.session() as s:
+            return list(s.scalars(select(Revocation).where(
+                Revocation.removed_at.is_(None), Revocation.remove_after <= (now or utcnow()))
+                .order_by(Revocation.remove_after)))
+
+    def claim_revocation(self, revocation_id: int, note: str) -> bool:
+        """Recorded as removed once, whichever replica's sweep removed it."""
+        with self.session() as s:
+            result = s.execute(update(Revocation).where(
+                Revocation.id == revocation_id, Revocation.removed_at.is_(None)
+            ).values(removed_at=utcnow(), note=note[:1000]))
             return result.rowcount == 1  # type: ignore[attr-defined]
 
     # outbox ------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from datetime import timedelta
 from typing import Any
 
 import boto3
@@ -104,14 +105,23 @@ def test_full_is_the_default_and_contains_everything(
     assert after["termination_protection"] is True and after["stop_protection"] is True
     assert after["shutdown"] == "stop"
     assert not any(after["delete_on_termination"].values())
-    # The role denies everything to credentials issued to this instance before now.
-    policy = client("iam").get_role_policy(RoleName="web-prod",
-                                           PolicyName=f"cordon-revoke-{world.instance_id}")
-    statement = policy["PolicyDocument"]["Statement"][0]
+    # The role denies everything to credentials issued to this instance before the
+    # profile was taken away: one statement of the role's Cordon policy.
+    policy = client("iam").get_role_policy(RoleName="web-prod", PolicyName="cordon-revocations")
+    (statement,) = policy["PolicyDocument"]["Statement"]
+    assert statement["Sid"].startswith("CordonRevoke" + world.instance_id.replace("-", ""))
     assert statement["Effect"] == "Deny" and statement["Action"] == "*"
     assert statement["Condition"]["StringEquals"]["ec2:SourceInstanceARN"] == (
         f"arn:aws:ec2:us-east-1:123456789012:instance/{world.instance_id}")
     assert "aws:TokenIssueTime" in statement["Condition"]["DateLessThan"]
+    # The profile went first; the cut-off is taken after it was gone.
+    ops = [op for op, _ in aws_trace.calls]
+    assert ops.index("DisassociateIamInstanceProfile") < ops.index("PutRolePolicy")
+    (step,) = [st for st in bot.deps.store.steps(incident.id)
+               if st.name == "remove-instance-profile"]
+    cutoff = statement["Condition"]["DateLessThan"]["aws:TokenIssueTime"]
+    assert step.started_at is not None
+    assert cutoff > step.started_at.strftime("%Y-%m-%dT%H:%M:%SZ")
     # Evidence: snapshots of every volume and an image, tagged with the incident.
     snaps = client("ec2").describe_snapshots(Filters=[
         {"Name": "tag:cordon:incident", "Values": [incident.id]},
@@ -247,7 +257,23 @@ def test_release_puts_everything_back(
     bot.slack.click_button(LEE, CHANNEL, release_card.ts, "Approve")
     release = settled(bot, release_card)
     assert release.status == "released", release.summary
+    after = instance_state(world, fleet)
+    # Everything is back but the revocation of the credentials the instance held before:
+    # an attacker may have copied them. It stays until every one of them has expired.
+    assert after["role_policies"] == ["cordon-revocations"]
+    assert {**after, "role_policies": []} == before
+    (kept,) = bot.deps.store.revocations(contained.id)
+    assert kept.kind == "instance" and kept.removed_at is None
+    undo = next(t for t in thread(fake_slack, release_card)
+                if t.startswith("✅ *undo-remove-instance-profile*"))
+    assert "stay revoked until" in undo
+    # The sweep removes it only once the longest such credential has expired (12 h).
+    cordon = bot.deps.cordon
+    assert cordon.expire_revocations(kept.remove_after - timedelta(minutes=1)) == []
+    (done,) = cordon.expire_revocations(kept.remove_after + timedelta(seconds=1))
+    assert done[0].id == contained.id
     assert instance_state(world, fleet) == before
+    assert cordon.expire_revocations(kept.remove_after + timedelta(hours=1)) == []  # once
     assert tags(world.instance_id)["cordon:status"] == "released"
     assert bot.deps.store.get(contained.id).status == "released"  # type: ignore[union-attr]
     # Evidence stays.

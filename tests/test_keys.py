@@ -119,9 +119,19 @@ def test_console_off_and_release(bot: RunningBot, leaked: dict[str, str],
     released = approve(bot, release_card)
     assert released.status == "released", released.summary
     assert key_status(leaked["user"], leaked["key"]) == "Active"
+    # The sessions minted from the key before the containment stay revoked: a release
+    # must not bring back to life what an attacker may hold (36 h for GetSessionToken).
+    assert "cordon-revoke-sessions" in iam().list_user_policies(
+        UserName="deploy-bot")["PolicyNames"]
+    (kept,) = bot.deps.store.revocations(incident.id)
+    assert kept.kind == "user" and kept.principal == "deploy-bot"
+    assert (kept.remove_after - incident.decided_at).total_seconds() > 35 * 3600  # type: ignore[operator]
+    assert bot.deps.cordon.expire_revocations(kept.remove_after - timedelta(minutes=1)) == []
+    assert len(bot.deps.cordon.expire_revocations(kept.remove_after)) == 1
     assert "cordon-revoke-sessions" not in iam().list_user_policies(
         UserName="deploy-bot")["PolicyNames"]
     replies = " ".join(thread(fake_slack, release_card))
+    assert "kept on deploy-bot until" in replies
     assert "A rotated key is the better ending" in replies
     assert "re-create it" in replies  # the console password cannot come back by itself
 

@@ -1,0 +1,179 @@
+"""Revocations stay until every token they could hit has expired.
+
+A revocation denies everything to credentials issued before a cut-off
+(`aws:TokenIssueTime`). Removing it early would bring back to life whatever an
+attacker copied, so a release never removes one; it is removed by the sweep once the
+longest-lived token of its kind issued before the cut-off has expired:
+
+- `instance`: the credentials an instance profile hands out. EC2 rotates them and does
+  not document a maximum; they are seen to last about 6 hours. 12 hours — the longest
+  any role session can last — is kept.
+- `role`: sessions of a role (AWSRevokeOlderSessions): at most the role's maximum
+  session duration, 12 hours at most.
+- `user`: sessions minted from a user's key (GetSessionToken, GetFederationToken): at
+  most 36 hours.
+
+Instance revocations on one role share one inline policy, `cordon-revocations`, with a
+statement per instance (its Sid names the instance and the end of its usefulness), so
+that many incidents on one role fit in IAM's 10,240 characters of inline policy per
+role; statements whose tokens have all expired are pruned whenever it is written.
+
+moto stores these documents but evaluates no condition: the tests assert on the stored
+documents, not on a denied call."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from handlers.aws import Clients, describe_error
+
+LIFETIME = {"instance": timedelta(hours=12), "role": timedelta(hours=12),
+            "user": timedelta(hours=36)}
+ROLE_POLICY = "cordon-revocations"
+# IAM's limit on the inline policies of one role, whitespace excluded.
+ROLE_INLINE_LIMIT = 10240
+_SID = re.compile(r"^CordonRevoke(?P<instance>i[0-9a-f]+)Until(?P<until>\d{12})$")
+_TIME = "%Y-%m-%dT%H:%M:%SZ"
+
+PERMISSIONS = ("iam:GetRolePolicy", "iam:PutRolePolicy", "iam:DeleteRolePolicy",
+               "iam:GetUserPolicy", "iam:DeleteUserPolicy")
+
+
+class PolicyTooLarge(Exception):
+    pass
+
+
+def stamp(when: datetime) -> str:
+    return when.astimezone(UTC).strftime(_TIME)
+
+
+def until_of(kind: str, cutoff: datetime) -> datetime:
+    return cutoff + LIFETIME[kind]
+
+
+def instance_sid(instance_id: str, until: datetime) -> str:
+    return f"CordonRevoke{instance_id.replace('-', '')}Until{until.strftime('%Y%m%d%H%M')}"
+
+
+def instance_statement(instance_id: str, instance_arn: str, cutoff: datetime) -> dict[str, Any]:
+    """Deny everything to credentials issued to this instance before the cut-off.
+    `ec2:SourceInstanceARN` names the instance they were delivered to, so other
+    instances sharing the role keep working."""
+    return {
+        "Sid": instance_sid(instance_id, until_of("instance", cutoff)),
+        "Effect": "Deny",
+        "Action": "*",
+        "Resource": "*",
+        "Condition": {
+            "StringEquals": {"ec2:SourceInstanceARN": instance_arn},
+            "DateLessThan": {"aws:TokenIssueTime": stamp(cutoff)},
+        },
+    }
+
+
+def _statements(doc: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if not doc:
+        return []
+    found = doc.get("Statement", [])
+    return [found] if isinstance(found, dict) else list(found)
+
+
+def until_in(statement: dict[str, Any] | None) -> datetime | None:
+    """When an instance statement's tokens have all expired (from its Sid)."""
+    return _until(statement) if statement else None
+
+
+def _until(statement: dict[str, Any]) -> datetime | None:
+    m = _SID.match(str(statement.get("Sid", "")))
+    if not m:
+        return None
+    return datetime.strptime(m.group("until"), "%Y%m%d%H%M").replace(tzinfo=UTC)
+
+
+def statement_for(doc: dict[str, Any] | None, instance_id: str) -> dict[str, Any] | None:
+    prefix = f"CordonRevoke{instance_id.replace('-', '')}Until"
+    return next((s for s in _statements(doc) if str(s.get("Sid", "")).startswith(prefix)),
+                None)
+
+
+def merged(doc: dict[str, Any] | None, instance_id: str, statement: dict[str, Any],
+           now: datetime) -> dict[str, Any]:
+    """The role's Cordon policy with this instance's statement (replacing an earlier
+    one of the same instance only if the new one reaches further), without statements
+    whose tokens have all expired."""
+    prefix = f"CordonRevoke{instance_id.replace('-', '')}Until"
+    kept = []
+    for s in _statements(doc):
+        until = _until(s)
+        if until is not None and until <= now:
+            continue  # every token it could hit has expired
+        if str(s.get("Sid", "")).startswith(prefix):
+            continue
+        kept.append(s)
+    kept.append(statement)
+    document = {"Version": "2012-10-17", "Statement": kept}
+    if len(json.dumps(document, separators=(",", ":"))) > ROLE_INLINE_LIMIT:
+        raise PolicyTooLarge(f"{len(kept)} revocations do not fit in IAM's "
+                             f"{ROLE_INLINE_LIMIT} characters of inline policy per role")
+    return document
+
+
+def get_role_policy(clients: Clients, role: str, name: str = ROLE_POLICY
+                    ) -> dict[str, Any] | None:
+    try:
+        doc = clients.client("iam").get_role_policy(RoleName=role, PolicyName=name)
+    except ClientError as exc:
+        if describe_error(exc).code == "NoSuchEntity":
+            return None
+        raise
+    document = doc["PolicyDocument"]
+    return json.loads(document) if isinstance(document, str) else dict(document)
+
+
+def expire(clients: Clients, revocation: dict[str, Any], now: datetime) -> str:
+    """Remove a revocation whose tokens have all expired; returns what was done. A
+    revocation that a later incident has since replaced (a later cut-off) is left."""
+    iam = clients.client("iam")
+    kind, principal, policy = revocation["kind"], revocation["principal"], revocation["policy"]
+    if kind == "instance":
+        doc = get_role_policy(clients, principal, policy)
+        left = [s for s in _statements(doc) if s.get("Sid") != revocation["sid"]
+                and not ((u := _until(s)) is not None and u <= now)]
+        if doc is None or len(left) == len(_statements(doc)):
+            return f"{policy} on role {principal}: nothing left to remove"
+        if left:
+            iam.put_role_policy(RoleName=principal, PolicyName=policy,
+                                PolicyDocument=json.dumps({"Version": "2012-10-17",
+                                                           "Statement": left}))
+        else:
+            _delete(lambda: iam.delete_role_policy(RoleName=principal, PolicyName=policy))
+        return f"statement {revocation['sid']} removed from {policy} on role {principal}"
+    get = iam.get_role_policy if kind == "role" else iam.get_user_policy
+    delete = iam.delete_role_policy if kind == "role" else iam.delete_user_policy
+    key = "RoleName" if kind == "role" else "UserName"
+    try:
+        current = get(**{key: principal}, PolicyName=policy)["PolicyDocument"]
+    except ClientError as exc:
+        if describe_error(exc).code == "NoSuchEntity":
+            return f"{policy} on {kind} {principal} was already gone"
+        raise
+    current = json.loads(current) if isinstance(current, str) else current
+    cutoffs = {s.get("Condition", {}).get("DateLessThan", {}).get("aws:TokenIssueTime")
+               for s in _statements(current)}
+    if cutoffs != {revocation["cutoff"]}:
+        return f"{policy} on {kind} {principal} was replaced by a later revocation; kept"
+    _delete(lambda: delete(**{key: principal}, PolicyName=policy))
+    return f"{policy} removed from {kind} {principal}"
+
+
+def _delete(call: Any) -> None:
+    try:
+        call()
+    except ClientError as exc:
+        if describe_error(exc).code != "NoSuchEntity":
+            raise
