@@ -34,19 +34,31 @@ def _entry_args(rule: int, egress: bool, v4: str | None, v6: str | None) -> dict
     return args
 
 
-def denies_first(acl: dict[str, Any]) -> bool:
-    """In both directions the first rule for all of IPv4 denies, and so does the first
-    for all of IPv6 where the ACL has one (a VPC without IPv6 has none)."""
+FAMILIES = (("CidrBlock", "0.0.0.0/0"), ("Ipv6CidrBlock", "::/0"))
+
+
+def reachable_allows(acl: dict[str, Any]) -> list[dict[str, Any]]:
+    """The allow entries some packet can still reach, evaluated as AWS does: per
+    direction and address family, entries in rule-number order, the lowest matching
+    rule decides. An allow numbered below the first deny of all traffic (every protocol,
+    the whole family) lets something through; one above it is never reached."""
+    reached = []
     for egress in (False, True):
-        entries = sorted((e for e in acl.get("Entries", []) if e["Egress"] == egress),
-                         key=lambda e: e["RuleNumber"])
-        v4 = next((e for e in entries if e.get("CidrBlock") == "0.0.0.0/0"), None)
-        v6 = next((e for e in entries if e.get("Ipv6CidrBlock") == "::/0"), None)
-        if v4 is None or v4["RuleAction"] != "deny":
-            return False
-        if v6 is not None and v6["RuleAction"] != "deny":
-            return False
-    return True
+        for key, everything in FAMILIES:
+            entries = sorted((e for e in acl.get("Entries", [])
+                              if e["Egress"] == egress and e.get(key)),
+                             key=lambda e: e["RuleNumber"])
+            for entry in entries:
+                if entry["RuleAction"] == "allow":
+                    reached.append(entry)
+                elif str(entry.get("Protocol")) == "-1" and entry[key] == everything:
+                    break  # nothing below this rule is ever reached
+    return reached
+
+
+def isolates(acl: dict[str, Any]) -> bool:
+    """No packet in either direction, IPv4 or IPv6, can reach an allow entry."""
+    return not reachable_allows(acl)
 
 
 def _create_entry(ec2: Any, acl_id: str, args: dict[str, Any]) -> str | None:
@@ -114,8 +126,8 @@ class IsolateSubnetNacl(Action):
         if not by_subnet:
             return False
         if self._mode(ctx) == "insert":
-            return all(denies_first(s["acl"]) for s in by_subnet.values())
-        return mine is not None and denies_first(mine) and all(
+            return all(isolates(s["acl"]) for s in by_subnet.values())
+        return mine is not None and isolates(mine) and all(
             s["nacl_id"] == mine["NetworkAclId"] for s in by_subnet.values())
 
     def capture(self, ctx: StepContext) -> dict[str, Any]:
@@ -153,7 +165,7 @@ class IsolateSubnetNacl(Action):
                 {"ResourceType": "network-acl", "Tags": _tags(ctx.target.incident_id)}])
             mine = acl["NetworkAcl"]
         acl_id = str(mine["NetworkAclId"])
-        if not denies_first(mine):
+        if not isolates(mine):
             existing = {(e["RuleNumber"], e["Egress"]) for e in mine.get("Entries", [])}
             notes = parallel(lambda args: _create_entry(ec2, acl_id, args), [
                 _entry_args(1 + offset, egress, v4, v6)
@@ -191,7 +203,7 @@ class IsolateSubnetNacl(Action):
         ctx.memo.clear()
         by_subnet, _ = self._observe(ctx)
         wrong = [s for s in captured["subnets"]
-                 if s not in by_subnet or not denies_first(by_subnet[s]["acl"])]
+                 if s not in by_subnet or not isolates(by_subnet[s]["acl"])]
         if captured["mode"] == "replace":
             wrong += [s for s, v in by_subnet.items()
                       if v["nacl_id"] != outcome.details.get("isolation_acl")]

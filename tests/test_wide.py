@@ -14,7 +14,7 @@ import pytest
 from bot.sandbox.fake_slack import FakeSlack, Message
 from bot.sandbox.harness import RunningBot, wait_for
 from handlers import sandbox_world
-from handlers.network_acl import denies_first
+from handlers.network_acl import isolates
 from playbooks.store import FINAL_STATES, Incident
 from tests.conftest import AwsTrace, settle_card
 
@@ -119,7 +119,7 @@ def test_nacl_denies_all_both_ways_and_release_restores_the_association(
     incident = approve_twice(bot, card)
     assert incident.status == "contained", incident.summary
     now = acl_of(world.subnet_id)
-    assert now["NetworkAclId"] != original and denies_first(now)
+    assert now["NetworkAclId"] != original and isolates(now)
     assert {"cordon:role": "isolation-nacl"}.items() <= {
         t["Key"]: t["Value"] for t in now["Tags"]}.items()
     assert acl_of(network.other_subnet)["NetworkAclId"] == original  # other subnet untouched
@@ -140,7 +140,7 @@ def test_nacl_insert_mode_puts_deny_entries_first_and_removes_them_on_release(
     incident = approve_twice(bot, card)
     assert incident.status == "contained", incident.summary
     assert acl_of(world.subnet_id)["NetworkAclId"] == acl_id  # same ACL, new entries
-    assert denies_first(acl_of(world.subnet_id))
+    assert isolates(acl_of(world.subnet_id))
     added = sorted(set(entries(acl_id)) - set(before))
     assert [(n, egress, action) for n, egress, _, _, action in added] == [
         (1, False, "deny"), (1, True, "deny"), (2, False, "deny"), (2, True, "deny")]
@@ -166,6 +166,30 @@ def test_nacl_insert_on_a_full_acl_changes_nothing(
     failure = next(m.text for m in fake_slack.thread(CHANNEL, card.ts)
                    if "isolate-subnet-nacl* failed" in m.text)
     assert "NetworkAclFull" in failure and "nothing was changed" in failure
+
+
+def test_nacl_insert_is_not_fooled_by_a_deny_behind_an_allow(
+        bot: RunningBot, world: sandbox_world.World, network: sandbox_world.Network,
+        fake_slack: FakeSlack) -> None:
+    """Rule 1 allows 10.0.0.0/8, rule 2 denies everything: 10/8 still flows, so the ACL
+    is not "already isolated" — and no deny can go ahead of rule 1, so insert mode says
+    so and changes nothing."""
+    acl_id = acl_of(world.subnet_id)["NetworkAclId"]
+    for egress in (False, True):
+        ec2().create_network_acl_entry(NetworkAclId=acl_id, RuleNumber=1, Protocol="-1",
+                                       RuleAction="allow", Egress=egress,
+                                       CidrBlock="10.0.0.0/8")
+        ec2().create_network_acl_entry(NetworkAclId=acl_id, RuleNumber=2, Protocol="-1",
+                                       RuleAction="deny", Egress=egress,
+                                       CidrBlock="0.0.0.0/0")
+    assert not isolates(acl_of(world.subnet_id))
+    before = entries(acl_id)
+    card = request(bot, world.instance_id, "nacl mode=insert worm")
+    incident = approve_twice(bot, card)
+    assert incident.status == "failed"
+    steps = {s.name: s for s in bot.deps.store.steps(incident.id)}
+    assert steps["isolate-subnet-nacl"].error_code == "NetworkAclFull"  # not "skipped"
+    assert entries(acl_id) == before
 
 
 def test_route_leaves_only_the_local_route_and_release_restores_it(
