@@ -179,6 +179,9 @@ def _blast_blocks(incident: Incident) -> list[Block]:
         lines.append(f"… and {len(others) - 25} more")
     lines.append("*What changes*")
     lines += [f"• {escape(c)}" for c in blast.get("changes", [])] or ["• nothing found to change"]
+    if blast.get("still_open"):
+        lines.append("⚠️ *Not contained through these default routes, which stay*")
+        lines += [f"• {escape(c)}" for c in blast["still_open"]]
     return [_section("\n".join(lines))]
 
 

@@ -8,7 +8,13 @@ from typing import Any
 
 from handlers.aws import both, parallel
 from handlers.base import Action, Outcome, StepContext, VerificationFailed, register
-from handlers.subnets import internet_routes, route_destination, subnets_of
+from handlers.subnets import (
+    internet_routes,
+    other_exits,
+    route_destination,
+    route_tables,
+    subnets_of,
+)
 
 ROLE = "isolation-route-table"
 
@@ -129,12 +135,15 @@ class IsolateSubnetRoutes(Action):
 @register
 class RemoveInternetRoutes(Action):
     name = "remove-internet-routes"
-    description = ("remove every route to the VPC's internet gateway from every route table "
-                   "(the gateway stays attached); hits every instance in the VPC")
+    description = ("remove every route to the VPC's internet gateway and egress-only internet "
+                   "gateway from every route table (the gateways stay attached); hits every "
+                   "instance in the VPC")
     permissions = ("ec2:DescribeRouteTables", "ec2:DeleteRoute", "ec2:CreateRoute")
 
     def _routes(self, ctx: StepContext) -> list[dict[str, Any]]:
-        return internet_routes(ctx.clients, ctx.target.facts.get("vpc_id", ""))
+        tables = route_tables(ctx.clients, ctx.target.facts.get("vpc_id", ""))
+        ctx.memo["exits"] = other_exits(ctx.clients, "", tables)
+        return internet_routes(ctx.clients, "", tables)
 
     def check(self, ctx: StepContext) -> bool:
         ctx.memo["routes"] = self._routes(ctx)
@@ -149,22 +158,27 @@ class RemoveInternetRoutes(Action):
                                             **r["destination"]), captured["routes"])
         removed = "; ".join(f"{r['route_table_id']} {next(iter(r['destination'].values()))}"
                             f" → {r['gateway_id']}" for r in captured["routes"])
-        return Outcome(f"removed: {removed or 'no route to an internet gateway'}. The gateway "
-                       "stays attached (AWS refuses to detach it while anything depends on it); "
-                       "every instance in the VPC has lost its internet routes")
+        said = (f"removed: {removed or 'no route to an internet gateway'}. The gateway "
+                "stays attached (AWS refuses to detach it while anything depends on it); "
+                "every instance in the VPC has lost its internet routes")
+        exits = ctx.memo.get("exits") or []
+        if exits:
+            said += (". ⚠️ NOT contained through these default routes, which stay: "
+                     + "; ".join(exits))
+        return Outcome(said, {"still_open": exits})
 
     def verify(self, ctx: StepContext, captured: dict[str, Any], outcome: Outcome) -> str:
         left = self._routes(ctx)
         if left:
             raise VerificationFailed(f"{len(left)} route(s) to an internet gateway remain")
-        return "no route table in the VPC targets an internet gateway"
+        return "no route table in the VPC targets an internet or egress-only gateway"
 
     def describe_undo(self, captured: dict[str, Any]) -> str:
         return f"re-create {len(captured.get('routes', []))} route(s) to the internet gateway"
 
     def undo(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
         ec2 = ctx.clients.ec2
-        parallel(lambda r: ec2.create_route(RouteTableId=r["route_table_id"],
-                                            GatewayId=r["gateway_id"], **r["destination"]),
-                 captured["routes"])
+        parallel(lambda r: ec2.create_route(
+            RouteTableId=r["route_table_id"], **r["destination"],
+            **{r.get("target_key", "GatewayId"): r["gateway_id"]}), captured["routes"])
         return Outcome(self.describe_undo(captured).replace("re-create", "re-created"))

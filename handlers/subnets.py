@@ -49,12 +49,18 @@ def blast_radius(clients: Clients, facts: dict[str, Any], method: str,
                         for a in t.get("Associations", []) if a.get("SubnetId") in subnets}
             return [f"{s}: route table {explicit.get(s, 'main (implicit)')} → Cordon's "
                     "isolation route table (VPC-local route only)" for s in subnets]
+        tables = route_tables(clients, vpc_id)
+        exits.extend(other_exits(clients, vpc_id, tables))
         return [f"{r['route_table_id']}: route {next(iter(r['destination'].values()))} → "
-                f"{r['gateway_id']} removed" for r in internet_routes(clients, vpc_id)]
+                f"{r['gateway_id']} removed" for r in internet_routes(clients, vpc_id, tables)]
 
+    exits: list[str] = []
     found, changed = both(instances, changes)
-    return {"scope": "vpc" if method == "igw" else "subnet", "subnets": subnets,
-            "vpc_id": vpc_id, "others": _others(found, facts), "changes": changed}
+    radius = {"scope": "vpc" if method == "igw" else "subnet", "subnets": subnets,
+              "vpc_id": vpc_id, "others": _others(found, facts), "changes": changed}
+    if method == "igw":
+        radius["still_open"] = exits
+    return radius
 
 
 def _instances(clients: Clients, where: dict[str, Any]) -> list[dict[str, Any]]:
@@ -98,11 +104,54 @@ def route_destination(route: dict[str, Any]) -> dict[str, str]:
     return {}
 
 
-def internet_routes(clients: Clients, vpc_id: str) -> list[dict[str, Any]]:
-    """Every route of the VPC's route tables that targets an internet gateway."""
-    tables = clients.ec2.describe_route_tables(Filters=[
+# A route's target, and whether Cordon's `igw` removes it.
+INTERNET_TARGETS = (("GatewayId", "igw-"), ("EgressOnlyInternetGatewayId", "eigw-"))
+OTHER_TARGETS = ("NatGatewayId", "TransitGatewayId", "VpcPeeringConnectionId",
+                 "NetworkInterfaceId", "InstanceId", "CarrierGatewayId", "LocalGatewayId",
+                 "CoreNetworkArn", "GatewayId")
+DEFAULT_ROUTES = ("0.0.0.0/0", "::/0")
+
+
+def route_tables(clients: Clients, vpc_id: str) -> list[dict[str, Any]]:
+    tables: list[dict[str, Any]] = clients.ec2.describe_route_tables(Filters=[
         {"Name": "vpc-id", "Values": [vpc_id]}])["RouteTables"]
-    return [{"route_table_id": t["RouteTableId"], "gateway_id": r["GatewayId"],
-             "destination": route_destination(r)}
-            for t in tables for r in t.get("Routes", [])
-            if str(r.get("GatewayId", "")).startswith("igw-")]
+    return tables
+
+
+def _internet_target(route: dict[str, Any]) -> tuple[str, str] | None:
+    for key, prefix in INTERNET_TARGETS:
+        if str(route.get(key, "")).startswith(prefix):
+            return key, str(route[key])
+    return None
+
+
+def internet_routes(clients: Clients, vpc_id: str,
+                    tables: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Every route of the VPC's route tables that targets an internet gateway or an
+    egress-only internet gateway (IPv6)."""
+    found = []
+    for t in tables if tables is not None else route_tables(clients, vpc_id):
+        for r in t.get("Routes", []):
+            target = _internet_target(r)
+            if target:
+                found.append({"route_table_id": t["RouteTableId"], "target_key": target[0],
+                              "gateway_id": target[1], "destination": route_destination(r)})
+    return found
+
+
+def other_exits(clients: Clients, vpc_id: str,
+                tables: list[dict[str, Any]] | None = None) -> list[str]:
+    """Default routes out of the VPC that `igw` does not remove: through a NAT gateway,
+    a transit gateway, a peering connection, a VPN gateway, an appliance…"""
+    exits = []
+    for t in tables if tables is not None else route_tables(clients, vpc_id):
+        for r in t.get("Routes", []):
+            dest = r.get("DestinationCidrBlock") or r.get("DestinationIpv6CidrBlock")
+            if dest not in DEFAULT_ROUTES or _internet_target(r) or r.get("State") == "blackhole":
+                continue
+            for key in OTHER_TARGETS:
+                value = str(r.get(key) or "")
+                if value and value != "local":
+                    exits.append(f"{t['RouteTableId']}: {dest} → {value}")
+                    break
+    return exits

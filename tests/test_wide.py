@@ -49,7 +49,8 @@ def routes(vpc_id: str) -> dict[str, list[tuple[Any, ...]]]:
     tables = ec2().describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])
     return {t["RouteTableId"]: sorted((r.get("DestinationCidrBlock") or "",
                                        r.get("DestinationIpv6CidrBlock") or "",
-                                       r.get("GatewayId") or "") for r in t["Routes"])
+                                       r.get("GatewayId") or r.get("EgressOnlyInternetGatewayId")
+                                       or r.get("NatGatewayId") or "") for r in t["Routes"])
             for t in tables["RouteTables"]}
 
 
@@ -229,5 +230,38 @@ def test_igw_removes_every_internet_route_and_release_puts_them_back(
     assert not any(gw.startswith("igw-") for rs in after.values() for _, _, gw in rs)
     attached = ec2().describe_internet_gateways(InternetGatewayIds=[network.igw])
     assert attached["InternetGateways"][0]["Attachments"]  # the gateway stays attached
+    assert release(bot, incident).status == "released"
+    assert routes(world.vpc_id) == before
+
+
+def test_igw_removes_ipv6_egress_only_routes_and_names_the_ways_out_it_leaves(
+        bot: RunningBot, world: sandbox_world.World, network: sandbox_world.Network,
+        fake_slack: FakeSlack) -> None:
+    """An egress-only internet gateway's ::/0 route goes too; a default route through a
+    NAT gateway is not contained by `igw`: the card and the thread say so by id."""
+    eigw = ec2().create_egress_only_internet_gateway(VpcId=world.vpc_id)[
+        "EgressOnlyInternetGateway"]["EgressOnlyInternetGatewayId"]
+    other = ec2().create_route_table(VpcId=world.vpc_id)["RouteTable"]["RouteTableId"]
+    ec2().create_route(RouteTableId=other, DestinationIpv6CidrBlock="::/0",
+                       EgressOnlyInternetGatewayId=eigw)
+    nat_table = ec2().create_route_table(VpcId=world.vpc_id)["RouteTable"]["RouteTableId"]
+    alloc = ec2().allocate_address(Domain="vpc")["AllocationId"]
+    nat = ec2().create_nat_gateway(SubnetId=network.other_subnet,
+                                   AllocationId=alloc)["NatGateway"]["NatGatewayId"]
+    ec2().create_route(RouteTableId=nat_table, DestinationCidrBlock="0.0.0.0/0",
+                       NatGatewayId=nat)
+    before = routes(world.vpc_id)
+    card = request(bot, world.instance_id, "igw data leaving the VPC")
+    text = card_text(card)
+    assert "Not contained through" in text and nat in text
+    incident = approve_twice(bot, card)
+    assert incident.status == "contained", incident.summary
+    after = routes(world.vpc_id)
+    gone = [gw for rs in after.values() for _, _, gw in rs if gw.startswith(("igw-", "eigw-"))]
+    assert gone == []
+    assert ("0.0.0.0/0", "", nat) in after[nat_table]  # not Cordon's to remove
+    step = next(m.text for m in fake_slack.thread(CHANNEL, card.ts)
+                if m.text.startswith("✅ *remove-internet-routes*"))
+    assert eigw in step and f"{nat_table}: 0.0.0.0/0 → {nat}" in step
     assert release(bot, incident).status == "released"
     assert routes(world.vpc_id) == before
