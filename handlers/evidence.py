@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import base64
 import json
+import time
+from collections.abc import Callable
 from typing import Any
 
-from handlers.aws import describe_error, parallel
+from handlers.aws import Backoff, describe_error, is_retryable, parallel
 from handlers.base import (
     Action,
     Artifact,
@@ -36,11 +38,15 @@ def _incident_filter(ctx: StepContext) -> list[dict[str, Any]]:
             {"Name": "tag:cordon:instance", "Values": [ctx.target.resource_id]}]
 
 
-def _volumes(ctx: StepContext) -> list[str]:
+def _volumes(ctx: StepContext) -> tuple[list[str], str | None]:
+    """The instance's EBS volumes, and which of them is its root volume."""
     inst = describe_instance(ctx.clients, ctx.target.resource_id)
     if inst is None:
         raise StepFailed("InvalidInstanceID.NotFound", f"{ctx.target.resource_id} is gone")
-    return [m["Ebs"]["VolumeId"] for m in inst.get("BlockDeviceMappings", []) if "Ebs" in m]
+    maps = [m for m in inst.get("BlockDeviceMappings", []) if "Ebs" in m]
+    root = next((m["Ebs"]["VolumeId"] for m in maps
+                 if m.get("DeviceName") == inst.get("RootDeviceName")), None)
+    return [m["Ebs"]["VolumeId"] for m in maps], root
 
 
 @register
@@ -105,6 +111,26 @@ class CaptureEvidence(Observation):
         return f"{len(outcome.artifacts)} files"
 
 
+# Creating evidence must never happen twice because an answer was lost: the create
+# calls go out without botocore's own retries, and before each attempt Cordon looks for
+# what an earlier attempt made, by the incident's tag (applied at creation).
+CREATE_RETRY = Backoff(attempts=5, base=0.5, cap=4.0)
+
+
+def _create_once(find: Callable[[], Any], create: Callable[[Any], Any]) -> Any:
+    """find() what exists; create(found) what is missing; again after a pause when the
+    create failed in a way that may have landed (throttled, 5xx, answer lost)."""
+    delays = CREATE_RETRY.delays()
+    while True:
+        found = find()
+        try:
+            return create(found)
+        except Exception as exc:
+            if not delays or not is_retryable(exc):
+                raise
+        time.sleep(delays.pop(0))
+
+
 @register
 class SnapshotVolumes(Action):
     name = "snapshot-volumes"
@@ -114,33 +140,59 @@ class SnapshotVolumes(Action):
     reversible = False
 
     def _existing(self, ctx: StepContext) -> list[dict[str, Any]]:
-        resp = ctx.clients.ec2.describe_snapshots(OwnerIds=["self"],
-                                                  Filters=_incident_filter(ctx))
-        return list(resp.get("Snapshots", []))
+        # Only this step's snapshots: the image's own carry the incident too.
+        resp = ctx.clients.ec2.describe_snapshots(OwnerIds=["self"], Filters=[
+            *_incident_filter(ctx), {"Name": "tag:cordon:evidence", "Values": ["snapshot"]}])
+        return [s for s in resp.get("Snapshots", []) if s.get("State") != "error"]
 
     def check(self, ctx: StepContext) -> bool:
-        volumes, snaps = parallel(lambda f: f(ctx), [_volumes, self._existing])
-        ctx.memo["volumes"] = volumes
-        done = {s.get("VolumeId") for s in snaps}
-        return bool(volumes) and set(volumes) <= done
+        # Always apply: it finds what an earlier attempt made and records its ids.
+        return False
 
     def capture(self, ctx: StepContext) -> dict[str, Any]:
-        return {"volumes": ctx.memo.get("volumes") or _volumes(ctx)}
+        volumes, root = _volumes(ctx)
+        return {"volumes": volumes, "root": root}
 
     def apply(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
-        if not captured["volumes"]:
+        volumes = captured["volumes"]
+        if not volumes:
             return Outcome("no EBS volumes to snapshot", {"snapshots": []})
-        resp = ctx.clients.ec2.create_snapshots(
-            InstanceSpecification={"InstanceId": ctx.target.resource_id,
-                                   "ExcludeBootVolume": False},
-            Description=f"Cordon {ctx.target.incident_id}: evidence of {ctx.target.resource_id}",
-            TagSpecifications=[{"ResourceType": "snapshot",
-                                "Tags": evidence_tags(ctx, "snapshot")}],
-        )
-        snaps = [{"id": s["SnapshotId"], "volume": s.get("VolumeId"), "state": s.get("State")}
-                 for s in resp.get("Snapshots", [])]
-        return Outcome(", ".join(f"{s['id']} ({s['volume']})" for s in snaps),
-                       {"snapshots": snaps})
+        ec2 = ctx.clients.client("ec2", cut=True)
+        root = captured.get("root")
+
+        def create(existing: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            have = {s.get("VolumeId") for s in existing}
+            missing = [v for v in volumes if v not in have]
+            if not missing:
+                return existing
+            spec: dict[str, Any] = {"InstanceId": ctx.target.resource_id,
+                                    "ExcludeBootVolume": root not in missing}
+            done_data = [v for v in volumes if v not in missing and v != root]
+            if done_data:
+                spec["ExcludeDataVolumeIds"] = done_data
+            resp = ec2.create_snapshots(
+                InstanceSpecification=spec,
+                Description=f"Cordon {ctx.target.incident_id}: evidence of "
+                            f"{ctx.target.resource_id}",
+                TagSpecifications=[{"ResourceType": "snapshot",
+                                    "Tags": evidence_tags(ctx, "snapshot")}],
+            )
+            return [*existing, *resp.get("Snapshots", [])]
+
+        earlier: set[str] = set()
+
+        def find() -> list[dict[str, Any]]:
+            found = self._existing(ctx)
+            earlier.update(s["SnapshotId"] for s in found)
+            return found
+
+        result = _create_once(find, create)
+        snaps = [{"id": s["SnapshotId"], "volume": s.get("VolumeId"), "state": s.get("State"),
+                  "earlier": s["SnapshotId"] in earlier} for s in result]
+        said = ", ".join(f"{s['id']} ({s['volume']}"
+                         f"{', made by an earlier attempt' if s['earlier'] else ''})"
+                         for s in snaps)
+        return Outcome(said, {"snapshots": snaps})
 
     def verify(self, ctx: StepContext, captured: dict[str, Any], outcome: Outcome) -> str:
         ids = [s["id"] for s in outcome.details["snapshots"]]
@@ -163,31 +215,42 @@ class CreateImage(Action):
 
     def _existing(self, ctx: StepContext) -> list[dict[str, Any]]:
         resp = ctx.clients.ec2.describe_images(Owners=["self"], Filters=_incident_filter(ctx))
-        return list(resp.get("Images", []))
+        return [i for i in resp.get("Images", []) if i.get("State") not in ("failed", "error")]
 
     def check(self, ctx: StepContext) -> bool:
-        ctx.memo["images"] = self._existing(ctx)
-        return bool(ctx.memo["images"])
+        # Always apply: it finds an image an earlier attempt made and records its id.
+        return False
 
     def capture(self, ctx: StepContext) -> dict[str, Any]:
         return {}
 
     def apply(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
         name = f"cordon-{ctx.target.incident_id}-{ctx.target.resource_id}"
-        ec2 = ctx.clients.ec2
-        resp = ec2.create_image(
-            InstanceId=ctx.target.resource_id, Name=name, NoReboot=True,
-            Description=f"Cordon {ctx.target.incident_id}: evidence (taken without reboot)",
-            TagSpecifications=[{"ResourceType": "image", "Tags": evidence_tags(ctx, "image")}],
-        )
-        image = resp["ImageId"]
-        # The image's own snapshots carry the incident too, where EC2 already lists them.
-        found = ec2.describe_images(ImageIds=[image]).get("Images", [])
+        ec2 = ctx.clients.client("ec2", cut=True)
+
+        def create(found: list[dict[str, Any]]) -> tuple[str, bool]:
+            if found:
+                return str(found[0]["ImageId"]), True
+            resp = ec2.create_image(
+                InstanceId=ctx.target.resource_id, Name=name, NoReboot=True,
+                Description=f"Cordon {ctx.target.incident_id}: evidence (taken without reboot)",
+                # Tagged at creation: what a retry looks for. (AWS also takes a
+                # "snapshot" specification here for the image's snapshots; moto's server
+                # does not implement it, so they are tagged just after.)
+                TagSpecifications=[{"ResourceType": "image",
+                                    "Tags": evidence_tags(ctx, "image")}],
+            )
+            return str(resp["ImageId"]), False
+
+        image, earlier = _create_once(lambda: self._existing(ctx), create)
+        found = ctx.clients.ec2.describe_images(ImageIds=[image]).get("Images", [])
         snaps = [m["Ebs"]["SnapshotId"] for img in found for m in img.get("BlockDeviceMappings", [])
                  if m.get("Ebs", {}).get("SnapshotId")]
         if snaps:
-            ec2.create_tags(Resources=snaps, Tags=evidence_tags(ctx, "image-snapshot"))
-        return Outcome(f"{image} ({name}), no reboot", {"image": image, "image_snapshots": snaps})
+            ctx.clients.ec2.create_tags(Resources=snaps, Tags=evidence_tags(ctx, "image-snapshot"))
+        return Outcome(f"{image} ({name}), no reboot"
+                       + (" — made by an earlier attempt" if earlier else ""),
+                       {"image": image, "image_snapshots": snaps, "earlier": earlier})
 
     def verify(self, ctx: StepContext, captured: dict[str, Any], outcome: Outcome) -> str:
         image = outcome.details["image"]

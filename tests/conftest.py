@@ -15,9 +15,11 @@ from botocore.awsrequest import AWSResponse
 from sqlalchemy import create_engine, text
 
 from bot.sandbox.fake_slack import FakeSlack
+from bot.sandbox.faulty_aws import FaultyAws
 from bot.sandbox.harness import RunningBot, start_bot
-from handlers import sandbox_world
-from handlers.aws import ClientPool, acting, hook
+from handlers import autoscaling, evidence, isolation, sandbox_world
+from handlers.aws import Backoff, ClientPool, acting, hook
+from handlers.isolation import prepare_vpcs
 from handlers.permissions import declared, iam_action
 from playbooks.store import Store
 
@@ -172,6 +174,59 @@ def bot(fake_slack: FakeSlack, world: sandbox_world.World, database_url: str,
     yield running
     running.stop()
     # Every AWS call belongs to a unit that declared it (the IAM policy comes from these).
+    assert aws_trace.undeclared() == []
+
+
+class ProxiedSession(boto3.session.Session):
+    """A boto3 session whose clients speak to the fault layer instead of moto."""
+
+    endpoint = ""
+
+    def client(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("endpoint_url", self.endpoint)
+        return super().client(*args, **kwargs)
+
+
+@pytest.fixture
+def faulty(local_aws: sandbox_world.LocalAws) -> Iterator[FaultyAws]:
+    """The fault layer between the bot and moto's server."""
+    proxy = FaultyAws(local_aws.url).start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def groups(world: sandbox_world.World) -> dict[str, str]:
+    """The VPC's isolation groups, made ahead (`prepare`)."""
+    (row,) = prepare_vpcs(ClientPool().for_region("us-east-1"), [world.vpc_id])
+    return {"open": row["open"], "sealed": row["sealed"]}
+
+
+@pytest.fixture
+def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> Backoff:
+    quick = Backoff(attempts=4, base=0.05, cap=0.2)
+    for module, names in ((isolation, ("SEAL_RETRY", "RESTORE_RETRY")),
+                          (autoscaling, ("READ_RETRY",)), (evidence, ("CREATE_RETRY",))):
+        for name in names:
+            monkeypatch.setattr(module, name, quick)
+    return quick
+
+
+@pytest.fixture
+def faulty_bot(fake_slack: FakeSlack, world: sandbox_world.World, faulty: FaultyAws,
+               tmp_path: Any, aws_trace: AwsTrace) -> Iterator[RunningBot]:
+    """The bot (SQLite) with every AWS call going through the fault layer."""
+    def session() -> boto3.session.Session:
+        s = ProxiedSession()
+        s.endpoint = faulty.url
+        hook(s, "before-parameter-build.*.*", aws_trace._before_call)
+        return s
+
+    running = start_bot(fake_slack, f"sqlite:///{tmp_path}/cordon.db",
+                        approvers="S0ONCALL,U0ALEX", session_factory=session,
+                        CORDON_LEASE_SECONDS="4")
+    yield running
+    running.stop()
     assert aws_trace.undeclared() == []
 
 

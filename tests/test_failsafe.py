@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +22,11 @@ from sqlalchemy import update
 
 from bot.sandbox.fake_slack import FakeSlack
 from bot.sandbox.faulty_aws import FaultyAws
-from bot.sandbox.harness import RunningBot, start_bot, wait_for
+from bot.sandbox.harness import RunningBot, wait_for
 from bot.sandbox.signed import SignedSlack
 from bot.scheduler import take_over
-from handlers import autoscaling, isolation, sandbox_world
-from handlers.aws import Backoff, ClientPool, hook
-from handlers.isolation import prepare_vpcs
+from handlers import sandbox_world
+from handlers.aws import Backoff
 from playbooks.service import ContainRequest
 from playbooks.store import FAILED, RUNNING, Incident, utcnow
 from tests.conftest import AwsTrace, settle, settle_card
@@ -52,55 +50,6 @@ def eni_groups(instance_id: str) -> dict[str, list[str]]:
 def to(group_id: str) -> Any:
     """Matches a move of an ENI to exactly this group."""
     return lambda p: p.get("SecurityGroupId.1") == group_id and "SecurityGroupId.2" not in p
-
-
-class ProxiedSession(boto3.session.Session):
-    """A boto3 session whose clients speak to the fault layer instead of moto."""
-
-    endpoint = ""
-
-    def client(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("endpoint_url", self.endpoint)
-        return super().client(*args, **kwargs)
-
-
-@pytest.fixture
-def faulty(local_aws: sandbox_world.LocalAws) -> Iterator[FaultyAws]:
-    proxy = FaultyAws(local_aws.url).start()
-    yield proxy
-    proxy.stop()
-
-
-@pytest.fixture
-def groups(world: sandbox_world.World) -> dict[str, str]:
-    (row,) = prepare_vpcs(ClientPool().for_region("us-east-1"), [world.vpc_id])
-    return {"open": row["open"], "sealed": row["sealed"]}
-
-
-@pytest.fixture
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> Backoff:
-    quick = Backoff(attempts=4, base=0.05, cap=0.2)
-    monkeypatch.setattr(isolation, "SEAL_RETRY", quick)
-    monkeypatch.setattr(isolation, "RESTORE_RETRY", quick)
-    monkeypatch.setattr(autoscaling, "READ_RETRY", quick)
-    return quick
-
-
-@pytest.fixture
-def faulty_bot(fake_slack: FakeSlack, world: sandbox_world.World, faulty: FaultyAws,
-               tmp_path: Path, aws_trace: AwsTrace) -> Iterator[RunningBot]:
-    def session() -> boto3.session.Session:
-        s = ProxiedSession()
-        s.endpoint = faulty.url
-        hook(s, "before-parameter-build.*.*", aws_trace._before_call)
-        return s
-
-    running = start_bot(fake_slack, f"sqlite:///{tmp_path}/cordon.db",
-                        approvers="S0ONCALL,U0ALEX", session_factory=session,
-                        CORDON_LEASE_SECONDS="4")
-    yield running
-    running.stop()
-    assert aws_trace.undeclared() == []
 
 
 def contain(bot: RunningBot, target: str, playbook: str, approvers: tuple[str, ...] = (LEE,)

@@ -1,0 +1,93 @@
+"""Evidence is made once and its ids always recorded: under an answer lost after moto
+applied the call (botocore would retry and make it twice), and after a resume that
+finds what an earlier attempt made. Faults go through the HTTP layer in front of moto."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+
+from bot.sandbox.faulty_aws import FaultyAws
+from bot.sandbox.harness import RunningBot, wait_for
+from bot.scheduler import sweep
+from handlers import sandbox_world
+from handlers.aws import Backoff
+from playbooks.store import Incident
+from tests.conftest import settle_card
+
+CHANNEL = "C0INCIDENT"
+DANA, LEE = "U0DANA", "U0LEE"
+
+
+def ec2() -> Any:
+    return boto3.session.Session().client("ec2", region_name="us-east-1")
+
+
+def volumes(instance_id: str) -> set[str]:
+    inst = ec2().describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    return {m["Ebs"]["VolumeId"] for m in inst["BlockDeviceMappings"]}
+
+
+def evidence_of(incident_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    tagged = [{"Name": "tag:cordon:incident", "Values": [incident_id]}]
+    snaps = ec2().describe_snapshots(OwnerIds=["self"], Filters=[
+        *tagged, {"Name": "tag:cordon:evidence", "Values": ["snapshot"]}])["Snapshots"]
+    images = ec2().describe_images(Owners=["self"], Filters=tagged)["Images"]
+    return snaps, images
+
+
+def request(bot: RunningBot, instance_id: str) -> Any:
+    assert bot.slack.command(DANA, CHANNEL, f"{instance_id} full miner")[0] == 200
+    return wait_for(lambda: bot.slack.fake.channel_messages(CHANNEL))[0]
+
+
+def approve(bot: RunningBot, card: Any) -> Incident:
+    bot.slack.click_button(LEE, CHANNEL, card.ts, "Approve")
+    return settle_card(bot, card.ts)  # type: ignore[no-any-return]
+
+
+def test_a_lost_answer_does_not_make_evidence_twice(
+        faulty_bot: RunningBot, world: sandbox_world.World, faulty: FaultyAws,
+        fast_backoff: Backoff) -> None:
+    faulty.add("CreateSnapshots", "drop")
+    faulty.add("CreateImage", "drop")
+    done = approve(faulty_bot, request(faulty_bot, world.instance_id))
+    assert done.status == "contained", done.summary
+    # moto applied each first call; its answer was lost; nothing was made twice.
+    assert len(faulty.calls("CreateSnapshots")) == 1
+    assert len(faulty.calls("CreateImage")) == 1
+    snaps, images = evidence_of(done.id)
+    assert sorted(s["VolumeId"] for s in snaps) == sorted(volumes(world.instance_id))
+    assert len(images) == 1
+    steps = {s.name: s for s in faulty_bot.deps.store.steps(done.id)}
+    recorded = {s["id"] for s in (steps["snapshot-volumes"].details or {})["snapshots"]}
+    assert recorded == {s["SnapshotId"] for s in snaps}
+    assert (steps["create-image"].details or {})["image"] == images[0]["ImageId"]
+
+
+def test_a_resumed_run_records_the_evidence_an_earlier_attempt_made(
+        faulty_bot: RunningBot, world: sandbox_world.World) -> None:
+    card = request(faulty_bot, world.instance_id)
+    incident = wait_for(lambda: next(i for i in faulty_bot.deps.store.recent()
+                                     if i.card_ts == card.ts))
+    # An earlier attempt made the snapshots and died before recording them.
+    tags = [{"Key": "cordon:incident", "Value": incident.id},
+            {"Key": "cordon:instance", "Value": world.instance_id},
+            {"Key": "cordon:evidence", "Value": "snapshot"}]
+    earlier = ec2().create_snapshots(
+        InstanceSpecification={"InstanceId": world.instance_id},
+        TagSpecifications=[{"ResourceType": "snapshot", "Tags": tags}])["Snapshots"]
+    done = approve(faulty_bot, card)
+    assert done.status == "contained", done.summary
+    snaps, _ = evidence_of(done.id)
+    assert {s["SnapshotId"] for s in snaps} == {s["SnapshotId"] for s in earlier}  # no more
+    replies = [m.text for m in faulty_bot.slack.fake.thread(CHANNEL, card.ts)]
+    step = next(r for r in replies if r.startswith("✅ *snapshot-volumes*"))
+    assert all(s["SnapshotId"] in step for s in earlier) and "earlier attempt" in step
+    summary = next(r for r in replies if r.startswith("✅ *verify-containment*"))
+    assert all(s["SnapshotId"] in summary for s in earlier)
+    # The follow-up knows them, and says so once.
+    sweep(faulty_bot.deps)
+    wait_for(lambda: any(m.text.startswith("📦 Snapshots completed")
+                         for m in faulty_bot.slack.fake.thread(CHANNEL, card.ts)))
