@@ -51,6 +51,7 @@ def instance_facts(instance: dict[str, Any], account: str, region: str) -> dict[
         "name": tags.get("Name", ""),
         "state": instance.get("State", {}).get("Name", "unknown"),
         "type": instance.get("InstanceType", ""),
+        "lifecycle": instance.get("InstanceLifecycle") or "on-demand",
         "account": account,
         "region": region,
         "vpc_id": instance.get("VpcId", ""),

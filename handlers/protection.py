@@ -1,11 +1,18 @@
 """Protect the evidence before anything else: the instance must not be terminated or
-stopped (memory and disks are evidence), and its volumes must outlive it."""
+stopped (memory and disks are evidence), and its volumes must outlive it.
+
+What real AWS does that moto does not show: a Spot Instance cannot take termination
+protection (EC2 answers UnsupportedOperation), and some instance types or lifecycles
+refuse stop protection or a shutdown behaviour; such a protection is skipped and the
+thread says so, instead of failing the step — the other protections still matter."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from handlers.aws import parallel
+from botocore.exceptions import ClientError
+
+from handlers.aws import describe_error, parallel
 from handlers.base import Action, Outcome, StepContext, StepFailed, VerificationFailed, register
 from handlers.ec2_lookup import describe_instance
 
@@ -41,9 +48,20 @@ def read_protection(ctx: StepContext) -> dict[str, Any]:
     return dict(parallel(lambda job: job(), jobs))
 
 
-def _is_protected(state: dict[str, Any]) -> bool:
-    return all(state.get(k) == v for k, v in PROTECTED.items()) and not any(
+# The answers of an attribute the instance does not support.
+UNSUPPORTED = {"UnsupportedOperation", "InvalidParameterCombination", "OperationNotPermitted"}
+
+
+def _is_protected(state: dict[str, Any], skipped: frozenset[str] = frozenset()) -> bool:
+    return all(state.get(k) == v for k, v in PROTECTED.items() if k not in skipped) and not any(
         v["delete_on_termination"] for v in state.get("volumes", []))
+
+
+def known_unsupported(facts: dict[str, Any]) -> dict[str, str]:
+    """Protections this instance cannot take, known from the card's look-up."""
+    if facts.get("lifecycle") == "spot":
+        return {"disableApiTermination": "a Spot Instance cannot take termination protection"}
+    return {}
 
 
 @register
@@ -66,40 +84,65 @@ class ProtectEvidence(Action):
     def capture(self, ctx: StepContext) -> dict[str, Any]:
         return dict(self._observe(ctx))
 
-    def _set(self, ctx: StepContext, state: dict[str, Any]) -> None:
+    def _set(self, ctx: StepContext, state: dict[str, Any],
+             skip: dict[str, str] | None = None) -> dict[str, str]:
+        """Set the attributes; returns those the instance does not support, and why."""
         ec2 = ctx.clients.ec2
         instance_id = ctx.target.resource_id
-        calls = [
-            lambda: ec2.modify_instance_attribute(
+        unsupported = dict(skip or {})
+        calls = {
+            "disableApiTermination": lambda: ec2.modify_instance_attribute(
                 InstanceId=instance_id,
                 DisableApiTermination={"Value": bool(state["disableApiTermination"])}),
-            lambda: ec2.modify_instance_attribute(
+            "disableApiStop": lambda: ec2.modify_instance_attribute(
                 InstanceId=instance_id, DisableApiStop={"Value": bool(state["disableApiStop"])}),
-            lambda: ec2.modify_instance_attribute(
+            "instanceInitiatedShutdownBehavior": lambda: ec2.modify_instance_attribute(
                 InstanceId=instance_id, Attribute="instanceInitiatedShutdownBehavior",
                 Value=state["instanceInitiatedShutdownBehavior"] or "stop"),
-        ]
+        }
         volumes = state.get("volumes", [])
         if volumes:
-            calls.append(lambda: ec2.modify_instance_attribute(
+            calls["volumes"] = lambda: ec2.modify_instance_attribute(
                 InstanceId=instance_id,
                 BlockDeviceMappings=[{"DeviceName": v["device"],
                                       "Ebs": {"DeleteOnTermination": v["delete_on_termination"]}}
-                                     for v in volumes]))
-        parallel(lambda call: call(), calls)
+                                     for v in volumes])
+
+        def one(name: str) -> None:
+            try:
+                calls[name]()
+            except ClientError as exc:
+                err = describe_error(exc)
+                if err.code not in UNSUPPORTED or name == "volumes":
+                    raise
+                unsupported[name] = f"{err.code}: {err.message}"
+
+        parallel(one, [n for n in calls if n not in unsupported])
+        return unsupported
 
     def apply(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
         wanted = {**PROTECTED, "volumes": [{**v, "delete_on_termination": False}
                                            for v in captured.get("volumes", [])]}
-        self._set(ctx, wanted)
+        unsupported = self._set(ctx, wanted, known_unsupported(ctx.target.facts))
         vols = ", ".join(v["volume_id"] for v in captured.get("volumes", [])) or "no EBS volumes"
-        return Outcome(f"termination and stop protection on, shutdown behaviour stop; "
-                       f"kept on termination: {vols}")
+        done = [label for name, label in (
+            ("disableApiTermination", "termination protection on"),
+            ("disableApiStop", "stop protection on"),
+            ("instanceInitiatedShutdownBehavior", "shutdown behaviour stop"))
+            if name not in unsupported]
+        said = f"{', '.join(done)}; kept on termination: {vols}"
+        if unsupported:
+            said += "; not supported by this instance, skipped: " + "; ".join(
+                f"{name} ({why})" for name, why in unsupported.items())
+        return Outcome(said, {"unsupported": unsupported})
 
     def verify(self, ctx: StepContext, captured: dict[str, Any], outcome: Outcome) -> str:
         state = read_protection(ctx)
-        if not _is_protected(state):
+        skipped = frozenset(outcome.details.get("unsupported") or {})
+        if not _is_protected(state, skipped):
             raise VerificationFailed(f"protection not in place: {state}")
+        if skipped:
+            return f"protected, except what the instance does not support: {', '.join(skipped)}"
         return "termination/stop protection on, shutdown=stop, DeleteOnTermination=false"
 
     def describe_undo(self, captured: dict[str, Any]) -> str:
@@ -109,5 +152,5 @@ class ProtectEvidence(Action):
                 "as it was")
 
     def undo(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
-        self._set(ctx, captured)
+        self._set(ctx, captured, known_unsupported(ctx.target.facts))
         return Outcome("protections and DeleteOnTermination back to their recorded values")

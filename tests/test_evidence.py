@@ -91,3 +91,34 @@ def test_a_resumed_run_records_the_evidence_an_earlier_attempt_made(
     sweep(faulty_bot.deps)
     wait_for(lambda: any(m.text.startswith("📦 Snapshots completed")
                          for m in faulty_bot.slack.fake.thread(CHANNEL, card.ts)))
+
+
+def test_a_protection_the_instance_does_not_support_is_skipped_and_said(
+        faulty_bot: RunningBot, world: sandbox_world.World, faulty: FaultyAws) -> None:
+    faulty.add("ModifyInstanceAttribute", "refuse:UnsupportedOperation", times=-1,
+               where=lambda p: "DisableApiStop.Value" in p)
+    done = approve(faulty_bot, request(faulty_bot, world.instance_id))
+    assert done.status == "contained", done.summary
+    protect = next(m.text for m in faulty_bot.slack.fake.thread(CHANNEL, done.card_ts or "")
+                   if m.text.startswith("✅ *protect-evidence*"))
+    assert "termination protection on" in protect
+    assert "skipped: disableApiStop (UnsupportedOperation" in protect
+    attr = ec2().describe_instance_attribute(InstanceId=world.instance_id,
+                                             Attribute="disableApiTermination")
+    assert attr["DisableApiTermination"]["Value"] is True
+
+
+def test_a_spot_instance_gets_no_termination_protection_and_the_thread_says_why(
+        faulty_bot: RunningBot, world: sandbox_world.World, faulty: FaultyAws) -> None:
+    spot = ec2().run_instances(
+        ImageId=sandbox_world.SANDBOX_IMAGE, MinCount=1, MaxCount=1, InstanceType="t3.micro",
+        SubnetId=world.subnet_id, InstanceMarketOptions={"MarketType": "spot"},
+    )["Instances"][0]["InstanceId"]
+    done = approve(faulty_bot, request(faulty_bot, spot))
+    assert done.status == "contained", done.summary
+    assert faulty.calls("ModifyInstanceAttribute",
+                        lambda p: "DisableApiTermination.Value" in p) == []
+    protect = next(m.text for m in faulty_bot.slack.fake.thread(CHANNEL, done.card_ts or "")
+                   if m.text.startswith("✅ *protect-evidence*"))
+    assert "a Spot Instance cannot take termination protection" in protect
+    assert "stop protection on" in protect

@@ -5,6 +5,8 @@ way a real AWS fault looks from the client:
 - `throttle`: the service's throttling error (EC2: 503 RequestLimitExceeded; the
   others: 400 Throttling), moto never sees the call;
 - `unavailable`: 503 ServiceUnavailable, moto never sees the call;
+- `refuse:<Code>`: a 400 with that error code (e.g. `refuse:UnsupportedOperation`),
+  moto never sees the call;
 - `drop`: moto applies the call, then the connection is closed without an answer
   (the client cannot know whether it landed);
 - `hold`: the request is kept unanswered until `release()`, then dropped without
@@ -39,7 +41,7 @@ _QUERY_ERROR = ('<?xml version="1.0" encoding="UTF-8"?><ErrorResponse><Error><Ty
 @dataclass
 class Rule:
     action: str
-    effect: str  # throttle | unavailable | drop | hold
+    effect: str  # throttle | unavailable | refuse:<Code> | drop | hold
     times: int = 1  # how many matching calls it answers (-1: every one)
     where: Callable[[Params], bool] | None = None
     hits: int = 0
@@ -185,6 +187,12 @@ class FaultyAws:
                         proxy.holding -= 1
                     self.close_connection = True
                     self.connection.close()
+                    return
+                if effect and effect.startswith("refuse:"):
+                    code = effect.split(":", 1)[1]
+                    template = _EC2_ERROR if service == "ec2" else _QUERY_ERROR
+                    self._answer(400, {"Content-Type": "text/xml"}, template.format(
+                        code=code, message=f"refused ({code})").encode())
                     return
                 if effect in ("throttle", "unavailable"):
                     if effect == "throttle":
