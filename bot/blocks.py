@@ -208,6 +208,10 @@ def _instance_blocks(incident: Incident) -> list[Block]:
         ]),
         _section("*Network interfaces*\n"
                  + "\n".join(describe_eni(e) for e in f.get("enis", []))),
+        *([ContextBlock(elements=[_mrkdwn(
+            "⚠️ *Security groups do not cut:* "
+            + "; ".join(escape(n) for n in f["untracked_limits"]))])]
+          if f.get("untracked_limits") and incident.playbook in ("full", "isolate") else []),
     ]
 
 

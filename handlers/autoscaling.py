@@ -67,11 +67,15 @@ def fleet_facts(clients: Clients, instance_id: str, asg: str | None) -> dict[str
     instance is registered with — its group's own, and its own registrations."""
     elbv2, elb = clients.client("elbv2"), clients.client("elb")
 
+    kinds: dict[str, str] = {}
+
     def target_groups() -> list[str]:
         arns: list[str] = []
         for page in elbv2.get_paginator("describe_target_groups").paginate():
-            arns += [tg["TargetGroupArn"] for tg in page.get("TargetGroups", [])
-                     if tg.get("TargetType", "instance") == "instance"]
+            for tg in page.get("TargetGroups", []):
+                if tg.get("TargetType", "instance") == "instance":
+                    arns.append(tg["TargetGroupArn"])
+                    kinds[tg["TargetGroupArn"]] = balancer_kind(tg.get("Protocol"))
         return arns
 
     def classic() -> list[str]:
@@ -101,8 +105,19 @@ def fleet_facts(clients: Clients, instance_id: str, asg: str | None) -> dict[str
     seen = {r["arn"] for r in regs}
     regs += [{"arn": arn, "port": None} for arn in own.get("TargetGroupARNs", [])
              if arn not in seen]
+    for reg in regs:
+        reg["kind"] = kinds.get(reg["arn"], "alb")
     elbs += [n for n in own.get("LoadBalancerNames", []) if n not in elbs]
     return {"target_groups": regs, "classic_elbs": elbs}
+
+
+def balancer_kind(protocol: str | None) -> str:
+    """A target group's load balancer by its protocol: NLB, Gateway Load Balancer or ALB."""
+    if protocol in ("TCP", "UDP", "TCP_UDP", "TLS"):
+        return "nlb"
+    if protocol == "GENEVE":
+        return "gwlb"
+    return "alb"
 
 
 def _target(instance_id: str, registration: dict[str, Any]) -> dict[str, Any]:

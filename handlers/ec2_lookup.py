@@ -12,7 +12,7 @@ from handlers.aws import AwsError, Clients, both, describe_error, parallel
 
 # What finding an instance and drawing its approval card calls.
 PERMISSIONS = ("ec2:DescribeInstances", "autoscaling:DescribeAutoScalingInstances",
-               *FLEET_PERMISSIONS)
+               "ec2:DescribeRouteTables", *FLEET_PERMISSIONS)
 NOT_FOUND_CODES = {"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"}
 
 
@@ -133,14 +133,73 @@ def find_instance(
 
 
 def _with_fleet(clients: Clients, facts: dict[str, Any]) -> dict[str, Any]:
-    """Its load balancers, found now so that the containment need not search for them.
-    A failure here does not block the card; the card says so."""
-    try:
-        facts.update(fleet_facts(clients, facts["instance_id"], facts.get("asg")))
-    except Exception as exc:
-        facts.update(target_groups=[], classic_elbs=[],
-                     fleet_error=describe_error(exc).code)
+    """Its load balancers, found now so that the containment need not search for them,
+    and the ways out of its subnet. A failure here does not block the card; the card
+    says so."""
+    def fleet() -> None:
+        try:
+            facts.update(fleet_facts(clients, facts["instance_id"], facts.get("asg")))
+        except Exception as exc:
+            facts.update(target_groups=[], classic_elbs=[],
+                         fleet_error=describe_error(exc).code)
+
+    def exits() -> None:
+        try:
+            facts["subnet_exits"] = subnet_exits(clients, facts.get("vpc_id", ""),
+                                                 facts.get("subnet_id", ""))
+        except Exception:
+            facts["subnet_exits"] = []
+
+    parallel(lambda job: job(), [fleet, exits])
+    facts["untracked_limits"] = uncuttable(facts)
     return facts
+
+
+def subnet_exits(clients: Clients, vpc_id: str, subnet_id: str) -> list[dict[str, str]]:
+    """Default routes of the instance's subnet (its own route table, or the main one):
+    [{"kind": "nat" | "tgw" | "igw" | …, "id": …}]."""
+    if not vpc_id:
+        return []
+    tables = clients.ec2.describe_route_tables(Filters=[
+        {"Name": "vpc-id", "Values": [vpc_id]}])["RouteTables"]
+    own = next((t for t in tables for a in t.get("Associations", [])
+                if a.get("SubnetId") == subnet_id), None)
+    table = own or next((t for t in tables for a in t.get("Associations", [])
+                         if a.get("Main")), None)
+    found = []
+    for route in (table or {}).get("Routes", []):
+        if (route.get("DestinationCidrBlock") or route.get("DestinationIpv6CidrBlock")) not in (
+                "0.0.0.0/0", "::/0"):
+            continue
+        for key, kind in (("NatGatewayId", "nat"), ("TransitGatewayId", "tgw"),
+                          ("VpcPeeringConnectionId", "peering"), ("GatewayId", "gateway")):
+            if route.get(key):
+                found.append({"kind": kind, "id": str(route[key])})
+                break
+    return found
+
+
+def uncuttable(facts: dict[str, Any]) -> list[str]:
+    """What a security-group cut does not end at once for this instance: flows that stay
+    tracked whatever the groups say (they end only when idle for the lowered timeouts),
+    and what no security group or NACL filters. Said on the card and in the thread."""
+    notes = ["ICMP flows stay tracked"]
+    for reg in facts.get("target_groups") or []:
+        kind = reg.get("kind")
+        if kind in ("nlb", "gwlb"):
+            name = "Gateway Load Balancer" if kind == "gwlb" else "NLB"
+            notes.append(f"registered with a {name} ({reg['arn'].rsplit(':', 1)[-1]}): flows "
+                         "through it stay tracked — consider `nacl`")
+    for way in facts.get("subnet_exits") or []:
+        if way["kind"] == "nat":
+            notes.append(f"its subnet leaves through NAT gateway {way['id']}: flows through "
+                         "it stay tracked")
+        elif way["kind"] == "tgw":
+            notes.append(f"its subnet routes through transit gateway {way['id']}: flows "
+                         "through it stay tracked")
+    notes.append("DNS to the VPC resolver and the instance metadata service are filtered "
+                 "by no security group or network ACL")
+    return notes
 
 
 def _where(place: Location) -> str:

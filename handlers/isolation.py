@@ -349,6 +349,9 @@ class IsolateSecurityGroups(Action):
             summary += "; conntrack timeouts 60/60/30 s"
         if created:
             summary += f"; created isolation groups {', '.join(created)}"
+        limits = ctx.target.facts.get("untracked_limits") or []
+        if limits:
+            summary += ". Not cut by security groups: " + "; ".join(limits)
         return Outcome(summary, {"open_group": open_id, "sealed_group": sealed_id,
                                  "created_groups": created, "conntrack_notes": conntrack_notes,
                                  "open_seconds": {c.eni_id: c.open_seconds for c in cuts}})

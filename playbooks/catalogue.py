@@ -84,11 +84,13 @@ PLAYBOOKS: dict[str, Playbook] = {
         summary="protect evidence, leave Auto Scaling, cut the network, strip the role, "
                 "snapshot, image",
         steps=(
-            Step("tag-instance", phase=1, options={"status": "containing"}),
             Step("protect-evidence", phase=1),
             Step("detach-from-auto-scaling", phase=1, critical=True),
             Step("isolate-security-groups", phase=2, critical=True, early_capture=True,
                  blocks=False),
+            # After the cut: instance tags can be read from inside the instance (instance
+            # metadata), so the attacker learns nothing before the network is gone.
+            Step("tag-instance", phase=3, options={"status": "containing"}),
             Step("remove-instance-profile", phase=3),
             Step("capture-evidence", phase=3),
             Step("snapshot-volumes", phase=3),

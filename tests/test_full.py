@@ -98,7 +98,8 @@ def test_full_is_the_default_and_contains_everything(
     card, incident = contain(bot, world)
     assert incident.playbook == "full" and incident.status == "contained", incident.summary
     after = instance_state(world, fleet)
-    sealed = bot.deps.store.steps(incident.id)[3].details["sealed_group"]  # type: ignore[index]
+    (cut,) = [s for s in bot.deps.store.steps(incident.id) if s.name == "isolate-security-groups"]
+    sealed = (cut.details or {})["sealed_group"]
     assert after["enis"] == {eni: [sealed] for eni in before["enis"]}
     assert after["asg"] == [] and after["target_group"] == [] and after["classic_elb"] == []
     assert after["profile"] == []
@@ -187,6 +188,25 @@ def test_leaving_auto_scaling_comes_before_the_network_cut(
     detach = [p for op, p in aws_trace.calls if op == "DetachInstances"]
     assert detach == [{"InstanceIds": [world.instance_id], "AutoScalingGroupName": fleet.asg,
                        "ShouldDecrementDesiredCapacity": False}]
+
+
+def test_the_status_tag_is_written_after_the_cut_and_the_limits_are_said(
+        bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack,
+        aws_trace: AwsTrace) -> None:
+    """Instance tags can be read from inside the instance: `containing` appears only once
+    the network is cut. The card and the thread say what security groups do not cut."""
+    card, incident = contain(bot, world)
+    assert incident.status == "contained"
+    ops = [(op, p) for op, p in aws_trace.calls
+           if op in ("CreateTags", "ModifyNetworkInterfaceAttribute")]
+    last_move = max(i for i, (op, p) in enumerate(ops)
+                    if op == "ModifyNetworkInterfaceAttribute" and "Groups" in p)
+    status_tag = next(i for i, (op, p) in enumerate(ops) if op == "CreateTags" and any(
+        t["Key"] == "cordon:status" for t in p.get("Tags", [])))
+    assert status_tag > last_move
+    assert "Security groups do not cut" in json.dumps(card.blocks)
+    cut = next(t for t in thread(fake_slack, card) if t.startswith("✅ *isolate-security-groups*"))
+    assert "ICMP flows stay tracked" in cut and "VPC resolver" in cut
 
 
 def test_a_failed_detach_stops_before_the_cut(
