@@ -246,8 +246,9 @@ class CreateImage(Action):
         found = ctx.clients.ec2.describe_images(ImageIds=[image]).get("Images", [])
         snaps = [m["Ebs"]["SnapshotId"] for img in found for m in img.get("BlockDeviceMappings", [])
                  if m.get("Ebs", {}).get("SnapshotId")]
-        if snaps:
-            ctx.clients.ec2.create_tags(Resources=snaps, Tags=evidence_tags(ctx, "image-snapshot"))
+        if snaps:  # cordon:* keys only: the policy allows no other tag after creation
+            ctx.clients.ec2.create_tags(Resources=snaps, Tags=[
+                t for t in evidence_tags(ctx, "image-snapshot") if t["Key"].startswith("cordon:")])
         return Outcome(f"{image} ({name}), no reboot"
                        + (" — made by an earlier attempt" if earlier else ""),
                        {"image": image, "image_snapshots": snaps, "earlier": earlier})

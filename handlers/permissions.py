@@ -47,34 +47,92 @@ def iam_action(signing_name: str, operation: str) -> str:
     return f"{signing_name}:{operation}"
 
 
+EC2 = "arn:aws:ec2:*:*"
+INSTANCE = f"{EC2}:instance/*"
+# Where an action that acts on a resource may act: everything Cordon contains lives in
+# some account of the organisation, so these are resource types, not names.
+SCOPES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("Instances", ("ec2:ModifyInstanceAttribute", "ec2:DescribeInstanceAttribute",
+                   "ec2:GetConsoleOutput", "ec2:GetConsoleScreenshot",
+                   "ec2:AssociateIamInstanceProfile", "ec2:DisassociateIamInstanceProfile"),
+     (INSTANCE,)),
+    ("Interfaces", ("ec2:ModifyNetworkInterfaceAttribute",),
+     (f"{EC2}:network-interface/*", f"{EC2}:security-group/*")),
+    ("Evidence", ("ec2:CreateSnapshots", "ec2:CreateImage"),
+     (INSTANCE, f"{EC2}:volume/*", "arn:aws:ec2:*::snapshot/*", "arn:aws:ec2:*::image/*")),
+    ("SubnetIsolation", ("ec2:CreateNetworkAclEntry", "ec2:DeleteNetworkAclEntry",
+                         "ec2:ReplaceNetworkAclAssociation", "ec2:AssociateRouteTable",
+                         "ec2:ReplaceRouteTableAssociation", "ec2:CreateRoute",
+                         "ec2:DeleteRoute", "ec2:DisassociateRouteTable"),
+     (f"{EC2}:network-acl/*", f"{EC2}:route-table/*", f"{EC2}:subnet/*", f"{EC2}:vpc/*",
+      f"{EC2}:internet-gateway/*", f"{EC2}:egress-only-internet-gateway/*")),
+    ("AutoScaling", ("autoscaling:AttachInstances", "autoscaling:DetachInstances"),
+     ("arn:aws:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/*",)),
+    ("LoadBalancers", ("elasticloadbalancing:DeregisterTargets",
+                       "elasticloadbalancing:RegisterTargets",
+                       "elasticloadbalancing:DeregisterInstancesFromLoadBalancer",
+                       "elasticloadbalancing:RegisterInstancesWithLoadBalancer"),
+     ("arn:aws:elasticloadbalancing:*:*:targetgroup/*/*",
+      "arn:aws:elasticloadbalancing:*:*:loadbalancer/*")),
+    ("Identities", ("iam:GetAccessKeyLastUsed", "iam:GetInstanceProfile", "iam:GetLoginProfile",
+                    "iam:GetRolePolicy", "iam:GetUserPolicy", "iam:ListAccessKeys",
+                    "iam:ListAttachedUserPolicies", "iam:ListUserPolicies",
+                    "iam:DeleteLoginProfile", "iam:DeleteRolePolicy", "iam:DeleteUserPolicy",
+                    "iam:PutRolePolicy", "iam:PutUserPolicy", "iam:UpdateAccessKey"),
+     ("arn:aws:iam::*:role/*", "arn:aws:iam::*:user/*", "arn:aws:iam::*:instance-profile/*")),
+    ("AssumeAccountRoles", ("sts:AssumeRole", "sts:SetSourceIdentity"),
+     ("arn:aws:iam::*:role/*",)),
+)
+# The tags a created resource gets, only in the call that creates it.
+CREATE_ACTIONS = ("CreateSecurityGroup", "CreateNetworkAcl", "CreateRouteTable",
+                  "CreateSnapshots", "CreateImage")
+
+
 def build_policy(units: list[str] | None = None) -> dict[str, Any]:
-    """The least-privilege policy for these units: no wildcard in any action; creation
-    only with the cordon:managed tag; rule changes only on cordon:managed groups."""
+    """The least-privilege policy for these units: no wildcard in any action; each
+    action on the resource types it acts on; creation only with the cordon:managed tag;
+    rule changes only on cordon:managed groups; tags only at creation or `cordon:*`
+    keys; the instance role passed only to EC2."""
     actions = sorted({a for perms in declared(units).values() for a in perms})
-    read = [a for a in actions if a.split(":")[1].startswith(READ_PREFIXES)]
-    created = [a for a in actions if a in CREATED_WITH_TAG]
-    managed = [a for a in actions if a in MANAGED_ONLY]
-    tagging = [a for a in actions if a in TAGGING]
-    rest = [a for a in actions
-            if a not in set(read) | set(created) | set(managed) | set(tagging)]
     statements: list[dict[str, Any]] = []
-    if read:
-        statements.append({"Sid": "Read", "Effect": "Allow", "Action": read, "Resource": "*"})
-    if created:
-        statements.append({
-            "Sid": "CreateOnlyTagged", "Effect": "Allow", "Action": created, "Resource": "*",
-            "Condition": {"StringEquals": {"aws:RequestTag/cordon:managed": "true"}}})
-    if managed:
-        statements.append({
-            "Sid": "ChangeOnlyManagedGroups", "Effect": "Allow", "Action": managed,
-            "Resource": "arn:aws:ec2:*:*:security-group/*",
-            "Condition": {"StringEquals": {"aws:ResourceTag/cordon:managed": "true"}}})
-    if tagging:
-        statements.append({
-            "Sid": "Tag", "Effect": "Allow", "Action": tagging,
-            "Resource": ["arn:aws:ec2:*:*:instance/*", "arn:aws:ec2:*::snapshot/*",
-                         "arn:aws:ec2:*::image/*", "arn:aws:ec2:*:*:security-group/*",
-                         "arn:aws:ec2:*:*:network-acl/*", "arn:aws:ec2:*:*:route-table/*"]})
-    if rest:
-        statements.append({"Sid": "Contain", "Effect": "Allow", "Action": rest, "Resource": "*"})
+    placed: set[str] = set()
+
+    def add(sid: str, chosen: list[str], resource: Any, condition: Any = None) -> None:
+        if not chosen:
+            return
+        statement: dict[str, Any] = {"Sid": sid, "Effect": "Allow", "Action": chosen,
+                                     "Resource": resource}
+        if condition:
+            statement["Condition"] = condition
+        statements.append(statement)
+        placed.update(chosen)
+
+    scoped = {a for _, acts, _ in SCOPES for a in acts}
+    add("Read", [a for a in actions if a.split(":")[1].startswith(READ_PREFIXES)
+                 and a not in scoped], "*")
+    created = [a for a in actions if a in CREATED_WITH_TAG]
+    # aws:RequestTag is a key of the request: it holds for the VPC it is created in too.
+    add("CreateOnlyTagged", created,
+        [f"{EC2}:security-group/*", f"{EC2}:network-acl/*", f"{EC2}:route-table/*",
+         f"{EC2}:vpc/*"],
+        {"StringEquals": {"aws:RequestTag/cordon:managed": "true"}})
+    add("ChangeOnlyManagedGroups", [a for a in actions if a in MANAGED_ONLY],
+        f"{EC2}:security-group/*",
+        {"StringEquals": {"aws:ResourceTag/cordon:managed": "true"}})
+    if "ec2:CreateTags" in actions:
+        add("TagWhatCordonCreates", ["ec2:CreateTags"],
+            [f"{EC2}:security-group/*", f"{EC2}:network-acl/*", f"{EC2}:route-table/*",
+             "arn:aws:ec2:*::snapshot/*", "arn:aws:ec2:*::image/*"],
+            {"StringEquals": {"ec2:CreateAction": list(CREATE_ACTIONS)}})
+        placed.discard("ec2:CreateTags")
+    tagging = [a for a in actions if a in TAGGING]
+    add("TagOnlyCordonKeys", tagging,
+        [INSTANCE, "arn:aws:ec2:*::snapshot/*", "arn:aws:ec2:*::image/*"],
+        {"ForAllValues:StringLike": {"aws:TagKeys": ["cordon:*"]}})
+    for sid, acts, resources in SCOPES:
+        add(sid, [a for a in actions if a in acts and a not in placed], list(resources))
+    add("PassTheInstanceRoleBack", [a for a in actions if a == "iam:PassRole"],
+        "arn:aws:iam::*:role/*",
+        {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}})
+    add("Contain", [a for a in actions if a not in placed], "*")
     return {"Version": "2012-10-17", "Statement": statements}

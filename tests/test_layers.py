@@ -79,3 +79,38 @@ def test_the_policy_covers_every_step_without_wildcards() -> None:
         capture_output=True, text=True).stdout)
     narrow = {a for st in only_isolate["Statement"] for a in st["Action"]}
     assert "ec2:ModifyNetworkInterfaceAttribute" in narrow and "iam:UpdateAccessKey" not in narrow
+
+
+def test_an_iam_policy_linter_finds_nothing_in_the_generated_policy() -> None:
+    """parliament, a real IAM policy linter, on the policy of every playbook and of all."""
+    import json
+
+    from parliament import analyze_policy_string
+
+    from handlers.permissions import build_policy
+    from playbooks.catalogue import PLAYBOOKS, units_for
+
+    for names in [None, *([n] for n in PLAYBOOKS)]:
+        policy = analyze_policy_string(json.dumps(build_policy(units_for(names))))
+        assert [(f.issue, f.detail) for f in policy.findings] == [], names
+
+
+def test_tags_and_the_role_are_granted_only_as_cordon_needs_them() -> None:
+    from handlers.permissions import build_policy
+    from playbooks.catalogue import units_for
+
+    by_sid = {st["Sid"]: st for st in build_policy(units_for(None))["Statement"]}
+    # Tags on anything only when Cordon creates it; afterwards only cordon:* keys, so the
+    # bot cannot mark someone else's group cordon:managed and change its rules.
+    assert by_sid["TagWhatCordonCreates"]["Condition"] == {
+        "StringEquals": {"ec2:CreateAction": ["CreateSecurityGroup", "CreateNetworkAcl",
+                                              "CreateRouteTable", "CreateSnapshots",
+                                              "CreateImage"]}}
+    later = by_sid["TagOnlyCordonKeys"]
+    assert set(later["Action"]) == {"ec2:CreateTags", "ec2:DeleteTags"}
+    assert later["Condition"] == {"ForAllValues:StringLike": {"aws:TagKeys": ["cordon:*"]}}
+    assert not any("security-group" in r for r in later["Resource"])
+    assert by_sid["PassTheInstanceRoleBack"]["Condition"] == {
+        "StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}
+    assert all(st["Resource"] != "*" for sid, st in by_sid.items() if sid != "Read"), [
+        sid for sid, st in by_sid.items() if st["Resource"] == "*"]
