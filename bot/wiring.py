@@ -59,7 +59,8 @@ def build_deps(settings: Settings, session_factory: Callable[[], Any] | None = N
     timeline = SlackTimeline(store, client)
     runner = Runner(store, pool.for_region, timeline, lease_seconds=settings.lease_seconds,
                     run_options={"asg_decrement": settings.asg_decrement,
-                                 "key_lookback_days": settings.key_lookback_days})
+                                 "key_lookback_days": settings.key_lookback_days,
+                                 "regions": list(settings.regions)})
     worker = Worker(runner, max_workers=settings.workers)
     cordon = Cordon(store, pool.for_region, settings.regions, settings.approval_ttl, worker,
                     wide_approvals=settings.wide_approvals, accounts=settings.accounts)

@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from abc import abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from handlers import revocation
-from handlers.aws import Clients, describe_error, parallel
+from handlers.aws import Backoff, Clients, describe_error, parallel
 from handlers.base import (
     Action,
     Observation,
@@ -351,15 +355,89 @@ def summarise_events(rows: list[dict[str, Any]], limit: int = 15) -> str:
     return "\n".join(lines)
 
 
-def lookup_events(clients: Clients, key_id: str, days: int) -> list[dict[str, Any]]:
-    trail = clients.client("cloudtrail")
+# CloudTrail's LookupEvents allows 2 requests per second per region, per account.
+LOOKUP_INTERVAL = 0.5
+MAX_PAGES = 10  # 50 events a page: the newest 500 per region
+# IAM, STS and the other global services record their events in us-east-1: the
+# persistence a leaked key makes (new keys, users, policies) is there.
+GLOBAL_REGION = "us-east-1"
+
+
+@dataclass
+class Lookup:
+    events: list[dict[str, Any]] = field(default_factory=list)
+    # Regions whose events are incomplete, and why (throttled, page limit, refused).
+    partial: dict[str, str] = field(default_factory=dict)
+    regions: list[str] = field(default_factory=list)
+
+
+def lookup_regions(clients: Clients, regions: list[str] | None) -> list[str]:
+    wanted = [GLOBAL_REGION, *(regions or []), clients.region]
+    return list(dict.fromkeys(wanted))
+
+
+def _pages(clients: Clients, region: str, key_id: str, days: int,
+           stop: Callable[[list[dict[str, Any]]], bool] | None = None
+           ) -> tuple[list[dict[str, Any]], str | None]:
+    """One region's events for the key, newest first: at most MAX_PAGES pages, at most
+    2 requests a second; a throttle that outlasts the retries keeps what was read."""
+    trail = clients.in_region(region).client("cloudtrail")
     start = datetime.now(UTC) - timedelta(days=days)
     events: list[dict[str, Any]] = []
-    for page in trail.get_paginator("lookup_events").paginate(
-            LookupAttributes=[{"AttributeKey": "AccessKeyId", "AttributeValue": key_id}],
-            StartTime=start, EndTime=datetime.now(UTC)):
-        events += page.get("Events", [])
-    return events
+    token: str | None = None
+    for page in range(MAX_PAGES):
+        if page:
+            time.sleep(LOOKUP_INTERVAL)
+        kwargs: dict[str, Any] = {
+            "LookupAttributes": [{"AttributeKey": "AccessKeyId", "AttributeValue": key_id}],
+            "StartTime": start, "EndTime": datetime.now(UTC), "MaxResults": 50}
+        if token:
+            kwargs["NextToken"] = token
+        try:
+            resp = LOOKUP_RETRY.call(partial(trail.lookup_events, **kwargs))
+        except Exception as exc:
+            code = describe_error(exc).code
+            if not events and page == 0:
+                raise
+            return events, f"stopped after {page} page(s): {code}"
+        events += resp.get("Events", [])
+        token = resp.get("NextToken")
+        if not token or (stop is not None and stop(events)):
+            return events, None
+    return events, f"only the newest {MAX_PAGES} pages read"
+
+
+LOOKUP_RETRY = Backoff(attempts=3, base=0.5, cap=2.0)
+
+
+def lookup_events(clients: Clients, key_id: str, days: int,
+                  regions: list[str] | None = None) -> Lookup:
+    """The key's events in us-east-1 (IAM and the other global services) and every
+    configured region, read side by side; partial results are kept and marked."""
+    found = Lookup(regions=lookup_regions(clients, regions))
+
+    def one(region: str) -> tuple[str, list[dict[str, Any]], str | None]:
+        try:
+            events, why = _pages(clients, region, key_id, days)
+        except Exception as exc:
+            return region, [], f"unavailable: {describe_error(exc).code}"
+        return region, events, why
+
+    seen: set[str] = set()
+    for region, events, why in parallel(one, found.regions):
+        for e in events:
+            if e.get("EventId") not in seen:
+                seen.add(str(e.get("EventId")))
+                found.events.append(e)
+        if why:
+            found.partial[region] = why
+    if len(found.partial) == len(found.regions) and not found.events:
+        raise LookupUnavailable("; ".join(f"{r}: {w}" for r, w in found.partial.items()))
+    return found
+
+
+class LookupUnavailable(Exception):
+    pass
 
 
 @register
@@ -371,15 +449,20 @@ class ReviewActivity(Observation):
     def apply(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
         days = int(ctx.options.get("key_lookback_days", 7))
         try:
-            rows = rank_events(lookup_events(ctx.clients, ctx.target.resource_id, days))
+            found = lookup_events(ctx.clients, ctx.target.resource_id, days,
+                                  list(ctx.options.get("regions") or []))
         except Exception as exc:
             err = describe_error(exc)
             return Outcome(f"activity review unavailable: {err.code} — look the key up in "
                            f"CloudTrail by hand (AccessKeyId = {ctx.target.resource_id})",
                            {"available": False})
-        return Outcome(f"last {days} days: " + summarise_events(rows),
-                       {"available": True, "events": len(rows),
-                        "suspicious": sum(r["suspicious"] for r in rows)})
+        rows = rank_events(found.events)
+        said = f"last {days} days in {', '.join(found.regions)}: " + summarise_events(rows)
+        if found.partial:
+            said += "\n⚠️ partial: " + "; ".join(f"{r} {w}" for r, w in found.partial.items())
+        return Outcome(said, {"available": True, "events": len(rows),
+                              "suspicious": sum(r["suspicious"] for r in rows),
+                              "regions": found.regions, "partial": found.partial})
 
     def verify(self, ctx: StepContext, captured: dict[str, Any], outcome: Outcome) -> str:
         return "reviewed" if outcome.details["available"] else "not available"
@@ -405,9 +488,20 @@ class ListOtherKeys(Observation):
         return f"{len(outcome.details['others'])} other active keys"
 
 
-def role_of_temporary_key(clients: Clients, key_id: str, days: int) -> str | None:
-    """The role a temporary key's session came from, as CloudTrail recorded it."""
-    for row in rank_events(lookup_events(clients, key_id, days)):
-        if row.get("role"):
-            return str(row["role"]).rsplit("/", 1)[-1]
-    return None
+def role_of_temporary_key(clients: Clients, key_id: str, days: int,
+                          regions: list[str] | None = None) -> str | None:
+    """The role a temporary key's session came from, from the first CloudTrail event
+    that names it (each region stops reading at its first such event)."""
+    def has_role(events: list[dict[str, Any]]) -> bool:
+        return any(r.get("role") for r in rank_events(events))
+
+    def one(region: str) -> str | None:
+        try:
+            events, _ = _pages(clients, region, key_id, days, stop=has_role)
+        except Exception:
+            return None
+        return next((str(r["role"]).rsplit("/", 1)[-1] for r in rank_events(events)
+                     if r.get("role")), None)
+
+    return next((role for role in parallel(one, lookup_regions(clients, regions)) if role),
+                None)

@@ -54,6 +54,16 @@ class Clients:
     session: boto3.session.Session
     _made: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _siblings: dict[str, Clients] = field(default_factory=dict)
+
+    def in_region(self, region: str) -> Clients:
+        """The clients of the same account (same session) in another region."""
+        if region == self.region:
+            return self
+        with self._lock:
+            if region not in self._siblings:
+                self._siblings[region] = Clients(region=region, session=self.session)
+            return self._siblings[region]
 
     def client(self, service: str, cut: bool = False) -> Any:
         """A service's client; `cut=True`: the one without botocore's own retries, for

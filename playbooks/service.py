@@ -280,7 +280,8 @@ class Cordon:
             if not role:
                 try:
                     with acting_as("lookup-key"):
-                        role = access_keys.role_of_temporary_key(clients, key_id, lookback_days)
+                        role = access_keys.role_of_temporary_key(clients, key_id, lookback_days,
+                                                                 self.regions)
                 except Exception as exc:
                     role, why = None, f"CloudTrail could not be read ({describe_error(exc).code})"
                 else:

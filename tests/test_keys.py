@@ -17,7 +17,7 @@ from botocore.stub import Stubber
 from bot.sandbox.fake_slack import FakeSlack, Message
 from bot.sandbox.harness import RunningBot, wait_for
 from handlers import access_keys
-from handlers.aws import Clients
+from handlers.aws import Backoff, Clients
 from playbooks.store import Incident
 from tests.conftest import settle_card
 
@@ -167,16 +167,29 @@ def _event(name: str, minutes_ago: int, ip: str, role: str | None = None) -> dic
             "EventSource": "iam.amazonaws.com", "CloudTrailEvent": json.dumps(detail)}
 
 
-def _stubbed(events: list[dict[str, Any]]) -> tuple[Clients, Stubber]:
+def _stubbed(events: list[dict[str, Any]], **by_region: list[Any]
+             ) -> tuple[Clients, dict[str, Stubber]]:
+    """Clients whose CloudTrail answers from botocore's Stubber: `events` in us-east-1,
+    and per other region a list of pages (a list of events) or error codes (str)."""
     session = boto3.session.Session(region_name="us-east-1", aws_access_key_id="x",
                                     aws_secret_access_key="y")
     clients = Clients(region="us-east-1", session=session)
-    trail = session.client("cloudtrail", region_name="us-east-1", endpoint_url="https://ct")
-    stub = Stubber(trail)
-    stub.add_response("lookup_events", {"Events": events})
-    stub.activate()
-    clients._made["cloudtrail"] = trail
-    return clients, stub
+    stubs = {}
+    for region, pages in {"us-east-1": [events], **by_region}.items():
+        trail = session.client("cloudtrail", region_name=region,
+                               endpoint_url=f"https://ct.{region}")
+        stub = Stubber(trail)
+        for n, page in enumerate(pages):
+            if isinstance(page, str):
+                stub.add_client_error("lookup_events", service_error_code=page,
+                                      http_status_code=400)
+            else:
+                more = {"NextToken": f"t{n}"} if n + 1 < len(pages) else {}
+                stub.add_response("lookup_events", {"Events": page, **more})
+        stub.activate()
+        clients.in_region(region)._made["cloudtrail"] = trail
+        stubs[region] = stub
+    return clients, stubs
 
 
 def test_activity_review_puts_persistence_and_escalation_first() -> None:
@@ -184,9 +197,9 @@ def test_activity_review_puts_persistence_and_escalation_first() -> None:
               _event("CreateAccessKey", 30, "203.0.113.9"),
               _event("AttachUserPolicy", 10, "203.0.113.9"),
               _event("RunInstances", 20, "203.0.113.9")]
-    clients, stub = _stubbed(events)
-    rows = access_keys.rank_events(access_keys.lookup_events(clients, "AKIAEXAMPLE", 7))
-    stub.assert_no_pending_responses()
+    clients, stubs = _stubbed(events)
+    rows = access_keys.rank_events(access_keys.lookup_events(clients, "AKIAEXAMPLE", 7).events)
+    stubs["us-east-1"].assert_no_pending_responses()
     assert [r["name"] for r in rows] == ["AttachUserPolicy", "RunInstances", "CreateAccessKey",
                                          "GetObject", "ListBuckets"]
     summary = access_keys.summarise_events(rows)
@@ -199,3 +212,47 @@ def test_the_role_of_a_temporary_key_comes_from_cloudtrail() -> None:
     clients, _ = _stubbed([_event("GetCallerIdentity", 3, "192.0.2.5",
                                   role="arn:aws:iam::123456789012:role/ci-runner")])
     assert access_keys.role_of_temporary_key(clients, "ASIAEXAMPLE", 7) == "ci-runner"
+
+
+def test_the_review_reads_us_east_1_and_every_region_and_keeps_partial_results(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """IAM events (the persistence a key makes) are in us-east-1; each configured region
+    is read too, at most 2 requests a second; a throttle keeps what was read and says so."""
+    monkeypatch.setattr(access_keys, "LOOKUP_INTERVAL", 0.01)
+    monkeypatch.setattr(access_keys, "LOOKUP_RETRY", Backoff(attempts=2, base=0.01, cap=0.01))
+    clients, stubs = _stubbed(
+        [_event("CreateAccessKey", 30, "203.0.113.9")],
+        **{"eu-west-1": [[_event("RunInstances", 20, "203.0.113.9")],
+                         [_event("GetObject", 5, "198.51.100.1")]],
+           "ap-south-1": [[_event("ListBuckets", 50, "198.51.100.1")],
+                          "ThrottlingException", "ThrottlingException"]})
+    found = access_keys.lookup_events(clients, "AKIAEXAMPLE", 7, ["eu-west-1", "ap-south-1"])
+    for stub in stubs.values():
+        stub.assert_no_pending_responses()
+    assert found.regions == ["us-east-1", "eu-west-1", "ap-south-1"]
+    assert sorted(e["EventName"] for e in found.events) == [
+        "CreateAccessKey", "GetObject", "ListBuckets", "RunInstances"]
+    assert found.partial == {"ap-south-1": "stopped after 1 page(s): ThrottlingException"}
+
+
+def test_the_review_stops_at_its_page_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(access_keys, "LOOKUP_INTERVAL", 0.0)
+    monkeypatch.setattr(access_keys, "MAX_PAGES", 2)
+    clients, _ = _stubbed([_event("GetObject", 1, "198.51.100.1")],
+                          **{"eu-west-1": [[_event(f"Get{n}", n, "192.0.2.1")]
+                                           for n in range(2)] + [[]]})
+    found = access_keys.lookup_events(clients, "AKIAEXAMPLE", 7, ["eu-west-1"])
+    assert found.partial == {"eu-west-1": "only the newest 2 pages read"}
+    assert len(found.events) == 3
+
+
+def test_the_role_of_a_temporary_key_needs_only_the_first_event_naming_it() -> None:
+    role = "arn:aws:iam::123456789012:role/ci-runner"
+    # Two pages are offered; the first names the role, so the second is never read.
+    clients, stubs = _stubbed([_event("GetCallerIdentity", 3, "192.0.2.5", role=role)],
+                              **{"eu-west-1": [[_event("GetObject", 1, "192.0.2.5", role=role)],
+                                               [_event("PutObject", 2, "192.0.2.5")]]})
+    assert access_keys.role_of_temporary_key(clients, "ASIAEXAMPLE", 7,
+                                             ["eu-west-1"]) == "ci-runner"
+    with pytest.raises(AssertionError):
+        stubs["eu-west-1"].assert_no_pending_responses()  # page two was left unread
