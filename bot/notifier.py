@@ -1,52 +1,58 @@
-"""The thread is the incident's timeline. Every message is written to the outbox
-first and sent after, in order, so that a Slack outage loses nothing: the sweep
-sends what is left."""
+"""The thread is the incident's timeline. Every message is written to the outbox in the
+transaction of the change it reports, and sent after, in order, exactly once:
+
+- each thread reply carries its outbox id in Slack's message `metadata`; a reply whose
+  send may have landed (a 5xx, a lost connection) is looked for in the thread
+  (`conversations.replies` with metadata) before it is sent again;
+- `Retry-After` is honoured (slack_sdk's rate-limit retry handler); other failures are
+  retried with backoff, the thread's order kept (a message waits for the one before).
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
 
 from bot import blocks
 from playbooks.logctx import incident_context
-from playbooks.store import Evidence, Incident, StepRecord, Store
+from playbooks.store import CARD, FILE, THREAD, Incident, Message, OutboxMessage, StepRecord, Store
 
 log = logging.getLogger("cordon.notifier")
 
-THREAD, CARD, FILE = "thread", "card", "file"
+METADATA_TYPE = "cordon_timeline"
+UNCERTAIN = "uncertain: "
 
 
 class SlackTimeline:
-    """Messages are recorded at once and sent by one background sender, so that a slow
-    Slack never sits on the path to the network cut, and a thread stays in order."""
+    """Messages are recorded with the change and sent by one background sender, so that a
+    slow Slack never sits on the path to the network cut, and a thread stays in order."""
 
     def __init__(self, store: Store, client: WebClient) -> None:
         self.store = store
         self.client = client
         self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cordon-slack")
 
-    # Timeline protocol (called by the runner) -----------------------------------------
+    # Timeline protocol (the runner writes what these return, with the change) --------
 
-    def run_started(self, incident: Incident, resumed: bool) -> None:
-        self.post(incident, blocks.render_run_started(incident, resumed))
-        self.update_card(incident)
+    def run_started(self, incident: Incident, resumed: bool) -> list[Message]:
+        return [(THREAD, {"text": blocks.render_run_started(incident, resumed)}), (CARD, {})]
 
-    def step_finished(self, incident: Incident, step: StepRecord) -> None:
-        self.post(incident, blocks.render_step(step))
+    def step_finished(self, incident: Incident, step: StepRecord) -> list[Message]:
+        return [(THREAD, {"text": blocks.render_step(step)})]
 
-    def evidence_stored(self, incident: Incident, evidence: list[Evidence]) -> None:
-        for item in evidence:
-            self.store.enqueue(incident.id, FILE, {"evidence_id": item.id})
-        self._send_soon(incident.id)
+    def run_finished(self, incident: Incident) -> list[Message]:
+        return [(THREAD, {"text": blocks.render_run_finished(incident)}), (CARD, {})]
 
-    def run_finished(self, incident: Incident) -> None:
-        self.post(incident, blocks.render_run_finished(incident))
-        self.update_card(incident)
+    def note(self, incident: Incident, text: str) -> list[Message]:
+        return [(THREAD, {"text": text})]
 
-    def note(self, incident: Incident, text: str) -> None:
-        self.post(incident, text)
+    def wake(self, incident_id: str) -> None:
+        self._send_soon(incident_id)
 
     # --------------------------------------------------------------------------------
 
@@ -83,34 +89,91 @@ class SlackTimeline:
             if msg.incident_id in blocked:
                 continue
             if not self.store.claim_message(msg.id):
-                blocked.add(msg.incident_id)  # another flush is sending it
+                blocked.add(msg.incident_id)  # another flush is sending it, or it waits
                 continue
             incident = self.store.get(msg.incident_id)
             if incident is None or incident.card_ts is None:
                 continue
             with incident_context(incident.id):
                 try:
-                    if msg.kind == CARD:
-                        text, card = blocks.render_card(incident,
-                                                        self.store.votes(incident.id))
-                        self.client.chat_update(channel=incident.channel_id, ts=incident.card_ts,
-                                                text=text, blocks=card)
-                    elif msg.kind == FILE:
-                        self._upload(incident, int(msg.payload["evidence_id"]))
-                    else:
-                        self.client.chat_postMessage(
-                            channel=incident.channel_id, thread_ts=incident.card_ts,
-                            text=msg.payload["text"], unfurl_links=False, unfurl_media=False,
-                        )
+                    self._deliver(incident, msg)
                 except Exception as exc:
+                    uncertain, retry_in = _classify(exc, msg.attempts + 1)
                     log.warning("slack send failed; will retry",
-                                extra={"kind": msg.kind, "error": str(exc)[:200]})
-                    self.store.mark_failed(msg.id, str(exc))
+                                extra={"kind": msg.kind, "uncertain": uncertain,
+                                       "retry_in": retry_in, "error": str(exc)[:200]})
+                    self.store.mark_failed(msg.id, (UNCERTAIN if uncertain else "")
+                                           + str(exc), retry_in)
                     blocked.add(msg.incident_id)
                     continue
             self.store.mark_sent(msg.id)
             sent += 1
         return sent
+
+    def _deliver(self, incident: Incident, msg: OutboxMessage) -> None:
+        assert incident.card_ts is not None
+        if msg.kind == CARD:
+            # An update in place: sending it twice shows the same card.
+            text, card = blocks.render_card(incident, self.store.votes(incident.id))
+            self.client.chat_update(channel=incident.channel_id, ts=incident.card_ts,
+                                    text=text, blocks=card)
+            return
+        maybe_sent = (msg.last_error or "").startswith(UNCERTAIN)
+        if msg.kind == FILE:
+            item = self.store.evidence_by_id(int(msg.payload["evidence_id"]))
+            if item is None:
+                return
+            if maybe_sent and self._in_thread(incident, lambda m: any(
+                    f.get("title") == item.name for f in m.get("files", []))):
+                log.info("upload had landed; not sent again", extra={"outbox": msg.id})
+                return
+            self.client.files_upload_v2(
+                channel=incident.channel_id, thread_ts=incident.card_ts,
+                content=item.content, filename=item.name, title=item.name,
+                initial_comment=blocks.render_evidence(item))
+            return
+        if maybe_sent and self._in_thread(incident, lambda m: (
+                (m.get("metadata") or {}).get("event_type") == METADATA_TYPE
+                and (m["metadata"].get("event_payload") or {}).get("outbox_id") == msg.id)):
+            log.info("message had landed; not sent again", extra={"outbox": msg.id})
+            return
+        self.client.chat_postMessage(
+            channel=incident.channel_id, thread_ts=incident.card_ts,
+            text=msg.payload["text"], unfurl_links=False, unfurl_media=False,
+            metadata={"event_type": METADATA_TYPE,
+                      "event_payload": {"outbox_id": msg.id, "incident": incident.id}},
+        )
+
+    def _in_thread(self, incident: Incident, match: Callable[[dict[str, Any]], bool]) -> bool:
+        """Whether the incident's thread holds a message that `match`es."""
+        assert incident.card_ts is not None
+        cursor = None
+        while True:
+            resp = self.client.conversations_replies(
+                channel=incident.channel_id, ts=incident.card_ts, include_all_metadata=True,
+                limit=200, **({"cursor": cursor} if cursor else {}))
+            messages: list[dict[str, Any]] = resp.get("messages", [])
+            if any(match(m) for m in messages):
+                return True
+            cursor = (resp.get("response_metadata") or {}).get("next_cursor")
+            if not resp.get("has_more") or not cursor:
+                return False
+
+
+def _classify(exc: Exception, attempt: int) -> tuple[bool, float]:
+    """Whether the message may have landed, and how long to wait before trying again:
+    Slack's Retry-After on a 429 (not sent); backoff on a 5xx or a lost answer (perhaps
+    sent); backoff on an API error (not sent)."""
+    backoff = float(min(60.0, 0.5 * 2 ** max(0, attempt - 1)))
+    if isinstance(exc, SlackApiError):
+        status = getattr(exc.response, "status_code", 200)
+        if status == 429:
+            after = (exc.response.headers or {}).get("Retry-After") or \
+                (exc.response.headers or {}).get("retry-after")
+            return False, float(after or backoff)
+        return status >= 500, backoff
+    return True, backoff  # no answer at all: it may have landed
+
 
     def _upload(self, incident: Incident, evidence_id: int) -> None:
         item = self.store.evidence_by_id(evidence_id)

@@ -10,6 +10,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from bot import blocks
 from playbooks.logctx import incident_context
+from playbooks.store import THREAD
 
 if TYPE_CHECKING:
     from bot.wiring import Deps
@@ -18,13 +19,13 @@ log = logging.getLogger("cordon.sweep")
 
 
 def sweep(deps: Deps) -> dict[str, int]:
-    expired = deps.cordon.expire_due()
+    expired = deps.cordon.expire_due(messages=[(THREAD, {
+        "text": "⌛ Nobody decided before the deadline; the request expired and nothing "
+                "was changed."})])
     for incident in expired:
         with incident_context(incident.id):
             log.info("request expired")
-            deps.timeline.post(incident, "⌛ Nobody decided before the deadline; the request "
-                               "expired and nothing was changed.")
-            deps.timeline.update_card(incident)
+            deps.timeline.wake(incident.id)
     for incident, states in deps.cordon.snapshot_reports():
         with incident_context(incident.id):
             log.info("snapshots finished", extra={"snapshots": states})

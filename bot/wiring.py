@@ -11,6 +11,7 @@ from typing import Any
 
 from slack_bolt import App
 from slack_sdk import WebClient
+from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from bot.approvers import ApproverPolicy
 from bot.listeners import actions, commands
@@ -36,7 +37,11 @@ class Deps:
 
 
 def make_web_client(settings: Settings) -> WebClient:
-    kwargs: dict[str, Any] = {"token": settings.slack_bot_token}
+    """Slack's Web API. A 429 waits for Slack's Retry-After (slack_sdk's handler); a 5xx
+    or a lost connection is not retried blindly here — the outbox retries it, after
+    checking whether the message had landed."""
+    kwargs: dict[str, Any] = {"token": settings.slack_bot_token,
+                              "retry_handlers": [RateLimitErrorRetryHandler(max_retry_count=2)]}
     if settings.slack_api_url:
         kwargs["base_url"] = settings.slack_api_url.rstrip("/") + "/"
     return WebClient(**kwargs)
@@ -75,6 +80,9 @@ def build_app(settings: Settings, deps: Deps) -> App:
         client=deps.client,
         signing_secret=settings.slack_signing_secret,
         process_before_response=False,
+        # Cordon starts (and resumes interrupted runs) while Slack is unreachable;
+        # `preflight` is where the token is checked.
+        token_verification_enabled=False,
     )
     commands.register(app, deps)
     actions.register(app, deps)

@@ -7,7 +7,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from handlers.autoscaling import FLEET_PERMISSIONS, fleet_facts
+from handlers.autoscaling import FLEET_PERMISSIONS, fleet_facts, membership
 from handlers.aws import AwsError, Clients, both, describe_error, parallel
 
 # What finding an instance and drawing its approval card calls.
@@ -208,11 +208,9 @@ def _where(place: Location) -> str:
 
 def _asg_of(clients: Clients, instance_id: str) -> str | None:
     try:
-        resp = clients.autoscaling.describe_auto_scaling_instances(InstanceIds=[instance_id])
-    except ClientError:
-        # Not being allowed to read Auto Scaling must not block a containment request;
-        # the instance's aws:autoscaling:groupName tag still names the group.
+        member = membership(clients, instance_id)  # throttling retried, briefly
+    except Exception:
+        # Not being allowed (or able) to read Auto Scaling must not block a containment
+        # request; the instance's aws:autoscaling:groupName tag still names the group.
         return None
-    for item in resp.get("AutoScalingInstances", []):
-        return str(item.get("AutoScalingGroupName"))
-    return None
+    return str(member["name"]) if member else None

@@ -35,8 +35,8 @@ from playbooks.store import (
     PARTIALLY_RELEASED,
     RELEASABLE,
     RELEASED,
-    Evidence,
     Incident,
+    Message,
     StepRecord,
     Store,
     utcnow,
@@ -48,17 +48,19 @@ DONE = ("succeeded", "skipped")
 
 
 class Timeline(Protocol):
-    """Where a run reports; the Slack side implements it."""
+    """What a run says in its thread; the Slack side implements it. Each method returns
+    the messages (kind, payload) that the runner writes in the same transaction as the
+    change they report; `wake` then sends them."""
 
-    def run_started(self, incident: Incident, resumed: bool) -> None: ...
+    def run_started(self, incident: Incident, resumed: bool) -> list[Message]: ...
 
-    def step_finished(self, incident: Incident, step: StepRecord) -> None: ...
+    def step_finished(self, incident: Incident, step: StepRecord) -> list[Message]: ...
 
-    def evidence_stored(self, incident: Incident, evidence: list[Evidence]) -> None: ...
+    def run_finished(self, incident: Incident) -> list[Message]: ...
 
-    def run_finished(self, incident: Incident) -> None: ...
+    def note(self, incident: Incident, text: str) -> list[Message]: ...
 
-    def note(self, incident: Incident, text: str) -> None: ...
+    def wake(self, incident_id: str) -> None: ...
 
 
 # Who runs: this host (or CORDON_WORKER_ID, where host names are not unique), this
@@ -174,10 +176,16 @@ class Runner:
         """Run (or resume) one incident's playbook. None when another worker has it."""
         with incident_context(incident_id):
             before = self.store.get(incident_id)
-            if before is None or not self.store.claim_run(
-                    incident_id, self.owner, self.lease_seconds, tuple(self.dead_owners)):
+            if before is None:
                 return None
             resumed = before.status == "running"
+            # A fresh run says so in the transaction that starts it; a resumed one first
+            # makes safe what its predecessor left, then says so.
+            started = [] if resumed else self._said(self.timeline.run_started, before, False)
+            if not self.store.claim_run(incident_id, self.owner, self.lease_seconds,
+                                        tuple(self.dead_owners), messages=started):
+                return None
+            self.timeline.wake(incident_id)
             log.info("run claimed", extra={"owner": self.owner, "resumed": resumed,
                                            "from": before.lease_owner if resumed else None})
             guard = RunGuard(incident_id)
@@ -230,12 +238,14 @@ class Runner:
             log.exception("run stopped")
             err = describe_error(exc)
             reason = f"the run stopped: {err.code}: {err.message}"
-            if not self.store.finish_run(incident_id, self.owner, FAILED, reason):
+            current = self.store.get(incident_id)
+            assert current is not None
+            final = self.store.transient(current, status=FAILED, summary=reason)
+            if not self.store.finish_run(incident_id, self.owner, FAILED, reason,
+                                         self._said(self.timeline.run_finished, final)):
                 self._lost(incident_id, guard)
                 return None
-            finished = self.store.get(incident_id)
-            assert finished is not None
-            self._notify(self.timeline.run_finished, finished)
+            self.timeline.wake(incident_id)
             return FAILED
 
     def _lost(self, incident_id: str, guard: RunGuard) -> None:
@@ -244,9 +254,8 @@ class Runner:
         log.warning("run abandoned: lease lost", extra={"owner": self.owner, "why": guard.why})
         incident = self.store.get(incident_id)
         if incident is not None:
-            self._notify(self.timeline.note, incident,
-                         f"⚠️ A worker lost this run's lease ({guard.why}) and stopped; "
-                         "another worker takes it over from the recorded state.")
+            self._post(incident, f"⚠️ A worker lost this run's lease ({guard.why}) and "
+                       "stopped; another worker takes it over from the recorded state.")
 
     def _update(self, step_id: int, **values: Any) -> None:
         """Write a step's record, only while this worker owns the run."""
@@ -269,9 +278,8 @@ class Runner:
                 done = action.secure(contexts[step.name], record.captured)
             if done:
                 log.warning("made safe on resume", extra={"step": step.name, "done": done})
-                self._notify(self.timeline.note, incident,
-                             f"🛟 *{step.name}*: found half done after an interruption — "
-                             f"{done}")
+                self._post(incident, f"🛟 *{step.name}*: found half done after an "
+                           f"interruption — {done}")
 
     def _run(self, incident_id: str, resumed: bool) -> str:
         incident = self.store.get(incident_id)
@@ -295,7 +303,9 @@ class Runner:
             self._secure(playbook, records, contexts, incident)
             for ctx in contexts.values():
                 ctx.memo.clear()
-        self._notify(self.timeline.run_started, incident, resumed)
+            self.store.enqueue_many(incident_id,
+                                    self._said(self.timeline.run_started, incident, True))
+            self.timeline.wake(incident_id)
         parent_captured = ({s.name: s.captured for s in self.store.steps(subject.id)}
                            if incident.kind == "release" else {})
         phases = playbook.phases()
@@ -326,14 +336,16 @@ class Runner:
                 stopped_by = failed_critical[0]
         steps = self.store.steps(incident_id)
         status = final_status(incident, playbook, steps)
-        if not self.store.finish_run(incident_id, self.owner, status, summarise(steps)):
+        summary = summarise(steps)
+        final = self.store.transient(incident, status=status, summary=summary)
+        # The end of the run, its last message and the card's final state: one write.
+        if not self.store.finish_run(incident_id, self.owner, status, summary,
+                                     self._said(self.timeline.run_finished, final)):
             raise LeaseLost(f"{incident_id}: finished, but the lease was lost")
         if incident.kind == "release" and status == RELEASED and incident.parent_id:
             self.store.set_status(incident.parent_id, RELEASED, RELEASABLE)
-        finished = self.store.get(incident_id)
-        assert finished is not None
         log.info("run finished", extra={"status": status})
-        self._notify(self.timeline.run_finished, finished)
+        self.timeline.wake(incident_id)
         return status
 
     def _capture_early(self, ctx: StepContext, step: Step, record: StepRecord) -> bool:
@@ -387,22 +399,26 @@ class Runner:
             values = {"status": "failed", "error_code": err.code, "error_message": err.message}
         values["finished_at"] = utcnow()
         values["duration_ms"] = int((time.monotonic() - started) * 1000)
-        self._update(record.id, **values)
+        done = values["status"] in DONE
+        view = self.store.transient(record, **values,
+                                    attempts=record.attempts + 1)
+        evidence = [(a.name, a.media_type, a.content)
+                    for a in (outcome.artifacts if outcome is not None and done else [])]
+        revocations = (outcome.details.get("revocations") or []) \
+            if outcome is not None and done else []
+        # The record, its reply, its evidence files and revocations: one transaction.
+        if not self.store.finish_step(record.id, self.owner, incident.id, values,
+                                      self._said(self.timeline.step_finished, incident, view),
+                                      evidence, revocations):
+            guard = run_guard.get()
+            if guard is not None:
+                guard.lose("another worker holds it")
+            raise LeaseLost(f"step {record.id}: this worker no longer owns the run")
         log.info("step finished", extra={"step": step.name, "status": values["status"],
                                          "duration_ms": values["duration_ms"],
                                          "error_code": values.get("error_code")})
-        if outcome is not None and outcome.details.get("revocations") and \
-                values["status"] in DONE:
-            self.store.add_revocations(incident.id, outcome.details["revocations"])
-        kept = []
-        if outcome is not None and outcome.artifacts and values["status"] in DONE:
-            kept = [self.store.add_evidence(incident.id, step.name, a.name, a.media_type,
-                                            a.content) for a in outcome.artifacts]
-        (fresh,) = self.store.steps_by_id([record.id])
-        self._notify(self.timeline.step_finished, incident, fresh)
-        if kept:
-            self._notify(self.timeline.evidence_stored, incident, kept)
-        return values["status"] in DONE
+        self.timeline.wake(incident.id)
+        return done
 
     def _apply(self, action: Action, ctx: StepContext, record: StepRecord
                ) -> tuple[dict[str, Any], Outcome | None]:
@@ -423,12 +439,20 @@ class Runner:
         return {"status": "succeeded", "summary": outcome.summary,
                 "details": {**outcome.details, "verified": seen}}, outcome
 
-    def _notify(self, fn: Callable[..., None], *args: Any) -> None:
-        # Slack being down must never stop a containment: the outbox retries later.
+    def _said(self, fn: Callable[..., list[Message]], *args: Any) -> list[Message]:
+        """The messages a change implies; rendering them must never stop a containment."""
         try:
-            fn(*args)
+            return fn(*args)
         except Exception:
-            log.exception("timeline update failed; left in the outbox")
+            log.exception("timeline message could not be rendered")
+            return []
+
+    def _post(self, incident: Incident, text: str) -> None:
+        try:
+            self.store.enqueue_many(incident.id, self._said(self.timeline.note, incident, text))
+            self.timeline.wake(incident.id)
+        except Exception:
+            log.exception("timeline note not recorded")
 
 
 class Worker:

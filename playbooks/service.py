@@ -31,6 +31,7 @@ from playbooks.store import (
     RELEASED,
     Decision,
     Incident,
+    Message,
     StepRecord,
     Store,
     utcnow,
@@ -188,8 +189,10 @@ class Cordon:
         log.info("release requested", extra={"incident": incident.id, "parent": parent.id})
         return incident
 
-    def retry(self, incident_id: str, user_id: str) -> Incident:
-        if not self.store.retry(incident_id, user_id):
+    def retry(self, incident_id: str, user_id: str, messages: Sequence[Message] = ()
+              ) -> Incident:
+        """failed / partial → approved, with its messages, in one write."""
+        if not self.store.retry(incident_id, user_id, messages):
             incident = self.get(incident_id)
             release = self.store.open_release_for(incident_id)
             if release is not None:
@@ -359,8 +362,8 @@ class Cordon:
     def refuse(self, incident_id: str, user_id: str, action: str, why: str) -> None:
         self.store.record_refusal(incident_id, user_id, action, why)
 
-    def expire_due(self) -> list[Incident]:
-        return [i for i in (self.store.get(x) for x in self.store.expire_due()) if i]
+    def expire_due(self, messages: Sequence[Message] = ()) -> list[Incident]:
+        return [i for i in (self.store.get(x) for x in self.store.expire_due(messages)) if i]
 
     # reports -----------------------------------------------------------------------
 

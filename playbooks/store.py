@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -47,6 +47,12 @@ RETRYABLE = (PARTIAL, FAILED, PARTIALLY_RELEASED)
 RELEASABLE = (CONTAINED, PARTIAL, FAILED, PARTIALLY_RELEASED)
 
 _ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+
+# Outbox kinds: a thread reply (its text), the card to render again from the store, an
+# evidence file to upload. A message is written in the transaction of the change that
+# implies it, so that no crash can separate the two.
+THREAD, CARD, FILE = "thread", "card", "file"
+Message = tuple[str, dict[str, Any]]
 
 
 def utcnow() -> datetime:
@@ -293,6 +299,8 @@ class Store:
             s.add(Decision(incident_id=incident_id, user_id=user_id,
                            action="approve" if approve else "deny",
                            outcome="accepted" if won else "too late", at=now))
+            if won:
+                self._add_messages(s, incident_id, [(CARD, {})])
         return won
 
     def vote(self, incident_id: str, user_id: str) -> tuple[bool, bool, list[str]]:
@@ -311,18 +319,19 @@ class Store:
         except IntegrityError:
             outcome = "already counted"
         voters = self.votes(incident_id)
-        won = False
-        if len(voters) >= required:
-            with self.session() as s:
+        with self.session() as s:
+            won = False
+            if len(voters) >= required:
                 result = s.execute(
                     update(Incident)
                     .where(Incident.id == incident_id, Incident.status == PENDING,
                            Incident.expires_at > now)
                     .values(status=APPROVED, decided_by=user_id, decided_at=now))
                 won = result.rowcount == 1  # type: ignore[attr-defined]
-        with self.session() as s:
             s.add(Decision(incident_id=incident_id, user_id=user_id, action="approve",
                            outcome="accepted" if won else outcome))
+            if won or outcome == "counted":
+                self._add_messages(s, incident_id, [(CARD, {})])
         return won, outcome == "counted", voters
 
     def votes(self, incident_id: str) -> list[str]:
@@ -341,7 +350,7 @@ class Store:
             return list(s.scalars(select(Decision).where(Decision.incident_id == incident_id)
                                   .order_by(Decision.id)))
 
-    def expire_due(self) -> list[str]:
+    def expire_due(self, messages: Sequence[Message] = ()) -> list[str]:
         now = utcnow()
         with self.session() as s:
             due = list(s.scalars(select(Incident.id).where(
@@ -354,9 +363,10 @@ class Store:
                 ).values(status=EXPIRED, finished_at=now))
                 if result.rowcount == 1:  # type: ignore[attr-defined]
                     expired.append(incident_id)
+                    self._add_messages(s, incident_id, [*messages, (CARD, {})])
         return expired
 
-    def retry(self, incident_id: str, user_id: str) -> bool:
+    def retry(self, incident_id: str, user_id: str, messages: Sequence[Message] = ()) -> bool:
         """failed / partially contained → approved, once; finished steps stay done."""
         release = aliased(Incident)
         with self.session() as s:
@@ -371,6 +381,8 @@ class Store:
             won = result.rowcount == 1  # type: ignore[attr-defined]
             s.add(Decision(incident_id=incident_id, user_id=user_id, action="retry",
                            outcome="accepted" if won else "not retryable"))
+            if won:
+                self._add_messages(s, incident_id, [*messages, (CARD, {})])
         return won
 
     def set_status(self, incident_id: str, status: str, expect: tuple[str, ...]) -> bool:
@@ -458,7 +470,8 @@ class Store:
         return or_(Incident.status == APPROVED, lapsed) & ~busy_release & ~busy_parent
 
     def claim_run(self, incident_id: str, owner: str, lease_seconds: float,
-                  dead_owners: tuple[str, ...] = ()) -> bool:
+                  dead_owners: tuple[str, ...] = (),
+                  messages: Sequence[Message] = ()) -> bool:
         """Take the right to run: approved, or running under a lease that lapsed (or
         whose owner is dead). Exactly one worker wins."""
         with self.session() as s:
@@ -473,6 +486,7 @@ class Store:
                 s.execute(update(Incident).where(Incident.id == incident_id,
                                                  Incident.started_at.is_(None))
                           .values(started_at=utcnow()))
+                self._add_messages(s, incident_id, messages)
             return won
 
     def renew_lease(self, incident_id: str, owner: str, lease_seconds: float) -> bool:
@@ -485,7 +499,9 @@ class Store:
             )
             return result.rowcount == 1  # type: ignore[attr-defined]
 
-    def finish_run(self, incident_id: str, owner: str, status: str, summary: str) -> bool:
+    def finish_run(self, incident_id: str, owner: str, status: str, summary: str,
+                   messages: Sequence[Message] = ()) -> bool:
+        """Only while `owner` holds the run; its final messages in the same transaction."""
         with self.session() as s:
             result = s.execute(
                 update(Incident)
@@ -494,7 +510,19 @@ class Store:
                 .values(status=status, summary=summary, finished_at=utcnow(),
                         lease_owner=None, lease_until=None)
             )
-            return result.rowcount == 1  # type: ignore[attr-defined]
+            won = result.rowcount == 1  # type: ignore[attr-defined]
+            if won:
+                self._add_messages(s, incident_id, messages)
+            return won
+
+    @staticmethod
+    def transient(row: Any, **changes: Any) -> Any:
+        """A detached copy of a row with some values changed: what it will be once a
+        write lands (to render the message written in that same transaction)."""
+        copy = type(row)(**{c.key: getattr(row, c.key) for c in row.__table__.columns})
+        for key, value in changes.items():
+            setattr(copy, key, value)
+        return copy
 
     def running_owners(self) -> dict[str, str]:
         """Running incidents and the worker that holds each."""
@@ -533,6 +561,15 @@ class Store:
     def update_step(self, step_id: int, owner: str | None = None, **values: Any) -> bool:
         """With `owner`, only while that worker holds the run's lease: False otherwise,
         and nothing is written."""
+        return self.finish_step(step_id, owner, "", values)
+
+    def finish_step(self, step_id: int, owner: str | None, incident_id: str,
+                    values: dict[str, Any], messages: Sequence[Message] = (),
+                    evidence: Sequence[tuple[str, str, bytes]] = (),
+                    revocations: Sequence[dict[str, Any]] = ()) -> bool:
+        """A step's record, its thread reply, its evidence files (name, media type,
+        content) with their uploads, and its revocations: one transaction, written only
+        while `owner` holds the run."""
         query = update(StepRecord).where(StepRecord.id == step_id)
         if owner is not None:
             query = query.where(exists(select(Incident.id).where(
@@ -540,7 +577,25 @@ class Store:
                 Incident.status == RUNNING)))
         with self.session() as s:
             result = s.execute(query.values(**values))
-            return result.rowcount == 1  # type: ignore[attr-defined]
+            won = result.rowcount == 1  # type: ignore[attr-defined]
+            if not won:
+                return False
+            self._add_messages(s, incident_id, messages)
+            step = values.get("name") or s.get(StepRecord, step_id).name  # type: ignore[union-attr]
+            for name, media_type, content in evidence:
+                row = Evidence(incident_id=incident_id, step=step, name=name,
+                               media_type=media_type, content=content, size=len(content),
+                               sha256=hashlib.sha256(content).hexdigest())
+                s.add(row)
+                s.flush()
+                self._add_messages(s, incident_id, [(FILE, {"evidence_id": row.id})])
+            for rec in revocations:
+                s.add(Revocation(incident_id=incident_id, kind=rec["kind"],
+                                 principal=rec["principal"], policy=rec["policy"],
+                                 sid=rec.get("sid"), cutoff=rec["cutoff"],
+                                 remove_after=datetime.strptime(rec["until"],
+                                                                "%Y-%m-%dT%H:%M:%SZ")))
+            return True
 
     # revocations --------------------------------------------------------------------
 
@@ -580,6 +635,15 @@ class Store:
             s.flush()
             return msg.id
 
+    def enqueue_many(self, incident_id: str, messages: Sequence[Message]) -> None:
+        with self.session() as s:
+            self._add_messages(s, incident_id, messages)
+
+    @staticmethod
+    def _add_messages(s: Session, incident_id: str, messages: Sequence[Message]) -> None:
+        for kind, payload in messages:
+            s.add(OutboxMessage(incident_id=incident_id, kind=kind, payload=payload))
+
     def unsent(self, incident_id: str | None = None, limit: int = 100) -> list[OutboxMessage]:
         with self.session() as s:
             q = select(OutboxMessage).where(OutboxMessage.sent_at.is_(None))
@@ -606,7 +670,9 @@ class Store:
             ).values(sent_at=utcnow()))
             return result.rowcount == 1  # type: ignore[attr-defined]
 
-    def mark_failed(self, message_id: int, error: str) -> None:
+    def mark_failed(self, message_id: int, error: str, retry_in: float = 0) -> None:
+        """Not sent (or not known to be): tried again after `retry_in` seconds."""
         with self.session() as s:
             s.execute(update(OutboxMessage).where(OutboxMessage.id == message_id).values(
-                last_error=error[:500], claimed_until=None))
+                last_error=error[:500],
+                claimed_until=utcnow() + timedelta(seconds=retry_in) if retry_in else None))

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +208,11 @@ def test_kill_9_while_enis_are_on_the_open_group_and_restart_seals_them_first(
     finally:
         _stop(second)
     texts = [m.text for m in fake_slack.thread(CHANNEL, card_ts)]
+    # Killed after the first reply, mid-cut: every message of the thread exactly once.
+    assert texts[0].startswith("▶️ Approved by")
+    assert [t for t, n in Counter(texts).items() if n > 1] == []
+    final = fake_slack.message(CHANNEL, card_ts)
+    assert final is not None and final.text.endswith("contained")  # the card ends final
     safe = [t for t in texts if t.startswith("🛟")]
     assert len(safe) == 1 and all(f"{eni} was on cordon-open: sealed" in safe[0]
                                   for eni in before)

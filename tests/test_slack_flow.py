@@ -279,7 +279,7 @@ def test_a_slack_outage_delays_the_timeline_but_loses_nothing(
         sweep(bot.deps)
         return not bot.deps.store.unsent()
 
-    wait_for(resent, timeout=10)
+    wait_for(resent, timeout=30, every=0.2)  # backing off: 0.5 s, 1 s, 2 s
     thread = [m.text for m in fake_slack.thread(CHANNEL, card.ts)]
     assert len(thread) == 4 and thread[-1].startswith("🔒 *Contained*")
     assert thread[1].startswith("✅ *isolate-security-groups*")  # still in order

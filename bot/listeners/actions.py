@@ -13,6 +13,7 @@ from bot.ids import ActionId
 from bot.listeners import replies_errors
 from playbooks.errors import BadInput, NotAuthorized
 from playbooks.logctx import incident_context
+from playbooks.store import THREAD
 
 if TYPE_CHECKING:
     from bot.wiring import Deps
@@ -49,8 +50,9 @@ def register(app: App, deps: Deps) -> None:
                 log.info("click refused", extra={"user": user, "action": verb})
                 raise NotAuthorized(f"you are not authorised to {verb} containments. "
                                     "Nothing was changed.")
-            decided = deps.cordon.decide(incident_id, user, approve)
-            deps.timeline.update_card(decided)
+            # The card's new state is written with the decision itself; send it now.
+            deps.cordon.decide(incident_id, user, approve)
+            deps.timeline.wake(incident_id)
 
     @replies_errors
     def handle_approve_click(body: dict[str, Any], respond: Respond) -> None:
@@ -69,9 +71,9 @@ def register(app: App, deps: Deps) -> None:
                 deps.cordon.refuse(incident_id, user, "retry", "refused: not an approver")
                 raise NotAuthorized("you are not authorised to retry containments. "
                                     "Nothing was changed.")
-            incident = deps.cordon.retry(incident_id, user)
-            deps.timeline.post(incident, render_retry(incident, user))
-            deps.timeline.update_card(incident)
+            said = render_retry(deps.cordon.get(incident_id), user)
+            deps.cordon.retry(incident_id, user, messages=[(THREAD, {"text": said})])
+            deps.timeline.wake(incident_id)
 
     app.action(ActionId.APPROVE.value)(ack=ack_now, lazy=[handle_approve_click])
     app.action(ActionId.DENY.value)(ack=ack_now, lazy=[handle_deny_click])

@@ -24,6 +24,7 @@ class Message:
     user: str = "UCORDONBOT"
     edits: int = 0
     files: list[dict[str, Any]] = field(default_factory=list)
+    metadata: dict[str, Any] | None = None
 
 
 @dataclass
@@ -45,6 +46,8 @@ class FakeSlack:
         self.usergroups: dict[str, list[str]] = {}
         self.not_in: set[str] = set()  # channels the bot was not invited to
         self.failures: dict[str, list[str]] = {}  # method → errors to answer next
+        # method → HTTP faults to answer next: (status, applied first?, Retry-After)
+        self.http_faults: dict[str, list[tuple[int, bool, int | None]]] = {}
         self.response_owners: dict[str, str | None] = {}
         self.uploads: dict[str, dict[str, Any]] = {}  # file id → name and bytes
         self.socket_url = ""  # Socket Mode: where apps.connections.open points
@@ -83,6 +86,7 @@ class FakeSlack:
             self.not_in.clear()
             self.uploads.clear()
             self.failures.clear()
+            self.http_faults.clear()
 
     def new_response_url(self, user: str | None = None) -> str:
         path = f"/response/{next(self._response_urls)}"
@@ -93,6 +97,20 @@ class FakeSlack:
     def fail_next(self, method: str, error: str, times: int = 1) -> None:
         with self.lock:
             self.failures.setdefault(method, []).extend([error] * times)
+
+    def fail_http(self, method: str, status: int, applied: bool = False,
+                  retry_after: int | None = None, times: int = 1) -> None:
+        """Answer the next calls of `method` with an HTTP error: 429 (with Retry-After),
+        or a 5xx — after carrying the call out when `applied` (the answer is lost, the
+        message was posted)."""
+        with self.lock:
+            self.http_faults.setdefault(method, []).extend(
+                [(status, applied, retry_after)] * times)
+
+    def http_fault(self, method: str) -> tuple[int, bool, int | None] | None:
+        with self.lock:
+            pending = self.http_faults.get(method)
+            return pending.pop(0) if pending else None
 
     # what a person sees ---------------------------------------------------------------
 
@@ -133,7 +151,8 @@ class FakeSlack:
             result: dict[str, Any] = handler(args)
             return result
 
-    SCOPES = "commands,chat:write,files:write,usergroups:read"
+    SCOPES = ("commands,chat:write,files:write,usergroups:read,channels:history,"
+              "groups:history")
 
     def api_auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "url": "https://sandbox.slack.local/", "team": "Sandbox",
@@ -153,11 +172,31 @@ class FakeSlack:
         thread_ts = args.get("thread_ts")
         if thread_ts and self.message(channel, thread_ts) is None:
             return {"ok": False, "error": "thread_not_found"}
+        metadata = args.get("metadata")
+        if isinstance(metadata, str):
+            metadata = json.loads(metadata)
         msg = Message(channel=channel, ts=self._next_ts(), text=args.get("text", ""),
-                      blocks=self._blocks(args), thread_ts=thread_ts)
+                      blocks=self._blocks(args), thread_ts=thread_ts, metadata=metadata)
         self.messages.append(msg)
         return {"ok": True, "channel": channel, "ts": msg.ts,
                 "message": {"text": msg.text, "ts": msg.ts}}
+
+    def api_conversations_replies(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel, ts = args.get("channel", ""), args.get("ts", "")
+        root = self.message(channel, ts)
+        if root is None:
+            return {"ok": False, "error": "thread_not_found"}
+        with_metadata = str(args.get("include_all_metadata", "")).lower() in ("1", "true")
+        out = []
+        for m in [root, *self.thread(channel, ts)]:
+            item: dict[str, Any] = {"ts": m.ts, "text": m.text, "thread_ts": m.thread_ts or m.ts}
+            if m.files:
+                item["files"] = [{"id": f["id"], "title": f.get("title"),
+                                  "name": f.get("name")} for f in m.files]
+            if with_metadata and m.metadata:
+                item["metadata"] = m.metadata
+            out.append(item)
+        return {"ok": True, "messages": out, "has_more": False}
 
     def api_chat_update(self, args: dict[str, Any]) -> dict[str, Any]:
         msg = self.message(args.get("channel", ""), args.get("ts", ""))
@@ -245,9 +284,12 @@ class FakeSlack:
                         args.update(dict(parse_qsl(raw)))
                 return args
 
-            def _reply(self, payload: dict[str, Any]) -> None:
+            def _reply(self, payload: dict[str, Any], status: int = 200,
+                       headers: dict[str, str] | None = None) -> None:
                 body = json.dumps(payload).encode()
-                self.send_response(200)
+                self.send_response(status)
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("x-oauth-scopes", fake.SCOPES)
                 self.send_header("Content-Length", str(len(body)))
@@ -271,7 +313,20 @@ class FakeSlack:
                     if not auth.startswith("Bearer xapp-" if app_level else "Bearer xoxb-"):
                         self._reply({"ok": False, "error": "invalid_auth"})
                         return
-                    self._reply(fake.handle(path[len("/api/"):], args))
+                    method = path[len("/api/"):]
+                    fault = fake.http_fault(method)
+                    if fault is None:
+                        self._reply(fake.handle(method, args))
+                        return
+                    status, applied, retry_after = fault
+                    if applied:
+                        fake.handle(method, args)  # carried out; the answer is lost
+                    else:
+                        with fake.lock:
+                            fake.calls.append((method, args))
+                    extra = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+                    self._reply({"ok": False, "error": "ratelimited" if status == 429
+                                 else "internal_error"}, status, extra)
                 elif path.startswith("/response/"):
                     self._reply(fake.response_url(path, args))
                 else:

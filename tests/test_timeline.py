@@ -1,0 +1,134 @@
+"""The thread is the incident's record: every message exactly once, in order, whatever
+Slack does. The fake Slack can carry a call out and lose its answer (a 500 after
+delivery), answer 429 with Retry-After, or refuse; the bot runs through its real HTTP
+endpoint against moto's server."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from bot.sandbox.fake_slack import FakeSlack
+from bot.sandbox.harness import RunningBot, wait_for
+from bot.scheduler import sweep
+from handlers import sandbox_world
+from playbooks.store import CARD, FINAL_STATES, THREAD, Incident, OutboxMessage, Store
+
+CHANNEL = "C0INCIDENT"
+DANA, LEE = "U0DANA", "U0LEE"
+
+
+def contain(bot: RunningBot, world: sandbox_world.World, fault: Any = None) -> Any:
+    """Request, wait for the card, then (fault injected now, after the card) approve."""
+    assert bot.slack.command(DANA, CHANNEL, f"{world.instance_id} isolate miner")[0] == 200
+    card = wait_for(lambda: bot.slack.fake.channel_messages(CHANNEL))[0]
+    if fault is not None:
+        fault()
+    bot.slack.click_button(LEE, CHANNEL, card.ts, "Approve")
+    return card
+
+
+def drained(bot: RunningBot) -> Incident:
+    """Once the run has ended, sweep until the outbox is empty (failed sends back off,
+    then go again)."""
+    wait_for(lambda: any(i.status in FINAL_STATES for i in bot.deps.store.recent()),
+             timeout=60)
+
+    def empty() -> bool:
+        sweep(bot.deps)
+        return not bot.deps.store.unsent()
+
+    wait_for(empty, timeout=30, every=0.25)
+    return bot.deps.store.recent()[0]
+
+
+def texts(fake: FakeSlack, card_ts: str) -> list[str]:
+    return [m.text for m in fake.thread(CHANNEL, card_ts)]
+
+
+def test_a_message_slack_applied_but_whose_answer_was_lost_is_not_posted_again(
+        bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack) -> None:
+    card = contain(bot, world, lambda: fake_slack.fail_http(  # the first thread reply
+        "chat.postMessage", 500, applied=True))
+    incident = drained(bot)
+    thread = texts(fake_slack, card.ts)
+    assert thread[0].startswith("▶️ Approved by")
+    assert [t for t, n in Counter(thread).items() if n > 1] == []
+    assert thread[-1].startswith("🔒 *Contained*") and incident.status == "contained"
+    # It was looked for (by the outbox id in its metadata) instead of being sent again.
+    assert len(fake_slack.calls_to("conversations.replies")) >= 1
+    posts = [c for c in fake_slack.calls_to("chat.postMessage") if c.get("thread_ts")]
+    assert len(posts) == len(thread)
+
+
+def test_every_reply_carries_its_outbox_id_in_its_metadata(
+        bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack) -> None:
+    card = contain(bot, world)
+    drained(bot)
+    ids = [(m.metadata or {}).get("event_payload", {}).get("outbox_id")
+           for m in fake_slack.thread(CHANNEL, card.ts)]
+    assert all(isinstance(i, int) for i in ids) and ids == sorted(ids)
+
+
+def test_a_429_waits_for_retry_after_instead_of_hammering_slack(
+        bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack) -> None:
+    card = contain(bot, world, lambda: fake_slack.fail_http("chat.postMessage", 429,
+                                                            retry_after=1))
+    drained(bot)
+    thread = texts(fake_slack, card.ts)
+    assert [t for t, n in Counter(thread).items() if n > 1] == []
+    posts = [c for c in fake_slack.calls_to("chat.postMessage") if c.get("thread_ts")]
+    assert len(posts) == len(thread) + 1  # the refused one, once more, and no more
+
+
+def test_an_api_refusal_is_retried_in_order_without_a_lookup(
+        bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack) -> None:
+    card = contain(bot, world, lambda: fake_slack.fail_next(
+        "chat.postMessage", "service_unavailable", times=2))
+    drained(bot)
+    thread = texts(fake_slack, card.ts)
+    assert thread[0].startswith("▶️ Approved by") and thread[-1].startswith("🔒 *Contained*")
+    assert [t for t, n in Counter(thread).items() if n > 1] == []
+    assert fake_slack.calls_to("conversations.replies") == []  # surely not sent: no lookup
+
+
+@pytest.fixture
+def running(store: Store) -> Incident:
+    inc = store.create_incident(ttl_seconds=60, kind="instance", target_id="i-0abc",
+                                region="us-east-1", playbook="isolate", reason="r",
+                                requester="U1", channel_id="C1", facts={})
+    store.decide(inc.id, "U2", approve=True)
+    assert store.claim_run(inc.id, "w:1:a:1", 30)
+    return inc
+
+
+def _outbox(store: Store, incident_id: str) -> list[tuple[str, dict[str, Any]]]:
+    with store.session() as s:
+        rows = s.query(OutboxMessage).filter(OutboxMessage.incident_id == incident_id)
+        return [(r.kind, r.payload) for r in rows.order_by(OutboxMessage.id)]
+
+
+def test_the_end_of_a_run_and_its_messages_are_one_write(store: Store, running: Incident
+                                                         ) -> None:
+    before = _outbox(store, running.id)
+    final = [(THREAD, {"text": "🔒 done"}), (CARD, {})]
+    # Someone else owns the run: neither the end nor its messages are written.
+    assert not store.finish_run(running.id, "other:1:b:1", "contained", "x", final)
+    assert _outbox(store, running.id) == before
+    assert store.finish_run(running.id, "w:1:a:1", "contained", "x", final)
+    assert _outbox(store, running.id) == [*before, *final]
+
+
+def test_a_step_its_reply_and_its_evidence_are_one_write(store: Store, running: Incident
+                                                         ) -> None:
+    (step,) = store.ensure_steps(running.id, ["capture-evidence"])
+    reply = [(THREAD, {"text": "✅ captured"})]
+    assert not store.finish_step(step.id, "other:1:b:1", running.id, {"status": "succeeded"},
+                                 reply, [("x.json", "application/json", b"{}")])
+    assert store.evidence(running.id) == [] and store.steps(running.id)[0].status == "pending"
+    assert store.finish_step(step.id, "w:1:a:1", running.id, {"status": "succeeded"}, reply,
+                             [("x.json", "application/json", b"{}")])
+    (kept,) = store.evidence(running.id)
+    assert _outbox(store, running.id)[-2:] == [*reply, ("file", {"evidence_id": kept.id})]
