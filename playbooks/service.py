@@ -17,6 +17,7 @@ from playbooks.errors import (
     AlreadyDecided,
     AwsLookupFailed,
     BadInput,
+    NotAuthorized,
     RequestExpired,
     TargetNotFound,
     UnknownIncident,
@@ -51,6 +52,16 @@ class ContainRequest:
 
 
 @dataclass(frozen=True)
+class Click:
+    """Who clicked, and on which message: a decision is accepted only from its card."""
+
+    user: str
+    channel: str
+    message_ts: str
+    team: str = ""
+
+
+@dataclass(frozen=True)
 class IncidentReport:
     incident: Incident
     steps: list[StepRecord]
@@ -67,8 +78,11 @@ class Cordon:
         worker: Worker | None = None,
         wide_approvals: int = 2,
         accounts: dict[str, str] | None = None,
+        is_approver: Callable[[str], bool] | None = None,
     ) -> None:
         self.accounts = dict(accounts or {})
+        # Who may decide; every entry point (button, modal, API) goes through here.
+        self.is_approver = is_approver or (lambda _user: True)
         self.store = store
         self.clients_for = clients_for
         self.regions = list(regions)
@@ -311,8 +325,39 @@ class Cordon:
         log.info("key request opened", extra={"incident": incident.id, "playbook": playbook})
         return incident
 
-    def card_posted(self, incident_id: str, channel_id: str, ts: str) -> None:
-        self.store.set_card(incident_id, channel_id, ts)
+    def card_posted(self, incident_id: str, channel_id: str, ts: str, team_id: str = "") -> None:
+        self.store.set_card(incident_id, channel_id, ts, team_id)
+
+    def authorize(self, incident: Incident, click: Click, action: str) -> None:
+        """A click must come from the incident's own card, and from someone allowed to
+        make it: an approver who did not ask for it (the requester may only withdraw
+        their own request). Refusals are recorded and change nothing."""
+        team = (incident.facts or {}).get("team_id")
+        if (click.channel != incident.channel_id or click.message_ts != incident.card_ts
+                or (team and click.team and click.team != team)):
+            self.refuse(incident.id, click.user, action, "refused: not this incident's card")
+            log.warning("click refused: not from the incident's card", extra={
+                "incident": incident.id, "user": click.user, "channel": click.channel})
+            raise NotAuthorized("that button does not belong to this incident's card. "
+                                "Nothing was changed.")
+        if action == "approve" and click.user == incident.requester:
+            self.refuse(incident.id, click.user, action, "refused: own request")
+            raise NotAuthorized("you asked for this containment, so someone else must "
+                                "approve it. Nothing was changed.")
+        withdrawing = action == "deny" and click.user == incident.requester
+        if not withdrawing and not self.is_approver(click.user):
+            self.refuse(incident.id, click.user, action, "refused: not an approver")
+            raise NotAuthorized(f"you are not authorised to {action} containments. "
+                                "Nothing was changed.")
+
+    def click(self, incident_id: str, click: Click, action: str,
+              messages: Sequence[Message] = ()) -> Incident:
+        """Approve, deny or retry from a card, checked first (see `authorize`)."""
+        incident = self.get(incident_id)
+        self.authorize(incident, click, action)
+        if action == "retry":
+            return self.retry(incident_id, click.user, messages)
+        return self.decide(incident_id, click.user, action == "approve")
 
     def card_failed(self, incident_id: str) -> None:
         self.store.delete_incident(incident_id)

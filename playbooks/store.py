@@ -269,10 +269,15 @@ class Store:
                 select(Incident).order_by(Incident.created_at.desc()).limit(limit)
             ))
 
-    def set_card(self, incident_id: str, channel_id: str, ts: str) -> None:
+    def set_card(self, incident_id: str, channel_id: str, ts: str, team_id: str = "") -> None:
+        """Where the card is: only a click on this message may decide the incident."""
         with self.session() as s:
-            s.execute(update(Incident).where(Incident.id == incident_id)
-                      .values(channel_id=channel_id, card_ts=ts))
+            inc = s.get(Incident, incident_id)
+            if inc is None:
+                return
+            inc.channel_id, inc.card_ts = channel_id, ts
+            if team_id:
+                inc.facts = {**(inc.facts or {}), "team_id": team_id}
 
     def delete_incident(self, incident_id: str) -> None:
         """Only for a request whose card could not be posted: nobody ever saw it."""

@@ -69,8 +69,8 @@ def test_a_lost_answer_does_not_make_evidence_twice(
 def test_a_resumed_run_records_the_evidence_an_earlier_attempt_made(
         faulty_bot: RunningBot, world: sandbox_world.World) -> None:
     card = request(faulty_bot, world.instance_id)
-    incident = wait_for(lambda: next(i for i in faulty_bot.deps.store.recent()
-                                     if i.card_ts == card.ts))
+    incident = wait_for(lambda: next((i for i in faulty_bot.deps.store.recent()
+                                      if i.card_ts == card.ts), None))
     # An earlier attempt made the snapshots and died before recording them.
     tags = [{"Key": "cordon:incident", "Value": incident.id},
             {"Key": "cordon:instance", "Value": world.instance_id},

@@ -258,7 +258,7 @@ def test_a_worker_that_loses_its_lease_stops_before_its_next_aws_call(
     card = wait_for(lambda: faulty_bot.slack.fake.channel_messages(CHANNEL))[0]
     faulty_bot.slack.click_button(LEE, CHANNEL, card.ts, "Approve")
     assert faulty.wait_held(2)
-    incident = wait_for(lambda: next(i for i in store.recent() if i.card_ts == card.ts))
+    incident = wait_for(lambda: next((i for i in store.recent() if i.card_ts == card.ts), None))
     # Another worker takes the run (its lease was thought lapsed).
     with store.session() as s:
         s.execute(update(Incident).where(Incident.id == incident.id)

@@ -132,3 +132,44 @@ def test_a_step_its_reply_and_its_evidence_are_one_write(store: Store, running: 
                              [("x.json", "application/json", b"{}")])
     (kept,) = store.evidence(running.id)
     assert _outbox(store, running.id)[-2:] == [*reply, ("file", {"evidence_id": kept.id})]
+
+
+# a click belongs to its card --------------------------------------------------------------
+
+
+def _two_cards(bot: RunningBot, world: sandbox_world.World) -> tuple[Any, Any]:
+    bot.slack.command(DANA, CHANNEL, f"{world.instance_id} isolate one")
+    bot.slack.command(DANA, "C0OTHER", f"{world.bystander_id} isolate two")
+    first = wait_for(lambda: bot.slack.fake.channel_messages(CHANNEL))[0]
+    second = wait_for(lambda: bot.slack.fake.channel_messages("C0OTHER"))[0]
+    return first, second
+
+
+def _incident_of(bot: RunningBot, card: Any) -> Incident:
+    return wait_for(lambda: next((i for i in bot.deps.store.recent() if i.card_ts == card.ts),
+                                 None))
+
+
+@pytest.mark.parametrize("tamper", ["value", "channel", "team"])
+def test_a_click_that_does_not_come_from_the_incidents_card_changes_nothing(
+        bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack,
+        tamper: str) -> None:
+    import json
+
+    first, second = _two_cards(bot, world)
+    target = _incident_of(bot, second)
+    value = json.dumps({"incident_id": target.id})
+    if tamper == "value":  # Approve on card 1, its value changed to incident 2
+        status, _ = bot.slack.click(LEE, CHANNEL, first.ts, "cordon_approve", value)
+    elif tamper == "channel":  # claims incident 2's message, from another channel
+        status, _ = bot.slack.click(LEE, CHANNEL, second.ts, "cordon_approve", value)
+    else:  # incident 2's own card, clicked from another workspace
+        bot.slack.team_id = "T0ELSEWHERE"
+        status, _ = bot.slack.click(LEE, "C0OTHER", second.ts, "cordon_approve", value)
+    assert status == 200  # acknowledged; the answer comes privately
+    refused = wait_for(lambda: [d for d in bot.deps.store.decisions(target.id)
+                                if d.outcome.startswith("refused")])
+    assert refused[0].outcome == "refused: not this incident's card"
+    assert bot.deps.store.get(target.id).status == "pending"  # type: ignore[union-attr]
+    assert "does not belong" in wait_for(lambda: fake_slack.ephemerals_for(LEE))[-1]
+    assert bot.deps.store.steps(target.id) == []  # nothing ran, nothing changed in AWS

@@ -51,12 +51,12 @@ def register(app: App, deps: Deps) -> None:
         elif isinstance(cmd, grammar.ReleaseCommand):
             incident = deps.cordon.open_release(cmd.query, cmd.reason, command["user_id"],
                                                 command["channel_id"])
-            post_card(deps, incident, client)
+            post_card(deps, incident, client, command.get("team_id", ""))
         elif isinstance(cmd, grammar.KeyCommand):
             incident = deps.cordon.open_key_request(
                 cmd.key_id, cmd.reason, command["user_id"], command["channel_id"],
                 cmd.options, deps.key_lookback_days)
-            post_card(deps, incident, client)
+            post_card(deps, incident, client, command.get("team_id", ""))
 
     app.command(COMMAND)(ack=ack_contain, lazy=[process_contain])
 
@@ -84,10 +84,10 @@ def open_containment(deps: Deps, cmd: grammar.ContainCommand, command: dict[str,
         options=cmd.options,
     )
     incident = deps.cordon.open_request(request, facts)
-    post_card(deps, incident, client)
+    post_card(deps, incident, client, command.get("team_id", ""))
 
 
-def post_card(deps: Deps, incident: Incident, client: WebClient) -> None:
+def post_card(deps: Deps, incident: Incident, client: WebClient, team_id: str = "") -> None:
     text, card = blocks.render_card(incident)
     try:
         resp = client.chat_postMessage(channel=incident.channel_id, text=text, blocks=card,
@@ -99,4 +99,4 @@ def post_card(deps: Deps, incident: Incident, client: WebClient) -> None:
             "not_in_channel", "channel_not_found") else ""
         raise BadInput(f"could not post the approval card (`{error}`).{hint} "
                        "Nothing was changed.") from exc
-    deps.cordon.card_posted(incident.id, incident.channel_id, str(resp["ts"]))
+    deps.cordon.card_posted(incident.id, incident.channel_id, str(resp["ts"]), team_id)
