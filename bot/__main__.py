@@ -62,8 +62,7 @@ def run_serve(host: str, port: int | None) -> int:
     try:
         deps = build_deps(settings)
     except Exception as exc:  # the store is opened (and migrated) first
-        raise SettingsError(f"cordon: cannot open the database "
-                            f"({type(exc).__name__}): check CORDON_DATABASE_URL") from None
+        raise SettingsError(database_error(exc)) from None
     app = build_app(settings, deps)
     if not settings.approvers:
         log.warning("CORDON_APPROVERS is empty: nobody can approve a containment")
@@ -81,14 +80,21 @@ def run_serve(host: str, port: int | None) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     # The HTTP server runs in Socket Mode too: it serves /healthz.
-    server = SlackHTTPServer(app, host, port or settings.port, deps.store.ping)
+    try:
+        server = SlackHTTPServer(app, host, port or settings.port, deps.store.health)
+    except OSError as exc:
+        scheduler.shutdown(wait=False)
+        deps.worker.shutdown(wait=False)
+        raise SettingsError(f"cordon: cannot listen on {host}:{port or settings.port}: "
+                            f"{exc.strerror or exc} (another process has the port? set PORT "
+                            "or --port)") from None
     server.start()
     if settings.slack_app_token:
         from slack_bolt.adapter.socket_mode import SocketModeHandler
 
         handler = SocketModeHandler(app, settings.slack_app_token)
-        handler.connect()
-        log.info("connected with Socket Mode", extra={"health": f"{server.url}/healthz"})
+        threading.Thread(target=connect_socket_mode, args=(handler, stopping, server.url),
+                         name="cordon-socket", daemon=True).start()
         stopping.wait()
         handler.close()
     else:
@@ -101,6 +107,34 @@ def run_serve(host: str, port: int | None) -> int:
     deps.timeline.close()
     log.info("stopped")
     return 0
+
+
+def connect_socket_mode(handler: object, stopping: threading.Event, health_url: str) -> None:
+    """Open the WebSocket; while Slack cannot be reached, try again with backoff (runs go
+    on meanwhile). Once open, slack_sdk reconnects by itself."""
+    delay = 1.0
+    while not stopping.is_set():
+        try:
+            handler.connect()  # type: ignore[attr-defined]
+        except Exception as exc:
+            log.warning("Socket Mode: Slack cannot be reached; trying again",
+                        extra={"in_seconds": delay, "error": str(exc)[:200]})
+            stopping.wait(delay)
+            delay = min(60.0, delay * 2)
+            continue
+        log.info("connected with Socket Mode", extra={"health": f"{health_url}/healthz"})
+        return
+
+
+def database_error(exc: Exception) -> str:
+    """One line with the real cause: unreachable, refused login, missing driver."""
+    cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    first = cause[0][:200] if cause else type(exc).__name__
+    if "Can't load plugin" in first and "postgres" in first:
+        return ("cordon: cannot open the database: no driver for that URL — write it as "
+                "postgresql+psycopg://user:pass@host:5432/db (check CORDON_DATABASE_URL)")
+    return (f"cordon: cannot open the database ({type(exc).__name__}): {first} "
+            "(check CORDON_DATABASE_URL)")
 
 
 def run_policy(playbooks: list[str] | None) -> int:

@@ -1,99 +1,103 @@
-"""HTTP endpoint: `POST /slack/events` (slash commands, interactivity, events) and
-`GET /healthz` (the database answers). Signature verification is Bolt's, always on."""
+"""HTTP endpoint, served by waitress (a production WSGI server: request and connection
+timeouts, a body limit, a thread pool): `POST /slack/events` (slash commands,
+interactivity, events) through Bolt's WSGI adapter, with Bolt's signature verification
+always on, and `GET /healthz` (the database takes a write). A malformed request gets a
+400 and no traceback."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import threading
-from collections.abc import Callable, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from slack_bolt import App, BoltRequest
+from slack_bolt import App
+from slack_bolt.adapter.wsgi import SlackRequestHandler
+from waitress import wasyncore
+from waitress.server import create_server
 
 log = logging.getLogger("cordon.http")
 
 MAX_BODY = 1 << 20  # Slack payloads are far smaller
+Health = Callable[[], tuple[bool, str]]
+StartResponse = Callable[..., Any]
+
+
+def wsgi_app(app: App, health: Health) -> Callable[[dict[str, Any], StartResponse],
+                                                    Iterable[bytes]]:
+    bolt = SlackRequestHandler(app, path="/slack/events")
+
+    def reply(start_response: StartResponse, status: str, body: bytes,
+              content_type: str = "text/plain; charset=utf-8") -> list[bytes]:
+        start_response(status, [("Content-Type", content_type),
+                                ("Content-Length", str(len(body)))])
+        return [body]
+
+    def application(environ: dict[str, Any], start_response: StartResponse
+                    ) -> Iterable[bytes]:
+        path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "")
+        if path == "/healthz" and method in ("GET", "HEAD"):
+            try:
+                ok, why = health()
+            except Exception as exc:
+                ok, why = False, f"{type(exc).__name__}: {str(exc)[:200]}"
+            if not ok:
+                log.warning("health check failed", extra={"why": why})
+            body = json.dumps({"ok": ok, "database": why}).encode()
+            return reply(start_response, "200 OK" if ok else "503 Service Unavailable", body,
+                         "application/json")
+        if path != "/slack/events":
+            return reply(start_response, "404 Not Found", b"not found")
+        if method != "POST":
+            return reply(start_response, "405 Method Not Allowed", b"POST only")
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return reply(start_response, "400 Bad Request", b"bad Content-Length")
+        if length > MAX_BODY:
+            return reply(start_response, "413 Payload Too Large", b"too large")
+        body = environ["wsgi.input"].read(length) if length else b""
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            return reply(start_response, "400 Bad Request", b"the body is not UTF-8")
+        environ["wsgi.input"] = io.BytesIO(body)
+        return bolt(environ, start_response)
+
+    return application
 
 
 class SlackHTTPServer:
-    def __init__(self, app: App, host: str, port: int, health: Callable[[], bool]) -> None:
+    def __init__(self, app: App, host: str, port: int, health: Health,
+                 threads: int = 8) -> None:
         self.app = app
         self.health = health
-        self.httpd = ThreadingHTTPServer((host, port), self._handler_class())
-        self.httpd.daemon_threads = True
+        self._server = create_server(
+            wsgi_app(app, health), host=host, port=port, threads=threads,
+            channel_timeout=30,  # an idle or trickling connection is closed
+            max_request_body_size=MAX_BODY, max_request_header_size=64 * 1024,
+            clear_untrusted_proxy_headers=True, ident="cordon")
         self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
-        return int(self.httpd.server_address[1])
+        return int(self._server.effective_port)
 
     @property
     def url(self) -> str:
-        host = str(self.httpd.server_address[0])
-        return f"http://{host}:{self.port}"
-
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                log.debug("http %s %s", self.command, self.path)
-
-            def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-                self.send_response(status)
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self) -> None:
-                if urlsplit(self.path).path != "/healthz":
-                    self._send(404, b"not found", {"Content-Type": "text/plain"})
-                    return
-                try:
-                    ok = server.health()
-                except Exception as exc:
-                    log.warning("health check failed", extra={"error": str(exc)[:200]})
-                    ok = False
-                body = json.dumps({"ok": ok}).encode()
-                self._send(200 if ok else 503, body, {"Content-Type": "application/json"})
-
-            def do_POST(self) -> None:
-                parts = urlsplit(self.path)
-                if parts.path != "/slack/events":
-                    self._send(404, b"not found", {"Content-Type": "text/plain"})
-                    return
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > MAX_BODY:
-                    self._send(413, b"too large", {"Content-Type": "text/plain"})
-                    return
-                body = self.rfile.read(length).decode("utf-8")
-                headers: dict[str, str | Sequence[str]] = {
-                    k.lower(): v for k, v in self.headers.items()}
-                resp = server.app.dispatch(
-                    BoltRequest(body=body, query=parts.query, headers=headers)
-                )
-                out = {k: v[0] if isinstance(v, list) else str(v)
-                       for k, v in resp.headers.items() if v}
-                self._send(resp.status, resp.body.encode("utf-8"), out)
-
-        return Handler
+        return f"http://{self._server.effective_host}:{self.port}"
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="cordon-http",
+        self._thread = threading.Thread(target=self._server.run, name="cordon-http",
                                         daemon=True)
         self._thread.start()
 
-    def serve_forever(self) -> None:
-        self.httpd.serve_forever()
-
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        """Stop: the requests being answered finish first, then every connection and the
+        listening socket are closed."""
+        self._server.task_dispatcher.shutdown(cancel_pending=False, timeout=5)
+        wasyncore.close_all(self._server._map)
         if self._thread is not None:
             self._thread.join(timeout=5)

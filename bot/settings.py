@@ -43,18 +43,49 @@ class Settings(BaseSettings):
                                                     validate_default=True)
     accounts: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict,
                                                           alias="CORDON_ACCOUNTS")
-    approval_ttl: int = Field(default=1800, alias="CORDON_APPROVAL_TTL")
+    approval_ttl: int = Field(default=1800, alias="CORDON_APPROVAL_TTL", ge=60, le=86400)
     asg_decrement: bool = Field(default=False, alias="CORDON_ASG_DECREMENT")
     key_lookback_days: int = Field(default=7, alias="CORDON_KEY_LOOKBACK", ge=1, le=90)
     wide_approvals: int = Field(default=2, alias="CORDON_WIDE_APPROVALS", ge=1, le=10)
-    sweep_interval: int = Field(default=15, alias="CORDON_SWEEP_INTERVAL")
-    usergroup_cache_ttl: int = Field(default=60, alias="CORDON_USERGROUP_CACHE_TTL")
+    sweep_interval: int = Field(default=15, alias="CORDON_SWEEP_INTERVAL", ge=1, le=3600)
+    usergroup_cache_ttl: int = Field(default=60, alias="CORDON_USERGROUP_CACHE_TTL", ge=0,
+                                     le=86400)
     workers: int = Field(default=4, alias="CORDON_WORKERS", ge=1, le=64)
     lease_seconds: int = Field(default=10, alias="CORDON_LEASE_SECONDS", ge=3, le=300)
     log_format: str = Field(default="json", alias="CORDON_LOG_FORMAT")
     log_level: str = Field(default="INFO", alias="CORDON_LOG_LEVEL")
 
-    port: int = Field(default=3000, alias="PORT")
+    port: int = Field(default=3000, alias="PORT", ge=1, le=65535)
+
+    @field_validator("slack_bot_token")
+    @classmethod
+    def _bot_token(cls, value: str) -> str:
+        if not value.startswith("xoxb-"):
+            raise ValueError("a bot token starts with xoxb- (OAuth & Permissions → Bot User "
+                             "OAuth Token)")
+        return value
+
+    @field_validator("slack_app_token")
+    @classmethod
+    def _app_token(cls, value: str | None) -> str | None:
+        if value and not value.startswith("xapp-"):
+            raise ValueError("an app-level token starts with xapp- (Basic Information → "
+                             "App-Level Tokens, scope connections:write)")
+        return value or None
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        if value.lower() not in ("json", "text"):
+            raise ValueError(f"{value!r}: use json or text")
+        return value.lower()
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError(f"{value!r}: use DEBUG, INFO, WARNING or ERROR")
+        return value.upper()
 
     @field_validator("approvers", mode="before")
     @classmethod

@@ -33,3 +33,10 @@ class UnknownIncident(CordonError):
 
 class AwsLookupFailed(CordonError):
     pass
+
+
+def is_store_outage(exc: BaseException) -> bool:
+    """The database did not answer (locked past its timeout, unreachable, disk full)."""
+    from sqlalchemy.exc import OperationalError, TimeoutError
+
+    return isinstance(exc, OperationalError | TimeoutError)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -354,6 +355,12 @@ class Cordon:
               messages: Sequence[Message] = ()) -> Incident:
         """Approve, deny or retry from a card, checked first (see `authorize`)."""
         incident = self.get(incident_id)
+        for _ in range(30):
+            # The card is on Slack a moment before its ts is recorded here.
+            if incident.card_ts is not None:
+                break
+            time.sleep(0.1)
+            incident = self.get(incident_id)
         self.authorize(incident, click, action)
         if action == "retry":
             return self.retry(incident_id, click.user, messages)

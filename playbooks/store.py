@@ -26,6 +26,7 @@ from sqlalchemy import (
     event,
     exists,
     func,
+    insert,
     literal,
     or_,
     select,
@@ -194,9 +195,26 @@ class Revocation(Base):
     note: Mapped[str] = mapped_column(Text, default="")
 
 
+class HealthBeat(Base):
+    """One row that /healthz rewrites: the database takes a write, or it is not healthy."""
+
+    __tablename__ = "health"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# A locked or stuck database answers within these, instead of hanging a click: the person
+# is told, and the sweep finishes the work later.
+LOCK_TIMEOUT_S = 5
+STATEMENT_TIMEOUT_S = 15
+HEALTH_TIMEOUT_S = 2
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False,
+                                                  "timeout": LOCK_TIMEOUT_S})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -206,7 +224,17 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+    @event.listens_for(engine, "connect")
+    def _timeouts(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute(f"SET lock_timeout = '{LOCK_TIMEOUT_S}s'")
+        cur.execute(f"SET statement_timeout = '{STATEMENT_TIMEOUT_S}s'")
+        cur.close()
+        dbapi_conn.commit()
+
+    return engine
 
 
 class Store:
@@ -227,6 +255,30 @@ class Store:
         with self.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         return True
+
+    def health(self) -> tuple[bool, str]:
+        """Whether the database takes a write now, within a short timeout (a lock held
+        on the incidents, a full disk, a read-only database all fail it), and why not."""
+        try:
+            with self.engine.connect() as conn:
+                if self.engine.dialect.name == "postgresql":
+                    conn.execute(text(f"SET LOCAL lock_timeout = '{HEALTH_TIMEOUT_S}s'"))
+                    conn.execute(text(f"SET LOCAL statement_timeout = '{HEALTH_TIMEOUT_S + 1}s'"))
+                else:
+                    conn.execute(text(f"PRAGMA busy_timeout = {HEALTH_TIMEOUT_S * 1000}"))
+                # What a click writes: a row of the incidents (none is changed), and a beat.
+                conn.execute(update(Incident).where(Incident.id == "-").values(status=PENDING))
+                beat = conn.execute(update(HealthBeat).where(HealthBeat.id == 1)
+                                    .values(at=utcnow()))
+                if beat.rowcount == 0:
+                    conn.execute(insert(HealthBeat).values(id=1, at=utcnow()))
+                conn.commit()
+                if self.engine.dialect.name != "postgresql":
+                    conn.execute(text(f"PRAGMA busy_timeout = {LOCK_TIMEOUT_S * 1000}"))
+        except Exception as exc:
+            cause = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:200]
+            return False, f"cannot take a write: {type(exc).__name__}: {cause}"
+        return True, "takes writes"
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -34,15 +34,16 @@ def test_missing_required_settings_stop_with_one_line(tmp_path: Path) -> None:
 
 def test_bad_values_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SettingsError, match=r"CORDON_APPROVERS: .*alice"):
-        load_settings(SLACK_BOT_TOKEN="x", SLACK_SIGNING_SECRET="y", CORDON_APPROVERS="alice")
+        load_settings(SLACK_BOT_TOKEN="xoxb-x", SLACK_SIGNING_SECRET="y", CORDON_APPROVERS="alice")
     with pytest.raises(SettingsError, match="CORDON_APPROVAL_TTL"):
-        load_settings(SLACK_BOT_TOKEN="x", SLACK_SIGNING_SECRET="y", CORDON_APPROVAL_TTL="soon")
+        load_settings(SLACK_BOT_TOKEN="xoxb-x", SLACK_SIGNING_SECRET="y",
+                      CORDON_APPROVAL_TTL="soon")
 
 
 def test_lists_and_durations_parse(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CORDON_REGIONS", "us-east-1, eu-west-1")
     monkeypatch.setenv("CORDON_APPROVERS", "S0ONCALL,U0LEAD")
-    s = load_settings(SLACK_BOT_TOKEN="x", SLACK_SIGNING_SECRET="y", CORDON_APPROVAL_TTL="30m")
+    s = load_settings(SLACK_BOT_TOKEN="xoxb-x", SLACK_SIGNING_SECRET="y", CORDON_APPROVAL_TTL="30m")
     assert s.regions == ["us-east-1", "eu-west-1"]
     assert s.approvers == ["S0ONCALL", "U0LEAD"]
     assert s.approval_ttl == 1800

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bot.blocks import render_error
-from playbooks.errors import CordonError
+from playbooks.errors import CordonError, is_store_outage
 
 log = logging.getLogger("cordon.listeners")
 
@@ -25,7 +25,14 @@ def replies_errors(fn: Callable[..., None]) -> Callable[..., None]:
         except CordonError as exc:
             respond(text=render_error(str(exc)), response_type="ephemeral",
                     replace_original=False)
-        except Exception:
+        except Exception as exc:
+            if is_store_outage(exc):
+                log.warning("database did not answer", extra={"error": str(exc)[:200]})
+                respond(text=render_error(
+                    "Cordon's database did not answer in time (locked or unavailable), so "
+                    "this was not recorded. Try again in a minute; `/contain status` shows "
+                    "what is recorded."), response_type="ephemeral", replace_original=False)
+                return
             ref = secrets.token_hex(4)
             log.exception("listener failed", extra={"ref": ref})
             respond(text=render_error(f"Cordon hit an internal error (ref `{ref}`). "

@@ -46,7 +46,7 @@ def start_bot(fake: FakeSlack, database_url: str, approvers: str = "S0ONCALL",
     )
     deps = build_deps(settings, session_factory)
     app = build_app(settings, deps)
-    server = SlackHTTPServer(app, "127.0.0.1", 0, deps.store.ping)
+    server = SlackHTTPServer(app, "127.0.0.1", 0, deps.store.health)
     server.start()
     slack = SignedSlack(server.url + "/slack/events", secret, fake)
     return RunningBot(settings, deps, server, slack)

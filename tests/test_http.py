@@ -1,0 +1,93 @@
+"""The HTTP endpoint is a production server: honest health (503 with the reason when
+the database cannot take a write), 400 for malformed requests, nothing changed."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import sqlite3
+import threading
+from typing import Any
+
+from sqlalchemy import create_engine, text
+
+from bot.sandbox.harness import RunningBot
+from tests.conftest import POSTGRES_URL
+
+
+def get_health(bot: RunningBot) -> tuple[int, dict[str, Any]]:
+    conn = http.client.HTTPConnection("127.0.0.1", bot.server.port, timeout=30)
+    conn.request("GET", "/healthz")
+    resp = conn.getresponse()
+    return resp.status, json.loads(resp.read())
+
+
+def raw(bot: RunningBot, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", bot.server.port), timeout=10) as s:
+        s.sendall(request)
+        chunks = []
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+            if b"\r\n\r\n" in b"".join(chunks):
+                break
+        return b"".join(chunks)
+
+
+def test_health_says_ok_when_the_database_takes_a_write(bot: RunningBot) -> None:
+    assert get_health(bot) == (200, {"ok": True, "database": "takes writes"})
+
+
+def test_health_is_503_with_the_reason_while_the_database_is_locked(
+        bot: RunningBot, database_url: str) -> None:
+    release = threading.Event()
+    locked = threading.Event()
+
+    def hold_lock() -> None:
+        if database_url.startswith("sqlite"):
+            conn = sqlite3.connect(database_url.removeprefix("sqlite:///"), timeout=1)
+            conn.execute("BEGIN EXCLUSIVE")
+            locked.set()
+            release.wait(30)
+            conn.rollback()
+            conn.close()
+            return
+        engine = create_engine(database_url)
+        with engine.connect() as conn:
+            conn.execute(text("LOCK TABLE incidents IN ACCESS EXCLUSIVE MODE"))
+            locked.set()
+            release.wait(30)
+            conn.rollback()
+        engine.dispose()
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        status, body = get_health(bot)
+        assert status == 503 and body["ok"] is False
+        assert "cannot take a write" in body["database"]
+    finally:
+        release.set()
+        holder.join()
+    assert get_health(bot)[0] == 200  # and healthy again once the lock is gone
+    assert POSTGRES_URL  # the PostgreSQL case runs against the local server
+
+
+def test_malformed_requests_get_a_400_and_change_nothing(bot: RunningBot) -> None:
+    bad_utf8 = b"payload=\xff\xfe"
+    answer = raw(bot, b"POST /slack/events HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                      b"application/x-www-form-urlencoded\r\nContent-Length: "
+                      + str(len(bad_utf8)).encode() + b"\r\n\r\n" + bad_utf8)
+    assert answer.startswith(b"HTTP/1.1 400")
+    answer = raw(bot, b"POST /slack/events HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400")
+    # Unsigned: Bolt refuses it.
+    answer = raw(bot, b"POST /slack/events HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+    assert answer.startswith(b"HTTP/1.1 401")
+    assert bot.deps.store.recent() == []
+    # The server is still there.
+    assert get_health(bot)[0] == 200
