@@ -8,9 +8,10 @@ from sqlalchemy import inspect
 from bot.settings import load_settings
 from bot.wiring import make_web_client
 from playbooks.service import client_pool, preflight_aws
-from playbooks.store import Base, make_engine
+from playbooks.store import Base, Store, make_engine
 
-REQUIRED_SCOPES = ("commands", "chat:write", "files:write", "usergroups:read")
+REQUIRED_SCOPES = ("commands", "chat:write", "files:write", "usergroups:read",
+                   "channels:history", "groups:history")
 
 
 def run_preflight() -> int:
@@ -44,17 +45,19 @@ def run_preflight() -> int:
 
     try:
         engine = make_engine(settings.database_url)
-        tables = set(inspect(engine).get_table_names())
+        before = set(inspect(engine).get_table_names())
         engine.dispose()
-        missing_tables = sorted(set(Base.metadata.tables) - tables)
-        if missing_tables:
-            lines.append((False, f"Database: reachable, missing tables {', '.join(missing_tables)}"
-                                 " — start `python -m bot serve` once to create them"))
-        else:
-            lines.append((True, "Database: reachable and migrated"))
+        store = Store.from_url(settings.database_url)  # creates what is missing
+        ok, why = store.health()
+        store.engine.dispose()
+        made = sorted(set(Base.metadata.tables) - before)
+        said = f"created tables {', '.join(made)}" if made else "tables up to date"
+        lines.append((ok, f"Database: reachable, {said}, {why}" if ok else
+                      f"Database: reachable, {said}, but it {why}"))
     except Exception as exc:
-        lines.append((False, f"Database: unreachable ({type(exc).__name__}) — check "
-                             "CORDON_DATABASE_URL"))
+        cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        lines.append((False, f"Database: unreachable ({type(exc).__name__}: "
+                             f"{cause[0][:160] if cause else ''}) — check CORDON_DATABASE_URL"))
 
     for check in preflight_aws(client_pool(accounts=settings.accounts), settings.regions):
         lines.append((check.ok, f"AWS {check.what}: {check.detail}"))

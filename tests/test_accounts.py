@@ -18,7 +18,6 @@ from bot.sandbox.harness import RunningBot, start_bot, wait_for
 from handlers import sandbox_world
 from handlers.aws import Clients
 from handlers.ec2_lookup import AmbiguousTarget, find_instance
-from playbooks.store import Store
 from tests.conftest import AwsTrace, settle
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,8 +114,7 @@ def _preflight(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[st
 
 def test_preflight_passes_against_moto_and_the_fake_slack(
         tmp_path: Path, prod_world: sandbox_world.World, fake_slack: FakeSlack) -> None:
-    db = f"sqlite:///{tmp_path}/cordon.db"
-    Store.from_url(db).engine.dispose()  # as `serve` leaves it
+    db = f"sqlite:///{tmp_path}/cordon.db"  # a fresh database: preflight runs before serve
     env = {"SLACK_BOT_TOKEN": "xoxb-test", "SLACK_SIGNING_SECRET": "0123456789abcdef0123",
            "SLACK_API_URL": fake_slack.api_url, "CORDON_DATABASE_URL": db,
            "CORDON_REGIONS": "us-east-1,eu-west-1",
@@ -128,8 +126,11 @@ def test_preflight_passes_against_moto_and_the_fake_slack(
     for expected in ("Slack token", "Slack scopes", "Signing secret", "Database",
                      "account prod: role assumed", "prod/eu-west-1 ec2:CreateSecurityGroup"):
         assert any(expected in line for line in lines), expected
+    assert any(line.startswith("✅ Database: reachable, created tables") for line in lines)
+    again = _preflight(env, tmp_path).stdout.splitlines()
+    assert any(line.startswith("✅ Database: reachable, tables up to date") for line in again)
     # A bad token fails, with the fix; a missing one stops with one line.
-    bad = _preflight({**env, "SLACK_BOT_TOKEN": "not-a-token"}, tmp_path)
+    bad = _preflight({**env, "SLACK_BOT_TOKEN": "xoxb-revoked"}, tmp_path)
     assert bad.returncode == 1
     assert any(line.startswith("❌ Slack token: invalid_auth") for line in bad.stdout.splitlines())
     missing = _preflight({k: v for k, v in env.items() if k != "SLACK_BOT_TOKEN"}, tmp_path)

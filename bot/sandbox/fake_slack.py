@@ -310,7 +310,9 @@ class FakeSlack:
                 if path.startswith("/api/"):
                     auth = self.headers.get("Authorization") or f"Bearer {args.get('token', '')}"
                     app_level = path == "/api/apps.connections.open"
-                    if not auth.startswith("Bearer xapp-" if app_level else "Bearer xoxb-"):
+                    # Any token of the right kind works, but one a workspace revoked.
+                    if not auth.startswith("Bearer xapp-" if app_level else "Bearer xoxb-") \
+                            or auth.endswith("-revoked"):
                         self._reply({"ok": False, "error": "invalid_auth"})
                         return
                     method = path[len("/api/"):]
