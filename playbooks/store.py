@@ -27,6 +27,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    inspect,
     literal,
     or_,
     select,
@@ -209,6 +210,7 @@ class HealthBeat(Base):
 LOCK_TIMEOUT_S = 5
 STATEMENT_TIMEOUT_S = 15
 HEALTH_TIMEOUT_S = 2
+MIGRATION_LOCK = 0x436F72646F6E  # "Cordon": the advisory lock the migration holds
 
 
 def make_engine(url: str) -> Engine:
@@ -249,7 +251,32 @@ class Store:
         return store
 
     def migrate(self) -> None:
-        Base.metadata.create_all(self.engine)
+        """Bring the schema to the newest revision (Alembic), under a lock so that two
+        replicas starting together do not race: PostgreSQL's advisory lock, SQLite's
+        write lock. A database made before migrations (tables, no version) is taken as
+        the baseline and upgraded from there; its rows are kept."""
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", "playbooks:migrations")
+        with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")  # the file's write lock
+            try:
+                tables = set(inspect(conn).get_table_names())
+                config.attributes["connection"] = conn
+                if "incidents" in tables and "alembic_version" not in tables:
+                    command.stamp(config, "0001")
+                command.upgrade(config, "head")
+                conn.commit()
+            finally:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_unlock(:key)"),
+                                 {"key": MIGRATION_LOCK})
+                    conn.commit()
 
     def ping(self) -> bool:
         with self.engine.connect() as conn:

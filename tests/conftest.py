@@ -3,6 +3,7 @@ fake Slack Web API over HTTP, and both databases."""
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import uuid
@@ -66,9 +67,8 @@ def _postgres_available() -> bool:
         return False
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
-    if request.param == "sqlite":
+def _database(kind: str, tmp_path: Any) -> Iterator[str]:
+    if kind == "sqlite":
         yield f"sqlite:///{tmp_path}/cordon.db"
         return
     if not _postgres_available():
@@ -86,11 +86,32 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]
     admin.dispose()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    """Both databases: for the store's contract (conditional updates, leases, outbox)."""
+    yield from _database(request.param, tmp_path)
+
+
+@pytest.fixture
+def e2e_database_url(tmp_path: Any) -> Iterator[str]:
+    """One database for the end-to-end flows: PostgreSQL, which replicas use (SQLite,
+    the default, runs the `serve` subprocess tests and the fault-layer ones)."""
+    yield from _database("postgresql" if os.environ.get("CI") or _postgres_available()
+                         else "sqlite", tmp_path)
+
+
 @pytest.fixture
 def store(database_url: str) -> Iterator[Store]:
     s = Store.from_url(database_url)
     yield s
     s.engine.dispose()
+
+
+@functools.cache
+def aws_client(service: str, region: str = "us-east-1") -> Any:
+    """One client per service for the tests' own look-ups: a boto3 Session re-reads
+    botocore's service models, so making one per call costs seconds over the suite."""
+    return boto3.session.Session().client(service, region_name=region)
 
 
 class AwsTrace:
@@ -167,9 +188,9 @@ def pool(local_aws: sandbox_world.LocalAws, aws_trace: AwsTrace) -> Iterator[Cli
 
 
 @pytest.fixture
-def bot(fake_slack: FakeSlack, world: sandbox_world.World, database_url: str,
+def bot(fake_slack: FakeSlack, world: sandbox_world.World, e2e_database_url: str,
         aws_trace: AwsTrace) -> Iterator[RunningBot]:
-    running = start_bot(fake_slack, database_url, approvers="S0ONCALL,U0ALEX",
+    running = start_bot(fake_slack, e2e_database_url, approvers="S0ONCALL,U0ALEX",
                         regions="us-east-1,eu-west-1", session_factory=aws_trace.session)
     yield running
     running.stop()

@@ -18,7 +18,7 @@ from bot.sandbox.harness import RunningBot, start_bot, wait_for
 from handlers import sandbox_world
 from handlers.aws import Clients
 from handlers.ec2_lookup import AmbiguousTarget, find_instance
-from tests.conftest import AwsTrace, settle
+from tests.conftest import AwsTrace, aws_client, settle
 
 ROOT = Path(__file__).resolve().parent.parent
 PROD_ROLE = "arn:aws:iam::222222222222:role/CordonResponder"
@@ -27,7 +27,7 @@ CHANNEL = "C0INCIDENT"
 
 
 def prod_session() -> boto3.session.Session:
-    creds = boto3.session.Session().client("sts", region_name="us-east-1").assume_role(
+    creds = aws_client("sts").assume_role(
         RoleArn=PROD_ROLE, RoleSessionName="test-setup")["Credentials"]
     return boto3.session.Session(aws_access_key_id=creds["AccessKeyId"],
                                  aws_secret_access_key=creds["SecretAccessKey"],
@@ -42,9 +42,9 @@ def prod_world(local_aws: sandbox_world.LocalAws) -> sandbox_world.World:
 
 
 @pytest.fixture
-def bot(fake_slack: FakeSlack, prod_world: sandbox_world.World, database_url: str,
+def bot(fake_slack: FakeSlack, prod_world: sandbox_world.World, e2e_database_url: str,
         aws_trace: AwsTrace) -> Any:
-    running = start_bot(fake_slack, database_url, approvers="S0ONCALL",
+    running = start_bot(fake_slack, e2e_database_url, approvers="S0ONCALL",
                         regions="us-east-1,eu-west-1", session_factory=aws_trace.session,
                         CORDON_ACCOUNTS=f"own={OWN_ROLE},prod={PROD_ROLE}")
     yield running

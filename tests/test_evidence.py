@@ -6,22 +6,20 @@ from __future__ import annotations
 
 from typing import Any
 
-import boto3
-
 from bot.sandbox.faulty_aws import FaultyAws
 from bot.sandbox.harness import RunningBot, wait_for
 from bot.scheduler import sweep
 from handlers import sandbox_world
 from handlers.aws import Backoff
 from playbooks.store import Incident
-from tests.conftest import settle_card
+from tests.conftest import aws_client, settle_card
 
 CHANNEL = "C0INCIDENT"
 DANA, LEE = "U0DANA", "U0LEE"
 
 
 def ec2() -> Any:
-    return boto3.session.Session().client("ec2", region_name="us-east-1")
+    return aws_client("ec2")
 
 
 def volumes(instance_id: str) -> set[str]:

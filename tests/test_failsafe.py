@@ -17,7 +17,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from sqlalchemy import update
 
@@ -30,7 +29,7 @@ from handlers import sandbox_world
 from handlers.aws import Backoff
 from playbooks.service import ContainRequest
 from playbooks.store import FAILED, RUNNING, Incident, utcnow
-from tests.conftest import AwsTrace, settle, settle_card
+from tests.conftest import AwsTrace, aws_client, settle, settle_card
 from tests.test_cli import env_for, free_port, health
 
 CHANNEL = "C0INCIDENT"
@@ -39,7 +38,7 @@ MODIFY = "ModifyNetworkInterfaceAttribute"
 
 
 def ec2() -> Any:
-    return boto3.session.Session().client("ec2", region_name="us-east-1")
+    return aws_client("ec2")
 
 
 def eni_groups(instance_id: str) -> dict[str, list[str]]:
@@ -290,10 +289,10 @@ def test_a_network_only_playbook_never_hands_the_instance_to_its_group(
     status = {s.name: s.status for s in bot.deps.store.steps(done.id)}
     assert status["protect-evidence"] == "succeeded"
     assert status["detach-from-auto-scaling"] == "succeeded"
-    client = boto3.session.Session().client
-    assert client("autoscaling", region_name="us-east-1").describe_auto_scaling_instances(
+    client = aws_client
+    assert client("autoscaling").describe_auto_scaling_instances(
         InstanceIds=[world.instance_id])["AutoScalingInstances"] == []
-    health = client("elbv2", region_name="us-east-1").describe_target_health(
+    health = client("elbv2").describe_target_health(
         TargetGroupArn=fleet.target_group)["TargetHealthDescriptions"]
     assert all(d["TargetHealth"]["State"] in ("draining", "unused") for d in health)
     protected = ec2().describe_instance_attribute(InstanceId=world.instance_id,

@@ -11,7 +11,6 @@ import time
 from datetime import timedelta
 from typing import Any
 
-import boto3
 import pytest
 
 from bot.sandbox.fake_slack import FakeSlack, Message
@@ -19,14 +18,14 @@ from bot.sandbox.harness import RunningBot, wait_for
 from bot.scheduler import sweep
 from handlers import sandbox_world
 from playbooks.store import Incident
-from tests.conftest import AwsTrace, settle_card
+from tests.conftest import AwsTrace, aws_client, settle_card
 
 CHANNEL = "C0INCIDENT"
 DANA, LEE, KIM = "U0DANA", "U0LEE", "U0KIM"
 
 
 def client(service: str) -> Any:
-    return boto3.session.Session().client(service, region_name="us-east-1")
+    return aws_client(service)
 
 
 @pytest.fixture
@@ -324,10 +323,10 @@ def test_release_of_what_was_never_contained_is_refused(
 
 def test_asg_decrement_is_a_setting(
         fake_slack: FakeSlack, world: sandbox_world.World, fleet: sandbox_world.Fleet,
-        database_url: str, aws_trace: AwsTrace) -> None:
+        e2e_database_url: str, aws_trace: AwsTrace) -> None:
     from bot.sandbox.harness import start_bot
 
-    bot = start_bot(fake_slack, database_url, approvers="S0ONCALL",
+    bot = start_bot(fake_slack, e2e_database_url, approvers="S0ONCALL",
                     session_factory=aws_trace.session, CORDON_ASG_DECREMENT="true")
     try:
         _, incident = contain(bot, world)

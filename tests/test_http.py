@@ -12,7 +12,9 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
-from bot.sandbox.harness import RunningBot
+from bot.sandbox.fake_slack import FakeSlack
+from bot.sandbox.harness import RunningBot, start_bot
+from handlers import sandbox_world
 from tests.conftest import POSTGRES_URL
 
 
@@ -42,7 +44,15 @@ def test_health_says_ok_when_the_database_takes_a_write(bot: RunningBot) -> None
 
 
 def test_health_is_503_with_the_reason_while_the_database_is_locked(
-        bot: RunningBot, database_url: str) -> None:
+        fake_slack: FakeSlack, world: sandbox_world.World, database_url: str) -> None:
+    bot = start_bot(fake_slack, database_url)
+    try:
+        _locked_health(bot, database_url)
+    finally:
+        bot.stop()
+
+
+def _locked_health(bot: RunningBot, database_url: str) -> None:
     release = threading.Event()
     locked = threading.Event()
 

@@ -8,19 +8,17 @@ import functools
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import boto3
-
 from handlers import sandbox_world
 from handlers.aws import ClientPool, acting_as
 from handlers.base import StepContext, StepFailed, Target, get_action
 from handlers.ec2_lookup import find_instance
 from handlers.isolation import CONNTRACK_MINIMUM, find_group_pair, prepare_vpcs
-from tests.conftest import AwsTrace
+from tests.conftest import AwsTrace, aws_client
 
 
 @functools.cache
 def ec2() -> Any:
-    return boto3.session.Session().client("ec2", region_name="us-east-1")
+    return aws_client("ec2")
 
 
 def context(pool: ClientPool, world: sandbox_world.World, instance_id: str | None = None,

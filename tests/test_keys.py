@@ -19,14 +19,14 @@ from bot.sandbox.harness import RunningBot, wait_for
 from handlers import access_keys
 from handlers.aws import Backoff, Clients
 from playbooks.store import Incident
-from tests.conftest import settle_card
+from tests.conftest import aws_client, settle_card
 
 CHANNEL = "C0INCIDENT"
 DANA, LEE = "U0DANA", "U0LEE"
 
 
 def iam() -> Any:
-    return boto3.session.Session().client("iam", region_name="us-east-1")
+    return aws_client("iam")
 
 
 @pytest.fixture
@@ -138,7 +138,7 @@ def test_console_off_and_release(bot: RunningBot, leaked: dict[str, str],
 
 def test_a_temporary_key_offers_the_role_wide_revocation(
         bot: RunningBot, world: Any, fake_slack: FakeSlack) -> None:
-    sts = boto3.session.Session().client("sts", region_name="us-east-1")
+    sts = aws_client("sts")
     role_arn = "arn:aws:iam::123456789012:role/web-prod"
     creds = sts.assume_role(RoleArn=role_arn, RoleSessionName="leaked-session")["Credentials"]
     key = creds["AccessKeyId"]

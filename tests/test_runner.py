@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import boto3
 from sqlalchemy import update
 
 from bot.sandbox.fake_slack import FakeSlack
@@ -16,13 +15,13 @@ from handlers.aws import ClientPool
 from handlers.isolation import prepare_vpcs
 from playbooks.service import ContainRequest
 from playbooks.store import RUNNING, Incident, utcnow
-from tests.conftest import AwsTrace, settle
+from tests.conftest import AwsTrace, aws_client, settle
 
 CHANNEL = "C0INCIDENT"
 
 
 def eni_groups(instance_id: str) -> dict[str, list[str]]:
-    ec2 = boto3.session.Session().client("ec2", region_name="us-east-1")
+    ec2 = aws_client("ec2")
     inst = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
     return {e["NetworkInterfaceId"]: [g["GroupId"] for g in e["Groups"]]
             for e in inst["NetworkInterfaces"]}
@@ -59,7 +58,7 @@ def test_an_interrupted_run_resumes_and_keeps_the_true_prior_state(
         for eni, groups in original.items()]}
     steps = store.ensure_steps(incident.id, ["isolate-security-groups", "tag-instance"])
     store.update_step(steps[0].id, status="running", captured=captured, attempts=1)
-    ec2 = boto3.session.Session().client("ec2", region_name="us-east-1")
+    ec2 = aws_client("ec2")
     for eni in original:
         ec2.modify_network_interface_attribute(NetworkInterfaceId=eni, Groups=[open_group])
     # Nothing is resumed while the dead worker's lease still holds.

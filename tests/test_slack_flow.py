@@ -8,14 +8,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import boto3
-
 from bot.sandbox.fake_slack import FakeSlack, Message
 from bot.sandbox.harness import RunningBot, wait_for
 from bot.scheduler import sweep
 from handlers import sandbox_world
 from playbooks.store import FINAL_STATES, Incident
-from tests.conftest import AwsTrace, settle
+from tests.conftest import AwsTrace, aws_client, settle
 
 CHANNEL = "C0INCIDENT"
 DANA, LEE, KIM, SAM, ALEX = "U0DANA", "U0LEE", "U0KIM", "U0SAM", "U0ALEX"
@@ -54,7 +52,7 @@ def finished(bot: RunningBot) -> Incident:
 
 
 def eni_groups(instance_id: str) -> dict[str, list[str]]:
-    ec2 = boto3.session.Session().client("ec2", region_name="us-east-1")
+    ec2 = aws_client("ec2")
     inst = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
     return {e["NetworkInterfaceId"]: [g["GroupId"] for g in e["Groups"]]
             for e in inst["NetworkInterfaces"]}
@@ -105,7 +103,7 @@ def test_approval_runs_the_playbook_and_writes_the_timeline(
     final = fake_slack.message(CHANNEL, card.ts)
     assert final is not None and buttons(final) == []
     assert "Approved* by <@U0LEE>" in card_text(final) and "Contained" in card_text(final)
-    ec2 = boto3.session.Session().client("ec2", region_name="us-east-1")
+    ec2 = aws_client("ec2")
     tags = {t["Key"]: t["Value"] for t in ec2.describe_tags(
         Filters=[{"Name": "resource-id", "Values": [world.instance_id]}])["Tags"]}
     assert tags["cordon:incident"] == incident.id and tags["cordon:status"] == "contained"
@@ -203,11 +201,11 @@ def test_the_requester_may_withdraw_their_request(
 
 
 def test_an_undecided_request_expires_and_a_late_click_is_told(
-        fake_slack: FakeSlack, world: sandbox_world.World, database_url: str,
+        fake_slack: FakeSlack, world: sandbox_world.World, e2e_database_url: str,
         aws_trace: AwsTrace) -> None:
     from bot.sandbox.harness import start_bot
 
-    bot = start_bot(fake_slack, database_url, approvers="S0ONCALL",
+    bot = start_bot(fake_slack, e2e_database_url, approvers="S0ONCALL",
                     session_factory=aws_trace.session, CORDON_APPROVAL_TTL="1s")
     try:
         card = request(bot, world)
@@ -372,12 +370,12 @@ def test_requests_with_a_bad_signature_are_rejected(bot: RunningBot, world: sand
 
 
 def test_the_scheduler_expires_requests_on_its_own(
-        fake_slack: FakeSlack, world: sandbox_world.World, database_url: str,
+        fake_slack: FakeSlack, world: sandbox_world.World, e2e_database_url: str,
         aws_trace: AwsTrace) -> None:
     from bot.sandbox.harness import start_bot
     from bot.scheduler import start_scheduler
 
-    bot = start_bot(fake_slack, database_url, approvers="S0ONCALL",
+    bot = start_bot(fake_slack, e2e_database_url, approvers="S0ONCALL",
                     session_factory=aws_trace.session, CORDON_APPROVAL_TTL="1s")
     scheduler = start_scheduler(bot.deps, interval_seconds=1)
     try:

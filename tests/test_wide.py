@@ -8,7 +8,6 @@ import json
 import time
 from typing import Any
 
-import boto3
 import pytest
 
 from bot.sandbox.fake_slack import FakeSlack, Message
@@ -16,14 +15,14 @@ from bot.sandbox.harness import RunningBot, wait_for
 from handlers import sandbox_world
 from handlers.network_acl import isolates
 from playbooks.store import FINAL_STATES, Incident
-from tests.conftest import AwsTrace, settle_card
+from tests.conftest import AwsTrace, aws_client, settle_card
 
 CHANNEL = "C0INCIDENT"
 DANA, LEE, KIM = "U0DANA", "U0LEE", "U0KIM"
 
 
 def ec2() -> Any:
-    return boto3.session.Session().client("ec2", region_name="us-east-1")
+    return aws_client("ec2")
 
 
 @pytest.fixture
