@@ -200,16 +200,30 @@ def test_the_requester_may_withdraw_their_request(
     wait_for(lambda: only_incident(bot).status == "denied")
 
 
+def lapse(bot: RunningBot, incident_id: str) -> None:
+    """Move the request's deadline into the past (as the clock would)."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from playbooks.store import utcnow
+
+    with bot.deps.store.session() as s:
+        s.execute(update(Incident).where(Incident.id == incident_id)
+                  .values(expires_at=utcnow() - timedelta(seconds=1)))
+
+
 def test_an_undecided_request_expires_and_a_late_click_is_told(
         fake_slack: FakeSlack, world: sandbox_world.World, e2e_database_url: str,
         aws_trace: AwsTrace) -> None:
     from bot.sandbox.harness import start_bot
 
     bot = start_bot(fake_slack, e2e_database_url, approvers="S0ONCALL",
-                    session_factory=aws_trace.session, CORDON_APPROVAL_TTL="1s")
+                    session_factory=aws_trace.session, CORDON_APPROVAL_TTL="1m")
     try:
         card = request(bot, world)
-        time.sleep(1.2)
+        assert sweep(bot.deps)["expired"] == 0
+        lapse(bot, only_incident(bot).id)  # the clock moves past the deadline
         assert sweep(bot.deps)["expired"] == 1
         assert only_incident(bot).status == "expired"
         msg = wait_for(lambda: (m := fake_slack.message(CHANNEL, card.ts)) and m.edits and m)
@@ -376,10 +390,11 @@ def test_the_scheduler_expires_requests_on_its_own(
     from bot.scheduler import start_scheduler
 
     bot = start_bot(fake_slack, e2e_database_url, approvers="S0ONCALL",
-                    session_factory=aws_trace.session, CORDON_APPROVAL_TTL="1s")
+                    session_factory=aws_trace.session, CORDON_APPROVAL_TTL="1m")
     scheduler = start_scheduler(bot.deps, interval_seconds=1)
     try:
         card = request(bot, world)
+        lapse(bot, only_incident(bot).id)
         wait_for(lambda: only_incident(bot).status == "expired", timeout=10)
         wait_for(lambda: "Expired" in card_text(fake_slack.message(CHANNEL, card.ts)))  # type: ignore[arg-type]
     finally:
