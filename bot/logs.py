@@ -51,5 +51,6 @@ def setup_logging(fmt: str = "json", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("botocore", "urllib3", "werkzeug", "apscheduler", "slack_bolt", "slack_sdk"):
+    for noisy in ("botocore", "urllib3", "werkzeug", "apscheduler", "slack_bolt", "slack_sdk",
+                  "alembic", "waitress"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

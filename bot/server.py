@@ -97,7 +97,12 @@ class SlackHTTPServer:
     def stop(self) -> None:
         """Stop: the requests being answered finish first, then every connection and the
         listening socket are closed."""
-        self._server.task_dispatcher.shutdown(cancel_pending=False, timeout=5)
-        wasyncore.close_all(self._server._map)
-        if self._thread is not None:
+        server = self._server
+        server.task_dispatcher.shutdown(cancel_pending=False, timeout=5)
+        if self._thread is not None and self._thread.is_alive():
+            # Closed from the server's own loop thread, which then finds nothing left to
+            # serve and returns (closing from here would pull sockets from under it).
+            server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
             self._thread.join(timeout=5)
+        else:
+            wasyncore.close_all(server._map)
