@@ -76,6 +76,8 @@ class Action(ABC):
     description: ClassVar[str] = ""
     permissions: ClassVar[tuple[str, ...]] = ()
     reversible: ClassVar[bool] = True
+    # Whether a failure can leave part of the change in place (a release then undoes it).
+    partial_undo: ClassVar[bool] = False
 
     def skip_reason(self, ctx: StepContext) -> str | None:
         """Why this step does not apply to this run (e.g. an option not given), or None."""

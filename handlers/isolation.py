@@ -239,6 +239,9 @@ def _group_label(group: dict[str, Any]) -> str:
 @register
 class IsolateSecurityGroups(Action):
     name = "isolate-security-groups"
+    # A failed cut may leave some ENIs sealed (never on the open group): a release
+    # puts them back on their own groups.
+    partial_undo = True
     description = ("every ENI to cordon-open, then to cordon-sealed (ends tracked "
                    "connections); connection-tracking timeouts lowered")
     permissions = (

@@ -154,14 +154,24 @@ def get_playbook(name: str) -> Playbook | None:
     return PLAYBOOKS.get(name)
 
 
+def applied(status: str, captured: bool, partial_undo: bool) -> bool:
+    """Whether a containment step changed something that a release must undo: it
+    succeeded with a recorded prior state — or it failed part-way, for an action whose
+    failure can leave part of its change in place (`Action.partial_undo`). A failed
+    detach, or a step that never ran, changed nothing: a release leaves it alone."""
+    if not captured:
+        return False
+    return status == "succeeded" or (status == "failed" and partial_undo)
+
+
 def release_playbook(contained: list[tuple[str, bool]], target: str = "instance") -> Playbook:
-    """Undo, newest first, every step that recorded a prior state and can be undone;
-    then tag the instance released. `contained` is (action, has_captured_state)."""
+    """Undo, newest first, every step that applied a change and can be undone; then tag
+    the instance released. `contained` is (action, applied) — see `applied`."""
     from handlers.base import all_actions
 
     actions = all_actions()
-    undo = [Step(name, phase=1, mode="undo") for name, captured in reversed(contained)
-            if captured and name in actions and actions[name].reversible]
+    undo = [Step(name, phase=1, mode="undo") for name, changed in reversed(contained)
+            if changed and name in actions and actions[name].reversible]
     steps = [Step(s.action, phase=n, mode="undo") for n, s in enumerate(undo, 1)]
     if target == "instance":
         steps.append(Step("mark-released", phase=len(steps) + 1))
@@ -190,3 +200,12 @@ def units_for(names: list[str] | None = None) -> list[str]:
         elif any(s.action in ("isolate-security-groups", "tag-instance") for s in playbook.steps):
             units.add("mark-released")
     return sorted(units)
+
+
+def applied_change(step: Any) -> bool:
+    """`applied` for a step record (status, captured state) of a containment."""
+    from handlers.base import all_actions
+
+    action = all_actions().get(step.name)
+    return applied(step.status, step.captured is not None,
+                   bool(action is not None and action.partial_undo))

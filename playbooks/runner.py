@@ -26,7 +26,7 @@ from handlers.aws import (
     run_guard,
 )
 from handlers.base import Action, Outcome, StepContext, StepFailed, Target, get_action
-from playbooks.catalogue import Playbook, Step, get_playbook, release_playbook
+from playbooks.catalogue import Playbook, Step, applied_change, get_playbook, release_playbook
 from playbooks.logctx import incident_context
 from playbooks.store import (
     CONTAINED,
@@ -160,7 +160,7 @@ class Runner:
             parent = self.store.steps(incident.parent_id or "")
             contained = self.store.get(incident.parent_id or "")
             target = "key" if contained is not None and contained.kind == "key" else "instance"
-            return release_playbook([(s.name, s.captured is not None) for s in parent], target)
+            return release_playbook([(s.name, applied_change(s)) for s in parent], target)
         playbook = get_playbook(incident.playbook)
         if playbook is None:
             raise ValueError(f"unknown playbook {incident.playbook!r}")

@@ -13,7 +13,7 @@ from handlers import access_keys, ec2_lookup
 from handlers.aws import ClientPool, Clients, account_id_of, acting_as, describe_error
 from handlers.base import get_action
 from handlers.subnets import blast_radius
-from playbooks.catalogue import RELEASE, get_playbook, release_playbook
+from playbooks.catalogue import RELEASE, applied_change, get_playbook, release_playbook
 from playbooks.errors import (
     AlreadyDecided,
     AwsLookupFailed,
@@ -186,7 +186,7 @@ class Cordon:
             raise BadInput(f"{parent.id} already has a release request, {pending.id} "
                            f"({pending.status})")
         steps = self.store.steps(parent.id)
-        plan = release_playbook([(s.name, s.captured is not None) for s in steps],
+        plan = release_playbook([(s.name, applied_change(s)) for s in steps],
                                 "key" if parent.kind == "key" else "instance")
         captured = {s.name: s.captured for s in steps}
         undo = [(s.name, get_action(s.action).describe_undo(captured.get(s.action) or {}))

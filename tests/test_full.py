@@ -226,6 +226,13 @@ def test_a_failed_detach_stops_before_the_cut(
     assert "not run: isolate-security-groups" in replies[-1]
     msg = fake_slack.message(CHANNEL, card.ts)
     assert msg is not None and "Retry" in json.dumps(msg.blocks)
+    # A release undoes only what was applied: the detach failed, the cut never ran (its
+    # prior state was read early), so neither is "undone".
+    release = bot.deps.cordon.open_release(incident.id, "false alarm", DANA, CHANNEL)
+    undo = [name for name, _ in (release.facts or {})["undo"]]
+    assert "undo-detach-from-auto-scaling" not in undo
+    assert "undo-isolate-security-groups" not in undo
+    assert "undo-protect-evidence" in undo
 
 
 def test_a_failed_evidence_step_goes_on_and_retry_finishes_it(
