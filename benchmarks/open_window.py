@@ -33,13 +33,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import boto3
 from sqlalchemy import create_engine, text
 
 from bot.logs import setup_logging
 from bot.sandbox.fake_slack import FakeSlack
 from bot.sandbox.faulty_aws import FaultyAws
-from bot.sandbox.harness import start_bot, wait_for
+from bot.sandbox.harness import start_bot, stop_process, wait_for
 from bot.sandbox.signed import SignedSlack
 from handlers import sandbox_world
 from handlers.aws import ClientPool
@@ -69,14 +68,6 @@ def windows(proxy: FaultyAws, groups: dict[str, str]) -> dict[str, float]:
     return result
 
 
-class ProxiedSession(boto3.session.Session):
-    endpoint = ""
-
-    def client(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("endpoint_url", self.endpoint)
-        return super().client(*args, **kwargs)
-
-
 def prepared_world(aws: sandbox_world.LocalAws) -> tuple[sandbox_world.World, dict[str, str]]:
     aws.reset()
     world = sandbox_world.seed()
@@ -90,12 +81,8 @@ def normal(aws: sandbox_world.LocalAws, latency: float) -> dict[str, Any]:
     fake = FakeSlack().start()
     fake.usergroups["S0ONCALL"] = ["U0LEE"]
 
-    def session() -> boto3.session.Session:
-        s = ProxiedSession()
-        s.endpoint = proxy.url
-        return s
-
-    bot = start_bot(fake, f"sqlite:///{tempfile.mkdtemp()}/cordon.db", session_factory=session)
+    bot = start_bot(fake, f"sqlite:///{tempfile.mkdtemp()}/cordon.db",
+                    session_factory=lambda: sandbox_world.proxied_session(proxy.url))
     try:
         bot.slack.command("U0DANA", "C1", f"{world.instance_id} isolate benchmark")
         card = wait_for(lambda: fake.channel_messages("C1"), timeout=60)[0]
@@ -140,15 +127,6 @@ def _serve(proxy: FaultyAws, fake: FakeSlack, db: str, port: int, worker: str,
     return proc
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 def crash(aws: sandbox_world.LocalAws, latency: float, db: str, replica: bool
           ) -> dict[str, Any]:
     world, groups = prepared_world(aws)
@@ -180,9 +158,9 @@ def crash(aws: sandbox_world.LocalAws, latency: float, db: str, replica: bool
         sealed_at = max(s.applied_at for s in proxy.calls(MODIFY, to(groups["sealed"]))
                         if s.applied_at)
     finally:
-        _stop(first)
+        stop_process(first)
         if other is not None:
-            _stop(other)
+            stop_process(other)
         fake.stop()
         proxy.stop()
     worst = max(seconds.values())

@@ -54,6 +54,23 @@ class LocalAws:
         self._server.stop()
 
 
+class ProxiedSession(boto3.session.Session):
+    """A boto3 session whose clients speak to `endpoint` (the fault layer in front of
+    the local AWS) instead of AWS_ENDPOINT_URL."""
+
+    endpoint = ""
+
+    def client(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("endpoint_url", self.endpoint)
+        return super().client(*args, **kwargs)
+
+
+def proxied_session(endpoint: str) -> boto3.session.Session:
+    session = ProxiedSession()
+    session.endpoint = endpoint
+    return session
+
+
 @dataclass
 class World:
     region: str

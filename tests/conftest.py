@@ -198,16 +198,6 @@ def bot(fake_slack: FakeSlack, world: sandbox_world.World, e2e_database_url: str
     assert aws_trace.undeclared() == []
 
 
-class ProxiedSession(boto3.session.Session):
-    """A boto3 session whose clients speak to the fault layer instead of moto."""
-
-    endpoint = ""
-
-    def client(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("endpoint_url", self.endpoint)
-        return super().client(*args, **kwargs)
-
-
 @pytest.fixture
 def faulty(local_aws: sandbox_world.LocalAws) -> Iterator[FaultyAws]:
     """The fault layer between the bot and moto's server."""
@@ -238,8 +228,7 @@ def faulty_bot(fake_slack: FakeSlack, world: sandbox_world.World, faulty: Faulty
                tmp_path: Any, aws_trace: AwsTrace) -> Iterator[RunningBot]:
     """The bot (SQLite) with every AWS call going through the fault layer."""
     def session() -> boto3.session.Session:
-        s = ProxiedSession()
-        s.endpoint = faulty.url
+        s = sandbox_world.proxied_session(faulty.url)
         hook(s, "before-parameter-build.*.*", aws_trace._before_call)
         return s
 

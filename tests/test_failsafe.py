@@ -9,7 +9,6 @@ documented behaviour, not something these tests can show."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from sqlalchemy import update
 
 from bot.sandbox.fake_slack import FakeSlack
 from bot.sandbox.faulty_aws import FaultyAws
-from bot.sandbox.harness import RunningBot, wait_for
+from bot.sandbox.harness import RunningBot, stop_process, wait_for
 from bot.sandbox.signed import SignedSlack
 from bot.scheduler import take_over
 from handlers import sandbox_world
@@ -159,12 +158,7 @@ def _serve(tmp_path: Path, local_aws: sandbox_world.LocalAws, faulty: FaultyAws,
 
 def _stop(*procs: subprocess.Popen[bytes]) -> None:
     for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_process(proc)
 
 
 def _approve_and_hold_the_seal(slack: SignedSlack, fake_slack: FakeSlack, faulty: FaultyAws,

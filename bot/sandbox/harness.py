@@ -5,6 +5,8 @@ worker, all wired exactly as `serve` wires them."""
 from __future__ import annotations
 
 import secrets
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,3 +63,13 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, every: float =
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met in time")
         time.sleep(every)
+
+
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM, as an orchestrator stops it; SIGKILL if it has not stopped in 20 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
