@@ -24,6 +24,7 @@ from bot.ids import ActionId
 from bot.text import escape
 from playbooks.catalogue import INSTANCE_PLAYBOOKS, PLAYBOOKS, Playbook, step_descriptions
 from playbooks.service import IncidentReport
+from playbooks.status import StepStatus
 from playbooks.store import (
     APPROVED,
     CONTAINED,
@@ -41,14 +42,16 @@ from playbooks.store import (
     StepRecord,
 )
 
-STATUS_ICON = {
+STATUS_ICON: dict[str, str] = {
     PENDING: "⏳", APPROVED: "▶️", RUNNING: "▶️", CONTAINED: "🔒", PARTIAL: "⚠️",
     FAILED: "❌", DENIED: "⛔", EXPIRED: "⌛", RELEASED: "🔓", PARTIALLY_RELEASED: "⚠️",
 }
-FINAL_LABEL = {CONTAINED: "Contained", PARTIAL: "Partially contained", FAILED: "Failed",
-               RELEASED: "Released", PARTIALLY_RELEASED: "Partially released"}
-STEP_ICON = {"succeeded": "✅", "skipped": "✅", "failed": "❌", "not-run": "⏭️",
-             "running": "▶️", "pending": "·"}
+FINAL_LABEL: dict[str, str] = {
+    CONTAINED: "Contained", PARTIAL: "Partially contained", FAILED: "Failed",
+    RELEASED: "Released", PARTIALLY_RELEASED: "Partially released"}
+STEP_ICON: dict[str, str] = {
+    StepStatus.SUCCEEDED: "✅", StepStatus.SKIPPED: "✅", StepStatus.FAILED: "❌",
+    StepStatus.NOT_RUN: "⏭️", StepStatus.RUNNING: "▶️", StepStatus.PENDING: "·"}
 
 
 def slack_date(when: datetime) -> str:
@@ -308,7 +311,7 @@ def render_snapshot_report(states: dict[str, str]) -> str:
 def render_step(step: StepRecord) -> str:
     icon = STEP_ICON.get(step.status, "")
     took = f" ({_duration(step.duration_ms)})" if step.duration_ms is not None else ""
-    if step.status == "failed":
+    if step.status == StepStatus.FAILED:
         line = f"{icon} *{step.name}* failed — `{escape(step.error_code or '?')}`: " \
                f"{escape(step.error_message or '')}"
         line += f"\nDone before the failure: {escape(step.summary)}" if step.summary else \

@@ -5,9 +5,25 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, ClassVar
 
 from handlers.aws import Clients
+
+
+class StepStatus(StrEnum):
+    """A step's record: pending → running → succeeded | failed | skipped | not-run."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    NOT_RUN = "not-run"
+
+
+# A step in one of these needs no more work.
+STEP_DONE = (StepStatus.SUCCEEDED, StepStatus.SKIPPED)
 
 
 class StepFailed(Exception):

@@ -6,7 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 from handlers.aws import parallel
-from handlers.base import Observation, Outcome, StepContext, VerificationFailed, register
+from handlers.base import (
+    STEP_DONE,
+    Observation,
+    Outcome,
+    StepContext,
+    StepStatus,
+    VerificationFailed,
+    register,
+)
 from handlers.ec2_lookup import describe_instance
 from handlers.instance_profile import profile_association
 from handlers.isolation import is_sealed
@@ -50,11 +58,11 @@ class VerifyContainment(Observation):
             failed.append(f"instance profile still associated ({assoc['profile_arn']})")
         for name, step in history.items():
             details = step.get("details") or {}
-            if step.get("status") == "failed":
+            if step.get("status") == StepStatus.FAILED:
                 failed.append(f"{name} ({step.get('error_code')})")
-            if name == "protect-evidence" and step.get("status") in ("succeeded", "skipped"):
+            if name == "protect-evidence" and step.get("status") in STEP_DONE:
                 contained.append("termination/stop protected")
-            if name == "detach-from-auto-scaling" and step.get("status") == "succeeded":
+            if name == "detach-from-auto-scaling" and step.get("status") == StepStatus.SUCCEEDED:
                 contained.append("out of Auto Scaling and load balancers")
             kept += [s["id"] for s in details.get("snapshots", [])]
             if details.get("image"):

@@ -161,7 +161,9 @@ def applied(status: str, captured: bool, partial_undo: bool) -> bool:
     detach, or a step that never ran, changed nothing: a release leaves it alone."""
     if not captured:
         return False
-    return status == "succeeded" or (status == "failed" and partial_undo)
+    from handlers.base import StepStatus
+
+    return status == StepStatus.SUCCEEDED or (status == StepStatus.FAILED and partial_undo)
 
 
 def release_playbook(contained: list[tuple[str, bool]], target: str = "instance") -> Playbook:

@@ -25,7 +25,16 @@ from handlers.aws import (
     parallel,
     run_guard,
 )
-from handlers.base import Action, Outcome, StepContext, StepFailed, Target, get_action
+from handlers.base import (
+    STEP_DONE,
+    Action,
+    Outcome,
+    StepContext,
+    StepFailed,
+    StepStatus,
+    Target,
+    get_action,
+)
 from playbooks.catalogue import Playbook, Step, applied_change, get_playbook, release_playbook
 from playbooks.logctx import incident_context
 from playbooks.store import (
@@ -35,6 +44,7 @@ from playbooks.store import (
     PARTIALLY_RELEASED,
     RELEASABLE,
     RELEASED,
+    RUNNING,
     Incident,
     Message,
     StepRecord,
@@ -44,7 +54,7 @@ from playbooks.store import (
 
 log = logging.getLogger("cordon.runner")
 
-DONE = ("succeeded", "skipped")
+DONE = STEP_DONE
 
 
 class Timeline(Protocol):
@@ -112,10 +122,10 @@ def target_of(incident: Incident, approver: str | None = None) -> Target:
 
 def final_status(incident: Incident, playbook: Playbook, steps: list[StepRecord]) -> str:
     by_name = {s.name: s for s in steps}
-    failed = any(s.status != "succeeded" and s.status != "skipped" for s in steps)
+    failed = any(s.status not in STEP_DONE for s in steps)
     if incident.kind == "release":
         return PARTIALLY_RELEASED if failed else RELEASED
-    if any(by_name[st.name].status == "failed" for st in playbook.steps if st.critical):
+    if any(by_name[st.name].status == StepStatus.FAILED for st in playbook.steps if st.critical):
         return FAILED
     return PARTIAL if failed else CONTAINED
 
@@ -123,10 +133,10 @@ def final_status(incident: Incident, playbook: Playbook, steps: list[StepRecord]
 def summarise(steps: list[StepRecord]) -> str:
     ok = sum(1 for s in steps if s.status in DONE)
     line = f"{ok} of {len(steps)} steps done"
-    failed = [s for s in steps if s.status == "failed"]
+    failed = [s for s in steps if s.status == StepStatus.FAILED]
     if failed:
         line += "; failed: " + ", ".join(f"{s.name} ({s.error_code})" for s in failed)
-    not_run = [s.name for s in steps if s.status == "not-run"]
+    not_run = [s.name for s in steps if s.status == StepStatus.NOT_RUN]
     if not_run:
         line += "; not run: " + ", ".join(not_run)
     return line
@@ -178,7 +188,7 @@ class Runner:
             before = self.store.get(incident_id)
             if before is None:
                 return None
-            resumed = before.status == "running"
+            resumed = before.status == RUNNING
             # A fresh run says so in the transaction that starts it; a resumed one first
             # makes safe what its predecessor left, then says so.
             started = [] if resumed else self._said(self.timeline.run_started, before, False)
@@ -315,7 +325,7 @@ class Runner:
             todo = [s for s in phase if current[s.name].status not in DONE]
             if stopped_by is not None:
                 for step in todo:
-                    self._update(records[step.name].id, status="not-run",
+                    self._update(records[step.name].id, status=StepStatus.NOT_RUN,
                                  summary=f"not run: {stopped_by} failed")
                 continue
             history = history_of(list(current.values()))
@@ -378,25 +388,26 @@ class Runner:
                      incident: Incident, undo_captured: dict[str, Any] | None) -> bool:
         action = get_action(step.action)
         started = time.monotonic()
-        self._update(record.id, status="running", started_at=utcnow(),
+        self._update(record.id, status=StepStatus.RUNNING, started_at=utcnow(),
                      attempts=record.attempts + 1, error_code=None, error_message=None)
         values: dict[str, Any]
         outcome: Outcome | None = None
         try:
             if step.mode == "undo":
                 outcome = action.undo(ctx, undo_captured or {})
-                values = {"status": "succeeded", "summary": outcome.summary}
+                values = {"status": StepStatus.SUCCEEDED, "summary": outcome.summary}
             else:
                 values, outcome = self._apply(action, ctx, record)
         except StepFailed as exc:
-            values = {"status": "failed", "error_code": exc.code,
+            values = {"status": StepStatus.FAILED, "error_code": exc.code,
                       "error_message": exc.message, "summary": exc.done}
         except LeaseLost:
             raise
         except Exception as exc:
             err = describe_error(exc)
             log.exception("step raised", extra={"step": step.name})
-            values = {"status": "failed", "error_code": err.code, "error_message": err.message}
+            values = {"status": StepStatus.FAILED, "error_code": err.code,
+                      "error_message": err.message}
         values["finished_at"] = utcnow()
         values["duration_ms"] = int((time.monotonic() - started) * 1000)
         done = values["status"] in DONE
@@ -426,9 +437,9 @@ class Runner:
         captured = record.captured
         reason = action.skip_reason(ctx)
         if reason:
-            return {"status": "skipped", "summary": reason}, None
+            return {"status": StepStatus.SKIPPED, "summary": reason}, None
         if action.check(ctx):
-            return {"status": "skipped" if captured is None else "succeeded",
+            return {"status": StepStatus.SKIPPED if captured is None else StepStatus.SUCCEEDED,
                     "summary": "already in place; nothing to change"}, None
         if captured is None:
             captured = action.capture(ctx)
@@ -436,7 +447,7 @@ class Runner:
             self._update(record.id, captured=captured)
         outcome = action.apply(ctx, captured)
         seen = action.verify(ctx, captured, outcome)
-        return {"status": "succeeded", "summary": outcome.summary,
+        return {"status": StepStatus.SUCCEEDED, "summary": outcome.summary,
                 "details": {**outcome.details, "verified": seen}}, outcome
 
     def _said(self, fn: Callable[..., list[Message]], *args: Any) -> list[Message]:

@@ -38,15 +38,19 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
-PENDING, APPROVED, RUNNING = "pending", "approved", "running"
-CONTAINED, PARTIAL, FAILED = "contained", "partially contained", "failed"
-DENIED, EXPIRED = "denied", "expired"
-RELEASED, PARTIALLY_RELEASED = "released", "partially released"
-OPEN_STATES = (PENDING, APPROVED, RUNNING)
-FINAL_STATES = (CONTAINED, PARTIAL, FAILED, DENIED, EXPIRED, RELEASED, PARTIALLY_RELEASED)
-RETRYABLE = (PARTIAL, FAILED, PARTIALLY_RELEASED)
-# A containment that ran (even partly) has something to release.
-RELEASABLE = (CONTAINED, PARTIAL, FAILED, PARTIALLY_RELEASED)
+from playbooks.status import FINAL_STATES as FINAL_STATES
+from playbooks.status import OPEN_STATES as OPEN_STATES
+from playbooks.status import RELEASABLE as RELEASABLE
+from playbooks.status import RETRYABLE as RETRYABLE
+from playbooks.status import IncidentStatus, StepStatus
+
+# The statuses live in playbooks.status; these names are kept for the modules that use them.
+PENDING, APPROVED, RUNNING = (IncidentStatus.PENDING, IncidentStatus.APPROVED,
+                              IncidentStatus.RUNNING)
+CONTAINED, PARTIAL, FAILED = (IncidentStatus.CONTAINED, IncidentStatus.PARTIAL,
+                              IncidentStatus.FAILED)
+DENIED, EXPIRED = IncidentStatus.DENIED, IncidentStatus.EXPIRED
+RELEASED, PARTIALLY_RELEASED = IncidentStatus.RELEASED, IncidentStatus.PARTIALLY_RELEASED
 
 _ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 
@@ -134,7 +138,7 @@ class StepRecord(Base):
     position: Mapped[int] = mapped_column(Integer)
     name: Mapped[str] = mapped_column(String(64))
     # pending → running → succeeded | failed | skipped | not-run
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[str] = mapped_column(String(16), default=StepStatus.PENDING)
     captured: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     summary: Mapped[str] = mapped_column(Text, default="")
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
@@ -515,7 +519,8 @@ class Store:
             rows = s.execute(
                 select(Incident, StepRecord)
                 .join(StepRecord, StepRecord.incident_id == Incident.id)
-                .where(StepRecord.name == "snapshot-volumes", StepRecord.status == "succeeded",
+                .where(StepRecord.name == "snapshot-volumes",
+                       StepRecord.status == StepStatus.SUCCEEDED,
                        Incident.snapshots_reported_at.is_(None))
             ).all()
             return [(inc, step) for inc, step in rows]
