@@ -140,15 +140,15 @@ def database_error(exc: Exception) -> str:
 def run_policy(playbooks: list[str] | None) -> int:
     import json
 
-    from handlers.permissions import build_policy
-    from playbooks.catalogue import PLAYBOOKS, units_for
+    from playbooks.catalogue import PLAYBOOKS
+    from playbooks.service import iam_policy
 
     unknown = [p for p in playbooks or [] if p not in PLAYBOOKS]
     if unknown:
         print(f"unknown playbook(s): {', '.join(unknown)}; playbooks: {', '.join(PLAYBOOKS)}",
               file=sys.stderr)
         return 2
-    print(json.dumps(build_policy(units_for(playbooks)), indent=2))
+    print(json.dumps(iam_policy(playbooks), indent=2))
     return 0
 
 

@@ -13,7 +13,7 @@ from playbooks.logctx import incident_context
 from playbooks.store import THREAD
 
 if TYPE_CHECKING:
-    from bot.wiring import Deps
+    from bot.deps import Deps
 
 log = logging.getLogger("cordon.sweep")
 

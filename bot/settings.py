@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     def _accounts(cls, value: object) -> dict[str, str]:
         if isinstance(value, dict):
             return {str(k): str(v) for k, v in value.items()}
-        from handlers.aws import parse_accounts
+        from playbooks.service import parse_accounts
 
         return parse_accounts(str(value or ""))
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from slack_bolt import App
@@ -14,6 +13,7 @@ from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from bot.approvers import ApproverPolicy
+from bot.deps import Deps
 from bot.listeners import actions, commands
 from bot.notifier import SlackTimeline
 from bot.settings import Settings
@@ -22,18 +22,6 @@ from playbooks.service import Cordon, client_pool, warm_clients
 from playbooks.store import Store
 
 log = logging.getLogger("cordon")
-
-
-@dataclass
-class Deps:
-    cordon: Cordon
-    approvers: ApproverPolicy
-    timeline: SlackTimeline
-    client: WebClient
-    store: Store
-    worker: Worker
-    key_lookback_days: int = 7
-    warmed: threading.Event = field(default_factory=threading.Event)
 
 
 def make_web_client(settings: Settings) -> WebClient:

@@ -461,3 +461,18 @@ def preflight_aws(pool: ClientPool, regions: Sequence[str]) -> list[Any]:
 
 def warm_clients(pool: ClientPool, regions: Sequence[str]) -> None:
     pool.warm(regions)
+
+
+def parse_accounts(text: str) -> dict[str, str]:
+    """`name=role-arn,…` (CORDON_ACCOUNTS) → {name: role ARN}; ValueError when malformed."""
+    from handlers.aws import parse_accounts as parse
+
+    return parse(text)
+
+
+def iam_policy(playbooks: list[str] | None = None) -> dict[str, Any]:
+    """The least-privilege IAM policy for these playbooks (all when None)."""
+    from handlers.permissions import build_policy
+    from playbooks.catalogue import units_for
+
+    return build_policy(units_for(playbooks))

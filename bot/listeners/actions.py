@@ -17,7 +17,7 @@ from playbooks.service import Click
 from playbooks.store import THREAD
 
 if TYPE_CHECKING:
-    from bot.wiring import Deps
+    from bot.deps import Deps
 
 log = logging.getLogger("cordon.actions")
 

@@ -17,7 +17,7 @@ from playbooks.service import ContainRequest
 from playbooks.store import Incident
 
 if TYPE_CHECKING:
-    from bot.wiring import Deps
+    from bot.deps import Deps
 
 
 def register(app: App, deps: Deps) -> None:

@@ -12,11 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bot.deps import Deps
 from bot.sandbox.fake_slack import FakeSlack
 from bot.sandbox.signed import SignedSlack
 from bot.server import SlackHTTPServer
 from bot.settings import Settings, load_settings
-from bot.wiring import Deps, build_app, build_deps
+from bot.wiring import build_app, build_deps
 
 
 @dataclass

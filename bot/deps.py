@@ -1,0 +1,27 @@
+"""What the Slack side is built from: one object handed to every listener, the
+scheduler and the sandbox (its own module, so that nothing imports the wiring back)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from slack_sdk import WebClient
+
+from bot.approvers import ApproverPolicy
+from bot.notifier import SlackTimeline
+from playbooks.runner import Worker
+from playbooks.service import Cordon
+from playbooks.store import Store
+
+
+@dataclass
+class Deps:
+    cordon: Cordon
+    approvers: ApproverPolicy
+    timeline: SlackTimeline
+    client: WebClient
+    store: Store
+    worker: Worker
+    key_lookback_days: int = 7
+    warmed: threading.Event = field(default_factory=threading.Event)
