@@ -4,11 +4,14 @@ check / capture / apply / verify / undo. Actions register by kebab-case name."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from handlers.aws import Clients
+
+T = TypeVar("T")
 
 
 class StepStatus(StrEnum):
@@ -67,6 +70,13 @@ class StepContext:
     history: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Per-step memo, so that check() and capture() share one describe round trip.
     memo: dict[str, Any] = field(default_factory=dict)
+
+    def remember(self, key: str, compute: Callable[[], T]) -> T:
+        """compute() once per step run; check(), capture() and apply() share it."""
+        if key not in self.memo:
+            self.memo[key] = compute()
+        value: T = self.memo[key]
+        return value
 
 
 @dataclass

@@ -24,26 +24,41 @@ class TargetNotFound(Exception):
         super().__init__(f"{resource_id} not found in {', '.join(searched)}")
 
 
+def interfaces(instance: dict[str, Any]) -> list[dict[str, Any]]:
+    """The instance's ENIs by device index, each with its groups and conntrack settings:
+    what the card shows and what the cut records before it changes anything."""
+    return [
+        {
+            "id": eni["NetworkInterfaceId"],
+            "private_ip": eni.get("PrivateIpAddress", ""),
+            "device_index": eni.get("Attachment", {}).get("DeviceIndex", 0),
+            "subnet_id": eni.get("SubnetId", ""),
+            "groups": [{"id": g["GroupId"], "name": g.get("GroupName", "")}
+                       for g in eni.get("Groups", [])],
+            "conntrack": eni.get("ConnectionTrackingConfiguration") or {},
+        }
+        for eni in sorted(instance.get("NetworkInterfaces", []),
+                          key=lambda e: e.get("Attachment", {}).get("DeviceIndex", 0))
+    ]
+
+
+def off_group(instance: dict[str, Any], group_id: str) -> list[str]:
+    """The ENIs that are not on `group_id` alone ("eni-… on sg-a,sg-b"); [] when every
+    one is (and there is at least one)."""
+    enis = instance.get("NetworkInterfaces", [])
+    if not enis:
+        return ["no network interface"]
+    wrong = []
+    for eni in enis:
+        got = [g["GroupId"] for g in eni.get("Groups", [])]
+        if got != [group_id]:
+            wrong.append(f"{eni['NetworkInterfaceId']} is on {','.join(got) or 'nothing'}")
+    return wrong
+
+
 def instance_facts(instance: dict[str, Any], account: str, region: str) -> dict[str, Any]:
     tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
-    enis = []
-    for eni in sorted(
-        instance.get("NetworkInterfaces", []),
-        key=lambda e: e.get("Attachment", {}).get("DeviceIndex", 0),
-    ):
-        enis.append(
-            {
-                "id": eni["NetworkInterfaceId"],
-                "private_ip": eni.get("PrivateIpAddress", ""),
-                "device_index": eni.get("Attachment", {}).get("DeviceIndex", 0),
-                "subnet_id": eni.get("SubnetId", ""),
-                "groups": [
-                    {"id": g["GroupId"], "name": g.get("GroupName", "")}
-                    for g in eni.get("Groups", [])
-                ],
-                "conntrack": eni.get("ConnectionTrackingConfiguration") or {},
-            }
-        )
+    enis = interfaces(instance)
     profile = instance.get("IamInstanceProfile") or {}
     launch = instance.get("LaunchTime")
     return {

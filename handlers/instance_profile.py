@@ -68,10 +68,7 @@ class RemoveInstanceProfile(Action):
     def _role(self, ctx: StepContext, profile_arn: str | None) -> str | None:
         if not profile_arn:
             return None
-        if "role" not in ctx.memo:
-            ctx.memo["role"] = _role_of(ctx, profile_arn)
-        role: str | None = ctx.memo["role"]
-        return role
+        return ctx.remember("role", lambda: _role_of(ctx, profile_arn))
 
     def check(self, ctx: StepContext) -> bool:
         """Done when no profile is associated and, if the instance had one, its role

@@ -26,7 +26,7 @@ from handlers.aws import (
     parallel,
 )
 from handlers.base import Action, Outcome, StepContext, StepFailed, VerificationFailed, register
-from handlers.ec2_lookup import describe_instance
+from handlers.ec2_lookup import describe_instance, interfaces, off_group
 
 OPEN, SEALED = "isolation-open", "isolation-sealed"
 GROUP_NAMES = {OPEN: "cordon-open", SEALED: "cordon-sealed"}
@@ -277,27 +277,11 @@ class IsolateSecurityGroups(Action):
         sealed = pair.get(SEALED)
         if not sealed or not is_sealed(sealed):
             return False
-        enis = inst.get("NetworkInterfaces", [])
-        return bool(enis) and all(
-            [g["GroupId"] for g in e.get("Groups", [])] == [sealed["GroupId"]] for e in enis
-        )
+        return not off_group(inst, sealed["GroupId"])
 
     def capture(self, ctx: StepContext) -> dict[str, Any]:
         inst, _ = self._observe(ctx)
-        return {
-            "vpc_id": inst.get("VpcId", ""),
-            "enis": [
-                {
-                    "id": e["NetworkInterfaceId"],
-                    "private_ip": e.get("PrivateIpAddress", ""),
-                    "groups": [{"id": g["GroupId"], "name": g.get("GroupName", "")}
-                               for g in e.get("Groups", [])],
-                    "conntrack": e.get("ConnectionTrackingConfiguration") or {},
-                }
-                for e in sorted(inst.get("NetworkInterfaces", []),
-                                key=lambda e: e.get("Attachment", {}).get("DeviceIndex", 0))
-            ],
-        }
+        return {"vpc_id": inst.get("VpcId", ""), "enis": interfaces(inst)}
 
     def prepare(self, ctx: StepContext) -> None:
         """The isolation groups touch no instance: they can be made ready early."""
@@ -391,13 +375,8 @@ class IsolateSecurityGroups(Action):
         if inst is None:
             raise VerificationFailed("the instance disappeared during isolation")
         sealed = groups["SecurityGroups"][0]
-        problems = []
-        if not is_sealed(sealed):
-            problems.append(f"{sealed_id} has rules")
-        for eni in inst.get("NetworkInterfaces", []):
-            got = [g["GroupId"] for g in eni.get("Groups", [])]
-            if got != [sealed_id]:
-                problems.append(f"{eni['NetworkInterfaceId']} is on {','.join(got) or 'nothing'}")
+        problems = [] if is_sealed(sealed) else [f"{sealed_id} has rules"]
+        problems += off_group(inst, sealed_id)
         if problems:
             raise VerificationFailed("; ".join(problems), "ENIs moved; see the mismatch")
         n = len(inst.get("NetworkInterfaces", []))

@@ -73,10 +73,7 @@ class ProtectEvidence(Action):
                    "ec2:ModifyInstanceAttribute")
 
     def _observe(self, ctx: StepContext) -> dict[str, Any]:
-        if "state" not in ctx.memo:
-            ctx.memo["state"] = read_protection(ctx)
-        state: dict[str, Any] = ctx.memo["state"]
-        return state
+        return ctx.remember("state", lambda: read_protection(ctx))
 
     def check(self, ctx: StepContext) -> bool:
         return _is_protected(self._observe(ctx))

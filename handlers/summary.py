@@ -15,7 +15,7 @@ from handlers.base import (
     VerificationFailed,
     register,
 )
-from handlers.ec2_lookup import describe_instance
+from handlers.ec2_lookup import describe_instance, off_group
 from handlers.instance_profile import profile_association
 from handlers.isolation import is_sealed
 from handlers.tagging import set_status_tag
@@ -46,8 +46,8 @@ class VerifyContainment(Observation):
         ])
         contained, kept, failed = [], [], []
         enis = (inst or {}).get("NetworkInterfaces", [])
-        network_ok = bool(enis) and group is not None and is_sealed(group) and all(
-            [g["GroupId"] for g in e.get("Groups", [])] == [sealed_id] for e in enis)
+        network_ok = (inst is not None and group is not None and is_sealed(group)
+                      and not off_group(inst, str(sealed_id)))
         if network_ok:
             contained.append(f"network ({len(enis)} ENIs on cordon-sealed)")
         else:

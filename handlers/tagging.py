@@ -46,11 +46,8 @@ class TagInstance(Action):
     permissions = ("ec2:CreateTags", "ec2:DeleteTags", "ec2:DescribeTags")
 
     def _observe(self, ctx: StepContext) -> dict[str, str]:
-        if "tags" not in ctx.memo:
-            keys = [*incident_tags(ctx), "cordon:contained-at"]
-            ctx.memo["tags"] = _current(ctx, keys)
-        tags: dict[str, str] = ctx.memo["tags"]
-        return tags
+        return ctx.remember("tags", lambda: _current(
+            ctx, [*incident_tags(ctx), "cordon:contained-at"]))
 
     def check(self, ctx: StepContext) -> bool:
         current = self._observe(ctx)

@@ -243,6 +243,11 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def _won(result: Any) -> bool:
+    """Whether a conditional UPDATE changed its row: the one place that says who won."""
+    return int(result.rowcount) == 1
+
+
 class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -383,7 +388,7 @@ class Store:
                 .values(status=APPROVED if approve else DENIED, decided_by=user_id,
                         decided_at=now)
             )
-            won = result.rowcount == 1  # type: ignore[attr-defined]
+            won = _won(result)
             s.add(Decision(incident_id=incident_id, user_id=user_id,
                            action="approve" if approve else "deny",
                            outcome="accepted" if won else "too late", at=now))
@@ -415,7 +420,7 @@ class Store:
                     .where(Incident.id == incident_id, Incident.status == PENDING,
                            Incident.expires_at > now)
                     .values(status=APPROVED, decided_by=user_id, decided_at=now))
-                won = result.rowcount == 1  # type: ignore[attr-defined]
+                won = _won(result)
             s.add(Decision(incident_id=incident_id, user_id=user_id, action="approve",
                            outcome="accepted" if won else outcome))
             if won or outcome == "counted":
@@ -449,7 +454,7 @@ class Store:
                 result = s.execute(update(Incident).where(
                     Incident.id == incident_id, Incident.status == PENDING
                 ).values(status=EXPIRED, finished_at=now))
-                if result.rowcount == 1:  # type: ignore[attr-defined]
+                if _won(result):
                     expired.append(incident_id)
                     self._add_messages(s, incident_id, [*messages, (CARD, {})])
         return expired
@@ -466,7 +471,7 @@ class Store:
                                                         release.status.in_(OPEN_STATES))))
                 .values(status=APPROVED, finished_at=None, summary="")
             )
-            won = result.rowcount == 1  # type: ignore[attr-defined]
+            won = _won(result)
             s.add(Decision(incident_id=incident_id, user_id=user_id, action="retry",
                            outcome="accepted" if won else "not retryable"))
             if won:
@@ -477,7 +482,7 @@ class Store:
         with self.session() as s:
             result = s.execute(update(Incident).where(
                 Incident.id == incident_id, Incident.status.in_(expect)).values(status=status))
-            return result.rowcount == 1  # type: ignore[attr-defined]
+            return _won(result)
 
     def latest_containment(self, target_id: str) -> Incident | None:
         with self.session() as s:
@@ -530,7 +535,7 @@ class Store:
             result = s.execute(update(Incident).where(
                 Incident.id == incident_id, Incident.snapshots_reported_at.is_(None)
             ).values(snapshots_reported_at=utcnow()))
-            return result.rowcount == 1  # type: ignore[attr-defined]
+            return _won(result)
 
     # runs --------------------------------------------------------------------------
 
@@ -570,7 +575,7 @@ class Store:
                 .values(status=RUNNING, lease_owner=owner,
                         lease_until=self._now(lease_seconds))
             )
-            won = result.rowcount == 1  # type: ignore[attr-defined]
+            won = _won(result)
             if won:
                 s.execute(update(Incident).where(Incident.id == incident_id,
                                                  Incident.started_at.is_(None))
@@ -586,7 +591,7 @@ class Store:
                        Incident.status == RUNNING)
                 .values(lease_until=self._now(lease_seconds))
             )
-            return result.rowcount == 1  # type: ignore[attr-defined]
+            return _won(result)
 
     def finish_run(self, incident_id: str, owner: str, status: str, summary: str,
                    messages: Sequence[Message] = ()) -> bool:
@@ -599,7 +604,7 @@ class Store:
                 .values(status=status, summary=summary, finished_at=utcnow(),
                         lease_owner=None, lease_until=None)
             )
-            won = result.rowcount == 1  # type: ignore[attr-defined]
+            won = _won(result)
             if won:
                 self._add_messages(s, incident_id, messages)
             return won
@@ -666,7 +671,7 @@ class Store:
                 Incident.status == RUNNING)))
         with self.session() as s:
             result = s.execute(query.values(**values))
-            won = result.rowcount == 1  # type: ignore[attr-defined]
+            won = _won(result)
             if not won:
                 return False
             self._add_messages(s, incident_id, messages)
@@ -713,7 +718,7 @@ class Store:
             result = s.execute(update(Revocation).where(
                 Revocation.id == revocation_id, Revocation.removed_at.is_(None)
             ).values(removed_at=utcnow(), note=note[:1000]))
-            return result.rowcount == 1  # type: ignore[attr-defined]
+            return _won(result)
 
     # outbox ------------------------------------------------------------------------
 
@@ -750,14 +755,14 @@ class Store:
                 or_(OutboxMessage.claimed_until.is_(None), OutboxMessage.claimed_until < now),
             ).values(attempts=OutboxMessage.attempts + 1,
                      claimed_until=now + timedelta(seconds=seconds)))
-            return result.rowcount == 1  # type: ignore[attr-defined]
+            return _won(result)
 
     def mark_sent(self, message_id: int) -> bool:
         with self.session() as s:
             result = s.execute(update(OutboxMessage).where(
                 OutboxMessage.id == message_id, OutboxMessage.sent_at.is_(None)
             ).values(sent_at=utcnow()))
-            return result.rowcount == 1  # type: ignore[attr-defined]
+            return _won(result)
 
     def mark_failed(self, message_id: int, error: str, retry_in: float = 0) -> None:
         """Not sent (or not known to be): tried again after `retry_in` seconds."""
