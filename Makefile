@@ -5,14 +5,26 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit bench serve prepare clean
+.PHONY: install demo test lint typecheck unit bench serve prepare clean lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e '.[dev]'
+	$(BIN)/python -m pip check
 	touch $(STAMP)
+
+# Re-resolve pyproject.toml's dependencies and write the exact versions to the lock.
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --upgrade pip
+	.venv-lock/bin/python -m pip install --quiet '.[dev]'
+	{ sed -n '1,3p' requirements.lock; .venv-lock/bin/python -m pip freeze --exclude-editable \
+	  | grep -v '^cordon'; } > requirements.lock.new && mv requirements.lock.new requirements.lock
+	rm -rf .venv-lock
 
 install: $(STAMP)
 

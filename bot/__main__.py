@@ -43,8 +43,12 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_preflight()
         if args.command == "sandbox":
-            from bot.sandbox.run import run_sandbox
-
+            try:
+                from bot.sandbox.run import run_sandbox
+            except ImportError as exc:
+                print(f"the sandbox is not part of this installation ({exc.name}): install "
+                      "cordon[sandbox] from a source checkout", file=sys.stderr)
+                return 2
             return run_sandbox(quiet=args.quiet)
         return run_prepare(args.region, args.vpc)
     except SettingsError as exc:

@@ -117,3 +117,20 @@ def test_tags_and_the_role_are_granted_only_as_cordon_needs_them() -> None:
         "StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}
     assert all(st["Resource"] != "*" for sid, st in by_sid.items() if sid != "Read"), [
         sid for sid, st in by_sid.items() if st["Resource"] == "*"]
+
+
+def test_the_lock_pins_every_dependency_pyproject_declares() -> None:
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"],
+              *[d for d in project["optional-dependencies"]["dev"] if not d.startswith("cordon")],
+              *project["optional-dependencies"]["sandbox"]]
+    pinned = {re.split(r"[=<>]", line)[0].lower().replace("_", "-")
+              for line in (ROOT / "requirements.lock").read_text().splitlines()
+              if line and not line.startswith("#")}
+    names = {re.split(r"[\[<>=!~ ]", d)[0].lower().replace("_", "-") for d in wanted}
+    assert names <= pinned, sorted(names - pinned)
+    assert all("==" in line for line in (ROOT / "requirements.lock").read_text().splitlines()
+               if line and not line.startswith("#"))
