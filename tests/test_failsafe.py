@@ -363,3 +363,42 @@ def test_the_lease_is_renewed_by_the_database_clock(bot: RunningBot,
     assert got is not None and got.lease_until is not None
     ahead = (got.lease_until - utcnow()).total_seconds()
     assert 25 < ahead <= 31
+
+
+def test_kill_9_after_the_snapshots_resumes_with_every_message_once_and_one_image(
+        tmp_path: Path, local_aws: sandbox_world.LocalAws, world: sandbox_world.World,
+        fake_slack: FakeSlack, faulty: FaultyAws) -> None:
+    """A `full` run killed after its snapshots, its image being made: the restarted
+    process finishes it; the thread holds each message once, one image exists."""
+    port = free_port()
+    db = f"sqlite:///{tmp_path}/cordon.db"
+    first = _serve(tmp_path, local_aws, faulty, fake_slack, port, db, "first",
+                   CORDON_LEASE_SECONDS="300")
+    try:
+        slack = SignedSlack(f"http://127.0.0.1:{port}/slack/events", "s3cret", fake_slack)
+        faulty.add("CreateImage", "hold", times=-1)
+        assert slack.command(DANA, CHANNEL, f"{world.instance_id} full miner")[0] == 200
+        card = wait_for(lambda: fake_slack.channel_messages(CHANNEL), timeout=30)[0]
+        slack.click_button(LEE, CHANNEL, card.ts, "Approve")
+        assert faulty.wait_held(1)
+        wait_for(lambda: any(m.text.startswith("✅ *snapshot-volumes*")
+                             for m in fake_slack.thread(CHANNEL, card.ts)), timeout=30)
+        first.kill()
+        first.wait(timeout=10)
+    finally:
+        _stop(first)
+    faulty.release()
+    second = _serve(tmp_path, local_aws, faulty, fake_slack, port, db, "second",
+                    CORDON_LEASE_SECONDS="300")
+    try:
+        wait_for(lambda: any(m.text.startswith("🔒 *Contained*")
+                             for m in fake_slack.thread(CHANNEL, card.ts)), timeout=60)
+    finally:
+        _stop(second)
+    texts = [m.text for m in fake_slack.thread(CHANNEL, card.ts)]
+    assert [t for t, n in Counter(texts).items() if n > 1] == []
+    assert sum(t.startswith("✅ *snapshot-volumes*") for t in texts) == 1
+    assert sum(t.startswith("✅ *create-image*") for t in texts) == 1
+    images = ec2().describe_images(Owners=["self"], Filters=[
+        {"Name": "tag:cordon:instance", "Values": [world.instance_id]}])["Images"]
+    assert len(images) == 1
