@@ -7,14 +7,17 @@ import random
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC
 from typing import Any, TypeVar
 
 import boto3
+import botocore.session
 from botocore.config import Config
+from botocore.credentials import RefreshableCredentials
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -97,8 +100,6 @@ class Clients:
 WARM_SERVICES = ("ec2", "ec2/cut", "autoscaling", "autoscaling/cut", "elbv2", "elb", "iam",
                  "sts")
 _SESSION_NAME = re.compile(r"[^\w+=,.@-]")
-# Assumed credentials are renewed this long before they expire.
-_RENEW_BEFORE = timedelta(minutes=5)
 
 
 def parse_accounts(text: str) -> dict[str, str]:
@@ -117,19 +118,47 @@ def account_id_of(role_arn: str) -> str:
     return role_arn.split(":")[4]
 
 
+# Bounds of the pool's caches: role sessions (one per incident and approver) and clients.
+MAX_SESSIONS = 64
+MAX_CLIENTS = 256
+
+
+class _Lru(OrderedDict[Any, Any]):
+    """A dict that forgets its least recently used entries beyond `limit`."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def get_fresh(self, key: Any) -> Any:
+        value = self.get(key)
+        if value is not None:
+            self.move_to_end(key)
+        return value
+
+    def put(self, key: Any, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+
+
 class ClientPool:
     """Clients per account and region, shared by all runs (boto3 clients are
-    thread-safe). With accounts configured, each account's role is assumed; the session
-    is named after who acts and carries them as SourceIdentity, and is cached until
-    shortly before its credentials expire."""
+    thread-safe; sessions are only used under the pool's lock). With accounts
+    configured, each account's role is assumed in a session named after who acts, with
+    them as SourceIdentity: botocore's refreshable credentials renew it (same name,
+    same identity) before it expires. Every role session shares the base session's
+    loaded service models, so a new one costs milliseconds, not the few hundred a new
+    boto3 Session does; the caches are bounded."""
 
     def __init__(self, session_factory: SessionFactory = default_session,
                  accounts: dict[str, str] | None = None) -> None:
         self._session_factory = session_factory
         self._session: boto3.session.Session | None = None
         self.accounts = dict(accounts or {})
-        self._clients: dict[tuple[str | None, str, str], Clients] = {}
-        self._assumed: dict[tuple[str, str], tuple[boto3.session.Session, datetime]] = {}
+        self._clients = _Lru(MAX_CLIENTS)
+        self._assumed = _Lru(MAX_SESSIONS)
         self._lock = threading.RLock()
 
     def base_session(self) -> boto3.session.Session:
@@ -143,7 +172,7 @@ class ClientPool:
     def warm(self, regions: Iterable[str]) -> None:
         """Create the clients a containment uses before any incident: creating a boto3
         client costs a few hundred milliseconds that must not fall on the path to the
-        network cut."""
+        network cut. Role sessions reuse the models these load."""
         for region in regions:
             clients = self.for_region(region)
             for service in WARM_SERVICES:
@@ -155,47 +184,58 @@ class ClientPool:
         if account is None or not self.accounts:
             key: tuple[str | None, str, str] = (None, region, "")
             with self._lock:
-                if key not in self._clients:
-                    self._clients[key] = make_clients(self.base_session(), region)
-                return self._clients[key]
+                cached = self._clients.get_fresh(key)
+                if cached is None:
+                    cached = make_clients(self.base_session(), region)
+                    self._clients.put(key, cached)
+                return cached
         session = self._assume(account, identity, session_name or f"cordon-{identity}")
         key = (account, region, f"{identity}/{session_name}")
         with self._lock:
-            cached = self._clients.get(key)
+            cached = self._clients.get_fresh(key)
             if cached is None or cached.session is not session:
-                cached = self._clients[key] = make_clients(session, region)
+                cached = make_clients(session, region)
+                self._clients.put(key, cached)
             return cached
 
     def _assume(self, account: str, identity: str, session_name: str) -> boto3.session.Session:
+        key = (account, session_name)
+        with self._lock:
+            hit = self._assumed.get_fresh(key)
+            if hit is not None:
+                return hit
         role_arn = self.accounts[account]
-        now = datetime.now(UTC)
+        base = self.base_session()
+        sts = base.client("sts", config=_CLIENT_CONFIG)
+
+        def fetch() -> dict[str, str]:
+            token = acting.set("assume-role")
+            try:
+                resp = sts.assume_role(
+                    RoleArn=role_arn,
+                    RoleSessionName=_SESSION_NAME.sub("-", session_name)[:64],
+                    SourceIdentity=_SESSION_NAME.sub("-", identity)[:64],
+                    DurationSeconds=3600,
+                )
+            finally:
+                acting.reset(token)
+            creds = resp["Credentials"]
+            expires = creds["Expiration"]
+            if expires.tzinfo is None:
+                expires = expires.replace(tzinfo=UTC)
+            return {"access_key": creds["AccessKeyId"], "secret_key": creds["SecretAccessKey"],
+                    "token": creds["SessionToken"], "expiry_time": expires.isoformat()}
+
+        credentials = RefreshableCredentials.create_from_metadata(
+            metadata=fetch(), refresh_using=fetch, method="sts-assume-role")
+        core = botocore.session.Session()
+        # Loaded service models are shared: no second read of botocore's data files.
+        core.register_component("data_loader", base._session.get_component("data_loader"))
+        core._credentials = credentials  # botocore has no public setter for these
+        session = boto3.session.Session(botocore_session=core)
+        copy_event_handlers(base, session)
         with self._lock:
-            hit = self._assumed.get((account, session_name))
-        if hit is not None and hit[1] - now > _RENEW_BEFORE:
-            return hit[0]
-        sts = self.base_session().client("sts", config=_CLIENT_CONFIG)
-        token = acting.set("assume-role")
-        try:
-            resp = sts.assume_role(
-                RoleArn=role_arn,
-                RoleSessionName=_SESSION_NAME.sub("-", session_name)[:64],
-                SourceIdentity=_SESSION_NAME.sub("-", identity)[:64],
-                DurationSeconds=3600,
-            )
-        finally:
-            acting.reset(token)
-        creds = resp["Credentials"]
-        session = boto3.session.Session(
-            aws_access_key_id=creds["AccessKeyId"],
-            aws_secret_access_key=creds["SecretAccessKey"],
-            aws_session_token=creds["SessionToken"],
-        )
-        copy_event_handlers(self.base_session(), session)
-        expires = creds["Expiration"]
-        if expires.tzinfo is None:
-            expires = expires.replace(tzinfo=UTC)
-        with self._lock:
-            self._assumed[(account, session_name)] = (session, expires)
+            self._assumed.put(key, session)
         return session
 
 

@@ -135,3 +135,33 @@ def test_preflight_passes_against_moto_and_the_fake_slack(
     assert any(line.startswith("❌ Slack token: invalid_auth") for line in bad.stdout.splitlines())
     missing = _preflight({k: v for k, v in env.items() if k != "SLACK_BOT_TOKEN"}, tmp_path)
     assert missing.returncode == 2 and "SLACK_BOT_TOKEN is not set" in missing.stderr
+
+
+def test_an_assumed_role_renews_itself_with_the_same_name_and_identity(
+        prod_world: sandbox_world.World, aws_trace: AwsTrace) -> None:
+    """botocore's refreshable credentials: when the role session nears its expiry, the
+    next call assumes the role again — same session name, same source identity — and
+    every role session reuses the models the pool already loaded."""
+    from datetime import UTC, datetime, timedelta
+
+    from handlers.aws import ClientPool
+
+    pool = ClientPool(aws_trace.session, {"prod": PROD_ROLE})
+    pool.warm(["eu-west-1"])
+    clients = pool.for_region("eu-west-1", "prod", identity="U0LEE",
+                              session_name="cordon-CRD-TEST01-U0LEE")
+    clients.ec2.describe_instances(InstanceIds=[prod_world.instance_id])
+    credentials = clients.session._session._credentials
+    credentials._expiry_time = datetime.now(UTC) + timedelta(seconds=30)  # nearly gone
+    clients.ec2.describe_instances(InstanceIds=[prod_world.instance_id])
+    assumed = [p for op, p in aws_trace.calls if op == "AssumeRole"]
+    assert len(assumed) == 2
+    assert {(p["RoleSessionName"], p["SourceIdentity"]) for p in assumed} == {
+        ("cordon-CRD-TEST01-U0LEE", "U0LEE")}
+    loader = pool.base_session()._session.get_component("data_loader")
+    assert clients.session._session.get_component("data_loader") is loader
+    # The same incident and approver get the same session back; the cache is bounded.
+    again = pool.for_region("eu-west-1", "prod", identity="U0LEE",
+                            session_name="cordon-CRD-TEST01-U0LEE")
+    assert again.session is clients.session
+    assert pool._assumed.limit and pool._clients.limit
