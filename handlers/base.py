@@ -156,39 +156,24 @@ class Observation(Action):
         return {}
 
 
-ACTIONS: dict[str, type[Action]] = {}
-
-
-def register(cls: type[Action]) -> type[Action]:
-    if not cls.name or cls.name in ACTIONS:
-        raise ValueError(f"action name missing or taken: {cls.name!r}")
+def check_declared(cls: type[Action]) -> type[Action]:
+    """An action must have a name and declare the IAM actions it calls."""
+    if not cls.name:
+        raise ValueError(f"action {cls.__name__} has no name")
     if not cls.permissions:
         raise ValueError(f"action {cls.name} declares no IAM permissions")
-    ACTIONS[cls.name] = cls
     return cls
 
 
+# Marks an action class where it is defined; the list is handlers.registry.
+register = check_declared
+
+
 def get_action(name: str) -> Action:
-    _load_all()
-    return ACTIONS[name]()
+    return all_actions()[name]()
 
 
 def all_actions() -> dict[str, type[Action]]:
-    _load_all()
+    from handlers.registry import ACTIONS  # the list imports every action module
+
     return dict(ACTIONS)
-
-
-def _load_all() -> None:
-    # Importing the modules registers their actions.
-    from handlers import (  # noqa: F401
-        access_keys,
-        autoscaling,
-        evidence,
-        instance_profile,
-        isolation,
-        network_acl,
-        protection,
-        route_table,
-        summary,
-        tagging,
-    )

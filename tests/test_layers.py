@@ -134,3 +134,20 @@ def test_the_lock_pins_every_dependency_pyproject_declares() -> None:
     assert names <= pinned, sorted(names - pinned)
     assert all("==" in line for line in (ROOT / "requirements.lock").read_text().splitlines()
                if line and not line.startswith("#"))
+
+
+def test_every_action_class_is_in_the_registry() -> None:
+    import inspect
+
+    from handlers.base import Action
+    from handlers.registry import ALL
+
+    def concrete(cls: type) -> list[type]:
+        found = []
+        for sub in cls.__subclasses__():
+            if not inspect.isabstract(sub) and getattr(sub, "name", ""):
+                found.append(sub)
+            found += concrete(sub)
+        return found
+
+    assert set(concrete(Action)) == set(ALL)
