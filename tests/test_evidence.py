@@ -120,3 +120,27 @@ def test_a_spot_instance_gets_no_termination_protection_and_the_thread_says_why(
                    if m.text.startswith("✅ *protect-evidence*"))
     assert "a Spot Instance cannot take termination protection" in protect
     assert "stop protection on" in protect
+
+
+def test_the_snapshot_follow_up_waits_while_a_snapshot_is_pending_then_says_so_once(
+        faulty_bot: RunningBot, world: sandbox_world.World, faulty: FaultyAws) -> None:
+    """moto completes snapshots at once; the fault layer shows them `pending`, as AWS
+    does for minutes to hours."""
+    pending = faulty.add("DescribeSnapshots", "rewrite:<status>completed</status>="
+                         "<status>pending</status>", times=-1)
+    done = approve(faulty_bot, request(faulty_bot, world.instance_id))
+    assert done.status == "contained", done.summary
+
+    def reports() -> list[str]:
+        return [m.text for m in faulty_bot.slack.fake.thread(CHANNEL, done.card_ts or "")
+                if m.text.startswith("📦 Snapshots")]
+
+    sweep(faulty_bot.deps)
+    sweep(faulty_bot.deps)
+    assert reports() == []  # still pending: nothing said yet
+    assert pending.hits >= 2
+    pending.times = 0  # they complete
+    sweep(faulty_bot.deps)
+    wait_for(lambda: len(reports()) == 1)
+    sweep(faulty_bot.deps)
+    assert len(reports()) == 1  # said once

@@ -320,8 +320,17 @@ def test_status_shows_who_did_what(bot: RunningBot, world: sandbox_world.World,
 
 
 def test_help_shows_the_grammar(bot: RunningBot) -> None:
+    from playbooks.catalogue import INSTANCE_PLAYBOOKS
+
     status, body = bot.slack.command(SAM, CHANNEL, "help")
-    assert status == 200 and "/contain status" in body and "isolate" in body
+    assert status == 200
+    # Every verb of the grammar, and every playbook a person can name.
+    for verb in ("/contain <instance-id>", "/contain key", "/contain release",
+                 "/contain status", "/contain help"):
+        assert verb in body, verb
+    for name in INSTANCE_PLAYBOOKS:
+        assert f"`{name}`" in body, name
+    assert bot.deps.store.recent() == []  # help changes nothing
 
 
 def _refusal(bot: RunningBot, fake: FakeSlack, text: str) -> str:

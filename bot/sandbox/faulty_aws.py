@@ -9,6 +9,8 @@ way a real AWS fault looks from the client:
   moto never sees the call;
 - `drop`: moto applies the call, then the connection is closed without an answer
   (the client cannot know whether it landed);
+- `rewrite:<old>=<new>`: forwarded, and the answer's text `<old>` replaced by `<new>`
+  (e.g. a snapshot still `pending`, which moto never shows);
 - `hold`: the request is kept unanswered until `release()`, then dropped without
   reaching AWS (as if the network lost it), so that a test can kill the caller, or
   take its lease, at exactly that point.
@@ -41,7 +43,7 @@ _QUERY_ERROR = ('<?xml version="1.0" encoding="UTF-8"?><ErrorResponse><Error><Ty
 @dataclass
 class Rule:
     action: str
-    effect: str  # throttle | unavailable | refuse:<Code> | drop | hold
+    effect: str  # throttle | unavailable | refuse:<Code> | rewrite:<a>=<b> | drop | hold
     times: int = 1  # how many matching calls it answers (-1: every one)
     where: Callable[[Params], bool] | None = None
     hits: int = 0
@@ -209,6 +211,9 @@ class FaultyAws:
                     return
                 status, headers, answer = self._forward(body)
                 seen.applied_at = time.monotonic()
+                if effect and effect.startswith("rewrite:"):
+                    before, _, after = effect.split(":", 1)[1].partition("=")
+                    answer = answer.replace(before.encode(), after.encode())
                 if effect == "drop":
                     self.close_connection = True
                     self.connection.close()
