@@ -118,7 +118,10 @@ class SlackTimeline:
             self.client.chat_update(channel=incident.channel_id, ts=incident.card_ts,
                                     text=text, blocks=card)
             return
-        maybe_sent = (msg.last_error or "").startswith(UNCERTAIN)
+        # An earlier attempt may have landed unless it is known to have failed: its answer
+        # was lost (a 5xx, a dropped connection), or the process died before recording it.
+        maybe_sent = msg.attempts >= 1 and (not msg.last_error
+                                            or msg.last_error.startswith(UNCERTAIN))
         if msg.kind == FILE:
             item = self.store.evidence_by_id(int(msg.payload["evidence_id"]))
             if item is None:

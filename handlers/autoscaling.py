@@ -145,15 +145,15 @@ class DetachFromAutoScaling(Action):
 
     def _membership(self, ctx: StepContext) -> dict[str, Any] | None:
         """Read now; if the read still fails after backoff, the card's facts decide."""
-        if "asg" not in ctx.memo:
+        def read() -> dict[str, Any] | None:
             try:
-                ctx.memo["asg"] = membership(ctx.clients, ctx.target.resource_id)
+                return membership(ctx.clients, ctx.target.resource_id)
             except Exception as exc:
                 known = ctx.target.facts.get("asg")
                 ctx.memo["read_error"] = describe_error(exc).code
-                ctx.memo["asg"] = {"name": known, "state": "unknown"} if known else None
-        member: dict[str, Any] | None = ctx.memo["asg"]
-        return member
+                return {"name": known, "state": "unknown"} if known else None
+
+        return ctx.remember("asg", read)
 
     def check(self, ctx: StepContext) -> bool:
         facts = ctx.target.facts

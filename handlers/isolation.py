@@ -257,20 +257,20 @@ class IsolateSecurityGroups(Action):
     )
 
     def _observe(self, ctx: StepContext) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-        if "observed" not in ctx.memo:
-            vpc_id = ctx.target.facts.get("vpc_id", "")
-            inst, pair = both(
-                lambda: describe_instance(ctx.clients, ctx.target.resource_id),
-                lambda: find_group_pair(ctx.clients, vpc_id) if vpc_id else {},
-            )
-            if inst is None:
-                raise StepFailed("InvalidInstanceID.NotFound",
-                                 f"{ctx.target.resource_id} no longer exists")
-            if inst.get("VpcId") and inst["VpcId"] != vpc_id:
-                pair = find_group_pair(ctx.clients, inst["VpcId"])
-            ctx.memo["observed"] = (inst, pair)
-        observed: tuple[dict[str, Any], dict[str, dict[str, Any]]] = ctx.memo["observed"]
-        return observed
+        return ctx.remember("observed", lambda: self._look(ctx))
+
+    def _look(self, ctx: StepContext) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        vpc_id = ctx.target.facts.get("vpc_id", "")
+        inst, pair = both(
+            lambda: describe_instance(ctx.clients, ctx.target.resource_id),
+            lambda: find_group_pair(ctx.clients, vpc_id) if vpc_id else {},
+        )
+        if inst is None:
+            raise StepFailed("InvalidInstanceID.NotFound",
+                             f"{ctx.target.resource_id} no longer exists")
+        if inst.get("VpcId") and inst["VpcId"] != vpc_id:
+            pair = find_group_pair(ctx.clients, inst["VpcId"])
+        return (inst, pair)
 
     def check(self, ctx: StepContext) -> bool:
         inst, pair = self._observe(ctx)

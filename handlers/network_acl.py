@@ -100,23 +100,23 @@ class IsolateSubnetNacl(Action):
                    "ec2:CreateTags")
 
     def _observe(self, ctx: StepContext) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        if "observed" not in ctx.memo:
-            ec2 = ctx.clients.ec2
-            subnets = subnets_of(ctx.target.facts)
-            acls, mine = both(
-                lambda: ec2.describe_network_acls(Filters=[
-                    {"Name": "association.subnet-id", "Values": subnets}])["NetworkAcls"],
-                lambda: ec2.describe_network_acls(Filters=[
-                    {"Name": "vpc-id", "Values": [ctx.target.facts.get("vpc_id", "")]},
-                    {"Name": "tag:cordon:role", "Values": [ROLE]}])["NetworkAcls"],
-            )
-            by_subnet = {a["SubnetId"]: {"association_id": a["NetworkAclAssociationId"],
-                                         "nacl_id": acl["NetworkAclId"], "acl": acl}
-                         for acl in acls for a in acl.get("Associations", [])
-                         if a["SubnetId"] in subnets}
-            ctx.memo["observed"] = (by_subnet, mine[0] if mine else None)
-        observed: tuple[dict[str, Any], dict[str, Any] | None] = ctx.memo["observed"]
-        return observed
+        return ctx.remember("observed", lambda: self._look(ctx))
+
+    def _look(self, ctx: StepContext) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        ec2 = ctx.clients.ec2
+        subnets = subnets_of(ctx.target.facts)
+        acls, mine = both(
+            lambda: ec2.describe_network_acls(Filters=[
+                {"Name": "association.subnet-id", "Values": subnets}])["NetworkAcls"],
+            lambda: ec2.describe_network_acls(Filters=[
+                {"Name": "vpc-id", "Values": [ctx.target.facts.get("vpc_id", "")]},
+                {"Name": "tag:cordon:role", "Values": [ROLE]}])["NetworkAcls"],
+        )
+        by_subnet = {a["SubnetId"]: {"association_id": a["NetworkAclAssociationId"],
+                                     "nacl_id": acl["NetworkAclId"], "acl": acl}
+                     for acl in acls for a in acl.get("Associations", [])
+                     if a["SubnetId"] in subnets}
+        return (by_subnet, mine[0] if mine else None)
 
     def _mode(self, ctx: StepContext) -> str:
         return str(ctx.options.get("mode") or "replace")

@@ -33,30 +33,30 @@ class IsolateSubnetRoutes(Action):
                    "ec2:DisassociateRouteTable")
 
     def _observe(self, ctx: StepContext) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        if "observed" not in ctx.memo:
-            ec2 = ctx.clients.ec2
-            vpc_id = ctx.target.facts.get("vpc_id", "")
-            subnets = subnets_of(ctx.target.facts)
-            tables, mine = both(
-                lambda: ec2.describe_route_tables(Filters=[
-                    {"Name": "vpc-id", "Values": [vpc_id]}])["RouteTables"],
-                lambda: ec2.describe_route_tables(Filters=[
-                    {"Name": "vpc-id", "Values": [vpc_id]},
-                    {"Name": "tag:cordon:role", "Values": [ROLE]}])["RouteTables"],
-            )
-            main = next((t["RouteTableId"] for t in tables for a in t.get("Associations", [])
-                         if a.get("Main")), None)
-            by_subnet: dict[str, Any] = {s: {"association_id": None, "route_table_id": main,
-                                             "explicit": False} for s in subnets}
-            for t in tables:
-                for a in t.get("Associations", []):
-                    if a.get("SubnetId") in by_subnet:
-                        by_subnet[a["SubnetId"]] = {"association_id": a["RouteTableAssociationId"],
-                                                    "route_table_id": t["RouteTableId"],
-                                                    "explicit": True}
-            ctx.memo["observed"] = (by_subnet, mine[0] if mine else None)
-        observed: tuple[dict[str, Any], dict[str, Any] | None] = ctx.memo["observed"]
-        return observed
+        return ctx.remember("observed", lambda: self._look(ctx))
+
+    def _look(self, ctx: StepContext) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        ec2 = ctx.clients.ec2
+        vpc_id = ctx.target.facts.get("vpc_id", "")
+        subnets = subnets_of(ctx.target.facts)
+        tables, mine = both(
+            lambda: ec2.describe_route_tables(Filters=[
+                {"Name": "vpc-id", "Values": [vpc_id]}])["RouteTables"],
+            lambda: ec2.describe_route_tables(Filters=[
+                {"Name": "vpc-id", "Values": [vpc_id]},
+                {"Name": "tag:cordon:role", "Values": [ROLE]}])["RouteTables"],
+        )
+        main = next((t["RouteTableId"] for t in tables for a in t.get("Associations", [])
+                     if a.get("Main")), None)
+        by_subnet: dict[str, Any] = {s: {"association_id": None, "route_table_id": main,
+                                         "explicit": False} for s in subnets}
+        for t in tables:
+            for a in t.get("Associations", []):
+                if a.get("SubnetId") in by_subnet:
+                    by_subnet[a["SubnetId"]] = {"association_id": a["RouteTableAssociationId"],
+                                                "route_table_id": t["RouteTableId"],
+                                                "explicit": True}
+        return (by_subnet, mine[0] if mine else None)
 
     def check(self, ctx: StepContext) -> bool:
         by_subnet, mine = self._observe(ctx)
