@@ -1,6 +1,6 @@
-"""The layering in DESIGN holds: bot/ never imports boto3 nor handlers/ (it goes
-through playbooks.service), playbooks/ never imports Slack, handlers/ knows neither
-Slack nor the store. The sandbox (bot/sandbox) drives its own local AWS world."""
+"""The layering in DESIGN holds: bot/ (its sandbox included) never imports boto3 nor
+handlers/ — it goes through playbooks/ (service, sandbox) — playbooks/ never imports
+Slack, handlers/ knows neither Slack nor the store."""
 
 from __future__ import annotations
 
@@ -33,9 +33,7 @@ def imported_modules(path: Path) -> set[str]:
 def test_packages_import_only_what_their_layer_may(package: str) -> None:
     files = list((ROOT / package).rglob("*.py"))
     assert files
-    offenders = {str(f.relative_to(ROOT)): sorted(imported_modules(f) & FORBIDDEN[package]
-                                                  - ({"handlers"} if "sandbox" in f.parts
-                                                     else set()))
+    offenders = {str(f.relative_to(ROOT)): sorted(imported_modules(f) & FORBIDDEN[package])
                  for f in files}
     assert {f: m for f, m in offenders.items() if m} == {}
 

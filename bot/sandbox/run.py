@@ -13,7 +13,7 @@ from bot.logs import setup_logging
 from bot.sandbox.fake_slack import FakeSlack
 from bot.sandbox.harness import start_bot, wait_for
 from bot.sandbox.transcript import plain, render_channel
-from handlers import sandbox_world
+from playbooks import sandbox as sandbox_world
 from playbooks.store import FINAL_STATES
 
 CHANNEL = "C0INCIDENT"

@@ -1,0 +1,19 @@
+"""What the sandbox (`python -m bot sandbox`) needs of its local AWS, for bot/sandbox:
+bot/ reaches handlers/ only through playbooks/. The seeded world lives in
+handlers.sandbox_world (it speaks boto3)."""
+
+from __future__ import annotations
+
+from handlers.sandbox_world import (
+    Fleet,
+    LocalAws,
+    World,
+    describe_containment,
+    group_rules,
+    groups_by_eni,
+    join_fleet,
+    seed,
+)
+
+__all__ = ["Fleet", "LocalAws", "World", "describe_containment", "group_rules",
+           "groups_by_eni", "join_fleet", "seed"]
