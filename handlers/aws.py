@@ -468,7 +468,12 @@ class fail_safe:
         _exempt.reset(self._token)
 
 
-def _guard_call(**_: Any) -> None:
+def run_guard_check() -> None:
+    """Raise LeaseLost when this run's lease is lost (outside `fail_safe`)."""
     guard = run_guard.get()
     if guard is not None:
         guard.check()
+
+
+def _guard_call(**_: Any) -> None:
+    run_guard_check()

@@ -24,6 +24,7 @@ from handlers.aws import (
     describe_error,
     fail_safe,
     parallel,
+    run_guard_check,
 )
 from handlers.base import Action, Outcome, StepContext, StepFailed, VerificationFailed, register
 from handlers.ec2_lookup import describe_instance, interfaces, off_group
@@ -445,9 +446,23 @@ def cut_eni(clients: Clients, eni: dict[str, Any], open_id: str, sealed_id: str)
             result.conntrack_error = describe_error(exc).code
 
     def through_open() -> None:
+        sent = []
+
+        def to_open() -> None:
+            clients.ec2_cut.modify_network_interface_attribute(
+                NetworkInterfaceId=eni["id"], Groups=[open_id])
+
+        def attempt() -> None:
+            run_guard_check()  # a lost lease stops here, before anything is sent
+            sent.append(True)
+            to_open()
+
         try:
-            _move(clients, eni["id"], [open_id], SEAL_RETRY)
+            SEAL_RETRY.call(attempt)
         except LeaseLost:
+            if sent:  # an earlier attempt may have landed: never leave it open
+                with fail_safe():
+                    seal_or_restore(clients, eni, sealed_id)
             raise
         except Exception as exc:
             # Still on its own groups, or (answer lost) on the open one: seal it anyway.

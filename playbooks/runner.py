@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from handlers.aws import (
     Clients,
@@ -270,10 +270,15 @@ class Runner:
     def _update(self, step_id: int, **values: Any) -> None:
         """Write a step's record, only while this worker owns the run."""
         if not self.store.update_step(step_id, owner=self.owner, **values):
-            guard = run_guard.get()
-            if guard is not None:
-                guard.lose("another worker holds it")
-            raise LeaseLost(f"step {step_id}: this worker no longer owns the run")
+            self._not_owner(step_id)
+
+    @staticmethod
+    def _not_owner(step_id: int) -> NoReturn:
+        """A write refused for ownership: the run stops before its next AWS call."""
+        guard = run_guard.get()
+        if guard is not None:
+            guard.lose("another worker holds it")
+        raise LeaseLost(f"step {step_id}: this worker no longer owns the run")
 
     def _secure(self, playbook: Playbook, records: dict[str, StepRecord],
                 contexts: dict[str, StepContext], incident: Incident) -> None:
@@ -284,8 +289,16 @@ class Runner:
             if step.mode != "apply" or record.captured is None or record.status in DONE:
                 continue
             action = get_action(step.action)
-            with acting_as(step.action):
-                done = action.secure(contexts[step.name], record.captured)
+            try:
+                with acting_as(step.action):
+                    done = action.secure(contexts[step.name], record.captured)
+            except LeaseLost:
+                raise
+            except Exception as exc:
+                # Not fatal: the step itself runs again below and makes the same moves.
+                log.warning("could not make safe on resume", extra={
+                    "step": step.name, "error": describe_error(exc).code})
+                continue
             if done:
                 log.warning("made safe on resume", extra={"step": step.name, "done": done})
                 self._post(incident, f"🛟 *{step.name}*: found half done after an "
@@ -421,10 +434,7 @@ class Runner:
         if not self.store.finish_step(record.id, self.owner, incident.id, values,
                                       self._said(self.timeline.step_finished, incident, view),
                                       evidence, revocations):
-            guard = run_guard.get()
-            if guard is not None:
-                guard.lose("another worker holds it")
-            raise LeaseLost(f"step {record.id}: this worker no longer owns the run")
+            self._not_owner(record.id)
         log.info("step finished", extra={"step": step.name, "status": values["status"],
                                          "duration_ms": values["duration_ms"],
                                          "error_code": values.get("error_code")})
