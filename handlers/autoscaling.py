@@ -22,7 +22,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from handlers.aws import Backoff, Clients, describe_error, parallel
+from handlers.aws import Backoff, Clients, both, describe_error, parallel
 from handlers.base import (
     Action,
     Outcome,
@@ -180,8 +180,10 @@ class DetachFromAutoScaling(Action):
                              "or complete or abandon its lifecycle action")
         decrement = bool(ctx.options.get("asg_decrement", False))
 
+        autoscaling = ctx.clients.client("autoscaling", cut=True)  # retried here only
+
         def detach() -> None:
-            ctx.clients.autoscaling.detach_instances(
+            autoscaling.detach_instances(
                 InstanceIds=[instance_id], AutoScalingGroupName=group,
                 ShouldDecrementDesiredCapacity=decrement)
 
@@ -195,9 +197,16 @@ class DetachFromAutoScaling(Action):
         try:
             READ_RETRY.call(detach)
         except Exception as exc:
-            err = describe_error(exc)
-            raise StepFailed(err.code, f"could not detach from {group} ({state}): "
-                             f"{err.message}") from exc
+            # A detach whose answer was lost, and whose retry is then refused ("not part
+            # of the group"), did land: ask the group before calling it a failure.
+            try:
+                landed = membership(ctx.clients, instance_id) is None
+            except Exception:
+                landed = False
+            if not landed:
+                err = describe_error(exc)
+                raise StepFailed(err.code, f"could not detach from {group} ({state}): "
+                                 f"{err.message}") from exc
         then = "desired capacity lowered" if decrement else "the group launches a replacement"
         return f"detached from {group} ({then})"
 
@@ -216,8 +225,10 @@ class DetachFromAutoScaling(Action):
                                         Instances=[{"InstanceId": instance_id}])))
 
         def one(item: tuple[str, Callable[[], Any]]) -> str | None:
+            # Best effort, beside the detach on the path to the cut: botocore's own
+            # retries only, no backoff of ours to wait for.
             try:
-                READ_RETRY.call(item[1])
+                item[1]()
             except Exception as exc:
                 return f"{item[0]} ({describe_error(exc).code})"
             return None
@@ -240,13 +251,6 @@ class DetachFromAutoScaling(Action):
         return Outcome("; ".join(parts), {"deregistration_errors": errors})
 
     def verify(self, ctx: StepContext, captured: dict[str, Any], outcome: Outcome) -> str:
-        try:
-            member = membership(ctx.clients, ctx.target.resource_id)
-        except Exception as exc:
-            # The detach was accepted; a read that stays throttled must not stop the cut.
-            return f"membership not re-read ({describe_error(exc).code}); the detach was accepted"
-        if member is not None and not member["state"].startswith(TERMINATING_PREFIX):
-            raise VerificationFailed(f"still in {member['name']} ({member['state']})")
         elbv2 = ctx.clients.client("elbv2")
 
         def still(reg: dict[str, Any]) -> bool:
@@ -259,9 +263,21 @@ class DetachFromAutoScaling(Action):
             return any(d.get("TargetHealth", {}).get("State") not in DEREGISTERED
                        for d in resp.get("TargetHealthDescriptions", []))
 
+        def member() -> dict[str, Any] | Exception | None:
+            try:
+                return membership(ctx.clients, ctx.target.resource_id)
+            except Exception as exc:
+                return exc
+
+        # The group and the target groups, read in one round trip.
+        now, registered = both(member, lambda: parallel(still, captured["target_groups"]))
+        if isinstance(now, Exception):
+            # The detach was accepted; a read that stays throttled must not stop the cut.
+            return f"membership not re-read ({describe_error(now).code}); the detach was accepted"
+        if now is not None and not now["state"].startswith(TERMINATING_PREFIX):
+            raise VerificationFailed(f"still in {now['name']} ({now['state']})")
         left = [r["arn"].rsplit(":", 1)[-1] for r, s in
-                zip(captured["target_groups"], parallel(still, captured["target_groups"]),
-                    strict=True) if s]
+                zip(captured["target_groups"], registered, strict=True) if s]
         seen = "in no Auto Scaling group"
         if left:
             seen += f"; still registered in {', '.join(left)} (best effort)"

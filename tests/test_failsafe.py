@@ -406,3 +406,18 @@ def test_kill_9_after_the_snapshots_resumes_with_every_message_once_and_one_imag
     images = ec2().describe_images(Owners=["self"], Filters=[
         {"Name": "tag:cordon:instance", "Values": [world.instance_id]}])["Images"]
     assert len(images) == 1
+
+
+def test_a_detach_whose_answer_was_lost_does_not_stop_the_cut(
+        faulty_bot: RunningBot, world: sandbox_world.World, faulty: FaultyAws,
+        groups: dict[str, str], fast_backoff: Backoff) -> None:
+    """moto detaches, the answer is lost; the retry is refused (not in the group any
+    more). The group is asked before the step is called failed: it landed."""
+    sandbox_world.join_fleet(world)
+    faulty.add("DetachInstances", "drop")  # applied by moto, answer lost
+    # AWS refuses a detach of an instance no longer in the group (moto does not).
+    faulty.add("DetachInstances", "refuse:ValidationError")
+    done = contain(faulty_bot, world.instance_id, "full")
+    assert done.status == "contained", done.summary
+    assert len(faulty.calls("DetachInstances")) == 2
+    assert all(g == [groups["sealed"]] for g in eni_groups(world.instance_id).values())
