@@ -100,7 +100,13 @@ class RemoveInstanceProfile(Action):
         name = assoc["profile_arn"].rsplit("/", 1)[-1]
         # First the profile goes: from now on the instance gets no new credentials.
         if assoc.get("id"):
-            ctx.clients.ec2.disassociate_iam_instance_profile(AssociationId=assoc["id"])
+            try:
+                ctx.clients.ec2.disassociate_iam_instance_profile(AssociationId=assoc["id"])
+            except ClientError:
+                # A retry after a lost answer is refused (the association is gone): the
+                # revocation below is still owed. Anything else stops the step.
+                if profile_association(ctx) is not None:
+                    raise
         parts = [f"{name} disassociated"]
         role = captured.get("role")
         if not role:

@@ -421,3 +421,15 @@ def test_a_detach_whose_answer_was_lost_does_not_stop_the_cut(
     assert done.status == "contained", done.summary
     assert len(faulty.calls("DetachInstances")) == 2
     assert all(g == [groups["sealed"]] for g in eni_groups(world.instance_id).values())
+
+
+def test_a_disassociation_whose_answer_was_lost_still_gets_its_revocation(
+        faulty_bot: RunningBot, world: sandbox_world.World, faulty: FaultyAws,
+        fast_backoff: Backoff) -> None:
+    faulty.add("DisassociateIamInstanceProfile", "drop")  # applied, answer lost
+    done = contain(faulty_bot, world.instance_id, "full")
+    assert done.status == "contained", done.summary
+    policy = aws_client("iam").get_role_policy(RoleName="web-prod",
+                                               PolicyName="cordon-revocations")
+    (statement,) = policy["PolicyDocument"]["Statement"]
+    assert statement["Sid"].startswith("CordonRevoke" + world.instance_id.replace("-", ""))
