@@ -13,14 +13,11 @@ another, measured in the same run. Prints JSON.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import logging
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
@@ -28,78 +25,14 @@ import boto3
 from bot.logs import setup_logging
 from bot.sandbox.fake_slack import FakeSlack
 from bot.sandbox.harness import start_bot, wait_for
+from bot.sandbox.rounds import Recorder, sealed_at, sequential_round_trips
 from handlers import sandbox_world
-from handlers.aws import ClientPool, hook
+from handlers.aws import ClientPool
 from handlers.isolation import prepare_vpcs
 from playbooks.store import FINAL_STATES
 
 TARGETS = {"first_in_vpc": 5, "groups_exist": 3}
 FULL_EXTRA = 2  # full may take at most this many more round trips than isolate
-
-
-@dataclass
-class Call:
-    operation: str
-    params: dict[str, Any]
-    start: float
-    end: float = 0.0
-
-
-@dataclass
-class Recorder:
-    """Adds `latency` to every AWS request and records when each call ran."""
-
-    latency: float
-    calls: list[Call] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    ids: itertools.count = field(default_factory=itertools.count)  # type: ignore[type-arg]
-
-    def session(self) -> boto3.session.Session:
-        session = boto3.session.Session()
-        hook(session, "before-parameter-build.*.*", self._params)
-        hook(session, "before-call.*.*", self._start)
-        hook(session, "before-send.*.*", self._delay, first=True)
-        hook(session, "after-call.*.*", self._end)
-        return session
-
-    def _params(self, params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
-        context["bench_params"] = dict(params)
-
-    def _start(self, model: Any, context: dict[str, Any], **_: Any) -> None:
-        call = Call(model.name, context.get("bench_params", {}), time.monotonic())
-        with self.lock:
-            self.calls.append(call)
-        context["bench_call"] = call
-
-    def _delay(self, **_: Any) -> None:
-        time.sleep(self.latency)
-
-    def _end(self, context: dict[str, Any], **_: Any) -> None:
-        call = context.get("bench_call")
-        if call is not None:
-            call.end = time.monotonic()
-
-    def since(self, t0: float) -> list[Call]:
-        with self.lock:
-            return [c for c in self.calls if c.start >= t0 and c.end]
-
-
-def sequential_round_trips(calls: list[Call], until: float) -> int:
-    """Length of the longest chain of calls that each started after the previous one
-    ended: the round trips a responder waits for, however many ran side by side."""
-    depth: dict[int, int] = {}
-    ordered = sorted((c for c in calls if c.end <= until + 1e-9), key=lambda c: c.start)
-    for i, call in enumerate(ordered):
-        before = [depth[j] for j, other in enumerate(ordered[:i]) if other.end <= call.start]
-        depth[i] = 1 + max(before, default=0)
-    return max(depth.values(), default=0)
-
-
-def sealed_at(calls: list[Call], sealed_group: str, enis: int) -> float:
-    moves = [c for c in calls if c.operation == "ModifyNetworkInterfaceAttribute"
-             and c.params.get("Groups") == [sealed_group]]
-    assert len(moves) == enis, f"expected {enis} moves to the sealed group, saw {len(moves)}"
-    return max(c.end for c in moves)
 
 
 def fresh_world(aws: sandbox_world.LocalAws, prepared: bool) -> sandbox_world.World:

@@ -160,6 +160,22 @@ class DetachFromAutoScaling(Action):
         return (self._membership(ctx) is None and not facts.get("target_groups")
                 and not facts.get("classic_elbs"))
 
+    def observe_early(self, ctx: StepContext) -> dict[str, Any] | None:
+        """From the card's look-up: the group and the instance's lifecycle state read then,
+        and its load balancers. A state that cannot be detached as it is (launching,
+        entering standby) is read again after the click instead."""
+        facts = ctx.target.facts
+        state = facts.get("asg_state")
+        if facts.get("asg") and state not in DETACHABLE:
+            return None
+        return {"asg": facts.get("asg"), "state": state,
+                "target_groups": list(facts.get("target_groups") or []),
+                "classic_elbs": list(facts.get("classic_elbs") or [])}
+
+    def in_place(self, captured: dict[str, Any]) -> bool:
+        return not (captured.get("asg") or captured.get("target_groups")
+                    or captured.get("classic_elbs"))
+
     def capture(self, ctx: StepContext) -> dict[str, Any]:
         member = self._membership(ctx)
         facts = ctx.target.facts

@@ -40,6 +40,14 @@ class StepFailed(Exception):
         self.done = done
 
 
+class StepHeld(StepFailed):
+    """The step was held back (a critical step before it failed) and left the target as
+    it found it: it is recorded not-run, with what it did meanwhile."""
+
+    def __init__(self, message: str, done: str = "") -> None:
+        super().__init__("Held", message, done)
+
+
 class VerificationFailed(StepFailed):
     def __init__(self, message: str, done: str = "") -> None:
         super().__init__("VerificationFailed", message, done)
@@ -70,6 +78,13 @@ class StepContext:
     history: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Per-step memo, so that check() and capture() share one describe round trip.
     memo: dict[str, Any] = field(default_factory=dict)
+    # Set by the runner for a step that starts alongside the steps before it: blocks until
+    # their critical changes have answered; returns the name of one that failed (do not
+    # go on), or None.
+    gate: Callable[[], str | None] = field(default=lambda: None, repr=False)
+    # Saves the prior state again when apply() finds more of it (an ENI attached after
+    # the card was made), before changing that part.
+    save: Callable[[dict[str, Any]], None] = field(default=lambda _captured: None, repr=False)
 
     def remember(self, key: str, compute: Callable[[], T]) -> T:
         """compute() once per step run; check(), capture() and apply() share it."""
@@ -117,9 +132,17 @@ class Action(ABC):
     def capture(self, ctx: StepContext) -> dict[str, Any]:
         """The prior state apply() is about to change (saved before apply runs)."""
 
-    def prepare(self, ctx: StepContext) -> None:  # noqa: B027 - optional, empty by default
-        """Get ready without touching the target (e.g. create shared resources), while
-        the steps before this one run. Optional."""
+    def observe_early(self, ctx: StepContext) -> dict[str, Any] | None:
+        """When the card is made, before approval: the prior state capture() would record,
+        so that after the click apply() goes out at once, with no describe in front of it.
+        Changes nothing of the target (creating Cordon's own isolation groups is the one
+        change allowed before approval). None: not known early; the step checks and
+        captures after the click, as usual."""
+        return None
+
+    def in_place(self, captured: dict[str, Any]) -> bool:
+        """Whether a prior state observed early already is the state apply() brings about."""
+        return False
 
     @abstractmethod
     def apply(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:

@@ -124,8 +124,7 @@ def find_instance(
             raise TargetNotFound(instance_id, [_where(locations[0])], {})
         facts = instance_facts(inst, inst["_OwnerId"], locations[0][1])
         facts["account_name"] = locations[0][0]
-        facts["asg"] = asg or facts["asg"]
-        return _with_fleet(clients, facts)
+        return _with_fleet(clients, _with_group(facts, asg))
 
     def one(place: Location) -> tuple[Location, dict[str, Any] | None, AwsError | None]:
         try:
@@ -143,8 +142,16 @@ def find_instance(
     place, inst = found[0]
     facts = instance_facts(inst, inst["_OwnerId"], place[1])
     facts["account_name"] = place[0]
-    facts["asg"] = _asg_of(clients_for(place), instance_id) or facts["asg"]
-    return _with_fleet(clients_for(place), facts)
+    return _with_fleet(clients_for(place), _with_group(facts, _asg_of(clients_for(place),
+                                                                      instance_id)))
+
+
+def _with_group(facts: dict[str, Any], member: dict[str, Any] | None) -> dict[str, Any]:
+    """Its Auto Scaling group and lifecycle state as read now (the state is unknown when
+    only its aws:autoscaling:groupName tag names the group)."""
+    if member:
+        facts["asg"], facts["asg_state"] = member["name"], member["state"]
+    return facts
 
 
 def _with_fleet(clients: Clients, facts: dict[str, Any]) -> dict[str, Any]:
@@ -221,11 +228,10 @@ def _where(place: Location) -> str:
     return f"{place[0]}/{place[1]}" if place[0] else place[1]
 
 
-def _asg_of(clients: Clients, instance_id: str) -> str | None:
+def _asg_of(clients: Clients, instance_id: str) -> dict[str, Any] | None:
     try:
-        member = membership(clients, instance_id)  # throttling retried, briefly
+        return membership(clients, instance_id)  # throttling retried, briefly
     except Exception:
         # Not being allowed (or able) to read Auto Scaling must not block a containment
         # request; the instance's aws:autoscaling:groupName tag still names the group.
         return None
-    return str(member["name"]) if member else None

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,15 @@ from handlers.aws import (
     parallel,
     run_guard_check,
 )
-from handlers.base import Action, Outcome, StepContext, StepFailed, VerificationFailed, register
+from handlers.base import (
+    Action,
+    Outcome,
+    StepContext,
+    StepFailed,
+    StepHeld,
+    VerificationFailed,
+    register,
+)
 from handlers.ec2_lookup import describe_instance, interfaces, off_group
 
 OPEN, SEALED = "isolation-open", "isolation-sealed"
@@ -284,13 +293,19 @@ class IsolateSecurityGroups(Action):
         inst, _ = self._observe(ctx)
         return {"vpc_id": inst.get("VpcId", ""), "enis": interfaces(inst)}
 
-    def prepare(self, ctx: StepContext) -> None:
-        """The isolation groups touch no instance: they can be made ready early."""
-        _, pair = self._observe(ctx)
-        vpc_id = ctx.memo["observed"][0].get("VpcId", "")
-        if vpc_id:
-            ctx.memo["groups"] = ensure_group_pair(ctx.clients, vpc_id, pair,
-                                                   ctx.target.incident_id)
+    def observe_early(self, ctx: StepContext) -> dict[str, Any] | None:
+        """At card time: the ENIs and their groups from the card's look-up, and the VPC's
+        isolation groups made ready (found, created or fixed — Cordon's own groups, the
+        one change allowed before approval). After the click the cut goes out at once."""
+        facts = ctx.target.facts
+        vpc_id, enis = facts.get("vpc_id", ""), facts.get("enis") or []
+        if not vpc_id or not enis:
+            return None
+        ids, created = ensure_group_pair(ctx.clients, vpc_id, find_group_pair(ctx.clients, vpc_id))
+        if any(g["id"] in ids.values() for e in enis for g in e["groups"]):
+            return None  # already on Cordon's groups: look again after the click
+        return {"vpc_id": vpc_id, "enis": enis, "open_group": ids[OPEN],
+                "sealed_group": ids[SEALED], "created_groups": created}
 
     def apply(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
         """Each ENI on its own: to cordon-open (its connection-tracking timeouts lowered in
@@ -300,31 +315,47 @@ class IsolateSecurityGroups(Action):
         ENI is left on cordon-open, and a failure reports where each ENI is, from a
         describe made after the fact.
 
+        With the groups made ready and the ENIs recorded when the card was made, nothing
+        is described before the first move: the instance and the groups are described
+        alongside it, and what changed since the card (an ENI attached, a group with a
+        rule added or deleted) is dealt with after the cut.
+
         What real AWS does that moto does not show: tracked connections (those not
         allowed by an all-traffic 0.0.0.0/0 rule in both directions) survive a change
         of rules; moving to the open group first makes them untracked, and the sealed
         group then drops them. ICMP and flows through a NAT gateway, NLB, Gateway Load
         Balancer or Transit Gateway stay tracked whatever the groups say."""
-        _, pair = self._observe(ctx)
         enis = captured["enis"]
         if not enis:
             raise StepFailed("NoNetworkInterfaces", "the instance has no network interface")
-        ids, created = ctx.memo.get("groups") or ensure_group_pair(
-            ctx.clients, captured["vpc_id"], pair, ctx.target.incident_id)
+        notes: list[str] = []
+        if captured.get("sealed_group"):
+            ids = {OPEN: captured["open_group"], SEALED: captured["sealed_group"]}
+            created = list(captured.get("created_groups") or [])
+            cuts, seen = both(lambda: self._cut(ctx, enis, ids), lambda: _look_again(ctx, ids))
+            cuts, ids, more = self._after_card(ctx, captured, cuts, ids, seen, notes)
+            created += more
+        else:
+            _, pair = self._observe(ctx)
+            ids, created = ensure_group_pair(ctx.clients, captured["vpc_id"], pair,
+                                             ctx.target.incident_id)
+            cuts = self._cut(ctx, enis, ids)
         open_id, sealed_id = ids[OPEN], ids[SEALED]
-        cuts = parallel(lambda eni: cut_eni(ctx.clients, eni, open_id, sealed_id), enis)
-        failed = [c for c in cuts if not c.sealed]
-        if failed:
+        held = [c for c in cuts if c.held]
+        failed = [c for c in cuts if not c.sealed and not c.held]
+        if held or failed:
             where = describe_positions(ctx.clients, ctx.target.resource_id, open_id, sealed_id,
-                                       enis)
-            first = failed[0]
-            raise StepFailed(first.error_code, "could not seal "
-                             + "; ".join(f"{c.eni_id} ({c.error})" for c in failed), where)
+                                       captured["enis"])
+            if held and not failed and all(c.restored for c in held):
+                raise StepHeld(f"{held[0].held} failed: not cut", where)
+            first = (failed or held)[0]
+            raise StepFailed(first.error_code or "Held", "could not seal " + "; ".join(
+                f"{c.eni_id} ({c.error or 'held: ' + c.held})" for c in failed or held), where)
         conntrack_notes = [f"{c.eni_id}: {c.conntrack_error}" for c in cuts
                            if c.conntrack_error]
         moves = "; ".join(
             f"{e['id']} {','.join(_group_label(g) for g in e['groups']) or '(none)'}"
-            " → cordon-sealed" for e in enis
+            " → cordon-sealed" for e in captured["enis"]
         )
         summary = moves
         untracked = [c.eni_id for c in cuts if c.open_error]
@@ -337,12 +368,78 @@ class IsolateSecurityGroups(Action):
             summary += "; conntrack timeouts 60/60/30 s"
         if created:
             summary += f"; created isolation groups {', '.join(created)}"
+        if notes:
+            summary += "; " + "; ".join(notes)
         limits = ctx.target.facts.get("untracked_limits") or []
         if limits:
             summary += ". Not cut by security groups: " + "; ".join(limits)
         return Outcome(summary, {"open_group": open_id, "sealed_group": sealed_id,
                                  "created_groups": created, "conntrack_notes": conntrack_notes,
                                  "open_seconds": {c.eni_id: c.open_seconds for c in cuts}})
+
+    def _cut(self, ctx: StepContext, enis: list[dict[str, Any]], ids: dict[str, str]
+             ) -> list[EniCut]:
+        return parallel(lambda eni: cut_eni(ctx.clients, eni, ids[OPEN], ids[SEALED],
+                                            ctx.gate), enis)
+
+    def _after_card(self, ctx: StepContext, captured: dict[str, Any], cuts: list[EniCut],
+                    ids: dict[str, str], seen: tuple[dict[str, Any] | None, list[Any]] | None,
+                    notes: list[str]) -> tuple[list[EniCut], dict[str, str], list[str]]:
+        """What changed since the card, found by the describes made alongside the cut:
+        groups deleted (made again, the ENIs cut again), an ENI attached since (recorded,
+        then cut), an ENI's own groups changed (recorded), rules added to the sealed group
+        (revoked) or removed from the open one (restored for next time)."""
+        created: list[str] = []
+        if seen is None:
+            notes.append("the instance could not be described again alongside the cut; the "
+                         "verify below checks every ENI")
+            return cuts, ids, created
+        inst, groups = seen
+        if any(c.error_code == "InvalidGroup.NotFound" for c in cuts):
+            # The card's groups are gone: make them again, and cut what was not cut.
+            ids, created = ensure_group_pair(ctx.clients, captured["vpc_id"],
+                                             find_group_pair(ctx.clients, captured["vpc_id"]),
+                                             ctx.target.incident_id)
+            again = {c.eni_id for c in cuts if not c.sealed}
+            redo = self._cut(ctx, [e for e in captured["enis"] if e["id"] in again], ids)
+            cuts = [c for c in cuts if c.eni_id not in again] + redo
+            notes.append("the isolation groups of the card were gone; made again")
+            groups = []
+        if inst is None:
+            return cuts, ids, created
+        known = {e["id"]: e for e in captured["enis"]}
+        ours = set(ids.values()) | {captured["open_group"], captured["sealed_group"]}
+        changed = False
+        for eni in interfaces(inst):
+            mine = {g["id"] for g in eni["groups"]}
+            if eni["id"] not in known:
+                known[eni["id"]] = eni
+                captured["enis"].append(eni)
+                changed = True
+            elif not mine & ours and mine != {g["id"] for g in known[eni["id"]]["groups"]}:
+                known[eni["id"]]["groups"] = eni["groups"]  # its groups changed since the card
+                changed = True
+        late = [e for e in captured["enis"] if e["id"] not in {c.eni_id for c in cuts}]
+        if changed:
+            ctx.save(captured)  # the prior state, before the late ENIs are touched
+        if late:
+            cuts = cuts + self._cut(ctx, late, ids)
+            notes.append(f"attached since the card, cut too: {', '.join(e['id'] for e in late)}")
+        for group in groups:
+            role = OPEN if group["GroupId"] == ids[OPEN] else SEALED
+            fixes = _open_fixes(group) if role == OPEN else _sealed_fixes(group)
+            if fixes:
+                group_id = group["GroupId"]
+                parallel(lambda fix: _apply_fix(ctx.clients, group_id, fix), fixes)  # noqa: B023
+                notes.append(f"{GROUP_NAMES[role]} had drifted since the card"
+                             + (" (rules found on it were removed)" if role == SEALED else
+                                " (its rules are restored; tracked flows may have survived)"))
+        return cuts, ids, created
+
+    def in_place(self, captured: dict[str, Any]) -> bool:
+        sealed = captured.get("sealed_group")
+        return bool(sealed) and all([g["id"] for g in e["groups"]] == [sealed]
+                                    for e in captured.get("enis") or [])
 
     def secure(self, ctx: StepContext, captured: dict[str, Any]) -> str | None:
         """Before anything else when a run resumes: an ENI found on cordon-open (its
@@ -425,6 +522,8 @@ class EniCut:
     open_error: str = ""
     conntrack_error: str = ""
     open_seconds: float = 0.0
+    # The critical step before the cut that failed: moved back instead of sealed.
+    held: str = ""
 
 
 def _move(clients: Clients, eni_id: str, group_ids: list[str], backoff: Backoff) -> None:
@@ -432,8 +531,34 @@ def _move(clients: Clients, eni_id: str, group_ids: list[str], backoff: Backoff)
         NetworkInterfaceId=eni_id, Groups=group_ids))
 
 
-def cut_eni(clients: Clients, eni: dict[str, Any], open_id: str, sealed_id: str) -> EniCut:
-    """One ENI: to the open group (timeouts lowered alongside), then to the sealed one."""
+def _look_again(ctx: StepContext, ids: dict[str, str]
+                ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]] | None:
+    """The instance and the isolation groups, described alongside the first move (never
+    in front of it). None when they could not be described."""
+    def pair() -> list[dict[str, Any]]:
+        try:
+            return list(ctx.clients.ec2.describe_security_groups(
+                GroupIds=[ids[OPEN], ids[SEALED]])["SecurityGroups"])
+        except ClientError as exc:
+            if describe_error(exc).code == "InvalidGroup.NotFound":
+                return []  # the moves fail on it too, and the groups are made again
+            raise
+
+    try:
+        return both(lambda: describe_instance(ctx.clients, ctx.target.resource_id), pair)
+    except LeaseLost:
+        raise
+    except Exception as exc:
+        log.warning("could not describe alongside the cut",
+                    extra={"error": describe_error(exc).code})
+        return None
+
+
+def cut_eni(clients: Clients, eni: dict[str, Any], open_id: str, sealed_id: str,
+            gate: Callable[[], str | None] | None = None) -> EniCut:
+    """One ENI: to the open group (timeouts lowered alongside), then to the sealed one —
+    once `gate` says the steps before the cut have answered. Should one of them have
+    failed, the ENI goes back to its own groups instead."""
     result = EniCut(eni["id"])
 
     def lower_conntrack() -> None:
@@ -468,7 +593,18 @@ def cut_eni(clients: Clients, eni: dict[str, Any], open_id: str, sealed_id: str)
             # Still on its own groups, or (answer lost) on the open one: seal it anyway.
             result.open_error = describe_error(exc).code
         opened_at = time.monotonic()
+        held = gate() if gate is not None else None
         with fail_safe():
+            if held:
+                result.held = held
+                try:
+                    _move(clients, eni["id"], [g["id"] for g in eni["groups"]], RESTORE_RETRY)
+                    result.restored = True
+                except Exception as exc:
+                    result.error, result.error_code = str(describe_error(exc)), "Held"
+                    log.error("ENI may be left on the open group", extra={"eni": eni["id"]})
+                result.open_seconds = round(time.monotonic() - opened_at, 3)
+                return
             sealed = seal_or_restore(clients, eni, sealed_id)
         result.open_seconds = round(time.monotonic() - opened_at, 3)
         result.sealed, result.restored = sealed.sealed, sealed.restored

@@ -81,6 +81,14 @@ class ProtectEvidence(Action):
     def capture(self, ctx: StepContext) -> dict[str, Any]:
         return dict(self._observe(ctx))
 
+    def observe_early(self, ctx: StepContext) -> dict[str, Any] | None:
+        """Read when the card is made: the protections are then set in the first round
+        trip after the click, and the prior values are what a release restores."""
+        return dict(read_protection(ctx))
+
+    def in_place(self, captured: dict[str, Any]) -> bool:
+        return _is_protected(captured)
+
     def _set(self, ctx: StepContext, state: dict[str, Any],
              skip: dict[str, str] | None = None) -> dict[str, str]:
         """Set the attributes; returns those the instance does not support, and why."""

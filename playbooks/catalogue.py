@@ -18,8 +18,10 @@ class Step:
     # Whether a critical step's failure also stops the later phases (None: it does).
     # Stripping the role and taking snapshots stay useful when the network cut failed.
     blocks: bool | None = None
-    # Check and capture while the previous phase runs, so that apply starts at once.
-    early_capture: bool = False
+    # Starts with the previous phase (its first move goes out alongside theirs) and holds
+    # its second move until that phase's critical steps have answered: the cut's move to
+    # cordon-open goes with the detach, its seal waits for the detach's answer.
+    overlap: bool = False
     options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     # "apply" for a containment; "undo" for a release.
     mode: str = "apply"
@@ -86,7 +88,7 @@ PLAYBOOKS: dict[str, Playbook] = {
         steps=(
             Step("protect-evidence", phase=1),
             Step("detach-from-auto-scaling", phase=1, critical=True),
-            Step("isolate-security-groups", phase=2, critical=True, early_capture=True,
+            Step("isolate-security-groups", phase=2, critical=True, overlap=True,
                  blocks=False),
             # After the cut: instance tags can be read from inside the instance (instance
             # metadata), so the attacker learns nothing before the network is gone.
@@ -103,7 +105,7 @@ PLAYBOOKS: dict[str, Playbook] = {
         summary="cut the instance's network without leaving tracked connections alive",
         steps=(
             *FLEET_GUARD,
-            Step("isolate-security-groups", phase=2, critical=True, early_capture=True),
+            Step("isolate-security-groups", phase=2, critical=True, overlap=True),
             Step("tag-instance", phase=3),
         ),
     ),

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from functools import partial
+from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol
 
 from handlers.aws import (
@@ -31,6 +31,7 @@ from handlers.base import (
     Outcome,
     StepContext,
     StepFailed,
+    StepHeld,
     StepStatus,
     Target,
     get_action,
@@ -145,6 +146,47 @@ def summarise(steps: list[StepRecord]) -> str:
 def history_of(steps: list[StepRecord]) -> dict[str, dict[str, Any]]:
     return {s.name: {"status": s.status, "summary": s.summary, "details": s.details,
                      "captured": s.captured, "error_code": s.error_code} for s in steps}
+
+
+@dataclass
+class _Pending:
+    """A step between its change and its verify."""
+
+    step: Step
+    record: StepRecord
+    ctx: StepContext
+    action: Action
+    started: float
+    values: dict[str, Any] = field(default_factory=dict)
+    outcome: Outcome | None = None
+    captured: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.values.get("status") in DONE
+
+
+class _Gate:
+    """Opens when the critical steps of a batch have all answered, or at the first that
+    failed (its name is then what `wait` returns)."""
+
+    def __init__(self, names: list[str]) -> None:
+        self._waiting = set(names)
+        self._failed: str | None = None
+        self._changed = threading.Condition()
+
+    def done(self, name: str, ok: bool) -> None:
+        with self._changed:
+            if name in self._waiting:
+                self._waiting.discard(name)
+                if not ok and self._failed is None:
+                    self._failed = name
+                self._changed.notify_all()
+
+    def wait(self) -> str | None:
+        with self._changed:
+            self._changed.wait_for(lambda: not self._waiting or self._failed is not None)
+            return self._failed
 
 
 class Runner:
@@ -331,29 +373,31 @@ class Runner:
             self.timeline.wake(incident_id)
         parent_captured = ({s.name: s.captured for s in self.store.steps(subject.id)}
                            if incident.kind == "release" else {})
+        early = self._early(incident, subject, records, resumed)
         phases = playbook.phases()
         stopped_by: str | None = None
+        ran_ahead: set[str] = set()
         for index, phase in enumerate(phases):
             current = {s.name: s for s in self.store.steps(incident_id)}
-            todo = [s for s in phase if current[s.name].status not in DONE]
+            todo = [s for s in phase
+                    if s.name not in ran_ahead and current[s.name].status not in DONE]
             if stopped_by is not None:
                 for step in todo:
                     self._update(records[step.name].id, status=StepStatus.NOT_RUN,
                                  summary=f"not run: {stopped_by} failed")
                 continue
-            history = history_of(list(current.values()))
-            for step in todo:
-                contexts[step.name].history = history
+            # A step marked `overlap` in the next phase starts with this one (see Step).
             upcoming = phases[index + 1] if index + 1 < len(phases) else []
-            early = [s for s in upcoming if s.early_capture and current[s.name].captured is None
-                     and current[s.name].status not in DONE]
-            jobs: list[Callable[[], bool]] = []
-            jobs += [partial(self._run_step, contexts[s.name], s, current[s.name], incident,
-                             parent_captured.get(s.action)) for s in todo]
-            jobs += [partial(self._capture_early, contexts[s.name], s, current[s.name])
-                     for s in early]
-            results = parallel(lambda job: job(), jobs)
-            failed_critical = [s.name for s, ok in zip(todo, results, strict=False)
+            ahead = [s for s in upcoming if s.overlap
+                     and current[s.name].status not in DONE] if todo else []
+            ran_ahead |= {s.name for s in ahead}
+            batch = todo + ahead  # the waiting steps last: see _run_batch
+            history = history_of(list(current.values()))
+            for step in batch:
+                contexts[step.name].history = history
+            results = self._run_batch(batch, ahead, contexts, current, incident,
+                                      parent_captured, early)
+            failed_critical = [s.name for s, ok in zip(batch, results, strict=True)
                                if not ok and s.stops_run]
             if failed_critical:
                 stopped_by = failed_critical[0]
@@ -371,61 +415,144 @@ class Runner:
         self.timeline.wake(incident_id)
         return status
 
-    def _capture_early(self, ctx: StepContext, step: Step, record: StepRecord) -> bool:
-        with acting_as(step.action):
-            return self._capture_early_as(ctx, step, record)
+    @staticmethod
+    def _early(incident: Incident, subject: Incident, records: dict[str, StepRecord],
+               resumed: bool) -> dict[str, dict[str, Any]]:
+        """The prior states observed when the card was made (`Action.observe_early`), by
+        step. A first run only: a resumed or retried run looks again."""
+        if resumed or incident.kind == "release" or any(r.attempts for r in records.values()):
+            return {}
+        return dict((subject.facts or {}).get("early") or {})
 
-    def _capture_early_as(self, ctx: StepContext, step: Step, record: StepRecord) -> bool:
-        """Describe and save the prior state of the next phase's step now, so that its
-        apply can start the moment this phase ends. Never fails the run: the step
-        captures again when its turn comes."""
-        try:
-            action = get_action(step.action)
-            if not action.check(ctx):
-                self._update(record.id, captured=action.capture(ctx))
-                action.prepare(ctx)
-        except LeaseLost:
-            raise
-        except Exception as exc:
-            ctx.memo.clear()
-            log.warning("early capture failed", extra={"step": step.name,
-                                                       "error": describe_error(exc).code})
-        return True
+    def _run_batch(self, batch: list[Step], ahead: list[Step],
+                   contexts: dict[str, StepContext], current: dict[str, StepRecord],
+                   incident: Incident, parent_captured: dict[str, Any],
+                   early: dict[str, dict[str, Any]]) -> list[bool]:
+        """The steps of a phase, and those of the next that run ahead with it, at once.
+        A step running ahead holds its second move (`StepContext.gate`) until the
+        critical steps of the phase have answered; every verify of such a batch comes
+        after that move, off the path to it. Whether each step is done, in order."""
+        gate = _Gate([s.name for s in batch if s not in ahead and s.critical])
+        for step in ahead:
+            contexts[step.name].gate = gate.wait
+        # One write marks the batch running, with the prior states observed at card time.
+        priors: dict[str, dict[str, Any]] = {}
+        rows: dict[int, dict[str, Any]] = {}
+        for step in batch:
+            record = current[step.name]
+            rows[record.id] = {"status": StepStatus.RUNNING, "started_at": utcnow(),
+                               "attempts": record.attempts + 1, "error_code": None,
+                               "error_message": None}
+            prior = early.get(step.name)
+            if step.mode == "apply" and record.captured is None and prior is not None:
+                priors[step.name] = rows[record.id]["captured"] = prior
+        if not self.store.update_steps(self.owner, rows):
+            self._not_owner(current[batch[0].name].id)
 
-    def _run_step(self, ctx: StepContext, step: Step, record: StepRecord, incident: Incident,
-                  undo_captured: dict[str, Any] | None) -> bool:
-        with acting_as(step.action):
-            return self._run_step_as(ctx, step, record, incident, undo_captured)
+        def start(step: Step) -> _Pending:
+            pending = None
+            try:
+                pending = self._start(contexts[step.name], step, current[step.name],
+                                      parent_captured.get(step.action), priors.get(step.name))
+                return pending
+            finally:
+                gate.done(step.name, pending is not None and pending.ok)
 
-    def _run_step_as(self, ctx: StepContext, step: Step, record: StepRecord,
-                     incident: Incident, undo_captured: dict[str, Any] | None) -> bool:
+        def end(pending: _Pending) -> bool:
+            return self._end(pending, incident)
+
+        if not ahead:
+            return parallel(lambda step: end(start(step)), batch)
+        # The steps that wait on the gate come last: should the shared thread pool be
+        # full, the caller runs the rest in order, and the gate is open by their turn.
+        return parallel(end, parallel(start, batch))
+
+    def _start(self, ctx: StepContext, step: Step, record: StepRecord,
+               undo_captured: dict[str, Any] | None, prior: dict[str, Any] | None
+               ) -> _Pending:
+        """Everything of a step up to its change; the verify is left to `_end`."""
         action = get_action(step.action)
-        started = time.monotonic()
-        self._update(record.id, status=StepStatus.RUNNING, started_at=utcnow(),
-                     attempts=record.attempts + 1, error_code=None, error_message=None)
-        values: dict[str, Any]
-        outcome: Outcome | None = None
-        try:
-            if step.mode == "undo":
-                outcome = action.undo(ctx, undo_captured or {})
-                values = {"status": StepStatus.SUCCEEDED, "summary": outcome.summary}
-            else:
-                values, outcome = self._apply(action, ctx, record)
-        except StepFailed as exc:
-            values = {"status": StepStatus.FAILED, "error_code": exc.code,
-                      "error_message": exc.message, "summary": exc.done}
-        except LeaseLost:
-            raise
-        except Exception as exc:
-            err = describe_error(exc)
-            log.exception("step raised", extra={"step": step.name})
-            values = {"status": StepStatus.FAILED, "error_code": err.code,
-                      "error_message": err.message}
+        pending = _Pending(step, record, ctx, action, time.monotonic())
+        with acting_as(step.action):
+            try:
+                if step.mode == "undo":
+                    outcome = action.undo(ctx, undo_captured or {})
+                    pending.values = {"status": StepStatus.SUCCEEDED,
+                                      "summary": outcome.summary}
+                else:
+                    self._apply(pending, prior)
+            except StepHeld as exc:
+                pending.values = {"status": StepStatus.NOT_RUN,
+                                  "summary": f"not run: {exc.message}; {exc.done}"}
+            except StepFailed as exc:
+                pending.values = {"status": StepStatus.FAILED, "error_code": exc.code,
+                                  "error_message": exc.message, "summary": exc.done}
+            except LeaseLost:
+                raise
+            except Exception as exc:
+                err = describe_error(exc)
+                log.exception("step raised", extra={"step": step.name})
+                pending.values = {"status": StepStatus.FAILED, "error_code": err.code,
+                                  "error_message": err.message}
+        return pending
+
+    def _apply(self, pending: _Pending, prior: dict[str, Any] | None) -> None:
+        action, ctx, record = pending.action, pending.ctx, pending.record
+        # `record` was read when this phase began.
+        captured = record.captured if prior is None else prior
+        reason = action.skip_reason(ctx)
+        if reason:
+            pending.values = {"status": StepStatus.SKIPPED, "summary": reason}
+            return
+        if prior is not None:
+            # Observed when the card was made and saved with the step's start.
+            if action.in_place(prior):
+                pending.values = {"status": StepStatus.SKIPPED,
+                                  "summary": "already in place when the card was made; "
+                                             "nothing to change"}
+                return
+        else:
+            if action.check(ctx):
+                pending.values = {"status": StepStatus.SKIPPED if captured is None
+                                  else StepStatus.SUCCEEDED,
+                                  "summary": "already in place; nothing to change"}
+                return
+            if captured is None:
+                captured = action.capture(ctx)
+                # The prior state is safe in the store before anything changes.
+                self._update(record.id, captured=captured)
+        assert captured is not None
+        ctx.save = lambda more: self._update(record.id, captured=more)
+        outcome = action.apply(ctx, captured)
+        pending.outcome, pending.captured = outcome, captured
+        pending.values = {"status": StepStatus.SUCCEEDED, "summary": outcome.summary,
+                          "details": dict(outcome.details)}
+
+    def _end(self, pending: _Pending, incident: Incident) -> bool:
+        """Verify what `_start` changed, then record the step with its reply, evidence
+        and revocations in one transaction."""
+        step, record, outcome = pending.step, pending.record, pending.outcome
+        values = pending.values
+        if outcome is not None and pending.captured is not None:
+            with acting_as(step.action):
+                try:
+                    seen = pending.action.verify(pending.ctx, pending.captured, outcome)
+                    values["details"] = {**outcome.details, "verified": seen}
+                except StepFailed as exc:
+                    values = {"status": StepStatus.FAILED, "error_code": exc.code,
+                              "error_message": exc.message, "summary": exc.done,
+                              "details": dict(outcome.details)}
+                except LeaseLost:
+                    raise
+                except Exception as exc:
+                    err = describe_error(exc)
+                    log.exception("verify raised", extra={"step": step.name})
+                    values = {"status": StepStatus.FAILED, "error_code": err.code,
+                              "error_message": err.message, "details": dict(outcome.details)}
         values["finished_at"] = utcnow()
-        values["duration_ms"] = int((time.monotonic() - started) * 1000)
+        values["duration_ms"] = int((time.monotonic() - pending.started) * 1000)
         done = values["status"] in DONE
-        view = self.store.transient(record, **values,
-                                    attempts=record.attempts + 1)
+        view = self.store.transient(record, **values, attempts=record.attempts + 1)
         evidence = [(a.name, a.media_type, a.content)
                     for a in (outcome.artifacts if outcome is not None and done else [])]
         revocations = (outcome.details.get("revocations") or []) \
@@ -440,25 +567,6 @@ class Runner:
                                          "error_code": values.get("error_code")})
         self.timeline.wake(incident.id)
         return done
-
-    def _apply(self, action: Action, ctx: StepContext, record: StepRecord
-               ) -> tuple[dict[str, Any], Outcome | None]:
-        # `record` was read when this phase began, after the early capture had saved.
-        captured = record.captured
-        reason = action.skip_reason(ctx)
-        if reason:
-            return {"status": StepStatus.SKIPPED, "summary": reason}, None
-        if action.check(ctx):
-            return {"status": StepStatus.SKIPPED if captured is None else StepStatus.SUCCEEDED,
-                    "summary": "already in place; nothing to change"}, None
-        if captured is None:
-            captured = action.capture(ctx)
-            # The prior state is safe in the store before anything changes.
-            self._update(record.id, captured=captured)
-        outcome = action.apply(ctx, captured)
-        seen = action.verify(ctx, captured, outcome)
-        return {"status": StepStatus.SUCCEEDED, "summary": outcome.summary,
-                "details": {**outcome.details, "verified": seen}}, outcome
 
     def _said(self, fn: Callable[..., list[Message]], *args: Any) -> list[Message]:
         """The messages a change implies; rendering them must never stop a containment."""

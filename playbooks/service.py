@@ -10,10 +10,24 @@ from datetime import UTC, datetime
 from typing import Any
 
 from handlers import access_keys, ec2_lookup
-from handlers.aws import ClientPool, Clients, account_id_of, acting_as, describe_error
-from handlers.base import get_action
+from handlers.aws import (
+    ClientPool,
+    Clients,
+    account_id_of,
+    acting_as,
+    describe_error,
+    parallel,
+)
+from handlers.base import StepContext, Target, get_action
 from handlers.subnets import blast_radius
-from playbooks.catalogue import RELEASE, applied_change, get_playbook, release_playbook
+from playbooks.catalogue import (
+    RELEASE,
+    Playbook,
+    Step,
+    applied_change,
+    get_playbook,
+    release_playbook,
+)
 from playbooks.errors import (
     AlreadyDecided,
     AwsLookupFailed,
@@ -147,6 +161,7 @@ class Cordon:
             except Exception as exc:
                 raise AwsLookupFailed(f"could not work out what else `{playbook.name}` would "
                                       f"hit: {describe_error(exc)}") from exc
+        facts = {**facts, "early": self.observe_early(playbook, req.instance_id, facts)}
         incident = self.store.create_incident(
             ttl_seconds=self.approval_ttl_seconds,
             approvals_required=self.wide_approvals if playbook.wide else 1,
@@ -164,6 +179,29 @@ class Cordon:
         log.info("request opened", extra={"incident": incident.id, "target": req.instance_id,
                                           "playbook": req.playbook})
         return incident
+
+    def observe_early(self, playbook: Playbook, instance_id: str, facts: dict[str, Any]
+                      ) -> dict[str, dict[str, Any]]:
+        """Before approval, what each step would capture after it (`Action.observe_early`):
+        the protections, the group membership, the ENIs — and the VPC's isolation groups
+        made ready. After the click the changes go out with no describe in front of
+        them. A step whose observation fails captures after the click, as before."""
+        target = Target(kind="instance", resource_id=instance_id, region=facts["region"],
+                        account=facts.get("account") or None, incident_id="", facts=facts)
+        clients = self.clients_for(facts["region"], facts.get("account_name"))
+        steps = [s for s in playbook.for_target(facts).steps if s.mode == "apply"]
+
+        def one(step: Step) -> tuple[str, dict[str, Any] | None]:
+            with acting_as(step.action):
+                try:
+                    return step.name, get_action(step.action).observe_early(
+                        StepContext(target=target, clients=clients))
+                except Exception as exc:
+                    log.warning("not observed before approval", extra={
+                        "step": step.name, "error": describe_error(exc).code})
+                    return step.name, None
+
+        return {name: prior for name, prior in parallel(one, steps) if prior is not None}
 
     def open_release(self, query: str, reason: str, requester: str, channel_id: str
                      ) -> Incident:

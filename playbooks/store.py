@@ -17,6 +17,7 @@ from sqlalchemy import (
     DateTime,
     Engine,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -76,6 +77,7 @@ class Base(DeclarativeBase):
 
 class Incident(Base):
     __tablename__ = "incidents"
+    __table_args__ = (Index("ix_incidents_created_at", "created_at"),)
 
     id: Mapped[str] = mapped_column(String(16), primary_key=True)
     # "instance" (a containment) or "release" (undoing the containment `parent_id`).
@@ -132,6 +134,7 @@ class Decision(Base):
 
 class StepRecord(Base):
     __tablename__ = "steps"
+    __table_args__ = (Index("ix_steps_name_status", "name", "status"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     incident_id: Mapped[str] = mapped_column(ForeignKey("incidents.id"), index=True)
@@ -170,6 +173,8 @@ class OutboxMessage(Base):
     """A Slack message to send: written first, sent after, retried until sent."""
 
     __tablename__ = "outbox"
+    # The sender's query: rows not sent yet, in order.
+    __table_args__ = (Index("ix_outbox_unsent", "sent_at", "id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     incident_id: Mapped[str] = mapped_column(ForeignKey("incidents.id"), index=True)
@@ -241,6 +246,10 @@ def make_engine(url: str) -> Engine:
         dbapi_conn.commit()
 
     return engine
+
+
+class _Refused(Exception):
+    """A conditional write that did not match: the transaction is rolled back."""
 
 
 def _won(result: Any) -> bool:
@@ -656,6 +665,22 @@ class Store:
         """With `owner`, only while that worker holds the run's lease: False otherwise,
         and nothing is written."""
         return self.finish_step(step_id, owner, "", values)
+
+    def update_steps(self, owner: str, values: dict[int, dict[str, Any]]) -> bool:
+        """Several steps' records in one transaction (a run's hot path writes once), only
+        while `owner` holds the run: False otherwise, and nothing is written."""
+        try:
+            with self.session() as s:
+                for step_id, row in values.items():
+                    query = update(StepRecord).where(StepRecord.id == step_id).where(exists(
+                        select(Incident.id).where(Incident.id == StepRecord.incident_id,
+                                                  Incident.lease_owner == owner,
+                                                  Incident.status == RUNNING)))
+                    if not _won(s.execute(query.values(**row))):
+                        raise _Refused  # rolls the whole write back
+        except _Refused:
+            return False
+        return True
 
     def finish_step(self, step_id: int, owner: str | None, incident_id: str,
                     values: dict[str, Any], messages: Sequence[Message] = (),

@@ -216,11 +216,16 @@ def test_a_failed_detach_stops_before_the_cut(
                    status=403)
     card, incident = contain(bot, world)
     assert incident.status == "failed"
-    assert aws_trace.count("ModifyNetworkInterfaceAttribute") == 0
-    assert instance_state(world, fleet)["enis"] == before["enis"]
+    # The move to cordon-open went out alongside the detach; the seal waited for the
+    # detach's answer, and on its failure every ENI went back to its own groups.
     steps = {s.name: s for s in bot.deps.store.steps(incident.id)}
+    sealed = steps["isolate-security-groups"].captured["sealed_group"]
+    assert aws_trace.count("ModifyNetworkInterfaceAttribute",
+                           lambda p: p.get("Groups") == [sealed]) == 0
+    assert instance_state(world, fleet)["enis"] == before["enis"]
     assert steps["detach-from-auto-scaling"].error_code == "AccessDenied"
     assert steps["isolate-security-groups"].status == "not-run"
+    assert "its own groups, as before" in steps["isolate-security-groups"].summary
     replies = thread(fake_slack, card)
     assert any("*detach-from-auto-scaling* failed — `AccessDenied`" in r for r in replies)
     assert "not run: isolate-security-groups" in replies[-1]

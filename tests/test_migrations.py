@@ -51,6 +51,9 @@ def test_a_baseline_database_is_upgraded_and_keeps_its_rows(database_url: str) -
         assert "revocations" in inspect(store.engine).get_table_names()
         assert store.revocations("CRD-OLD001") == []
         assert store.health()[0]
+        indexes = {i["name"] for t in ("incidents", "steps", "outbox")
+                   for i in inspect(store.engine).get_indexes(t)}
+        assert {"ix_incidents_created_at", "ix_steps_name_status", "ix_outbox_unsent"} <= indexes
     finally:
         store.engine.dispose()
 
@@ -63,7 +66,7 @@ def test_a_database_made_before_migrations_is_taken_as_the_baseline(database_url
         assert store.get("CRD-OLD001") is not None
         with store.engine.connect() as conn:
             assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() \
-                == "0002"
+                == "0003"
     finally:
         store.engine.dispose()
 
