@@ -13,7 +13,8 @@ RUN python -m venv /opt/cordon \
     && /opt/cordon/bin/pip install --no-cache-dir --upgrade pip \
     && /opt/cordon/bin/pip install --no-cache-dir -c requirements.lock . \
     && site=$(/opt/cordon/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") \
-    && rm -rf "$site/bot/sandbox" "$site/handlers/sandbox_world.py" "$site/playbooks/sandbox.py"
+    && rm -rf "$site/bot/sandbox" "$site/handlers/sandbox_world.py" "$site/handlers/rounds.py" \
+       "$site/playbooks/sandbox.py"
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --create-home --home-dir /var/lib/cordon cordon

@@ -211,11 +211,27 @@ def _instance_blocks(incident: Incident) -> list[Block]:
         ]),
         _section("*Network interfaces*\n"
                  + "\n".join(describe_eni(e) for e in f.get("enis", []))),
+        *_ready_blocks(f),
         *([ContextBlock(elements=[_mrkdwn(
             "⚠️ *Security groups do not cut:* "
             + "; ".join(escape(n) for n in f["untracked_limits"]))])]
           if f.get("untracked_limits") and incident.playbook in ("full", "isolate") else []),
     ]
+
+
+def _ready_blocks(facts: dict[str, Any]) -> list[Block]:
+    """What was made ready before approval, so that the cut starts at the click."""
+    early = facts.get("early") or {}
+    cut = early.get("isolate-security-groups")
+    if not cut:
+        return []
+    made = cut.get("created_groups") or []
+    line = (f"⚡ *Isolation groups ready:* `{escape(cut['open_group'])}` (cordon-open), "
+            f"`{escape(cut['sealed_group'])}` (cordon-sealed)"
+            + (" — created for this VPC just now" if made else "")
+            + f". Prior state recorded for {len(early)} step"
+            + ("" if len(early) == 1 else "s") + ": the cut starts at the click.")
+    return [ContextBlock(elements=[_mrkdwn(line)])]
 
 
 def _key_blocks(incident: Incident) -> list[Block]:

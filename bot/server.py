@@ -71,7 +71,7 @@ def wsgi_app(app: App, health: Health) -> Callable[[dict[str, Any], StartRespons
 
 class SlackHTTPServer:
     def __init__(self, app: App, host: str, port: int, health: Health,
-                 threads: int = 8) -> None:
+                 threads: int = 16) -> None:
         self.app = app
         self.health = health
         self._server = create_server(

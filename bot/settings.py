@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     sweep_interval: int = Field(default=15, alias="CORDON_SWEEP_INTERVAL", ge=1, le=3600)
     usergroup_cache_ttl: int = Field(default=60, alias="CORDON_USERGROUP_CACHE_TTL", ge=0,
                                      le=86400)
-    workers: int = Field(default=4, alias="CORDON_WORKERS", ge=1, le=64)
+    workers: int = Field(default=32, alias="CORDON_WORKERS", ge=1, le=128)
     lease_seconds: int = Field(default=10, alias="CORDON_LEASE_SECONDS", ge=3, le=300)
     log_format: str = Field(default="json", alias="CORDON_LOG_FORMAT")
     log_level: str = Field(default="INFO", alias="CORDON_LOG_LEVEL")

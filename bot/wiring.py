@@ -53,7 +53,8 @@ def build_deps(settings: Settings, session_factory: Callable[[], Any] | None = N
     runner = Runner(store, pool.for_region, timeline, lease_seconds=settings.lease_seconds,
                     run_options={"asg_decrement": settings.asg_decrement,
                                  "key_lookback_days": settings.key_lookback_days,
-                                 "regions": list(settings.regions)})
+                                 "regions": list(settings.regions)},
+                    after_cut=max(2, settings.workers // 4))
     worker = Worker(runner, max_workers=settings.workers)
     approvers = ApproverPolicy(settings.approvers, client, settings.usergroup_cache_ttl)
     cordon = Cordon(store, pool.for_region, settings.regions, settings.approval_ttl, worker,

@@ -30,9 +30,9 @@ from botocore.exceptions import (
 
 T = TypeVar("T")
 
-# Enough connections for every ENI of a large instance to be modified at once.
+# Enough connections for every ENI of a burst of containments to be modified at once.
 _CLIENT_CONFIG = Config(
-    max_pool_connections=32,
+    max_pool_connections=128,
     retries={"mode": "standard", "max_attempts": 5},
     connect_timeout=5,
     read_timeout=30,
@@ -292,7 +292,7 @@ class FanOut:
     steps, a step's ENIs) never wait for a thread that cannot come: no deadlock, and
     never fewer than one call making progress per caller."""
 
-    def __init__(self, threads: int = 64) -> None:
+    def __init__(self, threads: int = 256) -> None:
         self._threads = threads
         self._slots = threading.BoundedSemaphore(threads)
         self._executor: ThreadPoolExecutor | None = None

@@ -395,12 +395,14 @@ class IsolateSecurityGroups(Action):
                          "verify below checks every ENI")
             return cuts, ids, created
         inst, groups = seen
-        if any(c.error_code == "InvalidGroup.NotFound" for c in cuts):
-            # The card's groups are gone: make them again, and cut what was not cut.
+        refused = any(c.error_code == "InvalidGroup.NotFound" for c in cuts)
+        if refused or len(groups) < 2:
+            # The card's groups are gone (the moves were refused, or the describe beside
+            # them found them missing): make them again, and cut again.
             ids, created = ensure_group_pair(ctx.clients, captured["vpc_id"],
                                              find_group_pair(ctx.clients, captured["vpc_id"]),
                                              ctx.target.incident_id)
-            again = {c.eni_id for c in cuts if not c.sealed}
+            again = {c.eni_id for c in cuts if not c.sealed or not refused}
             redo = self._cut(ctx, [e for e in captured["enis"] if e["id"] in again], ids)
             cuts = [c for c in cuts if c.eni_id not in again] + redo
             notes.append("the isolation groups of the card were gone; made again")

@@ -5,6 +5,7 @@ state captured before the interruption is kept."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -197,12 +198,17 @@ class Runner:
         timeline: Timeline,
         lease_seconds: float = 10,
         run_options: dict[str, Any] | None = None,
+        after_cut: int = 8,
     ) -> None:
         self.store = store
         self.clients_for = clients_for
         self.timeline = timeline
         self.lease_seconds = lease_seconds
         self.run_options = dict(run_options or {})
+        # The phases after the cut (evidence, tags, the final check) of this many runs at
+        # a time: in a burst, every run's path to the cut starts at once and the evidence
+        # steps queue behind it.
+        self.after_cut = threading.BoundedSemaphore(after_cut)
         self.owner = f"{process_owner()}:{id(self) & 0xFFFFFF:x}"
         # Owners found dead on this host: their runs are taken over without waiting.
         self.dead_owners: set[str] = set()
@@ -395,8 +401,10 @@ class Runner:
             history = history_of(list(current.values()))
             for step in batch:
                 contexts[step.name].history = history
-            results = self._run_batch(batch, ahead, contexts, current, incident,
-                                      parent_captured, early)
+            past_cut = not any(s.critical for s in batch)
+            with self.after_cut if past_cut else contextlib.nullcontext():
+                results = self._run_batch(batch, ahead, contexts, current, incident,
+                                          parent_captured, early)
             failed_critical = [s.name for s, ok in zip(batch, results, strict=True)
                                if not ok and s.stops_run]
             if failed_critical:
@@ -587,7 +595,7 @@ class Runner:
 class Worker:
     """Runs incidents on a small thread pool, off Slack's 3-second path."""
 
-    def __init__(self, runner: Runner, max_workers: int = 4) -> None:
+    def __init__(self, runner: Runner, max_workers: int = 32) -> None:
         self.runner = runner
         self._pool = ThreadPoolExecutor(max_workers=max_workers,
                                         thread_name_prefix="cordon-run")

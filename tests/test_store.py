@@ -139,3 +139,22 @@ def test_two_approvers_at_once_approve_a_wide_request_once(store: Store) -> None
     assert results.count(True) == 1
     got = store.get(inc.id)
     assert got is not None and got.status == APPROVED
+
+
+def test_a_batch_of_step_writes_is_all_or_nothing_and_only_for_the_owner(store: Store) -> None:
+    inc = new_incident(store)
+    other = new_incident(store, target="i-0fedcba9876543210")
+    store.decide(inc.id, "U1", approve=True)
+    assert store.claim_run(inc.id, "w1", 60)
+    a, b = store.ensure_steps(inc.id, ["protect-evidence", "isolate-security-groups"])
+    (c,) = store.ensure_steps(other.id, ["isolate-security-groups"])
+    rows = {a.id: {"status": "running", "captured": {"x": 1}}, b.id: {"status": "running"}}
+    assert store.update_steps("w2", rows) is False  # not the owner: nothing written
+    assert {s.status for s in store.steps(inc.id)} == {"pending"}
+    # One row of another run (not owned by w1) refuses the whole write.
+    assert store.update_steps("w1", {**rows, c.id: {"status": "running"}}) is False
+    assert {s.status for s in store.steps(inc.id)} == {"pending"}
+    assert store.update_steps("w1", rows) is True
+    got = {s.name: s for s in store.steps(inc.id)}
+    assert got["protect-evidence"].captured == {"x": 1}
+    assert {s.status for s in got.values()} == {"running"}

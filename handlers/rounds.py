@@ -32,7 +32,7 @@ class Recorder:
     latency: float
     calls: list[Call] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    ids: itertools.count = field(default_factory=itertools.count)  # type: ignore[type-arg]
+    ids: itertools.count = field(default_factory=itertools.count)
 
     def session(self) -> boto3.session.Session:
         return self.attach(boto3.session.Session())
