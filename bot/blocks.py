@@ -13,6 +13,7 @@ from slack_sdk.models.blocks import (
     ActionsBlock,
     Block,
     ButtonElement,
+    ConfirmObject,
     ContextBlock,
     DividerBlock,
     HeaderBlock,
@@ -69,6 +70,37 @@ def _section(text: str) -> SectionBlock:
     return SectionBlock(text=_mrkdwn(text))
 
 
+# Slack's limits (Block Kit reference): a section's text 3,000 characters, a field 2,000,
+# a context element 3,000, a header 150, a button's value 2,000, 50 blocks a message.
+SECTION_MAX, FIELD_MAX, CONTEXT_MAX, HEADER_MAX, MAX_BLOCKS = 3000, 2000, 3000, 150, 50
+LINE_MAX = 600  # one line of a list (an ENI with five long group names, say)
+MORE = "… and {n} more — the full plan is in the thread"
+
+
+def clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def fit_lines(head: str, lines: Sequence[str], limit: int, cut: list[str] | None = None,
+              what: str = "", sep: str = "\n") -> str:
+    """`head` and as many whole lines as fit in `limit` characters, then how many more
+    there are; what was left out is named in `cut` (the card then posts the full plan)."""
+    lines = [clip(line, LINE_MAX) for line in lines]
+    text = head
+    for index, line in enumerate(lines):
+        rest = len(lines) - index
+        tail = sep + MORE.format(n=rest)
+        candidate = text + (sep if text else "") + line
+        # Room must stay for the "and N more" line should a later one not fit.
+        room = limit - (len(tail) if index + 1 < len(lines) else 0)
+        if len(candidate) > room:
+            if cut is not None:
+                cut.append(f"{what or 'list'}: {rest} of {len(lines)} not shown")
+            return (text + tail) if text else MORE.format(n=rest)
+        text = candidate
+    return text
+
+
 def _dicts(blocks: list[Block]) -> list[dict[str, Any]]:
     return [b.to_dict() for b in blocks]
 
@@ -123,17 +155,18 @@ def _status_line(incident: Incident, approvals: Sequence[str] = ()) -> str:
             f"{escape(incident.summary)}")
 
 
-def _plan_section(incident: Incident) -> SectionBlock:
+def _plan_section(incident: Incident, cut: list[str]) -> SectionBlock:
     f = incident.facts or {}
     if incident.kind == "release":
         lines = [f"{n}. `{escape(name)}` — {escape(what)}"
                  for n, (name, what) in enumerate(f.get("undo", []), 1)]
         lines.append(f"{len(lines) + 1}. `mark-released` — tag the instance "
                      "cordon:status=released")
-        return _section(f"*Release of {escape(f.get('release_of', '?'))}* "
-                        f"({escape(f.get('release_of_status', '?'))}) — undo from the recorded "
-                        "prior state:\n" + "\n".join(lines)
-                        + "\nSnapshots, images and evidence files stay.")
+        lines.append("Snapshots, images and evidence files stay.")
+        return _section(fit_lines(
+            f"*Release of {escape(f.get('release_of', '?'))}* "
+            f"({escape(f.get('release_of_status', '?'))}) — undo from the recorded prior "
+            "state:", lines, SECTION_MAX, cut, "undo steps"))
     base = PLAYBOOKS.get(incident.playbook)
     if base is None:
         return _section(f"*Playbook `{escape(incident.playbook)}`* — not known to this "
@@ -144,8 +177,9 @@ def _plan_section(incident: Incident) -> SectionBlock:
         added = ("\n_It is in an Auto Scaling group or behind a load balancer: its evidence is "
                  "protected and it is detached first, so that its group does not terminate "
                  "it once its network is cut._")
-    return _section(f"*Playbook `{playbook.name}`* — {escape(playbook.summary)}\n"
-                    + _playbook_lines(playbook) + added)
+    return _section(fit_lines(f"*Playbook `{playbook.name}`* — {escape(playbook.summary)}",
+                              [*_playbook_lines(playbook).split("\n"), added.strip()],
+                              SECTION_MAX, cut, "steps"))
 
 
 def _decision_buttons(incident: Incident) -> list[Block]:
@@ -154,7 +188,7 @@ def _decision_buttons(incident: Incident) -> list[Block]:
         return [
             ActionsBlock(block_id="decision", elements=[
                 ButtonElement(text="Approve", action_id=ActionId.APPROVE.value, value=value,
-                              style="primary"),
+                              style="primary", confirm=_wide_confirm(incident)),
                 ButtonElement(text="Deny", action_id=ActionId.DENY.value, value=value,
                               style="danger"),
             ]),
@@ -167,25 +201,43 @@ def _decision_buttons(incident: Incident) -> list[Block]:
     return []
 
 
-def _blast_blocks(incident: Incident) -> list[Block]:
+def _wide_confirm(incident: Incident) -> ConfirmObject | None:
+    """A wide playbook's Approve asks first, naming how many other instances it hits."""
+    blast = (incident.facts or {}).get("blast")
+    if not blast:
+        return None
+    n = len(blast.get("others", []))
+    where = "VPC" if blast.get("scope") == "vpc" else "subnet"
+    return ConfirmObject(
+        title=clip(f"Approve {incident.playbook} on the whole {where}?", 100),
+        text=clip(f"This also cuts {n} other instance{'' if n == 1 else 's'} in the {where} "
+                  f"and makes {len(blast.get('changes', []))} change"
+                  f"{'' if len(blast.get('changes', [])) == 1 else 's'}. The full list is on "
+                  "the card and in its thread.", 300),
+        confirm="Approve", deny="Cancel", style="danger")
+
+
+def _blast_blocks(incident: Incident, cut: list[str]) -> list[Block]:
     blast = (incident.facts or {}).get("blast")
     if not blast:
         return []
     others = blast.get("others", [])
     where = (f"the whole VPC `{escape(blast.get('vpc_id', '?'))}`" if blast["scope"] == "vpc"
              else "subnet " + ", ".join(f"`{escape(s)}`" for s in blast.get("subnets", [])))
-    lines = [f"⚠️ *Blast radius: {len(others)} other instance"
-             f"{'' if len(others) == 1 else 's'} in {where} are hit too*"]
-    lines += [f"• {escape(o.get('name') or '(no Name tag)')} `{escape(o['id'])}`"
-              for o in others[:25]]
-    if len(others) > 25:
-        lines.append(f"… and {len(others) - 25} more")
-    lines.append("*What changes*")
-    lines += [f"• {escape(c)}" for c in blast.get("changes", [])] or ["• nothing found to change"]
+    head = (f"⚠️ *Blast radius: {len(others)} other instance"
+            f"{'' if len(others) == 1 else 's'} in {clip(where, 600)} are hit too*")
+    blocks: list[Block] = [_section(fit_lines(head, [
+        f"• {escape(o.get('name') or '(no Name tag)')} `{escape(o['id'])}`" for o in others],
+        SECTION_MAX, cut, "instances in the blast radius"))]
+    changes = [f"• {escape(c)}" for c in blast.get("changes", [])] or ["• nothing found to change"]
+    blocks.append(_section(fit_lines(f"*What changes* ({len(blast.get('changes', []))})",
+                                     changes, SECTION_MAX, cut, "changes")))
     if blast.get("still_open"):
-        lines.append("⚠️ *Not contained through these default routes, which stay*")
-        lines += [f"• {escape(c)}" for c in blast["still_open"]]
-    return [_section("\n".join(lines))]
+        blocks.append(_section(fit_lines(
+            "⚠️ *Not contained through these default routes, which stay*",
+            [f"• {escape(c)}" for c in blast["still_open"]], SECTION_MAX, cut,
+            "default routes that stay")))
+    return blocks
 
 
 def _account(facts: dict[str, Any]) -> str:
@@ -194,7 +246,7 @@ def _account(facts: dict[str, Any]) -> str:
     return f"{escape(name)} ({number})" if name else number
 
 
-def _instance_blocks(incident: Incident) -> list[Block]:
+def _instance_blocks(incident: Incident, cut: list[str]) -> list[Block]:
     f = incident.facts or {}
     name = escape(f.get("name") or "(no Name tag)")
     return [
@@ -209,12 +261,13 @@ def _instance_blocks(incident: Incident) -> list[Block]:
             _mrkdwn(f"*Auto Scaling group*\n{escape(f.get('asg') or 'none')}"),
             _mrkdwn(f"*Requested by*\n<@{incident.requester}>"),
         ]),
-        _section("*Network interfaces*\n"
-                 + "\n".join(describe_eni(e) for e in f.get("enis", []))),
+        _section(fit_lines(f"*Network interfaces* ({len(f.get('enis', []))})",
+                           [describe_eni(e) for e in f.get("enis", [])], SECTION_MAX, cut,
+                           "network interfaces")),
         *_ready_blocks(f),
-        *([ContextBlock(elements=[_mrkdwn(
-            "⚠️ *Security groups do not cut:* "
-            + "; ".join(escape(n) for n in f["untracked_limits"]))])]
+        *([ContextBlock(elements=[_mrkdwn(fit_lines(
+            "⚠️ *Security groups do not cut:*", [escape(n) for n in f["untracked_limits"]],
+            CONTEXT_MAX, cut, "what security groups do not cut", sep=" · "))])]
           if f.get("untracked_limits") and incident.playbook in ("full", "isolate") else []),
     ]
 
@@ -234,7 +287,14 @@ def _ready_blocks(facts: dict[str, Any]) -> list[Block]:
     return [ContextBlock(elements=[_mrkdwn(line)])]
 
 
-def _key_blocks(incident: Incident) -> list[Block]:
+def _field(label: str, items: Sequence[str], cut: list[str], empty: str = "none") -> str:
+    """A field listing `items`, within Slack's 2,000 characters."""
+    if not items:
+        return f"*{label}*\n{empty}"
+    return fit_lines(f"*{label}*", list(items), FIELD_MAX, cut, label.lower(), sep="\n")
+
+
+def _key_blocks(incident: Incident, cut: list[str]) -> list[Block]:
     f = incident.facts or {}
     key = f"`{escape(f['key_id'])}`"
     if f.get("temporary"):
@@ -249,8 +309,7 @@ def _key_blocks(incident: Incident) -> list[Block]:
     used = f.get("last_used") or {}
     last = (f"{escape(used['when'])} — {escape(str(used.get('service')))} in "
             f"{escape(str(used.get('region')))}" if used.get("when") else "never")
-    others = ", ".join(f"`{escape(k['id'])}` ({escape(k['status'])})"
-                       for k in f.get("other_keys", [])) or "none"
+    others = [f"`{escape(k['id'])}` ({escape(k['status'])})" for k in f.get("other_keys", [])]
     age = f"{f['age_days']} days" if f.get("age_days") is not None else "?"
     return [
         _section(f"*Access key* {key} of IAM user *{escape(f.get('user', '?'))}* in account "
@@ -258,12 +317,12 @@ def _key_blocks(incident: Incident) -> list[Block]:
         SectionBlock(fields=[
             _mrkdwn(f"*Status*\n{escape(f.get('status', '?'))}, {age} old"),
             _mrkdwn(f"*Last used*\n{last}"),
-            _mrkdwn(f"*Other keys*\n{others}"),
+            _mrkdwn(_field("Other keys", others, cut)),
             _mrkdwn(f"*Console access*\n{'yes' if f.get('console') else 'no'}"),
-            _mrkdwn("*Attached policies*\n"
-                    + (escape(", ".join(f.get("attached_policies", []))) or "none")),
-            _mrkdwn("*Inline policies*\n"
-                    + (escape(", ".join(f.get("inline_policies", []))) or "none")),
+            _mrkdwn(_field("Attached policies",
+                           [escape(p) for p in f.get("attached_policies", [])], cut)),
+            _mrkdwn(_field("Inline policies",
+                           [escape(p) for p in f.get("inline_policies", [])], cut)),
             _mrkdwn(f"*Requested by*\n<@{incident.requester}>"),
             _mrkdwn("*Console*\n" + ("will be disabled (console=off)"
                                      if (incident.options or {}).get("console") == "off"
@@ -276,24 +335,98 @@ def render_card(incident: Incident, approvals: Sequence[str] = ()
                 ) -> tuple[str, list[dict[str, Any]]]:
     """The approval card, rendered from the store; the same function renders every
     later state of it (approvals so far, decided, running, final)."""
-    f = incident.facts or {}
-    title = "Release request" if incident.kind == "release" else "Containment request"
-    if f.get("key_id"):
-        title = title.replace("Containment", "Leaked key")
-    target = _key_blocks(incident) if f.get("key_id") else _instance_blocks(incident)
-    blocks: list[Block] = [
-        HeaderBlock(text=f"{title} {incident.id}"),
-        *target,
-        _section(f"*Reason*\n{escape(incident.reason) or '_(none given)_'}"),
-        _plan_section(incident),
-        *_blast_blocks(incident),
-        DividerBlock(),
-        _section(_status_line(incident, approvals)),
-        *_decision_buttons(incident),
-    ]
+    title, blocks, _ = _card(incident, approvals)
     text = (f"{title} {incident.id}: {incident.target_id} "
             f"({incident.playbook}) — {incident.status}")
     return text, _dicts(blocks)
+
+
+def card_hides(incident: Incident) -> list[str]:
+    """What the card cannot show within Slack's limits (then the full plan is posted in
+    its thread before its buttons appear)."""
+    return _card(incident)[2]
+
+
+def _card(incident: Incident, approvals: Sequence[str] = ()
+          ) -> tuple[str, list[Block], list[str]]:
+    f = incident.facts or {}
+    cut: list[str] = []
+    title = "Release request" if incident.kind == "release" else "Containment request"
+    if f.get("key_id"):
+        title = title.replace("Containment", "Leaked key")
+    target = _key_blocks(incident, cut) if f.get("key_id") else _instance_blocks(incident, cut)
+    blocks: list[Block] = [
+        HeaderBlock(text=clip(f"{title} {incident.id}", HEADER_MAX)),
+        *target,
+        _section(f"*Reason*\n{escape(incident.reason) or '_(none given)_'}"),
+        _plan_section(incident, cut),
+        *_blast_blocks(incident, cut),
+        DividerBlock(),
+    ]
+    if cut and incident.status == PENDING:
+        posted = f.get("plan") == "posted"
+        blocks.append(ContextBlock(elements=[_mrkdwn(
+            "📄 This card cannot show everything (" + "; ".join(cut) + "). "
+            + ("The full plan is in the thread: read it before you decide."
+               if posted else "The full plan is being posted in the thread; the buttons "
+               "appear once it is there."))]))
+    blocks.append(_section(_status_line(incident, approvals)))
+    if not (cut and incident.status == PENDING and f.get("plan") != "posted"):
+        blocks += _decision_buttons(incident)
+    assert len(blocks) <= MAX_BLOCKS
+    return title, blocks, cut
+
+
+PLAN_PART_MAX = 3500  # characters of one thread message of the full plan
+
+
+def render_full_plan(incident: Incident) -> list[str]:
+    """Everything the card lists, in full — every ENI, every instance and change of the
+    blast radius, every policy and key — as thread messages of at most PLAN_PART_MAX
+    characters each. Posted when the card cannot show it all."""
+    f = incident.facts or {}
+    lines = [f"📄 *Full plan of {incident.id}* — everything this request would touch:"]
+    if f.get("enis"):
+        lines.append(f"*Network interfaces* ({len(f['enis'])})")
+        lines += [describe_eni(e) for e in f["enis"]]
+    blast = f.get("blast") or {}
+    if blast:
+        others = blast.get("others", [])
+        lines.append(f"*Blast radius* ({len(others)} other instances)")
+        lines += [f"• {escape(o.get('name') or '(no Name tag)')} `{escape(o['id'])}`"
+                  for o in others]
+        lines.append(f"*What changes* ({len(blast.get('changes', []))})")
+        lines += [f"• {escape(c)}" for c in blast.get("changes", [])]
+        if blast.get("still_open"):
+            lines.append("*Default routes that stay*")
+            lines += [f"• {escape(c)}" for c in blast["still_open"]]
+    if f.get("key_id"):
+        for label, key in (("Attached policies", "attached_policies"),
+                           ("Inline policies", "inline_policies")):
+            lines.append(f"*{label}* ({len(f.get(key, []))})")
+            lines += [f"• {escape(p)}" for p in f.get(key, [])]
+        lines.append(f"*Other keys* ({len(f.get('other_keys', []))})")
+        lines += [f"• `{escape(k['id'])}` ({escape(k['status'])})"
+                  for k in f.get("other_keys", [])]
+    if f.get("undo"):
+        lines.append("*Undo steps*")
+        lines += [f"{n}. `{escape(name)}` — {escape(what)}"
+                  for n, (name, what) in enumerate(f["undo"], 1)]
+    if f.get("untracked_limits"):
+        lines.append("*Not cut by security groups*")
+        lines += [f"• {escape(n)}" for n in f["untracked_limits"]]
+    parts: list[str] = []
+    current = ""
+    for line in lines:
+        line = clip(line, PLAN_PART_MAX)
+        if current and len(current) + 1 + len(line) > PLAN_PART_MAX:
+            parts.append(current)
+            current = ""
+        current = f"{current}\n{line}" if current else line
+    parts.append(current)
+    if len(parts) > 1:
+        parts = [f"{p}\n_(part {n} of {len(parts)})_" for n, p in enumerate(parts, 1)]
+    return parts
 
 
 # thread ------------------------------------------------------------------------------

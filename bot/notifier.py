@@ -139,13 +139,16 @@ class SlackTimeline:
                 (m.get("metadata") or {}).get("event_type") == METADATA_TYPE
                 and (m["metadata"].get("event_payload") or {}).get("outbox_id") == msg.id)):
             log.info("message had landed; not sent again", extra={"outbox": msg.id})
-            return
-        self.client.chat_postMessage(
-            channel=incident.channel_id, thread_ts=incident.card_ts,
-            text=msg.payload["text"], unfurl_links=False, unfurl_media=False,
-            metadata={"event_type": METADATA_TYPE,
-                      "event_payload": {"outbox_id": msg.id, "incident": incident.id}},
-        )
+        else:
+            self.client.chat_postMessage(
+                channel=incident.channel_id, thread_ts=incident.card_ts,
+                text=msg.payload["text"], unfurl_links=False, unfurl_media=False,
+                metadata={"event_type": METADATA_TYPE,
+                          "event_payload": {"outbox_id": msg.id, "incident": incident.id}},
+            )
+        if msg.payload.get("plan_done"):
+            # The full plan is in the thread: the card's buttons may now appear.
+            self.store.plan_posted(incident.id)
 
     def _in_thread(self, incident: Incident, match: Callable[[dict[str, Any]], bool]) -> bool:
         """Whether the incident's thread holds a message that `match`es."""
@@ -177,13 +180,3 @@ def _classify(exc: Exception, attempt: int) -> tuple[bool, float]:
         return status >= 500, backoff
     return True, backoff  # no answer at all: it may have landed
 
-
-    def _upload(self, incident: Incident, evidence_id: int) -> None:
-        item = self.store.evidence_by_id(evidence_id)
-        if item is None:
-            return
-        self.client.files_upload_v2(
-            channel=incident.channel_id, thread_ts=incident.card_ts, content=item.content,
-            filename=item.name, title=item.name,
-            initial_comment=blocks.render_evidence(item),
-        )

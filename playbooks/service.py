@@ -39,12 +39,14 @@ from playbooks.errors import (
 )
 from playbooks.runner import Worker
 from playbooks.store import (
+    CARD,
     DENIED,
     EXPIRED,
     OPEN_STATES,
     PENDING,
     RELEASABLE,
     RELEASED,
+    THREAD,
     Decision,
     Incident,
     Message,
@@ -364,8 +366,18 @@ class Cordon:
         log.info("key request opened", extra={"incident": incident.id, "playbook": playbook})
         return incident
 
-    def card_posted(self, incident_id: str, channel_id: str, ts: str, team_id: str = "") -> None:
-        self.store.set_card(incident_id, channel_id, ts, team_id)
+    def card_posted(self, incident_id: str, channel_id: str, ts: str, team_id: str = "",
+                    full_plan: Sequence[str] = ()) -> None:
+        """The card is on Slack. `full_plan`: what the card could not show, to post in its
+        thread (in order, exactly once, through the outbox); the card is approvable, and
+        its buttons appear, only once the last part has been sent."""
+        messages: list[Message] = [
+            (THREAD, {"text": part, **({"plan_done": True} if n == len(full_plan) else {})})
+            for n, part in enumerate(full_plan, start=1)]
+        if messages:
+            messages.append((CARD, {}))
+        self.store.set_card(incident_id, channel_id, ts, team_id, messages,
+                            plan_pending=bool(full_plan))
 
     def authorize(self, incident: Incident, click: Click, action: str) -> None:
         """A click must come from the incident's own card, and from someone allowed to
@@ -378,6 +390,11 @@ class Cordon:
             log.warning("click refused: not from the incident's card", extra={
                 "incident": incident.id, "user": click.user, "channel": click.channel})
             raise NotAuthorized("that button does not belong to this incident's card. "
+                                "Nothing was changed.")
+        if action == "approve" and (incident.facts or {}).get("plan") == "pending":
+            self.refuse(incident.id, click.user, action, "refused: full plan not posted yet")
+            raise NotAuthorized("the card cannot show the whole plan and the full plan is "
+                                "not in its thread yet; read it there, then approve. "
                                 "Nothing was changed.")
         if action == "approve" and click.user == incident.requester:
             self.refuse(incident.id, click.user, action, "refused: own request")

@@ -366,15 +366,28 @@ class Store:
                 select(Incident).order_by(Incident.created_at.desc()).limit(limit)
             ))
 
-    def set_card(self, incident_id: str, channel_id: str, ts: str, team_id: str = "") -> None:
-        """Where the card is: only a click on this message may decide the incident."""
+    def set_card(self, incident_id: str, channel_id: str, ts: str, team_id: str = "",
+                 messages: Sequence[Message] = (), plan_pending: bool = False) -> None:
+        """Where the card is: only a click on this message may decide the incident. With
+        `plan_pending`, the card could not show the whole plan: it cannot be approved
+        until `messages` (the full plan, in its thread) have been sent."""
         with self.session() as s:
             inc = s.get(Incident, incident_id)
             if inc is None:
                 return
             inc.channel_id, inc.card_ts = channel_id, ts
-            if team_id:
-                inc.facts = {**(inc.facts or {}), "team_id": team_id}
+            extra = {"team_id": team_id} if team_id else {}
+            if plan_pending:
+                extra["plan"] = "pending"
+            if extra:
+                inc.facts = {**(inc.facts or {}), **extra}
+            self._add_messages(s, incident_id, messages)
+
+    def plan_posted(self, incident_id: str) -> None:
+        with self.session() as s:
+            inc = s.get(Incident, incident_id)
+            if inc is not None and (inc.facts or {}).get("plan") == "pending":
+                inc.facts = {**(inc.facts or {}), "plan": "posted"}
 
     def delete_incident(self, incident_id: str) -> None:
         """Only for a request whose card could not be posted: nobody ever saw it."""

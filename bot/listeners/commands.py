@@ -99,4 +99,9 @@ def post_card(deps: Deps, incident: Incident, client: WebClient, team_id: str = 
             "not_in_channel", "channel_not_found") else ""
         raise BadInput(f"could not post the approval card (`{error}`).{hint} "
                        "Nothing was changed.") from exc
-    deps.cordon.card_posted(incident.id, incident.channel_id, str(resp["ts"]), team_id)
+    # What the card cannot show goes to its thread, before its buttons appear.
+    full_plan = blocks.render_full_plan(incident) if blocks.card_hides(incident) else []
+    deps.cordon.card_posted(incident.id, incident.channel_id, str(resp["ts"]), team_id,
+                            full_plan)
+    if full_plan:
+        deps.timeline.wake(incident.id)

@@ -94,9 +94,11 @@ class FakeSlack:
             self.response_owners[path] = user
         return self.url + path
 
-    def fail_next(self, method: str, error: str, times: int = 1) -> None:
+    def fail_next(self, method: str, error: str, times: int = 1, after: int = 0) -> None:
+        """The next `times` calls of `method` answer `error`, once `after` more have
+        gone through."""
         with self.lock:
-            self.failures.setdefault(method, []).extend([error] * times)
+            self.failures.setdefault(method, []).extend([""] * after + [error] * times)
 
     def fail_http(self, method: str, status: int, applied: bool = False,
                   retry_after: int | None = None, times: int = 1) -> None:
@@ -143,8 +145,8 @@ class FakeSlack:
         with self.lock:
             self.calls.append((method, args))
             pending = self.failures.get(method)
-            if pending:
-                return {"ok": False, "error": pending.pop(0)}
+            if pending and (error := pending.pop(0)):
+                return {"ok": False, "error": error}
             handler = getattr(self, "api_" + method.replace(".", "_"), None)
             if handler is None:
                 return {"ok": False, "error": "unknown_method"}
