@@ -517,8 +517,11 @@ def render_help() -> str:
                       for p in INSTANCE_PLAYBOOKS.values())
     return "\n".join([
         "*Cordon — contain a compromised AWS instance, with approval and a timeline*",
-        "`/contain <instance-id> [playbook] [region=R] [account=A] [reason…]` — ask to contain",
+        "`/contain` alone — a form: target, playbook, reason",
+        "`/contain <instance> [playbook] [region=R] [account=A] [reason…]` — ask to contain; "
+        "the instance by id, ARN, private IP or exact Name tag (`name=…` or in quotes)",
         "  e.g. `/contain i-0abc123def4567890 isolate suspected crypto-miner`",
+        "  e.g. `/contain web-prod-3 isolate suspected crypto-miner`",
         "  e.g. `/contain i-0abc123def4567890 region=eu-west-1 outbound to known C2`",
         "`/contain key <access-key-id> [console=off] [reason…]` — a leaked access key: "
         "deactivate it, revoke its sessions, review what it did",

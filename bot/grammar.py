@@ -25,7 +25,8 @@ OPTIONS = ("region", "account", "playbook", "mode")
 MODES = ("replace", "insert")
 MAX_REASON = 500
 
-USAGE = "`/contain i-0abc123def4567890 [playbook] [region=R] reason…` — or `/contain help`"
+USAGE = ("`/contain <instance> [playbook] [region=R] reason…` (the instance by id, ARN, "
+         "private IP or Name tag) — or `/contain` alone for a form, `/contain help`")
 
 
 class HelpCommand(BaseModel):
@@ -39,7 +40,11 @@ class StatusCommand(BaseModel):
 
 class ContainCommand(BaseModel):
     verb: Literal["contain"] = "contain"
-    instance_id: str
+    # The instance by id (an ARN gives its id and region); or by the names people
+    # have: an exact Name tag, or a private IPv4 address — resolved by a look-up.
+    instance_id: str = ""
+    name: str | None = None
+    private_ip: str | None = None
     playbook: str = DEFAULT_PLAYBOOK
     region: str | None = None
     account: str | None = None
@@ -49,6 +54,13 @@ class ContainCommand(BaseModel):
     @property
     def options(self) -> dict[str, str]:
         return {"mode": self.mode} if self.mode else {}
+
+    @property
+    def target(self) -> str:
+        """The target as typed, for messages."""
+        if self.name is not None:
+            return f"Name={self.name}"
+        return self.private_ip or self.instance_id
 
 
 class KeyCommand(BaseModel):
@@ -73,10 +85,19 @@ class ReleaseCommand(BaseModel):
 Command = HelpCommand | StatusCommand | ContainCommand | ReleaseCommand | KeyCommand
 
 
+ARN = re.compile(r"^arn:aws(?:-cn|-us-gov|-iso[a-z]?)?:ec2:([a-z0-9-]+):(\d{12}):instance/"
+                 r"(i-(?:[0-9a-f]{8}|[0-9a-f]{17}))$")
+IPV4 = re.compile(r"^(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)$")
+NAME_TAG = re.compile(r"^[\w .:/=+@-]{1,255}$")
+VERBS = ("help", "-h", "--help", "?", "status", "release", "key", "export")
+
+
 def parse(text: str) -> Command:
     tokens = text.split()
     if not tokens or tokens[0].lower() in ("help", "-h", "--help", "?"):
         return HelpCommand()
+    if text.lstrip().startswith(('"', "“")):
+        return _by_quoted_name(text.strip())
     verb = tokens[0].lower()
     if verb == "status":
         return _status(tokens[1:])
@@ -89,8 +110,47 @@ def parse(text: str) -> Command:
     if verb.startswith("i-"):
         raise BadInput(f"`{escape(tokens[0])}` is not an instance id: it is `i-` and 8 or 17 "
                        f"hex digits, e.g. `i-0abc123def4567890`. Usage: {USAGE}")
-    raise BadInput(f"I expected an instance id (`i-…`) or one of `status`, `help`; "
-                   f"got `{escape(_clip(tokens[0]))}`. Usage: {USAGE}")
+    if verb.startswith("arn:"):
+        m = ARN.match(tokens[0])
+        if not m:
+            raise BadInput(f"`{escape(_clip(tokens[0]))}` is not an EC2 instance ARN "
+                           "(`arn:aws:ec2:REGION:ACCOUNT:instance/i-…`).")
+        cmd = _contain(m.group(3), tokens[1:])
+        if cmd.region and cmd.region != m.group(1):
+            raise BadInput(f"the ARN says region `{m.group(1)}`, `region=` says "
+                           f"`{escape(cmd.region)}`.")
+        return cmd.model_copy(update={"region": m.group(1)})
+    if IPV4.match(verb):
+        return _contain("", tokens[1:]).model_copy(update={"private_ip": verb})
+    if re.fullmatch(r"[\d.]+", verb):
+        raise BadInput(f"`{escape(_clip(verb))}` is not an IPv4 address.")
+    if verb.startswith("name=") and NAME_TAG.match(tokens[0][5:]):
+        return _contain("", tokens[1:]).model_copy(update={"name": tokens[0][5:]})
+    close = difflib.get_close_matches(verb, [*VERBS, "contain"], n=1, cutoff=0.75)
+    if close:
+        meant = "" if close[0] == "contain" else f" (did you mean `/contain {close[0]} …`?)"
+        raise BadInput(f"`{escape(_clip(tokens[0]))}` looks like a command word{meant}, not "
+                       f"an instance. For an instance whose Name tag is that, write "
+                       f"`/contain name={escape(_clip(tokens[0]))} …`. Usage: {USAGE}")
+    if NAME_TAG.match(tokens[0]) and not tokens[0].startswith("-"):
+        # Anything else is the instance's Name tag, exactly as written.
+        return _contain("", tokens[1:]).model_copy(update={"name": tokens[0]})
+    raise BadInput(f"I expected an instance (id `i-…`, ARN, private IP or Name tag) or one "
+                   f"of `status`, `release`, `key`, `export`, `help`; got "
+                   f"`{escape(_clip(tokens[0]))}`. Usage: {USAGE}")
+
+
+def _by_quoted_name(text: str) -> ContainCommand:
+    """`"web prod 3" isolate reason…`: a Name tag with spaces, in quotes."""
+    close = {"\"": "\"", "“": "”"}[text[0]]
+    end = text.find(close, 1)
+    if end <= 1:
+        raise BadInput("a quoted Name tag needs its closing quote, e.g. "
+                       "`/contain \"web prod 3\" isolate reason…`.")
+    name = text[1:end]
+    if not NAME_TAG.match(name):
+        raise BadInput(f"`{escape(_clip(name))}` cannot be a Name tag.")
+    return _contain("", text[end + 1:].split()).model_copy(update={"name": name})
 
 
 def _status(args: list[str]) -> StatusCommand:

@@ -235,3 +235,44 @@ def _asg_of(clients: Clients, instance_id: str) -> dict[str, Any] | None:
         # Not being allowed (or able) to read Auto Scaling must not block a containment
         # request; the instance's aws:autoscaling:groupName tag still names the group.
         return None
+
+
+LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
+
+
+def search_instances(clients_for: Callable[[Location], Clients], locations: Sequence[Location],
+                     name: str | None = None, private_ip: str | None = None
+                     ) -> tuple[list[tuple[Location, dict[str, Any]]], dict[str, AwsError]]:
+    """Instances (not terminated) by exact Name tag, or by private IPv4 address (of any of
+    their network interfaces), in every account and region at once. Returns what was
+    found where, and the places that could not be searched."""
+    state = {"Name": "instance-state-name", "Values": LIVE_STATES}
+    if name is not None:
+        searches = [[{"Name": "tag:Name", "Values": [name]}, state]]
+    else:
+        # The primary address, and any address of any ENI (a filter moto lacks; a place
+        # that refuses it is still searched by the first).
+        searches = [[{"Name": "private-ip-address", "Values": [private_ip or ""]}, state],
+                    [{"Name": "network-interface.addresses.private-ip-address",
+                      "Values": [private_ip or ""]}, state]]
+
+    def one(item: tuple[Location, int]) -> tuple[Location, list[dict[str, Any]], AwsError | None]:
+        place, index = item
+        try:
+            pages = clients_for(place).ec2.get_paginator("describe_instances").paginate(
+                Filters=searches[index])
+            return place, [i for page in pages for r in page.get("Reservations", [])
+                           for i in r.get("Instances", [])], None
+        except Exception as exc:
+            return place, [], describe_error(exc)
+
+    results = parallel(one, [(p, i) for p in locations for i in range(len(searches))])
+    found: dict[str, tuple[Location, dict[str, Any]]] = {}
+    errors: dict[str, AwsError] = {}
+    for (place, instances, error), index in zip(
+            results, [i for _ in locations for i in range(len(searches))], strict=True):
+        if error is not None and index == 0:
+            errors[_where(place)] = error
+        for inst in instances:
+            found.setdefault(f"{_where(place)}/{inst['InstanceId']}", (place, inst))
+    return list(found.values()), errors

@@ -111,15 +111,7 @@ class Cordon:
 
     def lookup_instance(self, instance_id: str, region: str | None = None,
                         account: str | None = None) -> dict[str, Any]:
-        if region is not None and region not in self.regions:
-            raise BadInput(f"region `{region}` is not configured; "
-                           f"configured: {', '.join(self.regions)}")
-        if account is not None and account not in self.accounts:
-            known = ", ".join(self.accounts) or "none (Cordon acts in its own account)"
-            raise BadInput(f"account `{account}` is not configured; configured: {known}")
-        regions = [region] if region else self.regions
-        accounts: list[str | None] = ([account] if account
-                                      else list(self.accounts) or [None])
+        regions, accounts = self._places(region, account)
         places = [(a, r) for a in accounts for r in regions]
         try:
             with acting_as("lookup-instance"):
@@ -139,6 +131,54 @@ class Cordon:
         except Exception as exc:
             err = describe_error(exc)
             raise AwsLookupFailed(f"could not look up {instance_id}: {err}") from exc
+
+    def resolve_instance(self, name: str | None = None, private_ip: str | None = None,
+                         region: str | None = None, account: str | None = None
+                         ) -> tuple[str, str, str | None]:
+        """An instance by the names people have — its exact Name tag or a private IPv4
+        address — across the configured accounts and regions: (id, region, account).
+        None found, or several: BadInput, with the candidates listed."""
+        regions, accounts = self._places(region, account)
+        places = [(a, r) for a in accounts for r in regions]
+        what = f"named `{name}`" if name is not None else f"with private IP `{private_ip}`"
+        try:
+            with acting_as("lookup-instance"):
+                found, errors = ec2_lookup.search_instances(
+                    lambda place: self.clients_for(place[1], place[0]), places, name,
+                    private_ip)
+        except Exception as exc:
+            raise AwsLookupFailed(f"could not look for an instance {what}: "
+                                  f"{describe_error(exc)}") from exc
+        where = ", ".join(f"{a}/{r}" if a else r for a, r in places)
+        if not found:
+            errs = "; ".join(f"{r}: {e}" for r, e in errors.items())
+            if errs:
+                raise AwsLookupFailed(f"no instance {what} found in {where} ({errs})")
+            raise TargetNotFound(f"no instance {what} in {where} (the match is exact)")
+        if len(found) > 1:
+            lines = []
+            for (acct, reg), inst in found[:20]:
+                tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
+                lines.append(f"• `{inst['InstanceId']}` {tags.get('Name', '')} — "
+                             f"{inst.get('State', {}).get('Name', '?')}, "
+                             f"{inst.get('PrivateIpAddress', '')} in "
+                             f"{acct + '/' if acct else ''}{reg}")
+            more = f"\n… and {len(found) - 20} more" if len(found) > 20 else ""
+            raise BadInput(f"{len(found)} instances {what}; say which by id (no card was "
+                           "made):\n" + "\n".join(lines) + more)
+        (acct, reg), inst = found[0]
+        return str(inst["InstanceId"]), reg, acct
+
+    def _places(self, region: str | None, account: str | None
+                ) -> tuple[list[str], list[str | None]]:
+        if region is not None and region not in self.regions:
+            raise BadInput(f"region `{region}` is not configured; "
+                           f"configured: {', '.join(self.regions)}")
+        if account is not None and account not in self.accounts:
+            known = ", ".join(self.accounts) or "none (Cordon acts in its own account)"
+            raise BadInput(f"account `{account}` is not configured; configured: {known}")
+        return ([region] if region else self.regions,
+                [account] if account else list(self.accounts) or [None])
 
     def open_request(self, req: ContainRequest, facts: dict[str, Any]) -> Incident:
         playbook = get_playbook(req.playbook)

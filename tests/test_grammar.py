@@ -48,7 +48,7 @@ def test_status_forms() -> None:
     (f"{ID} region=eu-west-1 region=us-east-1 why", "given twice"),
     (f"{ID} colour=red why", "unknown option"),
     (f"{ID} " + "x " * 300, "keep it under"),
-    ("contain the web box", "I expected an instance id"),
+    ("contain the web box", "looks like a command word, not an instance. For an instance whose Name tag"),
     ("status a b", "takes nothing"),
     ("key AKIA123 leaked", "`AKIA` or `ASIA` and 16"),
     ("key AKIAIOSFODNN7EXAMPLE role=ci leaked", "for temporary (`ASIA…`) keys only"),
@@ -87,3 +87,31 @@ def test_typed_text_is_escaped_in_errors() -> None:
     with pytest.raises(BadInput) as err:
         grammar.parse("<!channel> hello")
     assert "<!channel>" not in str(err.value) and "&lt;!channel&gt;" in str(err.value)
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("arn:aws:ec2:eu-west-1:123456789012:instance/i-0abcdef1 isolate miner",
+     {"instance_id": "i-0abcdef1", "region": "eu-west-1", "playbook": "isolate"}),
+    ("10.20.1.7 isolate miner", {"private_ip": "10.20.1.7", "instance_id": ""}),
+    ("web-prod-3 nacl worm", {"name": "web-prod-3", "playbook": "nacl"}),
+    ('"web prod 3" isolate miner on 3333', {"name": "web prod 3", "reason": "miner on 3333"}),
+    ("name=status full odd name", {"name": "status", "playbook": "full"}),
+])
+def test_targets_by_arn_private_ip_and_name_tag(text: str, want: dict[str, str]) -> None:
+    cmd = grammar.parse(text)
+    assert isinstance(cmd, grammar.ContainCommand)
+    assert {k: getattr(cmd, k) for k in want} == want
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("arn:aws:ec2:eu-west-1:123:instance/i-0abcdef1 x", "is not an EC2 instance ARN"),
+    ("arn:aws:ec2:eu-west-1:123456789012:instance/i-0abcdef1 region=us-east-1 x",
+     "the ARN says region `eu-west-1`"),
+    ("10.20.300.1 isolate x", "is not an IPv4 address"),
+    ("stauts", "did you mean `/contain status …`?"),
+    ('"web prod isolate x', "needs its closing quote"),
+])
+def test_bad_targets_say_what_is_wrong(text: str, says: str) -> None:
+    with pytest.raises(BadInput) as err:
+        grammar.parse(text)
+    assert says in str(err.value)

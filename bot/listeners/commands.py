@@ -30,7 +30,7 @@ def register(app: App, deps: Deps) -> None:
         if isinstance(cmd, grammar.HelpCommand):
             ack(text=blocks.render_help())
         elif isinstance(cmd, grammar.ContainCommand):
-            ack(text=f"🔎 Looking up `{cmd.instance_id}`…")
+            ack(text=f"🔎 Looking up `{escape(cmd.target)}`…")
         elif isinstance(cmd, grammar.ReleaseCommand):
             ack(text=f"🔎 Looking up what was done to `{cmd.query}`…")
         elif isinstance(cmd, grammar.KeyCommand):
@@ -74,9 +74,13 @@ def status_text(deps: Deps, cmd: grammar.StatusCommand) -> str:
 
 def open_containment(deps: Deps, cmd: grammar.ContainCommand, command: dict[str, Any],
                      client: WebClient) -> None:
-    facts = deps.cordon.lookup_instance(cmd.instance_id, cmd.region, cmd.account)
+    instance_id, region, account = cmd.instance_id, cmd.region, cmd.account
+    if not instance_id:  # by Name tag or private IP: found first, in every place
+        instance_id, region, account = deps.cordon.resolve_instance(
+            cmd.name, cmd.private_ip, cmd.region, cmd.account)
+    facts = deps.cordon.lookup_instance(instance_id, region, account)
     request = ContainRequest(
-        instance_id=cmd.instance_id,
+        instance_id=instance_id,
         playbook=cmd.playbook,
         reason=cmd.reason,
         requester=command["user_id"],
