@@ -22,6 +22,7 @@ from slack_sdk.models.blocks import (
 )
 
 from bot.ids import ActionId
+from bot.links import ids_in_text, linked
 from bot.text import escape
 from playbooks.catalogue import INSTANCE_PLAYBOOKS, PLAYBOOKS, Playbook, step_descriptions
 from playbooks.service import IncidentReport
@@ -129,7 +130,21 @@ def _playbook_lines(playbook: Playbook) -> str:
     return "\n".join(lines)
 
 
-def _status_line(incident: Incident, approvals: Sequence[str] = ()) -> str:
+def progress_line(steps: Sequence[StepRecord]) -> str:
+    """"5 of 9 steps done — snapshot-volumes running"."""
+    done = sum(1 for s in steps if s.status in (StepStatus.SUCCEEDED, StepStatus.SKIPPED))
+    failed = [s.name for s in steps if s.status == StepStatus.FAILED]
+    running = [s.name for s in steps if s.status == StepStatus.RUNNING]
+    line = f"{done} of {len(steps)} steps done"
+    if failed:
+        line += f", {len(failed)} failed ({', '.join(failed)})"
+    if running:
+        line += f" — {', '.join(running)} running"
+    return line
+
+
+def _status_line(incident: Incident, approvals: Sequence[str] = (),
+                 steps: Sequence[StepRecord] = ()) -> str:
     icon = STATUS_ICON.get(incident.status, "")
     who = f"<@{incident.decided_by}>" if incident.decided_by else ""
     when = slack_date(incident.decided_at) if incident.decided_at else ""
@@ -150,7 +165,8 @@ def _status_line(incident: Incident, approvals: Sequence[str] = ()) -> str:
                 "Nothing was changed.")
     line = f"✅ *Approved* by {who} at {when}"
     if incident.status in (APPROVED, RUNNING):
-        return line + f"\n{icon} *Running* `{incident.playbook}` — see the thread"
+        done = f" — {progress_line(steps)}" if steps else ""
+        return line + f"\n{icon} *Running* `{incident.playbook}`{done} — see the thread"
     return (line + f"\n{icon} *{FINAL_LABEL.get(incident.status, incident.status)}* — "
             f"{escape(incident.summary)}")
 
@@ -265,6 +281,10 @@ def _instance_blocks(incident: Incident, cut: list[str]) -> list[Block]:
                            [describe_eni(e) for e in f.get("enis", [])], SECTION_MAX, cut,
                            "network interfaces")),
         *_ready_blocks(f),
+        ContextBlock(elements=[_mrkdwn("🔗 Console: " + linked(
+            [incident.target_id, *[e["id"] for e in f.get("enis", [])],
+             *[g["id"] for e in f.get("enis", []) for g in e.get("groups", [])]],
+            incident.region, f, limit=CONTEXT_MAX - 20))]),
         *([ContextBlock(elements=[_mrkdwn(fit_lines(
             "⚠️ *Security groups do not cut:*", [escape(n) for n in f["untracked_limits"]],
             CONTEXT_MAX, cut, "what security groups do not cut", sep=" · "))])]
@@ -331,11 +351,11 @@ def _key_blocks(incident: Incident, cut: list[str]) -> list[Block]:
     ]
 
 
-def render_card(incident: Incident, approvals: Sequence[str] = ()
-                ) -> tuple[str, list[dict[str, Any]]]:
+def render_card(incident: Incident, approvals: Sequence[str] = (),
+                steps: Sequence[StepRecord] = ()) -> tuple[str, list[dict[str, Any]]]:
     """The approval card, rendered from the store; the same function renders every
-    later state of it (approvals so far, decided, running, final)."""
-    title, blocks, _ = _card(incident, approvals)
+    later state of it (approvals so far, decided, running with its progress, final)."""
+    title, blocks, _ = _card(incident, approvals, steps)
     text = (f"{title} {incident.id}: {incident.target_id} "
             f"({incident.playbook}) — {incident.status}")
     return text, _dicts(blocks)
@@ -347,14 +367,17 @@ def card_hides(incident: Incident) -> list[str]:
     return _card(incident)[2]
 
 
-def _card(incident: Incident, approvals: Sequence[str] = ()
-          ) -> tuple[str, list[Block], list[str]]:
+def _card(incident: Incident, approvals: Sequence[str] = (),
+          steps: Sequence[StepRecord] = ()) -> tuple[str, list[Block], list[str]]:
     f = incident.facts or {}
     cut: list[str] = []
     title = "Release request" if incident.kind == "release" else "Containment request"
     if f.get("key_id"):
         title = title.replace("Containment", "Leaked key")
     target = _key_blocks(incident, cut) if f.get("key_id") else _instance_blocks(incident, cut)
+    if f.get("key_id") and f.get("user"):
+        target.append(ContextBlock(elements=[_mrkdwn(
+            "🔗 Console: " + linked([f["key_id"]], incident.region, f))]))
     blocks: list[Block] = [
         HeaderBlock(text=clip(f"{title} {incident.id}", HEADER_MAX)),
         *target,
@@ -370,7 +393,7 @@ def _card(incident: Incident, approvals: Sequence[str] = ()
             + ("The full plan is in the thread: read it before you decide."
                if posted else "The full plan is being posted in the thread; the buttons "
                "appear once it is there."))]))
-    blocks.append(_section(_status_line(incident, approvals)))
+    blocks.append(_section(_status_line(incident, approvals, steps)))
     if not (cut and incident.status == PENDING and f.get("plan") != "posted"):
         blocks += _decision_buttons(incident)
     assert len(blocks) <= MAX_BLOCKS
@@ -457,7 +480,22 @@ def render_snapshot_report(states: dict[str, str]) -> str:
     return f"📦 Snapshots completed: {', '.join(done)}"
 
 
-def render_step(step: StepRecord) -> str:
+def _console_line(text: str, region: str, facts: dict[str, Any] | None = None) -> str:
+    ids = ids_in_text(text)
+    return f"\n🔗 {linked(ids, region, facts, limit=1500)}" if region and ids else ""
+
+
+def render_step(step: StepRecord, region: str = "", facts: dict[str, Any] | None = None
+                ) -> str:
+    """A step's reply in the thread; with the region, console links to what it names."""
+    details = step.details or {}
+    mentioned = " ".join([step.summary or "", str(details.get("verified") or ""),
+                          *[x.get("id", "") for x in details.get("snapshots", [])],
+                          str(details.get("image") or "")])
+    return _render_step(step) + _console_line(mentioned, region, facts)
+
+
+def _render_step(step: StepRecord) -> str:
     icon = STEP_ICON.get(step.status, "")
     took = f" ({_duration(step.duration_ms)})" if step.duration_ms is not None else ""
     if step.status == StepStatus.FAILED:

@@ -82,7 +82,13 @@ class ReleaseCommand(BaseModel):
     reason: str = ""
 
 
-Command = HelpCommand | StatusCommand | ContainCommand | ReleaseCommand | KeyCommand
+class ExportCommand(BaseModel):
+    verb: Literal["export"] = "export"
+    query: str
+
+
+Command = (HelpCommand | StatusCommand | ContainCommand | ReleaseCommand | KeyCommand
+           | ExportCommand)
 
 
 ARN = re.compile(r"^arn:aws(?:-cn|-us-gov|-iso[a-z]?)?:ec2:([a-z0-9-]+):(\d{12}):instance/"
@@ -105,6 +111,12 @@ def parse(text: str) -> Command:
         return _release(tokens[1:])
     if verb == "key":
         return _key(tokens[1:])
+    if verb == "export":
+        if len(tokens) == 2 and (query := _target_id(tokens[1])):
+            return ExportCommand(query=query)
+        raise BadInput("`/contain export` takes an incident id (`CRD-…`), an instance id "
+                       "(`i-…`) or an access key id: its latest incident's record is posted "
+                       "in its thread.")
     if INSTANCE_ID.match(verb):
         return _contain(verb, tokens[1:])
     if verb.startswith("i-"):
@@ -126,7 +138,7 @@ def parse(text: str) -> Command:
         raise BadInput(f"`{escape(_clip(verb))}` is not an IPv4 address.")
     if verb.startswith("name=") and NAME_TAG.match(tokens[0][5:]):
         return _contain("", tokens[1:]).model_copy(update={"name": tokens[0][5:]})
-    close = difflib.get_close_matches(verb, [*VERBS, "contain"], n=1, cutoff=0.75)
+    close = difflib.get_close_matches(verb, [*VERBS, "contain"], n=1, cutoff=0.8)
     if close:
         meant = "" if close[0] == "contain" else f" (did you mean `/contain {close[0]} …`?)"
         raise BadInput(f"`{escape(_clip(tokens[0]))}` looks like a command word{meant}, not "

@@ -9,6 +9,10 @@ class ActionId(StrEnum):
     APPROVE = "cordon_approve"
     DENY = "cordon_deny"
     RETRY = "cordon_retry"
+    EXPORT = "cordon_export"
 
 
 COMMAND = "/contain"
+# The contain form (from `/contain` alone and from the message shortcut).
+CONTAIN_MODAL = "cordon_contain_modal"
+MESSAGE_SHORTCUT = "cordon_contain_message"

@@ -43,7 +43,9 @@ class SlackTimeline:
         return [(THREAD, {"text": blocks.render_run_started(incident, resumed)}), (CARD, {})]
 
     def step_finished(self, incident: Incident, step: StepRecord) -> list[Message]:
-        return [(THREAD, {"text": blocks.render_step(step)})]
+        # The card shows the progress; updates in a row are sent as one (see flush).
+        return [(THREAD, {"text": blocks.render_step(step, incident.region, incident.facts)}),
+                (CARD, {})]
 
     def run_finished(self, incident: Incident) -> list[Message]:
         return [(THREAD, {"text": blocks.render_run_finished(incident)}), (CARD, {})]
@@ -85,11 +87,19 @@ class SlackTimeline:
         next flush, so that its thread never goes out of order."""
         sent = 0
         blocked: set[str] = set()
-        for msg in self.store.unsent(incident_id):
+        pending = self.store.unsent(incident_id)
+        # A card update is superseded by a later one of the same card: only the last is
+        # sent (the card is rendered from the store), which keeps chat.update well under
+        # Slack's rate limit while steps finish one after another.
+        last_card = {m.incident_id: m.id for m in pending if m.kind == CARD}
+        for msg in pending:
             if msg.incident_id in blocked:
                 continue
             if not self.store.claim_message(msg.id):
                 blocked.add(msg.incident_id)  # another flush is sending it, or it waits
+                continue
+            if msg.kind == CARD and last_card.get(msg.incident_id) != msg.id:
+                self.store.mark_sent(msg.id)
                 continue
             incident = self.store.get(msg.incident_id)
             if incident is None or incident.card_ts is None:
@@ -114,7 +124,8 @@ class SlackTimeline:
         assert incident.card_ts is not None
         if msg.kind == CARD:
             # An update in place: sending it twice shows the same card.
-            text, card = blocks.render_card(incident, self.store.votes(incident.id))
+            text, card = blocks.render_card(incident, self.store.votes(incident.id),
+                                            self.store.steps(incident.id))
             self.client.chat_update(channel=incident.channel_id, ts=incident.card_ts,
                                     text=text, blocks=card)
             return

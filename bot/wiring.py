@@ -14,7 +14,7 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from bot.approvers import ApproverPolicy
 from bot.deps import Deps
-from bot.listeners import actions, commands
+from bot.listeners import actions, commands, forms
 from bot.notifier import SlackTimeline
 from bot.settings import Settings
 from playbooks.runner import Runner, Worker
@@ -76,6 +76,7 @@ def build_app(settings: Settings, deps: Deps) -> App:
     )
     commands.register(app, deps)
     actions.register(app, deps)
+    forms.register(app, deps)
 
     @app.error
     def on_error(error: Exception, body: dict[str, Any]) -> None:

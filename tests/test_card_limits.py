@@ -69,7 +69,10 @@ def test_fifteen_enis_with_five_long_groups_each_say_how_many_are_not_shown() ->
     _, card = blocks.render_card(inc)
     within_limits(card)
     text = shown(card)
-    listed = [e["id"] for e in enis if e["id"] in text]
+    section = next(b["text"]["text"] for b in card
+                   if b["type"] == "section" and b.get("text", {}).get("text", "").startswith(
+                       "*Network interfaces*"))
+    listed = [e["id"] for e in enis if e["id"] in section]
     assert 0 < len(listed) < 15
     assert f"… and {15 - len(listed)} more — the full plan is in the thread" in text
     assert blocks.card_hides(inc) == [f"network interfaces: {15 - len(listed)} of 15 not shown"]

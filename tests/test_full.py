@@ -175,15 +175,21 @@ def test_evidence_files_are_uploaded_with_their_sha256_and_kept(
 def test_leaving_auto_scaling_comes_before_the_network_cut(
         bot: RunningBot, world: sandbox_world.World, fleet: sandbox_world.Fleet,
         aws_trace: AwsTrace) -> None:
-    contain(bot, world)
-    ops = [op for op, params in aws_trace.calls
+    _, incident = contain(bot, world)
+    steps = {s.name: s for s in bot.deps.store.steps(incident.id)}
+    sealed = steps["isolate-security-groups"].captured["sealed_group"]
+    # The move to cordon-open goes out beside the detach (the timing is held by
+    # test_time_to_cut); the seal only once the detach has answered.
+    ops = [op if op != "ModifyNetworkInterfaceAttribute" else
+           ("seal" if params["Groups"] == [sealed] else "open")
+           for op, params in aws_trace.calls
            if op in ("DetachInstances", "DeregisterTargets",
                      "DeregisterInstancesFromLoadBalancer", "ModifyInstanceAttribute")
            or (op == "ModifyNetworkInterfaceAttribute" and "Groups" in params)]
-    first_move = ops.index("ModifyNetworkInterfaceAttribute")
-    for op in ("DetachInstances", "DeregisterTargets", "DeregisterInstancesFromLoadBalancer"):
-        assert ops.index(op) < first_move, op
-    assert ops[:first_move].count("ModifyInstanceAttribute") == 4  # protections first too
+    first_seal = ops.index("seal")
+    assert ops.index("DetachInstances") < first_seal
+    assert ops.count("open") == 2 and ops.count("seal") == 2
+    assert ops.count("ModifyInstanceAttribute") == 4  # the protections
     detach = [p for op, p in aws_trace.calls if op == "DetachInstances"]
     assert detach == [{"InstanceIds": [world.instance_id], "AutoScalingGroupName": fleet.asg,
                        "ShouldDecrementDesiredCapacity": False}]

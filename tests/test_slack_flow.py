@@ -4,6 +4,7 @@ Web API over HTTP, moto's server, and the database (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -241,7 +242,11 @@ def test_an_undecided_request_expires_and_a_late_click_is_told(
 def test_user_text_is_escaped_in_the_card(bot: RunningBot, world: sandbox_world.World) -> None:
     card = request(bot, world, "miner <!channel> ping <@U0BOSS> & <https://evil|click>")
     text = card_text(card)
-    assert "<!channel>" not in text and "<@U0BOSS>" not in text and "<https://" not in text
+    # The only links on the card are Cordon's own console links.
+    links = re.findall(r"<(https://[^|>]*)", text)
+    assert links and all(".console.aws.amazon.com/ec2/home?region=us-east-1#" in u
+                         for u in links)
+    assert "<!channel>" not in text and "<@U0BOSS>" not in text and "evil" not in str(links)
     assert "&lt;!channel&gt;" in text and "&lt;@U0BOSS&gt;" in text and "&amp;" in text
 
 
@@ -325,7 +330,7 @@ def test_help_shows_the_grammar(bot: RunningBot) -> None:
     status, body = bot.slack.command(SAM, CHANNEL, "help")
     assert status == 200
     # Every verb of the grammar, and every playbook a person can name.
-    for verb in ("/contain <instance-id>", "/contain key", "/contain release",
+    for verb in ("/contain <instance>", "/contain key", "/contain release",
                  "/contain status", "/contain help"):
         assert verb in body, verb
     for name in INSTANCE_PLAYBOOKS:
@@ -335,10 +340,12 @@ def test_help_shows_the_grammar(bot: RunningBot) -> None:
 
 def _refusal(bot: RunningBot, fake: FakeSlack, text: str) -> str:
     """Bad input gets one ephemeral explanation; no request, no card, nothing in AWS."""
+    before = len(fake.ephemerals_for(DANA))
     status, body = bot.slack.command(DANA, CHANNEL, text)
     assert status == 200
     if "Looking up" in body:
-        body = wait_for(lambda: fake.ephemerals_for(DANA))[-1]
+        body = wait_for(lambda: len(fake.ephemerals_for(DANA)) > before
+                        and fake.ephemerals_for(DANA)[-1])
     time.sleep(0.1)
     assert fake.channel_messages(CHANNEL) == []
     assert bot.deps.store.recent() == []
@@ -355,7 +362,9 @@ def test_bad_input_is_explained_and_changes_nothing(
         f"{world.instance_id} nuke": "unknown playbook `nuke`",
         f"{world.instance_id} region=ap-south-1 not configured": "is not configured",
         f"{world.instance_id} colour=red": "unknown option",
-        "please contain the web server <!here>": "I expected an instance id",
+        # Not an id, an ARN or an address: taken as an exact Name tag, and not found.
+        "please contain the web server <!here>": "no instance named `please`",
+        "stauts": "looks like a command word (did you mean `/contain status …`?)",
         "status <!channel>": "takes nothing, an instance id",
     }
     for text, expected in cases.items():

@@ -11,6 +11,7 @@ from slack_sdk.errors import SlackApiError
 from bot import blocks, grammar
 from bot.ids import COMMAND
 from bot.listeners import replies_errors
+from bot.listeners.forms import open_form, post_export
 from bot.text import escape
 from playbooks.errors import BadInput, CordonError
 from playbooks.service import ContainRequest
@@ -21,7 +22,18 @@ if TYPE_CHECKING:
 
 
 def register(app: App, deps: Deps) -> None:
-    def ack_contain(ack: Ack, command: dict[str, Any]) -> None:
+    def ack_contain(ack: Ack, command: dict[str, Any], client: WebClient,
+                    respond: Respond) -> None:
+        if not command.get("text", "").strip():
+            # `/contain` alone: the form (the trigger is good for 3 seconds).
+            ack()
+            try:
+                open_form(client, command["trigger_id"], command["channel_id"])
+            except SlackApiError as exc:
+                respond(text=blocks.render_error(
+                    f"could not open the form (`{exc.response.get('error')}`); type "
+                    "`/contain help` for the command instead."), response_type="ephemeral")
+            return
         try:
             cmd = grammar.parse(command.get("text", ""))
         except BadInput as exc:
@@ -35,6 +47,8 @@ def register(app: App, deps: Deps) -> None:
             ack(text=f"🔎 Looking up what was done to `{cmd.query}`…")
         elif isinstance(cmd, grammar.KeyCommand):
             ack(text=f"🔎 Looking up access key `{cmd.key_id}`…")
+        elif isinstance(cmd, grammar.ExportCommand):
+            ack(text=f"📚 Exporting the record of `{cmd.query}`…")
         else:
             ack()
 
@@ -52,6 +66,8 @@ def register(app: App, deps: Deps) -> None:
             incident = deps.cordon.open_release(cmd.query, cmd.reason, command["user_id"],
                                                 command["channel_id"])
             post_card(deps, incident, client, command.get("team_id", ""))
+        elif isinstance(cmd, grammar.ExportCommand):
+            respond(text=post_export(deps, client, cmd.query), response_type="ephemeral")
         elif isinstance(cmd, grammar.KeyCommand):
             incident = deps.cordon.open_key_request(
                 cmd.key_id, cmd.reason, command["user_id"], command["channel_id"],
@@ -73,7 +89,7 @@ def status_text(deps: Deps, cmd: grammar.StatusCommand) -> str:
 
 
 def open_containment(deps: Deps, cmd: grammar.ContainCommand, command: dict[str, Any],
-                     client: WebClient) -> None:
+                     client: WebClient) -> Incident:
     instance_id, region, account = cmd.instance_id, cmd.region, cmd.account
     if not instance_id:  # by Name tag or private IP: found first, in every place
         instance_id, region, account = deps.cordon.resolve_instance(
@@ -89,6 +105,7 @@ def open_containment(deps: Deps, cmd: grammar.ContainCommand, command: dict[str,
     )
     incident = deps.cordon.open_request(request, facts)
     post_card(deps, incident, client, command.get("team_id", ""))
+    return incident
 
 
 def post_card(deps: Deps, incident: Incident, client: WebClient, team_id: str = "") -> None:

@@ -51,6 +51,9 @@ class FakeSlack:
         self.response_owners: dict[str, str | None] = {}
         self.uploads: dict[str, dict[str, Any]] = {}  # file id → name and bytes
         self.socket_url = ""  # Socket Mode: where apps.connections.open points
+        self.views: dict[str, dict[str, Any]] = {}  # open modals by view id
+        self.homes: dict[str, dict[str, Any]] = {}  # App Home tab by user
+        self._view_ids = itertools.count(1)
         self._file_ids = itertools.count(1)
         self._ts = itertools.count(1)
         self._response_urls = itertools.count(1)
@@ -87,6 +90,8 @@ class FakeSlack:
             self.uploads.clear()
             self.failures.clear()
             self.http_faults.clear()
+            self.views.clear()
+            self.homes.clear()
 
     def new_response_url(self, user: str | None = None) -> str:
         path = f"/response/{next(self._response_urls)}"
@@ -253,6 +258,62 @@ class FakeSlack:
                                      text=args.get("initial_comment", ""),
                                      thread_ts=thread_ts, files=shared))
         return {"ok": True, "files": [{"id": f["id"], "title": f["title"]} for f in shared]}
+
+    # views: what Slack checks of a view (Block Kit reference: a modal's title, submit and
+    # close at most 24 characters, 100 blocks, private_metadata 3,000 characters; a
+    # trigger_id is good for one views.open).
+
+    def _check_view(self, view: dict[str, Any]) -> str | None:
+        if view.get("type") == "modal":
+            for key in ("title", "submit", "close"):
+                if key in view and len(view[key]["text"]) > 24:
+                    return f"invalid_arguments: {key} over 24 characters"
+        if len(view.get("blocks", [])) > 100:
+            return "invalid_arguments: over 100 blocks"
+        if len(view.get("private_metadata", "")) > 3000:
+            return "invalid_arguments: private_metadata over 3000 characters"
+        return None
+
+    def _view_arg(self, args: dict[str, Any]) -> dict[str, Any]:
+        view = args.get("view") or {}
+        return json.loads(view) if isinstance(view, str) else dict(view)
+
+    def api_views_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        trigger = args.get("trigger_id", "")
+        if not trigger or any(v["trigger_id"] == trigger for v in self.views.values()):
+            return {"ok": False, "error": "invalid_trigger_id"}
+        view = self._view_arg(args)
+        if error := self._check_view(view):
+            return {"ok": False, "error": error}
+        view_id = f"V{next(self._view_ids):08d}"
+        self.views[view_id] = {"view": view, "trigger_id": trigger, "updates": 0}
+        return {"ok": True, "view": {**view, "id": view_id}}
+
+    def api_views_update(self, args: dict[str, Any]) -> dict[str, Any]:
+        view_id = args.get("view_id", "")
+        if view_id not in self.views:
+            return {"ok": False, "error": "not_found"}
+        view = self._view_arg(args)
+        if error := self._check_view(view):
+            return {"ok": False, "error": error}
+        self.views[view_id]["view"] = view
+        self.views[view_id]["updates"] += 1
+        return {"ok": True, "view": {**view, "id": view_id}}
+
+    def api_views_publish(self, args: dict[str, Any]) -> dict[str, Any]:
+        view = self._view_arg(args)
+        if view.get("type") != "home":
+            return {"ok": False, "error": "invalid_arguments"}
+        if error := self._check_view(view):
+            return {"ok": False, "error": error}
+        self.homes[args.get("user_id", "")] = view
+        return {"ok": True, "view": {**view, "id": f"VHOME{args.get('user_id', '')}"}}
+
+    def submitted(self, view_id: str, view: dict[str, Any]) -> None:
+        """A view_submission answered with response_action=update replaces the view."""
+        with self.lock:
+            if view_id in self.views:
+                self.views[view_id]["view"] = view
 
     def response_url(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         with self.lock:

@@ -1,5 +1,6 @@
-"""Sends what Slack would send — slash commands and button clicks — to the bot's
-HTTP endpoint, signed with the signing secret exactly as Slack signs them."""
+"""Sends what Slack would send — slash commands, button clicks, modal submissions,
+message shortcuts and Events API events — to the bot's HTTP endpoint, signed with the
+signing secret exactly as Slack signs them."""
 
 from __future__ import annotations
 
@@ -24,11 +25,12 @@ class SignedSlack:
         self.team_id = team_id
 
     def post(self, body: str, timestamp: int | None = None,
-             signature: str | None = None) -> tuple[int, str]:
+             signature: str | None = None,
+             content_type: str = "application/x-www-form-urlencoded") -> tuple[int, str]:
         ts = str(timestamp if timestamp is not None else int(time.time()))
         sig = signature or self.verifier.generate_signature(timestamp=ts, body=body)
         req = urllib.request.Request(self.endpoint, data=body.encode(), method="POST", headers={
-            "Content-Type": "application/x-www-form-urlencoded",
+            "Content-Type": content_type,
             "X-Slack-Request-Timestamp": ts,
             "X-Slack-Signature": sig or "",
         })
@@ -82,3 +84,56 @@ class SignedSlack:
                 if el.get("type") == "button" and el["text"]["text"] == label:
                     return self.click(user, channel, message_ts, el["action_id"], el["value"])
         raise LookupError(f"the message has no {label!r} button")
+
+    def _interaction(self, payload: dict[str, Any]) -> tuple[int, str]:
+        return self.post(urlencode({"payload": json.dumps(payload)}))
+
+    def _user(self, user: str) -> dict[str, Any]:
+        return {"id": user, "username": user.lower(), "team_id": self.team_id}
+
+    def submit_view(self, user: str, view_id: str, values: dict[str, str]) -> tuple[int, str]:
+        """Submit the open modal `view_id` with these values by block id (text inputs, or
+        the value of a static select's option)."""
+        opened = self.fake.views[view_id]["view"]
+        state: dict[str, Any] = {}
+        for block in opened.get("blocks", []):
+            if block.get("type") != "input":
+                continue
+            element = block["element"]
+            value = values.get(block["block_id"])
+            if element["type"] == "static_select":
+                option = next((o for o in element["options"] if o["value"] == value), None)
+                item: dict[str, Any] = {"type": "static_select", "selected_option": option}
+            else:
+                item = {"type": element["type"], "value": value}
+            state[block["block_id"]] = {element["action_id"]: item}
+        payload = {
+            "type": "view_submission", "team": {"id": self.team_id, "domain": "sandbox"},
+            "user": self._user(user), "api_app_id": "A0CORDON",
+            "trigger_id": f"{time.time():.6f}.trigger",
+            "view": {**opened, "id": view_id, "team_id": self.team_id,
+                     "state": {"values": state}},
+        }
+        status, body = self._interaction(payload)
+        answer = json.loads(body) if body.strip().startswith("{") else {}
+        if answer.get("response_action") == "update":
+            self.fake.submitted(view_id, answer["view"])
+        return status, body
+
+    def message_shortcut(self, user: str, channel: str, message: dict[str, Any],
+                         callback_id: str = "cordon_contain_message") -> tuple[int, str]:
+        return self._interaction({
+            "type": "message_action", "callback_id": callback_id,
+            "team": {"id": self.team_id, "domain": "sandbox"}, "user": self._user(user),
+            "channel": {"id": channel, "name": "incident"}, "message": message,
+            "message_ts": message.get("ts", ""), "api_app_id": "A0CORDON",
+            "trigger_id": f"{time.time():.6f}.trigger",
+            "response_url": self.fake.new_response_url(user)})
+
+    def event(self, event: dict[str, Any]) -> tuple[int, str]:
+        """An Events API event, as Slack posts it (JSON)."""
+        body = json.dumps({
+            "token": "legacy-unused", "team_id": self.team_id, "api_app_id": "A0CORDON",
+            "event": event, "type": "event_callback",
+            "event_id": f"Ev{time.time_ns()}", "event_time": int(time.time())})
+        return self.post(body, content_type="application/json")
