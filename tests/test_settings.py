@@ -60,3 +60,30 @@ def test_the_manifest_asks_for_what_the_code_uses() -> None:
     assert manifest["settings"]["interactivity"]["is_enabled"] is True
     assert manifest["settings"]["socket_mode_enabled"] is True
     assert sorted(manifest["oauth_config"]["scopes"]["bot"]) == sorted(REQUIRED_SCOPES)
+
+
+def test_the_manifest_keeps_to_the_schema_rules_it_relies_on() -> None:
+    """Slack's manifest schema (its reference, and the Web API's manifest types): the
+    limits of each field Cordon sets, and the ids the code listens to."""
+    import yaml
+
+    from bot.ids import COMMAND, MESSAGE_SHORTCUT
+
+    manifest = yaml.safe_load((ROOT / "slack-manifest.yml").read_text())
+    info, features = manifest["display_information"], manifest["features"]
+    assert len(info["name"]) <= 35 and len(info["description"]) <= 140
+    assert re.fullmatch(r"#[0-9a-fA-F]{6}|#[0-9a-fA-F]{3}", info["background_color"])
+    assert re.fullmatch(r"[a-z0-9._-]{1,80}", features["bot_user"]["display_name"])
+    (command,) = features["slash_commands"]
+    assert command["command"] == COMMAND and len(command["command"]) <= 32
+    assert len(command["description"]) <= 2000 and len(command["usage_hint"]) <= 1000
+    shortcuts = features["shortcuts"]
+    assert 1 <= len(shortcuts) <= 10
+    (shortcut,) = shortcuts
+    assert shortcut["type"] == "message" and shortcut["callback_id"] == MESSAGE_SHORTCUT
+    assert len(shortcut["callback_id"]) <= 255 and len(shortcut["description"]) <= 150
+    assert len(shortcut["name"]) <= 24
+    assert features["app_home"]["home_tab_enabled"] is True
+    events = manifest["settings"]["event_subscriptions"]["bot_events"]
+    assert events == ["app_home_opened"] and len(events) <= 100
+    assert len(manifest["oauth_config"]["scopes"]["bot"]) <= 255
