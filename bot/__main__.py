@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=None, help="default: $PORT or 3000")
     sandbox = sub.add_parser("sandbox", help="play an incident against a local AWS and Slack")
     sandbox.add_argument("--quiet", action="store_true", help="only the transcript")
+    sandbox.add_argument("--playbook", default="full",
+                         choices=("full", "isolate", "nacl", "route", "igw", "key"),
+                         help="the playbook to play (default: full)")
     policy = sub.add_parser("policy", help="print the IAM policy Cordon's role needs (JSON)")
     policy.add_argument("--playbook", action="append", metavar="NAME",
                         help="only what these playbooks need (default: all)")
@@ -49,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"the sandbox is not part of this installation ({exc.name}): install "
                       "cordon[sandbox] from a source checkout", file=sys.stderr)
                 return 2
-            return run_sandbox(quiet=args.quiet)
+            return run_sandbox(quiet=args.quiet, playbook=args.playbook)
         return run_prepare(args.region, args.vpc)
     except SettingsError as exc:
         print(exc, file=sys.stderr)

@@ -280,7 +280,7 @@ def _instance_blocks(incident: Incident, cut: list[str]) -> list[Block]:
         _section(fit_lines(f"*Network interfaces* ({len(f.get('enis', []))})",
                            [describe_eni(e) for e in f.get("enis", [])], SECTION_MAX, cut,
                            "network interfaces")),
-        *_ready_blocks(f),
+        *(_ready_blocks(f) if incident.kind == "instance" else []),
         ContextBlock(elements=[_mrkdwn("🔗 Console: " + linked(
             [incident.target_id, *[e["id"] for e in f.get("enis", [])],
              *[g["id"] for e in f.get("enis", []) for g in e.get("groups", [])]],

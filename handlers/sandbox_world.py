@@ -257,3 +257,44 @@ def add_network(world: World, session: boto3.session.Session | None = None) -> N
 
     return Network(igw, public, main, other, launch("db-1", other),
                    launch("web-prod-4", world.subnet_id))
+
+
+def seed_leaked_key(world: World, session: boto3.session.Session | None = None
+                    ) -> tuple[str, str]:
+    """An IAM user with console access, a policy and two access keys, the first of
+    which leaked: (user, leaked key id)."""
+    iam = (session or boto3.session.Session()).client("iam", region_name=world.region)
+    iam.create_user(UserName="deploy-bot")
+    iam.create_login_profile(UserName="deploy-bot", Password="Correct-Horse-9!")
+    iam.put_user_policy(UserName="deploy-bot", PolicyName="s3-deploy", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*",
+                                                 "Resource": "*"}]}))
+    leaked = iam.create_access_key(UserName="deploy-bot")["AccessKey"]["AccessKeyId"]
+    iam.create_access_key(UserName="deploy-bot")
+    return "deploy-bot", str(leaked)
+
+
+def key_status(user: str, key_id: str) -> str:
+    iam = boto3.session.Session().client("iam")
+    keys = iam.list_access_keys(UserName=user)["AccessKeyMetadata"]
+    return str(next(k["Status"] for k in keys if k["AccessKeyId"] == key_id))
+
+
+def network_state(world: World) -> dict[str, Any]:
+    """What the subnet- and VPC-wide playbooks change: the subnet's network ACL and route
+    table, and every route of the VPC that leads to an internet gateway."""
+    ec2 = boto3.session.Session().client("ec2", region_name=world.region)
+    vpc = [{"Name": "vpc-id", "Values": [world.vpc_id]}]
+    acl = next(a["NetworkAclId"] for a in ec2.describe_network_acls(Filters=vpc)["NetworkAcls"]
+               for assoc in a.get("Associations", []) if assoc["SubnetId"] == world.subnet_id)
+    tables = ec2.describe_route_tables(Filters=vpc)["RouteTables"]
+    own = next((t for t in tables for a in t.get("Associations", [])
+                if a.get("SubnetId") == world.subnet_id), None)
+    table = own or next(t for t in tables for a in t.get("Associations", []) if a.get("Main"))
+    to_igw = sorted(f"{t['RouteTableId']} "
+                    f"{r.get('DestinationCidrBlock') or r.get('DestinationIpv6CidrBlock')}"
+                    for t in tables for r in t.get("Routes", [])
+                    if str(r.get("GatewayId", "")).startswith("igw-"))
+    return {"acl": acl, "route_table": table["RouteTableId"],
+            "routes": sorted(str(r.get("GatewayId", "local")) for r in table.get("Routes", [])),
+            "routes_to_igw": to_igw}

@@ -8,12 +8,17 @@ from handlers.sandbox_world import (
     Fleet,
     LocalAws,
     World,
+    add_network,
     describe_containment,
     group_rules,
     groups_by_eni,
     join_fleet,
+    key_status,
+    network_state,
     seed,
+    seed_leaked_key,
 )
 
-__all__ = ["Fleet", "LocalAws", "World", "describe_containment", "group_rules",
-           "groups_by_eni", "join_fleet", "seed"]
+__all__ = ["Fleet", "LocalAws", "World", "add_network", "describe_containment",
+           "group_rules", "groups_by_eni", "join_fleet", "key_status", "network_state",
+           "seed", "seed_leaked_key"]

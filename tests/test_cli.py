@@ -153,17 +153,36 @@ def test_prepare_creates_the_groups_once(tmp_path: Path, local_aws: sandbox_worl
     assert first.stdout.split("(")[0] == second.stdout.split("(")[0]
 
 
-def test_the_sandbox_contains_the_instance_and_says_so(tmp_path: Path) -> None:
+def _sandbox(tmp_path: Path, *args: str) -> str:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("SLACK_", "CORDON_", "AWS_"))}
-    proc = subprocess.run([sys.executable, "-m", "bot", "sandbox"], cwd=tmp_path,
+    proc = subprocess.run([sys.executable, "-m", "bot", "sandbox", *args], cwd=tmp_path,
                           env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = proc.stdout
+    return proc.stdout
+
+
+def test_the_sandbox_contains_the_instance_and_says_so(tmp_path: Path) -> None:
+    out = _sandbox(tmp_path)
     assert "someone else must approve" in out and "not authorised" in out
+    # The pending card, with its buttons, before anyone decides.
+    pending = out[out.index("before anyone decides it reads"):out.index("presses Approve")]
+    assert "⏳ *Waiting for approval*" in pending and "[ Approve ]  [ Deny ]" in pending
+    assert "Isolation groups ready" in pending
     assert "✅ *isolate-security-groups*" in out and "Containment verified" in out
     assert "<!channel>" in out  # shown as text in the transcript, escaped on Slack
+    # And the release round trip.
+    assert "✅ every ENI back on its own groups" in out and "release verified" in out
+
+
+def test_the_sandbox_plays_a_wide_playbook_and_a_key(tmp_path: Path) -> None:
+    out = _sandbox(tmp_path, "--playbook", "nacl")
+    assert "confirms the dialog naming the blast radius" in out
+    assert "✅ the subnet on Cordon's deny-all network ACL" in out
+    assert "✅ the subnet's ACL, route table and internet routes as before" in out
+    out = _sandbox(tmp_path, "--playbook", "key")
+    assert "✅ the leaked key is inactive" in out and "release verified" in out
 
 
 def _json_instruction(dockerfile: str, keyword: str) -> list[str]:

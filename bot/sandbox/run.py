@@ -8,17 +8,21 @@ import json
 import os
 import sys
 import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
 
 from bot.logs import setup_logging
 from bot.sandbox.fake_slack import FakeSlack
-from bot.sandbox.harness import start_bot, wait_for
-from bot.sandbox.transcript import plain, render_channel
+from bot.sandbox.harness import RunningBot, start_bot, wait_for
+from bot.sandbox.transcript import plain, render_channel, render_message
 from playbooks import sandbox as sandbox_world
-from playbooks.store import FINAL_STATES
+from playbooks.store import FINAL_STATES, Incident, StepRecord
 
 CHANNEL = "C0INCIDENT"
-DANA, LEE, SAM = "U0DANA", "U0LEE", "U0SAM"
-NAMES = {DANA: "dana (responder)", LEE: "lee (on-call lead)", SAM: "sam (intern)",
+DANA, LEE, KIM, SAM = "U0DANA", "U0LEE", "U0KIM", "U0SAM"
+NAMES = {DANA: "dana (responder)", LEE: "lee (on-call lead)", KIM: "kim (on-call)",
+         SAM: "sam (intern)",
          CHANNEL: "incident-2231", "UCORDONBOT": "cordon"}
 
 
@@ -30,16 +34,29 @@ def ack_text(body: str) -> str:
         return body
 
 
-def run_sandbox(quiet: bool = False) -> int:
+PLAYBOOKS = ("full", "isolate", "nacl", "route", "igw", "key")
+
+
+def run_sandbox(quiet: bool = False, playbook: str = "full") -> int:
+    """Play one incident with `playbook`: the request, the card as the channel sees it
+    before anyone decides, refused and accepted clicks, the run and its thread, checks
+    read back from the local AWS — then a release, approved the same way, and checks
+    that everything is back as it was."""
+    if playbook not in PLAYBOOKS:
+        print(f"unknown playbook {playbook!r}; one of {', '.join(PLAYBOOKS)}", file=sys.stderr)
+        return 2
     setup_logging("text", "ERROR" if quiet else "WARNING")
     say = print
 
     aws = sandbox_world.LocalAws().start()
     aws.use()
     world = sandbox_world.seed()
-    fleet = sandbox_world.join_fleet(world)
+    fleet = sandbox_world.join_fleet(world) if playbook in ("full", "isolate") else None
+    if playbook in ("nacl", "route", "igw"):
+        sandbox_world.add_network(world)
+    user, key = sandbox_world.seed_leaked_key(world) if playbook == "key" else ("", "")
     fake = FakeSlack().start()
-    fake.usergroups["S0ONCALL"] = [LEE]
+    fake.usergroups["S0ONCALL"] = [LEE, KIM]
     db = os.path.join(tempfile.mkdtemp(prefix="cordon-sandbox-"), "cordon.db")
     bot = start_bot(fake, f"sqlite:///{db}", approvers="S0ONCALL",
                     regions="us-east-1,eu-west-1")
@@ -48,25 +65,37 @@ def run_sandbox(quiet: bool = False) -> int:
         say(f"  local AWS (moto)  {aws.url}")
         say(f"  local Slack API   {fake.api_url}")
         say(f"  the bot           {bot.server.url}/slack/events  (signed requests)")
-        say(f"  approvers         CORDON_APPROVERS=S0ONCALL (members: {NAMES[LEE]})")
+        say(f"  approvers         CORDON_APPROVERS=S0ONCALL (members: {NAMES[LEE]}, "
+            f"{NAMES[KIM]})")
+        say(f"  playbook          {playbook}")
         say("")
-        before = sandbox_world.groups_by_eni(world.instance_id)
+        before = _state(world, playbook, user, key)
         bystander_before = sandbox_world.groups_by_eni(world.bystander_id)
-        say(f"Before — web-prod-3 ({world.instance_id}), in Auto Scaling group {fleet.asg}, "
-            f"target group web-prod and classic load balancer {fleet.classic_elb}:")
-        for eni, groups in before.items():
-            say(f"  {eni}: {', '.join(groups)}")
+        if playbook == "key":
+            say(f"Before — access key {key} of IAM user {user}: {before['key']}")
+        else:
+            where = (f", in Auto Scaling group {fleet.asg}, target group web-prod and classic "
+                     f"load balancer {fleet.classic_elb}" if fleet else "")
+            say(f"Before — web-prod-3 ({world.instance_id}){where}:")
+            for eni, groups in before["enis"].items():
+                say(f"  {eni}: {', '.join(groups)}")
         say("")
 
-        def person(user: str, text: str) -> None:
-            say(f"@{NAMES[user]}: {text}")
+        def person(who: str, text: str) -> None:
+            say(f"@{NAMES[who]}: {text}")
 
-        def only_they_see(user: str, text: str) -> None:
+        def only_they_see(who: str, text: str) -> None:
             for line in plain(text, NAMES).splitlines():
-                say(f"    (only @{NAMES[user].split()[0]} sees) {line}")
+                say(f"    (only @{NAMES[who].split()[0]} sees) {line}")
+
+        def seen_by(who: str, count: int) -> str:
+            return str(wait_for(lambda: len(fake.ephemerals_for(who)) > count
+                                and fake.ephemerals_for(who)[-1]))
 
         # 1. The responder asks.
-        text = f"{world.instance_id} suspected crypto-miner, outbound to 3333 <!channel>"
+        text = (f"key {key} found in a public repository <!channel>" if playbook == "key"
+                else f"{world.instance_id} {playbook} suspected crypto-miner, outbound to "
+                     "3333 <!channel>")
         person(DANA, f"/contain {text}")
         status, body = bot.slack.command(DANA, CHANNEL, text)
         if status != 200:
@@ -74,24 +103,29 @@ def run_sandbox(quiet: bool = False) -> int:
             return 1
         only_they_see(DANA, ack_text(body))
         card = wait_for(lambda: fake.channel_messages(CHANNEL))[0]
-        say("    → the approval card is posted in the channel")
+        incident = wait_for(lambda: next((i for i in bot.deps.store.recent()
+                                          if i.card_ts == card.ts), None))
+        wait_for(lambda: not bot.deps.store.unsent(), timeout=30)
+        say("    → the approval card is posted in the channel; before anyone decides it reads:")
+        say("")
+        for line in render_message(fake.message(CHANNEL, card.ts) or card, NAMES, "    | "):
+            say(line)
+        say("")
 
-        # 2. The requester tries to approve their own request.
-        person(DANA, "presses Approve")
-        bot.slack.click_button(DANA, CHANNEL, card.ts, "Approve")
-        only_they_see(DANA, wait_for(lambda: fake.ephemerals_for(DANA))[0])
+        # 2. The requester tries to approve their own request; someone who is not an
+        # approver tries.
+        for who in (DANA, SAM):
+            person(who, "presses Approve")
+            count = len(fake.ephemerals_for(who))
+            bot.slack.click_button(who, CHANNEL, card.ts, "Approve")
+            only_they_see(who, seen_by(who, count))
 
-        # 3. Someone who is not an approver tries.
-        person(SAM, "presses Approve")
-        bot.slack.click_button(SAM, CHANNEL, card.ts, "Approve")
-        only_they_see(SAM, wait_for(lambda: fake.ephemerals_for(SAM))[0])
-
-        # 4. The on-call lead approves.
-        person(LEE, "presses Approve")
-        bot.slack.click_button(LEE, CHANNEL, card.ts, "Approve")
+        # 3. The on-call approvers approve (wide playbooks need two).
+        deciders = [LEE, KIM][:incident.approvals_required]
+        _approve(bot, card.ts, deciders, person, say, wide=incident.approvals_required > 1)
         incident = wait_for(lambda: next(
-            (i for i in bot.deps.store.recent() if i.status in FINAL_STATES), None), timeout=60)
-        # The card is rendered from the store: once it shows the final state, so will Slack.
+            (i for i in bot.deps.store.recent() if i.card_ts == card.ts
+             and i.status in FINAL_STATES), None), timeout=60)
         wait_for(lambda: (m := fake.message(CHANNEL, card.ts)) and m.text.endswith(
             incident.status) and not bot.deps.store.unsent(), timeout=30)
         say("")
@@ -99,37 +133,111 @@ def run_sandbox(quiet: bool = False) -> int:
         say(render_channel(fake, CHANNEL, NAMES))
         say("=" * 78)
         say("")
-
-        after = sandbox_world.groups_by_eni(world.instance_id)
-        say(f"After — web-prod-3 ({world.instance_id}):")
-        for eni, groups in after.items():
-            say(f"  {eni}: {', '.join(groups)}")
-        steps = {s.name: s for s in bot.deps.store.steps(incident.id)}
-        sealed_id = (steps["isolate-security-groups"].details or {}).get("sealed_group", "")
-        ingress, egress = sandbox_world.group_rules(sealed_id) if sealed_id else ([1], [1])
-        bystander_after = sandbox_world.groups_by_eni(world.bystander_id)
-        world_now = sandbox_world.describe_containment(world, fleet, incident.id)
-        checks = {
-            "incident contained": incident.status == "contained",
-            "every ENI on cordon-sealed only": bool(after) and all(
-                groups == [f"cordon-sealed ({sealed_id})"] for groups in after.values()),
-            "cordon-sealed has no rules": not ingress and not egress,
-            "out of the Auto Scaling group and load balancers": not world_now["in_fleet"],
-            "instance profile removed": not world_now["profile"],
-            "termination protection on": world_now["termination_protection"],
-            "every volume snapshotted, AMI taken": world_now["evidence_complete"],
-            "bystander billing-api-1 untouched": bystander_after == bystander_before,
-        }
-        say("")
+        checks = _contained_checks(world, fleet, incident, playbook, before, user, key,
+                                   bot.deps.store.steps(incident.id))
+        checks["bystander billing-api-1 untouched"] = (
+            sandbox_world.groups_by_eni(world.bystander_id) == bystander_before
+            or playbook in ("nacl", "route", "igw"))  # those cut the subnet on purpose
         for name, ok in checks.items():
             say(f"  {'✅' if ok else '❌'} {name}")
-        verified = all(checks.values())
+        contained = all(checks.values())
         say("")
-        say(f"Containment {'verified' if verified else 'NOT verified'} "
-            f"({incident.id}, {incident.status}).")
+
+        # 4. The tabletop is over: release, approved the same way.
+        release_text = f"release {incident.id} tabletop over, false alarm"
+        person(DANA, f"/contain {release_text}")
+        bot.slack.command(DANA, CHANNEL, release_text)
+        release_card = wait_for(lambda: fake.channel_messages(CHANNEL)[1:])[0]
+        release = wait_for(lambda: next((i for i in bot.deps.store.recent()
+                                         if i.card_ts == release_card.ts), None))
+        wait_for(lambda: not bot.deps.store.unsent(), timeout=30)
+        _approve(bot, release_card.ts, [LEE, KIM][:release.approvals_required], person, say,
+                 wide=release.approvals_required > 1)
+        release = wait_for(lambda: next(
+            (i for i in bot.deps.store.recent() if i.card_ts == release_card.ts
+             and i.status in FINAL_STATES), None), timeout=60)
+        wait_for(lambda: not bot.deps.store.unsent(), timeout=30)
+        say("")
+        for line in render_message(fake.message(CHANNEL, release_card.ts) or release_card,
+                                   NAMES, "    | "):
+            say(line)
+        for reply in fake.thread(CHANNEL, release_card.ts):
+            for line in render_message(reply, NAMES, "    ↳ "):
+                say(line)
+        say("")
+        after = _state(world, playbook, user, key)
+        released = {"release done": release.status == "released"}
+        if playbook == "key":
+            released["the key is active again (its stolen sessions stay revoked until "
+                     "they expire)"] = after["key"] == "Active"
+        else:
+            released["every ENI back on its own groups"] = after["enis"] == before["enis"]
+            if playbook in ("nacl", "route", "igw"):
+                released["the subnet's ACL, route table and internet routes as before"] = (
+                    after["network"] == before["network"])
+        for name, ok in released.items():
+            say(f"  {'✅' if ok else '❌'} {name}")
+        verified = contained and all(released.values())
+        say("")
+        undone = "verified" if all(released.values()) else "NOT verified"
+        say(f"Containment {'verified' if contained else 'NOT verified'} ({incident.id}, "
+            f"{incident.status}); release {undone} ({release.id}, {release.status}).")
         return 0 if verified else 1
     finally:
         bot.stop()
         fake.stop()
         aws.stop()
         sys.stdout.flush()
+
+
+def _approve(bot: RunningBot, card_ts: str, deciders: list[str],
+             person: Callable[[str, str], None], say: Callable[[str], None],
+             wide: bool) -> None:
+    for who in deciders:
+        person(who, "presses Approve" + (" and confirms the dialog naming the blast radius"
+                                         if wide else ""))
+        bot.slack.click_button(who, CHANNEL, card_ts, "Approve")
+        time.sleep(0.2)
+
+
+def _state(world: sandbox_world.World, playbook: str, user: str, key: str) -> dict[str, Any]:
+    if playbook == "key":
+        return {"key": sandbox_world.key_status(user, key)}
+    state: dict[str, Any] = {"enis": sandbox_world.groups_by_eni(world.instance_id)}
+    if playbook in ("nacl", "route", "igw"):
+        state["network"] = sandbox_world.network_state(world)
+    return state
+
+
+def _contained_checks(world: sandbox_world.World, fleet: sandbox_world.Fleet | None,
+                      incident: Incident, playbook: str, before: dict[str, Any], user: str,
+                      key: str, records: list[StepRecord]) -> dict[str, bool]:
+    checks = {f"incident {incident.status}": incident.status == "contained"}
+    if playbook == "key":
+        checks["the leaked key is inactive"] = sandbox_world.key_status(user, key) == "Inactive"
+        return checks
+    after = sandbox_world.groups_by_eni(world.instance_id)
+    if playbook in ("full", "isolate"):
+        steps = {s.name: s for s in records}
+        sealed = (steps["isolate-security-groups"].details or {}).get("sealed_group", "")
+        ingress, egress = sandbox_world.group_rules(sealed) if sealed else ([1], [1])
+        checks["every ENI on cordon-sealed only"] = bool(after) and all(
+            groups == [f"cordon-sealed ({sealed})"] for groups in after.values())
+        checks["cordon-sealed has no rules"] = not ingress and not egress
+    if fleet is not None:
+        now = sandbox_world.describe_containment(world, fleet, incident.id)
+        checks["out of the Auto Scaling group and load balancers"] = not now["in_fleet"]
+        if playbook == "full":
+            checks["instance profile removed"] = not now["profile"]
+            checks["termination protection on"] = now["termination_protection"]
+            checks["every volume snapshotted, AMI taken"] = now["evidence_complete"]
+    if playbook in ("nacl", "route", "igw"):
+        net = sandbox_world.network_state(world)
+        what = {"nacl": ("the subnet on Cordon's deny-all network ACL",
+                         net["acl"] != before["network"]["acl"]),
+                "route": ("the subnet on a route table with only the local route",
+                          net["routes"] == ["local"]),
+                "igw": ("no route of the VPC leads to its internet gateway",
+                        net["routes_to_igw"] == [])}[playbook]
+        checks[what[0]] = what[1]
+    return checks

@@ -10,10 +10,12 @@ from bot.sandbox.fake_slack import FakeSlack, Message
 
 _DATE = re.compile(r"<!date\^\d+\^[^|]*\|([^>]*)>")
 _USER = re.compile(r"<@([UW][A-Z0-9]+)>")
+_LINK = re.compile(r"<https?://[^|>]*\|([^>]*)>")
 
 
 def plain(text: str, names: dict[str, str]) -> str:
     text = _DATE.sub(r"\1", text)
+    text = _LINK.sub(r"\1", text)
     text = _USER.sub(lambda m: "@" + names.get(m.group(1), m.group(1)), text)
     return html.unescape(text)
 
