@@ -48,7 +48,7 @@ def test_status_forms() -> None:
     (f"{ID} region=eu-west-1 region=us-east-1 why", "given twice"),
     (f"{ID} colour=red why", "unknown option"),
     (f"{ID} " + "x " * 300, "keep it under"),
-    ("contain the web box", "looks like a command word, not an instance. For an instance whose Name tag"),
+    ("contain the web box", "looks like a command word, not an instance. For an instance"),
     ("status a b", "takes nothing"),
     ("key AKIA123 leaked", "`AKIA` or `ASIA` and 16"),
     ("key AKIAIOSFODNN7EXAMPLE role=ci leaked", "for temporary (`ASIA…`) keys only"),

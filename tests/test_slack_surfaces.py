@@ -55,12 +55,12 @@ def test_contain_alone_opens_the_form_and_its_submission_makes_the_card(
 def test_the_form_shows_errors_on_its_fields_and_changes_nothing(
         bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack) -> None:
     view_id = open_form(bot, fake_slack)
-    status, body = bot.slack.submit_view(DANA, view_id, {
+    _, body = bot.slack.submit_view(DANA, view_id, {
         "target": "i-12345", "playbook": "isolate", "reason": "x"})
     answer = json.loads(body)
     assert answer["response_action"] == "errors"
     assert "is not an instance id" in answer["errors"]["target"]
-    status, body = bot.slack.submit_view(DANA, view_id, {
+    _, body = bot.slack.submit_view(DANA, view_id, {
         "target": "", "playbook": "isolate", "reason": "x"})
     assert "Say which instance" in json.loads(body)["errors"]["target"]
     # A target that is well formed but not found: said on the form, with what was typed.
