@@ -1,4 +1,4 @@
-"""`python -m bot serve | sandbox | prepare`."""
+"""`python -m bot serve | sandbox | prepare | policy | template | preflight`."""
 
 from __future__ import annotations
 
@@ -30,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     policy = sub.add_parser("policy", help="print the IAM policy Cordon's role needs (JSON)")
     policy.add_argument("--playbook", action="append", metavar="NAME",
                         help="only what these playbooks need (default: all)")
+    template = sub.add_parser("template", help="print the CloudFormation template of the AWS "
+                              "side: the role, the findings queue and its EventBridge rules")
+    template.add_argument("--member", action="store_true",
+                          help="the role for member accounts instead (for a StackSet)")
+    template.add_argument("--playbook", action="append", metavar="NAME",
+                          help="only what these playbooks need (default: all)")
     sub.add_parser("preflight", help="check Slack, the database and AWS; exit 0 when all pass")
     prepare = sub.add_parser("prepare", help="create the isolation groups ahead of time")
     prepare.add_argument("--region", action="append", help="default: every CORDON_REGIONS")
@@ -41,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_serve(args.host, args.port)
         if args.command == "policy":
             return run_policy(args.playbook)
+        if args.command == "template":
+            return run_policy(args.playbook, "member" if args.member else "central")
         if args.command == "preflight":
             from bot.preflight import run_preflight
 
@@ -77,6 +85,10 @@ def run_serve(host: str, port: int | None) -> int:
     # else: one of them may have left an instance on the allow-all group.
     deps.worker.resume_interrupted()
     scheduler = start_scheduler(deps, settings.sweep_interval, settings.lease_seconds / 4)
+    from bot.intake import IntakeThread, build_intake
+
+    intake = build_intake(settings, deps)
+    intake_thread = IntakeThread(intake).start() if intake is not None else None
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -91,6 +103,8 @@ def run_serve(host: str, port: int | None) -> int:
         server = SlackHTTPServer(app, host, port or settings.port, deps.store.health)
     except OSError as exc:
         scheduler.shutdown(wait=False)
+        if intake_thread is not None:
+            intake_thread.stop()
         deps.worker.shutdown(wait=False)
         raise SettingsError(f"cordon: cannot listen on {host}:{port or settings.port}: "
                             f"{exc.strerror or exc} (another process has the port? set PORT "
@@ -108,6 +122,8 @@ def run_serve(host: str, port: int | None) -> int:
         log.info("listening", extra={"url": f"{server.url}/slack/events"})
         stopping.wait()
     server.stop()
+    if intake_thread is not None:
+        intake_thread.stop()  # a message being handled is finished, or delivered again
     scheduler.shutdown(wait=False)
     # Runs in progress finish their current step; an unfinished run resumes at next start.
     deps.worker.shutdown(wait=True)
@@ -144,18 +160,27 @@ def database_error(exc: Exception) -> str:
             "(check CORDON_DATABASE_URL)")
 
 
-def run_policy(playbooks: list[str] | None) -> int:
+def run_policy(playbooks: list[str] | None, template: str | None = None) -> int:
+    """The IAM policy (JSON); with `template`, the CloudFormation template ("central" or
+    "member") that deploys it."""
     import json
 
     from playbooks.catalogue import PLAYBOOKS
     from playbooks.service import iam_policy
+    from playbooks.template import central_template, member_template
 
     unknown = [p for p in playbooks or [] if p not in PLAYBOOKS]
     if unknown:
         print(f"unknown playbook(s): {', '.join(unknown)}; playbooks: {', '.join(PLAYBOOKS)}",
               file=sys.stderr)
         return 2
-    print(json.dumps(iam_policy(playbooks), indent=2))
+    if template == "member":
+        document = member_template(playbooks)
+    elif template == "central":
+        document = central_template(playbooks)
+    else:
+        document = iam_policy(playbooks)
+    print(json.dumps(document, indent=2))
     return 0
 
 

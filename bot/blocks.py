@@ -106,6 +106,42 @@ def _dicts(blocks: list[Block]) -> list[dict[str, Any]]:
     return [b.to_dict() for b in blocks]
 
 
+def requester(incident: Incident) -> str:
+    """Who asked: a person (a mention), or the alert a card was proposed from."""
+    source = (incident.facts or {}).get("source")
+    if source and incident.kind != "release":
+        return f"{escape(str(source))} (alert)"
+    return f"<@{incident.requester}>"
+
+
+def _finding_blocks(incident: Incident) -> list[Block]:
+    """The alert a proposed card comes from: what, how severe, where, when, and a link."""
+    f = (incident.facts or {}).get("finding")
+    if not f:
+        return []
+    severity = (f"{f['severity']:g} ({escape(f['severity_label'])})"
+                if f.get("severity") is not None else "— (a person set the tag)")
+    more = len((incident.facts or {}).get("findings") or []) - 1
+    text = (f"🚨 *Proposed by {escape(f['source'])}* — {escape(clip(f.get('title', ''), 500))}\n"
+            f"Type `{escape(clip(f.get('type', ''), 200))}` · severity {severity} · account "
+            f"{escape(f.get('account') or '?')} · region {escape(f.get('region') or '?')}\n"
+            f"First seen {escape(f.get('first_seen') or '?')} · last seen "
+            f"{escape(f.get('last_seen') or '?')} · <{f['console_url']}|open the finding>"
+            + (f"\n{more} more finding{'s' if more != 1 else ''} about it since: see the thread"
+               if more > 0 else "")
+            + "\n_Any on-call approver may approve or deny it._")
+    return [SectionBlock(text=_mrkdwn(clip(text, SECTION_MAX)))]
+
+
+def render_finding_note(p: Any) -> str:
+    """A further finding about a resource that already has an open card."""
+    severity = f"{p.severity:g} ({p.severity_label})" if p.severity is not None else "—"
+    return (f"🚨 Another {escape(p.source)} finding about `{escape(p.resource_id)}`: "
+            f"{escape(clip(p.title, 500))} — `{escape(clip(p.type, 200))}`, severity "
+            f"{escape(severity)}, last seen {escape(p.last_seen or '?')} · "
+            f"<{p.console_url}|open the finding>")
+
+
 def _duration(ms: int | None) -> str:
     if ms is None:
         return ""
@@ -275,7 +311,7 @@ def _instance_blocks(incident: Incident, cut: list[str]) -> list[Block]:
                     f"`{escape(f.get('subnet_id', '?'))}`"),
             _mrkdwn(f"*Instance profile*\n{escape(f.get('instance_profile') or 'none')}"),
             _mrkdwn(f"*Auto Scaling group*\n{escape(f.get('asg') or 'none')}"),
-            _mrkdwn(f"*Requested by*\n<@{incident.requester}>"),
+            _mrkdwn(f"*Requested by*\n{requester(incident)}"),
         ]),
         _section(fit_lines(f"*Network interfaces* ({len(f.get('enis', []))})",
                            [describe_eni(e) for e in f.get("enis", [])], SECTION_MAX, cut,
@@ -324,7 +360,7 @@ def _key_blocks(incident: Incident, cut: list[str]) -> list[Block]:
             _section("⚠️ A temporary key cannot be deactivated. Approving revokes *every* "
                      f"session of role `{escape(f.get('role') or '?')}` issued before now — "
                      "legitimate ones too; they must assume the role again."),
-            SectionBlock(fields=[_mrkdwn(f"*Requested by*\n<@{incident.requester}>")]),
+            SectionBlock(fields=[_mrkdwn(f"*Requested by*\n{requester(incident)}")]),
         ]
     used = f.get("last_used") or {}
     last = (f"{escape(used['when'])} — {escape(str(used.get('service')))} in "
@@ -343,7 +379,7 @@ def _key_blocks(incident: Incident, cut: list[str]) -> list[Block]:
                            [escape(p) for p in f.get("attached_policies", [])], cut)),
             _mrkdwn(_field("Inline policies",
                            [escape(p) for p in f.get("inline_policies", [])], cut)),
-            _mrkdwn(f"*Requested by*\n<@{incident.requester}>"),
+            _mrkdwn(f"*Requested by*\n{requester(incident)}"),
             _mrkdwn("*Console*\n" + ("will be disabled (console=off)"
                                      if (incident.options or {}).get("console") == "off"
                                      else "left alone (add console=off to disable)")),
@@ -378,8 +414,11 @@ def _card(incident: Incident, approvals: Sequence[str] = (),
     if f.get("key_id") and f.get("user"):
         target.append(ContextBlock(elements=[_mrkdwn(
             "🔗 Console: " + linked([f["key_id"]], incident.region, f))]))
+    if f.get("source") and incident.kind != "release":
+        title = title.replace("request", "proposed")
     blocks: list[Block] = [
         HeaderBlock(text=clip(f"{title} {incident.id}", HEADER_MAX)),
+        *(_finding_blocks(incident) if incident.kind != "release" else []),
         *target,
         _section(f"*Reason*\n{escape(incident.reason) or '_(none given)_'}"),
         _plan_section(incident, cut),
@@ -526,7 +565,7 @@ def render_status_list(incidents: list[Incident]) -> str:
     lines = ["*Recent incidents*"]
     for i in incidents:
         lines.append(f"{STATUS_ICON.get(i.status, '')} `{i.id}` `{i.target_id}` "
-                     f"{i.playbook} — *{i.status}* — asked by <@{i.requester}> "
+                     f"{i.playbook} — *{i.status}* — asked by {requester(i)} "
                      f"{slack_date(i.created_at)}")
     return "\n".join(lines)
 
@@ -536,7 +575,7 @@ def render_status_detail(report: IncidentReport) -> str:
     lines = [
         f"{STATUS_ICON.get(i.status, '')} *{i.id}* `{i.target_id}` ({escape(i.region)}) — "
         f"playbook `{i.playbook}` — *{i.status}*",
-        f"Asked by <@{i.requester}> at {slack_date(i.created_at)}: "
+        f"Asked by {requester(i)} at {slack_date(i.created_at)}: "
         f"{escape(i.reason) or '_(no reason)_'}",
     ]
     for d in report.decisions:

@@ -6,7 +6,7 @@ import os
 import re
 from typing import Annotated
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smh]?)\s*$")
@@ -52,6 +52,12 @@ class Settings(BaseSettings):
                                      le=86400)
     workers: int = Field(default=32, alias="CORDON_WORKERS", ge=1, le=128)
     lease_seconds: int = Field(default=10, alias="CORDON_LEASE_SECONDS", ge=3, le=300)
+    # Alert intake: an SQS queue fed by EventBridge (GuardDuty, Security Hub, tag changes);
+    # empty: intake off.
+    findings_queue_url: str = Field(default="", alias="CORDON_FINDINGS_QUEUE_URL")
+    findings_channel: str = Field(default="", alias="CORDON_FINDINGS_CHANNEL")
+    findings_min_severity: float = Field(default=4.0, alias="CORDON_FINDINGS_MIN_SEVERITY",
+                                         ge=0, le=10)
     log_format: str = Field(default="json", alias="CORDON_LOG_FORMAT")
     log_level: str = Field(default="INFO", alias="CORDON_LOG_LEVEL")
 
@@ -72,6 +78,21 @@ class Settings(BaseSettings):
             raise ValueError("an app-level token starts with xapp- (Basic Information → "
                              "App-Level Tokens, scope connections:write)")
         return value or None
+
+    @field_validator("findings_channel")
+    @classmethod
+    def _findings_channel(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[CG][A-Z0-9]{2,}", value):
+            raise ValueError(f"{value!r} is not a channel ID (C… or G…: the channel's "
+                             "details, at the bottom)")
+        return value
+
+    @model_validator(mode="after")
+    def _intake(self) -> Settings:
+        if self.findings_queue_url and not self.findings_channel:
+            raise ValueError("CORDON_FINDINGS_QUEUE_URL is set: CORDON_FINDINGS_CHANNEL must "
+                             "say where proposed cards go")
+        return self
 
     @field_validator("log_format")
     @classmethod
@@ -153,7 +174,7 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            name = str(err["loc"][0]) if err["loc"] else "?"
+            name = str(err["loc"][0]) if err["loc"] else "settings"
             if err["type"] == "missing":
                 problems.append(f"{name} is not set")
             else:

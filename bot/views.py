@@ -23,7 +23,7 @@ from slack_sdk.models.blocks import (
 )
 from slack_sdk.models.views import View
 
-from bot.blocks import STATUS_ICON, clip, slack_date
+from bot.blocks import STATUS_ICON, clip, requester, slack_date
 from bot.ids import CONTAIN_MODAL, ActionId
 from bot.text import escape
 from playbooks.catalogue import DEFAULT_PLAYBOOK, INSTANCE_PLAYBOOKS
@@ -115,16 +115,13 @@ def card_link(incident: Incident) -> str:
 
 
 def _line(incident: Incident, progress: str = "") -> str:
-    source = (incident.facts or {}).get("source")
     link = card_link(incident)
     what = f"<{link}|{incident.id}>" if link else incident.id
     line = (f"{STATUS_ICON.get(incident.status, '')} *{what}* `{escape(incident.target_id)}` "
             f"`{incident.playbook}` — {incident.status}")
     if progress:
         line += f" — {progress}"
-    line += f"\nasked by <@{incident.requester}> {slack_date(incident.created_at)}"
-    if source:
-        line += f" · from {escape(str(source))}"
+    line += f"\nasked by {requester(incident)} {slack_date(incident.created_at)}"
     if incident.summary and incident.status in FINAL_STATES:
         line += f"\n{escape(clip(incident.summary, 300))}"
     return line

@@ -8,6 +8,7 @@ from typing import Any
 from handlers.access_keys import LOOKUP_PERMISSIONS as KEY_LOOKUP
 from handlers.base import all_actions
 from handlers.ec2_lookup import PERMISSIONS as INSTANCE_LOOKUP
+from handlers.findings_queue import PERMISSIONS as FINDINGS_INTAKE
 from handlers.isolation import PREPARE_PERMISSIONS, IsolateSecurityGroups
 from handlers.revocation import PERMISSIONS as REVOCATION_EXPIRY
 
@@ -18,6 +19,7 @@ LOOKUPS: dict[str, tuple[str, ...]] = {
     "lookup-key": KEY_LOOKUP,
     "snapshot-follow-up": ("ec2:DescribeSnapshots",),
     "revocation-expiry": REVOCATION_EXPIRY,
+    "findings-intake": FINDINGS_INTAKE,
     "prepare": PREPARE_PERMISSIONS + IsolateSecurityGroups.permissions,
     "assume-role": ("sts:AssumeRole", "sts:SetSourceIdentity"),
     "preflight": ("sts:GetCallerIdentity", "ec2:DescribeInstances", "ec2:DescribeSecurityGroups",
@@ -49,6 +51,7 @@ def iam_action(signing_name: str, operation: str) -> str:
 
 EC2 = "arn:aws:ec2:*:*"
 INSTANCE = f"{EC2}:instance/*"
+QUEUES = "arn:aws:sqs:*:*:*"  # the template narrows it to the findings queue
 # Where an action that acts on a resource may act: everything Cordon contains lives in
 # some account of the organisation, so these are resource types, not names.
 SCOPES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
@@ -82,6 +85,7 @@ SCOPES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
      ("arn:aws:iam::*:role/*", "arn:aws:iam::*:user/*", "arn:aws:iam::*:instance-profile/*")),
     ("AssumeAccountRoles", ("sts:AssumeRole", "sts:SetSourceIdentity"),
      ("arn:aws:iam::*:role/*",)),
+    ("FindingsQueue", FINDINGS_INTAKE, (QUEUES,)),
 )
 # The tags a created resource gets, only in the call that creates it.
 CREATE_ACTIONS = ("CreateSecurityGroup", "CreateNetworkAcl", "CreateRouteTable",

@@ -194,7 +194,7 @@ def units_for(names: list[str] | None = None) -> list[str]:
     releasing them included. All playbooks when `names` is empty."""
     chosen = [PLAYBOOKS[n] for n in names] if names else list(PLAYBOOKS.values())
     units = {"lookup-instance", "snapshot-follow-up", "prepare", "assume-role", "preflight",
-             "revocation-expiry"}
+             "revocation-expiry", "findings-intake"}
     for playbook in chosen:
         units |= {s.action for s in playbook.steps}
         if playbook.wide:

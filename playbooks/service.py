@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from playbooks.errors import (
     TargetNotFound,
     UnknownIncident,
 )
+from playbooks.findings import Proposal
 from playbooks.runner import Worker
 from playbooks.store import (
     CARD,
@@ -106,6 +108,7 @@ class Cordon:
         self.approval_ttl_seconds = approval_ttl_seconds
         self.worker = worker
         self.wide_approvals = wide_approvals
+        self._propose_lock = threading.Lock()
 
     # requests ----------------------------------------------------------------------
 
@@ -348,8 +351,48 @@ class Cordon:
                 done.append((incident, note))
         return done
 
+    def propose(self, p: Proposal, channel: str, post_card: Callable[[Incident], None],
+                note: Callable[[Incident, Proposal], list[Message]],
+                lookback_days: int = 7) -> tuple[str, Incident]:
+        """An alert's proposal: a new card in `channel` ("card") — or, while the resource
+        has an open request, a note in that card's thread ("noted"), once per finding
+        ("seen" when that finding was recorded already). The requester is the alert's
+        source, so any approver may approve. Nothing changes in AWS before approval
+        (but for the isolation groups made ready, as for any card). A target that cannot
+        be found raises CordonError."""
+        with self._propose_lock, self.store.target_lock(p.resource_id):
+            existing = self.store.open_for_target(p.resource_id)
+            if existing is not None:
+                if existing.card_ts is None and (existing.facts or {}).get("source"):
+                    post_card(existing)  # made by an intake that stopped before posting it
+                added = self.store.add_finding(existing.id, p.finding_id, note(existing, p))
+                return ("noted" if added else "seen"), existing
+            alert = {"source": p.source, "finding": p.facts(), "findings": [p.finding_id]}
+            if p.kind == "key":
+                incident = self.open_key_request(p.resource_id, p.reason, p.source, channel,
+                                                 {}, lookback_days, extra_facts=alert)
+            else:
+                region = p.region if p.region in self.regions else None
+                facts = self.lookup_instance(p.resource_id, region, self._account_of(p.account))
+                incident = self.open_request(ContainRequest(
+                    instance_id=p.resource_id, playbook=p.playbook, reason=p.reason,
+                    requester=p.source, channel_id=channel), {**facts, **alert})
+            post_card(incident)
+            return "card", incident
+
+    def _account_of(self, account_id: str) -> str | None:
+        """The configured account name of an account id (None: Cordon's own account)."""
+        if not self.accounts or not account_id:
+            return None
+        name = next((n for n, arn in self.accounts.items() if account_id_of(arn) == account_id),
+                    None)
+        if name is None:
+            raise BadInput(f"account {account_id} is not in CORDON_ACCOUNTS")
+        return name
+
     def open_key_request(self, key_id: str, reason: str, requester: str, channel_id: str,
-                         options: dict[str, str], lookback_days: int = 7) -> Incident:
+                         options: dict[str, str], lookback_days: int = 7,
+                         extra_facts: dict[str, Any] | None = None) -> Incident:
         """A leaked access key: who owns it, what it may do; a temporary key's role."""
         own_clients = self.clients_for(self.regions[0])
         try:
@@ -397,6 +440,7 @@ class Cordon:
             raise BadInput(f"{key_id} already has an open request, {existing.id} "
                            f"({existing.status}); see `/contain status {existing.id}`")
         facts["region"] = self.regions[0]
+        facts.update(extra_facts or {})
         incident = self.store.create_incident(
             ttl_seconds=self.approval_ttl_seconds, kind="key", target_id=key_id,
             region=self.regions[0], account=facts.get("account", ""), playbook=playbook,

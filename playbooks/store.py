@@ -383,6 +383,40 @@ class Store:
                 inc.facts = {**(inc.facts or {}), **extra}
             self._add_messages(s, incident_id, messages)
 
+    def add_finding(self, incident_id: str, finding_id: str,
+                    messages: Sequence[Message] = ()) -> bool:
+        """Record one more finding about an open incident's target, with its thread note,
+        once: False (nothing written) when that finding was recorded already — a message
+        delivered again after a crash adds nothing."""
+        with self.session() as s:
+            inc = s.get(Incident, incident_id)
+            if inc is None:
+                return False
+            facts = dict(inc.facts or {})
+            seen = list(facts.get("findings") or [])
+            if finding_id in seen:
+                return False
+            facts["findings"] = [*seen, finding_id]
+            inc.facts = facts
+            self._add_messages(s, incident_id, messages)
+            return True
+
+    @contextmanager
+    def target_lock(self, target_id: str) -> Iterator[None]:
+        """Held while one replica decides whether a target already has an open request
+        and, if not, makes and posts one: a PostgreSQL advisory lock (every replica);
+        SQLite serves one process, which holds its own lock around this."""
+        if self.engine.dialect.name != "postgresql":
+            yield
+            return
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(hashtext(:t))"), {"t": target_id})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(hashtext(:t))"), {"t": target_id})
+                conn.commit()
+
     def plan_posted(self, incident_id: str) -> None:
         with self.session() as s:
             inc = s.get(Incident, incident_id)

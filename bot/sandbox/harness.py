@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.deps import Deps
+from bot.intake import IntakeThread, build_intake
 from bot.sandbox.fake_slack import FakeSlack
 from bot.sandbox.signed import SignedSlack
 from bot.server import SlackHTTPServer
@@ -26,8 +27,11 @@ class RunningBot:
     deps: Deps
     server: SlackHTTPServer
     slack: SignedSlack
+    intake: IntakeThread | None = None
 
     def stop(self) -> None:
+        if self.intake is not None:
+            self.intake.stop()
         self.server.stop()
         self.deps.worker.shutdown(wait=True)
         self.deps.timeline.close()
@@ -52,7 +56,10 @@ def start_bot(fake: FakeSlack, database_url: str, approvers: str = "S0ONCALL",
     server = SlackHTTPServer(app, "127.0.0.1", 0, deps.store.health)
     server.start()
     slack = SignedSlack(server.url + "/slack/events", secret, fake)
-    return RunningBot(settings, deps, server, slack)
+    intake = build_intake(settings, deps)
+    # As `serve` runs it, with a short long-poll so that a test's bot stops quickly.
+    thread = IntakeThread(intake, wait_seconds=1).start() if intake is not None else None
+    return RunningBot(settings, deps, server, slack, thread)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, every: float = 0.02) -> Any:

@@ -1,0 +1,60 @@
+"""The Slack side of the alert intake: a proposed card goes to the findings channel, a
+repeated finding becomes a note in the open card's thread, what cannot be proposed is
+said in the channel. The consumer itself is playbooks.intake."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from bot import blocks
+from bot.settings import Settings
+from playbooks.findings import Proposal
+from playbooks.intake import Intake
+from playbooks.store import THREAD, Incident, Message
+
+if TYPE_CHECKING:
+    from bot.deps import Deps
+
+log = logging.getLogger("cordon.intake")
+
+
+def build_intake(settings: Settings, deps: Deps) -> Intake | None:
+    if not settings.findings_queue_url:
+        return None
+    from bot.listeners.commands import post_card
+
+    def card(incident: Incident) -> None:
+        post_card(deps, incident, deps.client)
+
+    def note(incident: Incident, p: Proposal) -> list[Message]:
+        return [(THREAD, {"text": blocks.render_finding_note(p)})]
+
+    def say(text: str) -> None:
+        deps.client.chat_postMessage(channel=settings.findings_channel, text=text,
+                                     unfurl_links=False)
+
+    return Intake(deps.cordon, deps.cordon.clients_for, settings.findings_queue_url,
+                  settings.findings_channel, settings.findings_min_severity, card, note, say,
+                  settings.key_lookback_days, wake=deps.timeline.wake)
+
+
+class IntakeThread:
+    """The consumer in the background of `serve`; with several replicas, the queue's
+    visibility timeout gives each message to one of them."""
+
+    def __init__(self, intake: Intake, wait_seconds: int = 20) -> None:
+        self.intake = intake
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=intake.run, args=(self.stop_event, wait_seconds),
+                                       name="cordon-intake", daemon=True)
+
+    def start(self) -> IntakeThread:
+        self.thread.start()
+        log.info("findings intake on", extra={"queue": self.intake.queue.url})
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=30)

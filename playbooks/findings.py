@@ -1,0 +1,184 @@
+"""Alerts that become proposed containments: EventBridge events — GuardDuty findings,
+Security Hub findings (ASFF), and a `cordon:contain` tag put on an instance — read into
+what a card needs. Nothing here calls AWS: the events arrive through a queue."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+INSTANCE_ID = re.compile(r"\bi-(?:[0-9a-f]{8}|[0-9a-f]{17})\b")
+KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b")
+# Security Hub's severity labels on GuardDuty's numeric scale.
+LABELS = {"INFORMATIONAL": 0.0, "LOW": 1.0, "MEDIUM": 4.0, "HIGH": 7.0, "CRITICAL": 9.0}
+CONTAIN_TAG = "cordon:contain"
+
+GUARDDUTY, SECURITY_HUB, TAG = "GuardDuty", "Security Hub", "tag cordon:contain"
+
+
+class Malformed(ValueError):
+    """Not an event Cordon understands; said with why."""
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """One resource to propose containing, and the finding behind it."""
+
+    source: str            # GuardDuty | Security Hub | tag cordon:contain
+    kind: str              # instance | key
+    resource_id: str       # i-… or AKIA…/ASIA…
+    playbook: str          # full | key
+    finding_id: str        # the finding's id (for a tag change, the event's id)
+    title: str
+    type: str
+    severity: float | None  # GuardDuty's scale; None for a tag change (a person asked)
+    severity_label: str
+    account: str
+    region: str
+    first_seen: str
+    last_seen: str
+    console_url: str
+    reason: str
+
+    def facts(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def severity_label(value: float) -> str:
+    if value >= 9:
+        return "CRITICAL"
+    if value >= 7:
+        return "HIGH"
+    if value >= 4:
+        return "MEDIUM"
+    return "LOW" if value >= 1 else "INFORMATIONAL"
+
+
+def parse_event(body: str) -> list[Proposal]:
+    """The proposals an EventBridge event makes (several for a Security Hub batch); []
+    for an event of a known kind that names nothing Cordon contains. Malformed for
+    anything else."""
+    try:
+        event = json.loads(body)
+    except (TypeError, ValueError) as exc:
+        raise Malformed(f"not JSON: {exc}") from exc
+    if not isinstance(event, dict) or not isinstance(event.get("detail"), dict):
+        raise Malformed("not an EventBridge event (no detail)")
+    source, kind = event.get("source"), event.get("detail-type")
+    try:
+        if source == "aws.guardduty" and kind == "GuardDuty Finding":
+            return _guardduty(event)
+        if source == "aws.securityhub" and kind == "Security Hub Findings - Imported":
+            return _security_hub(event)
+        if source == "aws.tag" and kind == "Tag Change on Resource":
+            return _tag_change(event)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise Malformed(f"{source} / {kind}: missing or malformed {exc}") from exc
+    raise Malformed(f"unknown event {source!r} / {kind!r}")
+
+
+def _guardduty(event: dict[str, Any]) -> list[Proposal]:
+    d = event["detail"]
+    resource = d["resource"]
+    region = d.get("region") or event.get("region", "")
+    if resource["resourceType"] == "Instance":
+        kind, rid = "instance", resource["instanceDetails"]["instanceId"]
+    elif resource["resourceType"] == "AccessKey":
+        kind, rid = "key", resource["accessKeyDetails"]["accessKeyId"]
+    else:
+        return []  # S3, EKS, RDS…: not Cordon's to contain
+    _check(kind, rid)
+    severity = float(d["severity"])
+    service = d.get("service") or {}
+    return [Proposal(
+        source=GUARDDUTY, kind=kind, resource_id=rid,
+        playbook="full" if kind == "instance" else "key", finding_id=str(d["id"]),
+        title=str(d.get("title", "")), type=str(d.get("type", "")), severity=severity,
+        severity_label=severity_label(severity),
+        account=str(d.get("accountId") or event.get("account", "")), region=region,
+        first_seen=str(service.get("eventFirstSeen") or d.get("createdAt", "")),
+        last_seen=str(service.get("eventLastSeen") or d.get("updatedAt", "")),
+        console_url=(f"https://{region}.console.aws.amazon.com/guardduty/home?region={region}"
+                     f"#/findings?macros=current&fId={d['id']}"),
+        reason=f"GuardDuty: {d.get('type', '')} — {d.get('title', '')}",
+    )]
+
+
+def _security_hub(event: dict[str, Any]) -> list[Proposal]:
+    out: list[Proposal] = []
+    for finding in event["detail"]["findings"]:
+        sev = finding.get("Severity") or {}
+        label = str(sev.get("Label") or "").upper()
+        if label in LABELS:
+            severity = LABELS[label]
+        elif sev.get("Normalized") is not None:
+            severity = float(sev["Normalized"]) / 10
+            label = severity_label(severity)
+        else:
+            raise ValueError("Severity")
+        region = str(finding.get("Region") or event.get("region", ""))
+        for resource in finding.get("Resources", []):
+            if resource.get("Type") == "AwsEc2Instance":
+                match = INSTANCE_ID.search(str(resource["Id"]))
+                kind = "instance"
+            elif resource.get("Type") == "AwsIamAccessKey":
+                details = (resource.get("Details") or {}).get("AwsIamAccessKey") or {}
+                match = KEY_ID.search(str(details.get("AccessKeyId") or resource["Id"]))
+                kind = "key"
+            else:
+                continue
+            if match is None:
+                raise ValueError(f"Resources[].Id {resource.get('Id')!r}")
+            types = finding.get("Types") or []
+            out.append(Proposal(
+                source=SECURITY_HUB, kind=kind, resource_id=match.group(0),
+                playbook="full" if kind == "instance" else "key",
+                finding_id=str(finding["Id"]), title=str(finding.get("Title", "")),
+                type=str(types[0] if types else finding.get("GeneratorId", "")),
+                severity=severity, severity_label=label,
+                account=str(finding.get("AwsAccountId") or event.get("account", "")),
+                region=str(resource.get("Region") or region),
+                first_seen=str(finding.get("FirstObservedAt") or finding.get("CreatedAt", "")),
+                last_seen=str(finding.get("LastObservedAt") or finding.get("UpdatedAt", "")),
+                console_url=(f"https://{region}.console.aws.amazon.com/securityhub/home?"
+                             f"region={region}#/findings?search=Id%3D%255Coperator%255C"
+                             f"%253AEQUALS%255C%253A{finding['Id']}"),
+                reason=f"Security Hub: {finding.get('Title', '')}",
+            ))
+    return out
+
+
+def _tag_change(event: dict[str, Any]) -> list[Proposal]:
+    d = event["detail"]
+    if CONTAIN_TAG not in (d.get("changed-tag-keys") or []):
+        return []
+    value = (d.get("tags") or {}).get(CONTAIN_TAG)
+    if value is None:
+        return []  # the tag was removed: nobody asks
+    if d.get("service") not in (None, "ec2") or d.get("resource-type") not in (None, "instance"):
+        return []
+    out = []
+    for arn in event.get("resources") or []:
+        match = INSTANCE_ID.search(str(arn))
+        if match is None:
+            continue
+        region = str(event.get("region", ""))
+        out.append(Proposal(
+            source=TAG, kind="instance", resource_id=match.group(0), playbook="full",
+            finding_id=str(event.get("id", "")), title=f"{CONTAIN_TAG} set on the instance",
+            type="Tag Change on Resource", severity=None, severity_label="—",
+            account=str(event.get("account", "")), region=region,
+            first_seen=str(event.get("time", "")), last_seen=str(event.get("time", "")),
+            console_url=(f"https://{region}.console.aws.amazon.com/ec2/home?region={region}"
+                         f"#InstanceDetails:instanceId={match.group(0)}"),
+            reason=str(value)[:500] or f"{CONTAIN_TAG} tag set",
+        ))
+    return out
+
+
+def _check(kind: str, rid: str) -> None:
+    pattern = INSTANCE_ID if kind == "instance" else KEY_ID
+    if not pattern.fullmatch(str(rid)):
+        raise ValueError(f"resource id {rid!r}")

@@ -1,0 +1,253 @@
+"""From alert to card: EventBridge events (GuardDuty, Security Hub, a `cordon:contain`
+tag) in moto's SQS, through the real consumer running beside the bot's endpoint, to
+cards in the findings channel — and an approval that runs the containment. Judged by
+the queue, the channel, the thread and the database."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from bot.sandbox.fake_slack import FakeSlack
+from bot.sandbox.harness import RunningBot, start_bot, wait_for
+from handlers import findings_queue, sandbox_world
+from tests.conftest import AwsTrace, aws_client, settle_card
+
+FINDINGS = "C0FINDINGS"
+LEE, DANA = "U0LEE", "U0DANA"
+ACCOUNT = "123456789012"
+
+
+def guardduty(instance_id: str, severity: float = 8, finding_id: str = "6ab0a9c8e2b4c1d7",
+              kind: str = "Instance", key_id: str = "") -> dict[str, Any]:
+    """The shape of a GuardDuty finding as EventBridge delivers it (AWS's sample
+    findings: Backdoor:EC2/C&CActivity.B!DNS, and an IAM user's key used from outside)."""
+    resource: dict[str, Any] = {"resourceType": kind}
+    if kind == "Instance":
+        resource["instanceDetails"] = {
+            "instanceId": instance_id, "instanceType": "t3.large", "instanceState": "running",
+            "availabilityZone": "us-east-1a", "imageId": "ami-0123456789abcdef0",
+            "networkInterfaces": [{"privateIpAddress": "10.20.1.4", "subnetId": "subnet-1",
+                                   "vpcId": "vpc-1", "securityGroups": []}],
+            "tags": [{"key": "Name", "value": "web-prod-3"}]}
+        ftype, title = ("Backdoor:EC2/C&CActivity.B!DNS",
+                        f"Command and Control server domain name queried by EC2 instance "
+                        f"{instance_id}.")
+    else:
+        resource["accessKeyDetails"] = {"accessKeyId": key_id, "principalId": "AIDAEXAMPLE",
+                                        "userName": "deploy-bot", "userType": "IAMUser"}
+        ftype, title = ("UnauthorizedAccess:IAMUser/MaliciousIPCaller.Custom",
+                        "API GetCallerIdentity was invoked from an IP address on a custom "
+                        "threat list.")
+    return {
+        "version": "0", "id": f"evt-{finding_id}", "detail-type": "GuardDuty Finding",
+        "source": "aws.guardduty", "account": ACCOUNT, "time": "2026-11-27T10:00:00Z",
+        "region": "us-east-1", "resources": [],
+        "detail": {
+            "schemaVersion": "2.0", "accountId": ACCOUNT, "region": "us-east-1",
+            "partition": "aws", "id": finding_id,
+            "arn": f"arn:aws:guardduty:us-east-1:{ACCOUNT}:detector/12abc34d/finding/"
+                   f"{finding_id}",
+            "type": ftype, "resource": resource, "severity": severity,
+            "service": {"serviceName": "guardduty", "detectorId": "12abc34d", "count": 3,
+                        "archived": False, "eventFirstSeen": "2026-11-27T09:41:02.000Z",
+                        "eventLastSeen": "2026-11-27T09:58:40.000Z",
+                        "action": {"actionType": "DNS_REQUEST",
+                                   "dnsRequestAction": {"domain": "c2.example.com"}}},
+            "createdAt": "2026-11-27T09:41:02.000Z", "updatedAt": "2026-11-27T09:58:40.000Z",
+            "title": title, "description": title}}
+
+
+def security_hub(instance_id: str, label: str = "HIGH", finding_id: str = "") -> dict[str, Any]:
+    """A Security Hub finding (ASFF) as EventBridge delivers it."""
+    fid = finding_id or (f"arn:aws:securityhub:us-east-1:{ACCOUNT}:subscription/"
+                         "aws-foundational-security-best-practices/v/1.0.0/EC2.8/finding/"
+                         "3c1e1b7a-0c3f-4b8e-9d35-6b3a3f0b9e21")
+    return {
+        "version": "0", "id": "evt-sh-1", "detail-type": "Security Hub Findings - Imported",
+        "source": "aws.securityhub", "account": ACCOUNT, "time": "2026-11-27T10:05:00Z",
+        "region": "us-east-1", "resources": [fid],
+        "detail": {"findings": [{
+            "SchemaVersion": "2018-10-08", "Id": fid,
+            "ProductArn": "arn:aws:securityhub:us-east-1::product/aws/securityhub",
+            "GeneratorId": "aws-foundational-security-best-practices/v/1.0.0/EC2.8",
+            "AwsAccountId": ACCOUNT, "Region": "us-east-1",
+            "Types": ["TTPs/Command and Control/Backdoor:EC2-C&CActivity.B!DNS"],
+            "FirstObservedAt": "2026-11-27T09:41:02.000Z",
+            "LastObservedAt": "2026-11-27T10:04:00.000Z",
+            "CreatedAt": "2026-11-27T09:41:02.000Z", "UpdatedAt": "2026-11-27T10:04:00.000Z",
+            "Severity": {"Label": label, "Normalized": 70},
+            "Title": "EC2 instance is querying a domain name associated with C2",
+            "Description": "…",
+            "Resources": [{"Type": "AwsEc2Instance", "Partition": "aws",
+                           "Region": "us-east-1",
+                           "Id": f"arn:aws:ec2:us-east-1:{ACCOUNT}:instance/{instance_id}"}],
+            "RecordState": "ACTIVE", "Workflow": {"Status": "NEW"}}]}}
+
+
+def tag_change(instance_id: str, value: str) -> dict[str, Any]:
+    return {
+        "version": "0", "id": "evt-tag-1", "detail-type": "Tag Change on Resource",
+        "source": "aws.tag", "account": ACCOUNT, "time": "2026-11-27T10:10:00Z",
+        "region": "us-east-1",
+        "resources": [f"arn:aws:ec2:us-east-1:{ACCOUNT}:instance/{instance_id}"],
+        "detail": {"changed-tag-keys": ["cordon:contain"], "service": "ec2",
+                   "resource-type": "instance", "version": 3,
+                   "tags": {"Name": "web-prod-3", "cordon:contain": value}}}
+
+
+@pytest.fixture
+def queue(world: sandbox_world.World) -> str:
+    sqs = aws_client("sqs")
+    dlq = sqs.create_queue(QueueName="cordon-findings-dlq")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])[
+        "Attributes"]["QueueArn"]
+    return str(sqs.create_queue(QueueName="cordon-findings", Attributes={
+        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "5"}),
+    })["QueueUrl"])
+
+
+@pytest.fixture
+def intake_bot(fake_slack: FakeSlack, world: sandbox_world.World, e2e_database_url: str,
+               aws_trace: AwsTrace, queue: str, monkeypatch: pytest.MonkeyPatch
+               ) -> Iterator[RunningBot]:
+    # A message not deleted comes back after 2 s here (120 s as deployed).
+    monkeypatch.setattr(findings_queue, "VISIBILITY_SECONDS", 2)
+    running = start_bot(fake_slack, e2e_database_url, approvers="S0ONCALL",
+                        session_factory=aws_trace.session, CORDON_FINDINGS_QUEUE_URL=queue,
+                        CORDON_FINDINGS_CHANNEL=FINDINGS)
+    yield running
+    running.stop()
+    assert aws_trace.undeclared() == []
+
+
+def send(queue: str, event: dict[str, Any] | str) -> None:
+    body = event if isinstance(event, str) else json.dumps(event)
+    aws_client("sqs").send_message(QueueUrl=queue, MessageBody=body)
+
+
+def empty(queue: str) -> bool:
+    attrs = aws_client("sqs").get_queue_attributes(QueueUrl=queue, AttributeNames=[
+        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+    return attrs == {"ApproximateNumberOfMessages": "0",
+                     "ApproximateNumberOfMessagesNotVisible": "0"}
+
+
+def cards(fake: FakeSlack) -> list[Any]:
+    return [m for m in fake.channel_messages(FINDINGS) if m.blocks]
+
+
+def text_of(blocks: list[dict[str, Any]]) -> str:
+    return json.dumps(blocks, ensure_ascii=False)
+
+
+def test_a_guardduty_finding_becomes_one_proposed_card_that_an_approver_runs(
+        intake_bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack,
+        queue: str) -> None:
+    before = sandbox_world.groups_by_eni(world.instance_id)
+    send(queue, guardduty(world.instance_id))
+    (card,) = wait_for(lambda: cards(fake_slack), timeout=30)
+    wait_for(lambda: empty(queue), timeout=30)
+    shown = text_of(card.blocks)
+    assert "Proposed by GuardDuty" in shown and "Backdoor:EC2/C&amp;CActivity.B!DNS" in shown
+    assert "severity 8 (HIGH)" in shown and "First seen 2026-11-27T09:41:02.000Z" in shown
+    assert "fId=6ab0a9c8e2b4c1d7" in shown and "GuardDuty (alert)" in shown
+    (incident,) = intake_bot.deps.store.recent()
+    assert incident.target_id == world.instance_id and incident.playbook == "full"
+    assert incident.requester == "GuardDuty" and incident.status == "pending"
+    assert sandbox_world.groups_by_eni(world.instance_id) == before  # nothing before approval
+    # Any approver may approve it.
+    intake_bot.slack.click_button(LEE, FINDINGS, card.ts, "Approve")
+    done = settle_card(intake_bot, card.ts)
+    assert done.status == "contained"
+    assert all(v[0].startswith("cordon-sealed") and len(v) == 1
+               for v in sandbox_world.groups_by_eni(world.instance_id).values())
+    status = intake_bot.slack.command(DANA, "C0INCIDENT", f"status {incident.id}")[1]
+    assert "GuardDuty (alert)" in wait_for(
+        lambda: status if "GuardDuty" in status else fake_slack.ephemerals_for(DANA)[-1:]
+        and fake_slack.ephemerals_for(DANA)[-1])
+
+
+def test_repeated_findings_about_one_resource_make_one_card_and_notes_in_its_thread(
+        intake_bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack,
+        queue: str) -> None:
+    send(queue, guardduty(world.instance_id))
+    (card,) = wait_for(lambda: cards(fake_slack), timeout=30)
+    send(queue, guardduty(world.instance_id))  # the same finding again
+    send(queue, security_hub(world.instance_id))  # another finding, same instance
+    wait_for(lambda: empty(queue), timeout=30)
+    notes = wait_for(lambda: [m.text for m in fake_slack.thread(FINDINGS, card.ts)
+                              if "Another" in m.text], timeout=30)
+    assert len(cards(fake_slack)) == 1
+    assert len(notes) == 1 and "Another Security Hub finding" in notes[0]
+    (incident,) = intake_bot.deps.store.recent()
+    assert len(incident.facts["findings"]) == 2
+
+
+def test_below_the_minimum_severity_nothing_is_proposed(
+        intake_bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack,
+        queue: str) -> None:
+    send(queue, guardduty(world.instance_id, severity=2.0))
+    send(queue, security_hub(world.instance_id, label="LOW"))
+    wait_for(lambda: empty(queue), timeout=30)
+    assert cards(fake_slack) == [] and intake_bot.deps.store.recent() == []
+
+
+def test_malformed_and_unknown_messages_are_dropped_and_the_next_is_handled(
+        intake_bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack,
+        queue: str) -> None:
+    send(queue, "not json at all")
+    send(queue, {"source": "aws.ec2", "detail-type": "EC2 Instance State-change Notification",
+                 "detail": {"instance-id": world.instance_id, "state": "running"}})
+    broken = guardduty(world.instance_id)
+    del broken["detail"]["resource"]
+    send(queue, broken)
+    send(queue, tag_change(world.instance_id, "crypto-miner seen by the SOC <!channel>"))
+    (card,) = wait_for(lambda: cards(fake_slack), timeout=30)
+    wait_for(lambda: empty(queue), timeout=30)
+    (incident,) = intake_bot.deps.store.recent()
+    assert incident.reason == "crypto-miner seen by the SOC <!channel>"
+    assert "Proposed by tag cordon:contain" in text_of(card.blocks)
+    assert "&lt;!channel&gt;" in text_of(card.blocks)
+
+
+def test_a_crash_before_the_delete_delivers_again_and_still_makes_one_card(
+        intake_bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack,
+        queue: str, aws_trace: AwsTrace) -> None:
+    # The card is made, then every try to delete the message fails (botocore's own six
+    # attempts): as if the process died right after storing the request.
+    aws_trace.fail("DeleteMessage", "InternalError", "injected", times=6, status=500)
+    send(queue, guardduty(world.instance_id))
+    (card,) = wait_for(lambda: cards(fake_slack), timeout=30)
+    # Delivered again after the visibility timeout: recognised, deleted, no second card.
+    wait_for(lambda: aws_trace.count("ReceiveMessage") and empty(queue), timeout=60)
+    assert aws_trace.count("DeleteMessage") >= 2  # the first failed (with its retries)
+    assert len(cards(fake_slack)) == 1 and len(intake_bot.deps.store.recent()) == 1
+    assert [m for m in fake_slack.thread(FINDINGS, card.ts) if "Another" in m.text] == []
+
+
+def test_a_guardduty_key_finding_proposes_the_key_playbook(
+        intake_bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack,
+        queue: str) -> None:
+    user, key = sandbox_world.seed_leaked_key(world)
+    send(queue, guardduty("", kind="AccessKey", key_id=key, finding_id="k3y"))
+    (card,) = wait_for(lambda: cards(fake_slack), timeout=30)
+    wait_for(lambda: empty(queue), timeout=30)
+    (incident,) = intake_bot.deps.store.recent()
+    assert incident.kind == "key" and incident.target_id == key
+    assert "Proposed by GuardDuty" in text_of(card.blocks)
+    intake_bot.slack.click_button(LEE, FINDINGS, card.ts, "Approve")
+    assert settle_card(intake_bot, card.ts).status == "contained"
+    assert sandbox_world.key_status(user, key) == "Inactive"
+
+
+def test_a_finding_about_an_instance_that_is_not_there_is_said_in_the_channel(
+        intake_bot: RunningBot, fake_slack: FakeSlack, queue: str) -> None:
+    send(queue, guardduty("i-0123456789abcdef0", finding_id="gone"))
+    said = wait_for(lambda: [m.text for m in fake_slack.channel_messages(FINDINGS)], timeout=30)
+    wait_for(lambda: empty(queue), timeout=30)
+    assert "i-0123456789abcdef0" in said[0] and "No card was made" in said[0]
+    assert intake_bot.deps.store.recent() == []
