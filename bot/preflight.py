@@ -7,7 +7,7 @@ from sqlalchemy import inspect
 
 from bot.settings import load_settings
 from bot.wiring import make_web_client
-from playbooks.service import client_pool, preflight_aws
+from playbooks.service import client_pool, preflight_aws, preflight_queue
 from playbooks.store import Base, Store, make_engine
 
 REQUIRED_SCOPES = ("commands", "chat:write", "files:write", "usergroups:read",
@@ -59,8 +59,12 @@ def run_preflight() -> int:
         lines.append((False, f"Database: unreachable ({type(exc).__name__}: "
                              f"{cause[0][:160] if cause else ''}) — check CORDON_DATABASE_URL"))
 
-    for check in preflight_aws(client_pool(accounts=settings.accounts), settings.regions):
+    pool = client_pool(accounts=settings.accounts)
+    for check in preflight_aws(pool, settings.regions):
         lines.append((check.ok, f"AWS {check.what}: {check.detail}"))
+    if settings.findings_queue_url:
+        ok, said = preflight_queue(pool, settings.findings_queue_url, settings.regions[0])
+        lines.append((ok, f"Findings queue: {said}"))
 
     for ok, text in lines:
         print(f"{'✅' if ok else '❌'} {text}")

@@ -598,6 +598,24 @@ def preflight_aws(pool: ClientPool, regions: Sequence[str]) -> list[Any]:
     return check_aws(pool, list(regions))
 
 
+def preflight_queue(pool: ClientPool, url: str, default_region: str) -> tuple[bool, str]:
+    """Whether the findings queue can be read, and what its dead-letter queue is."""
+    from handlers.findings_queue import FindingsQueue, queue_region
+
+    try:
+        with acting_as("findings-intake"):
+            attrs = FindingsQueue(pool.for_region(queue_region(url, default_region)),
+                                  url).check()
+    except Exception as exc:
+        return False, (f"cannot read {url} ({describe_error(exc)}) — check "
+                       "CORDON_FINDINGS_QUEUE_URL and the role's sqs:GetQueueAttributes")
+    if not attrs.get("RedrivePolicy"):
+        return False, (f"{attrs.get('QueueArn', url)} has no dead-letter queue: a message that "
+                       "keeps failing would come back for ever (python -m bot template "
+                       "sets one)")
+    return True, f"{attrs.get('QueueArn', url)} readable, with a dead-letter queue"
+
+
 def warm_clients(pool: ClientPool, regions: Sequence[str]) -> None:
     pool.warm(regions)
 

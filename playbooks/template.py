@@ -45,8 +45,8 @@ def _trust(principal: dict[str, Any]) -> dict[str, Any]:
 
 
 def _policy(playbooks: list[str] | None, queue_arn: Any | None) -> dict[str, Any]:
-    """The generated policy; the queue statement narrowed to this stack's queue, or
-    dropped (a member account reads no queue)."""
+    """The generated policy; the queue statement narrowed to this stack's queue — or, for
+    a member account, dropped with the right to assume other roles."""
     policy = copy.deepcopy(iam_policy(playbooks))
     kept = []
     for statement in policy["Statement"]:
@@ -55,6 +55,8 @@ def _policy(playbooks: list[str] | None, queue_arn: Any | None) -> dict[str, Any
             if queue_arn is None:
                 continue
             statement["Resource"] = queue_arn
+        if queue_arn is None and statement["Sid"] == "AssumeAccountRoles":
+            continue  # a member account's role assumes no other
         kept.append(statement)
     policy["Statement"] = kept
     return policy

@@ -165,3 +165,31 @@ def test_an_assumed_role_renews_itself_with_the_same_name_and_identity(
                             session_name="cordon-CRD-TEST01-U0LEE")
     assert again.session is clients.session
     assert pool._assumed.limit and pool._clients.limit
+
+
+def test_preflight_checks_the_findings_queue_and_its_dead_letter_queue(
+        tmp_path: Path, prod_world: sandbox_world.World, fake_slack: FakeSlack) -> None:
+    import json
+
+    from tests.conftest import aws_client
+
+    sqs = aws_client("sqs")
+    bare = sqs.create_queue(QueueName="findings-bare")["QueueUrl"]
+    dlq = sqs.create_queue(QueueName="findings-dlq")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])[
+        "Attributes"]["QueueArn"]
+    good = sqs.create_queue(QueueName="findings", Attributes={"RedrivePolicy": json.dumps(
+        {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "5"})})["QueueUrl"]
+    env = {"SLACK_BOT_TOKEN": "xoxb-test", "SLACK_SIGNING_SECRET": "0123456789abcdef0123",
+           "SLACK_API_URL": fake_slack.api_url, "CORDON_DATABASE_URL":
+           f"sqlite:///{tmp_path}/cordon.db", "CORDON_FINDINGS_CHANNEL": "C0FINDINGS"}
+    ok = _preflight({**env, "CORDON_FINDINGS_QUEUE_URL": good}, tmp_path)
+    assert any(line.startswith("✅ Findings queue:") and "dead-letter" in line
+               for line in ok.stdout.splitlines()), ok.stdout
+    bad = _preflight({**env, "CORDON_FINDINGS_QUEUE_URL": bare}, tmp_path)
+    assert bad.returncode == 1
+    assert any(line.startswith("❌ Findings queue:") and "no dead-letter queue" in line
+               for line in bad.stdout.splitlines()), bad.stdout
+    no_channel = _preflight({k: v for k, v in env.items() if k != "CORDON_FINDINGS_CHANNEL"}
+                            | {"CORDON_FINDINGS_QUEUE_URL": good}, tmp_path)
+    assert no_channel.returncode == 2 and "CORDON_FINDINGS_CHANNEL must" in no_channel.stderr
