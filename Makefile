@@ -47,6 +47,7 @@ unit: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/time_to_isolate.py
 	$(BIN)/python benchmarks/open_window.py
+	$(BIN)/python benchmarks/status_scan.py
 
 serve: $(STAMP)
 	$(BIN)/python -m bot serve
