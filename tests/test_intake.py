@@ -251,3 +251,33 @@ def test_a_finding_about_an_instance_that_is_not_there_is_said_in_the_channel(
     wait_for(lambda: empty(queue), timeout=30)
     assert "i-0123456789abcdef0" in said[0] and "No card was made" in said[0]
     assert intake_bot.deps.store.recent() == []
+
+
+def test_two_replicas_make_one_card_for_findings_about_one_instance(
+        fake_slack: FakeSlack, world: sandbox_world.World, e2e_database_url: str,
+        aws_trace: AwsTrace, queue: str) -> None:
+    """Two `serve` replicas on one PostgreSQL database read one queue; six findings about
+    one instance arrive at once. The replicas take turns on the instance (an advisory
+    lock in PostgreSQL): one card, five notes."""
+    if not e2e_database_url.startswith("postgresql"):
+        pytest.skip("several replicas share a PostgreSQL database")
+    first = start_bot(fake_slack, e2e_database_url, approvers="S0ONCALL",
+                      session_factory=aws_trace.session, CORDON_FINDINGS_QUEUE_URL=queue,
+                      CORDON_FINDINGS_CHANNEL=FINDINGS, CORDON_WORKER_ID="replica-a")
+    second = start_bot(fake_slack, e2e_database_url, approvers="S0ONCALL",
+                       session_factory=aws_trace.session, CORDON_FINDINGS_QUEUE_URL=queue,
+                       CORDON_FINDINGS_CHANNEL=FINDINGS, CORDON_WORKER_ID="replica-b")
+    try:
+        for n in range(6):
+            send(queue, guardduty(world.instance_id, finding_id=f"f{n}"))
+        wait_for(lambda: empty(queue), timeout=60)
+        (card,) = cards(fake_slack)
+        (incident,) = first.deps.store.recent()
+        assert sorted(incident.facts["findings"]) == [f"f{n}" for n in range(6)]
+        notes = wait_for(lambda: len([m for m in fake_slack.thread(FINDINGS, card.ts)
+                                      if "Another" in m.text]) == 5, timeout=30)
+        assert notes
+    finally:
+        first.stop()
+        second.stop()
+    assert aws_trace.undeclared() == []
