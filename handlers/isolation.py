@@ -39,6 +39,8 @@ from handlers.base import (
 from handlers.ec2_lookup import describe_instance, interfaces, off_group
 
 OPEN, SEALED = "isolation-open", "isolation-sealed"
+# Why an ENI of the card is put back instead of sealed.
+NOT_ATTACHED = "no longer attached to the instance"
 GROUP_NAMES = {OPEN: "cordon-open", SEALED: "cordon-sealed"}
 GROUP_DESCRIPTIONS = {
     OPEN: "Cordon isolation step 1: allows everything so tracked flows become untracked",
@@ -332,7 +334,41 @@ class IsolateSecurityGroups(Action):
         if captured.get("sealed_group"):
             ids = {OPEN: captured["open_group"], SEALED: captured["sealed_group"]}
             created = list(captured.get("created_groups") or [])
-            cuts, seen = both(lambda: self._cut(ctx, enis, ids), lambda: _look_again(ctx, ids))
+            # The describe goes out with the first moves; each seal waits for it as well
+            # as for the detach (both answer in that same round trip), so that an ENI
+            # moved to another instance since the card is put back, never sealed.
+            looked = threading.Event()
+            seen_box: list[Any] = [None]
+
+            def look() -> Any:
+                try:
+                    seen_box[0] = _look_again(ctx, ids)
+                finally:
+                    looked.set()
+                return seen_box[0]
+
+            def gate(eni_id: str) -> str | None:
+                held = ctx.gate()
+                if held:
+                    return held
+                looked.wait()
+                seen = seen_box[0]
+                if seen is not None and seen[0] is not None and eni_id not in {
+                        e["NetworkInterfaceId"] for e in seen[0].get("NetworkInterfaces", [])}:
+                    return NOT_ATTACHED
+                return None
+
+            seen, cuts = both(look, lambda: self._cut(ctx, enis, ids, gate))
+            gone = [c for c in cuts if c.held == NOT_ATTACHED]
+            if gone:
+                cuts = [c for c in cuts if c.held != NOT_ATTACHED]
+                ids_gone = {c.eni_id for c in gone}
+                captured["enis"] = [e for e in captured["enis"] if e["id"] not in ids_gone]
+                ctx.save(captured)  # not this instance's to restore on release
+                notes.append("; ".join(
+                    f"{c.eni_id} was moved to another instance since the card: "
+                    + ("put back on its own groups, not cut" if c.restored
+                       else f"NOT put back ({c.error})") for c in gone))
             cuts, ids, more = self._after_card(ctx, captured, cuts, ids, seen, notes)
             created += more
         else:
@@ -377,10 +413,13 @@ class IsolateSecurityGroups(Action):
                                  "created_groups": created, "conntrack_notes": conntrack_notes,
                                  "open_seconds": {c.eni_id: c.open_seconds for c in cuts}})
 
-    def _cut(self, ctx: StepContext, enis: list[dict[str, Any]], ids: dict[str, str]
-             ) -> list[EniCut]:
-        return parallel(lambda eni: cut_eni(ctx.clients, eni, ids[OPEN], ids[SEALED],
-                                            ctx.gate), enis)
+    def _cut(self, ctx: StepContext, enis: list[dict[str, Any]], ids: dict[str, str],
+             gate: Callable[[str], str | None] | None = None) -> list[EniCut]:
+        def one(eni: dict[str, Any]) -> EniCut:
+            held = (lambda: gate(eni["id"])) if gate is not None else ctx.gate
+            return cut_eni(ctx.clients, eni, ids[OPEN], ids[SEALED], held)
+
+        return parallel(one, enis)
 
     def _after_card(self, ctx: StepContext, captured: dict[str, Any], cuts: list[EniCut],
                     ids: dict[str, str], seen: tuple[dict[str, Any] | None, list[Any]] | None,

@@ -195,3 +195,28 @@ def test_isolation_groups_deleted_after_the_card_are_made_again(
     step = next(s for s in timed_bot.deps.store.steps(incident.id)
                 if s.name == "isolate-security-groups")
     assert "made again" in step.summary and step.details["sealed_group"] == sealed
+
+
+def test_an_eni_moved_to_another_instance_since_the_card_is_put_back_not_sealed(
+        timed_bot: RunningBot, world: sandbox_world.World, recorder: Recorder) -> None:
+    """A floating ENI (a failover pattern) moved to the standby after the card: it is
+    not the compromised instance's any more, so it is not cut, nor restored on release."""
+    card = request(timed_bot, world, "isolate")
+    ec2 = aws_client("ec2")
+    eni = ec2.describe_network_interfaces(NetworkInterfaceIds=[world.second_eni])[
+        "NetworkInterfaces"][0]
+    ec2.detach_network_interface(AttachmentId=eni["Attachment"]["AttachmentId"], Force=True)
+    ec2.attach_network_interface(NetworkInterfaceId=world.second_eni,
+                                 InstanceId=world.bystander_id, DeviceIndex=1)
+    incident, _ = approve(timed_bot, recorder, card)
+    assert incident.status == "contained"
+    sealed = sealed_group(timed_bot, incident)
+    mine = sandbox_world.groups_by_eni(world.instance_id)
+    assert list(mine.values()) == [[f"cordon-sealed ({sealed})"]]
+    standby = sandbox_world.groups_by_eni(world.bystander_id)
+    assert standby[world.second_eni] == [f"mgmt ({world.mgmt_group})"]
+    step = next(s for s in timed_bot.deps.store.steps(incident.id)
+                if s.name == "isolate-security-groups")
+    assert world.second_eni not in [e["id"] for e in step.captured["enis"]]
+    assert f"{world.second_eni} was moved to another instance since the card: put back" \
+        in step.summary
