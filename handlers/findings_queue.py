@@ -17,7 +17,9 @@ from handlers.aws import Clients
 # What the intake calls (the declared unit "findings-intake").
 PERMISSIONS = ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
                "sqs:GetQueueAttributes")
-VISIBILITY_SECONDS = 120  # long enough to look up a target and post its card
+# The queue's visibility timeout (`python -m bot template` sets it): long enough to look
+# up a target and post its card; a message not deleted by then is delivered again.
+VISIBILITY_SECONDS = 120
 
 
 @dataclass(frozen=True)
@@ -40,9 +42,9 @@ class FindingsQueue:
         self.url = url
 
     def receive(self, wait_seconds: int = 20) -> list[QueueMessage]:
+        # The queue's own visibility timeout applies (the template sets it).
         resp = self.sqs.receive_message(
             QueueUrl=self.url, MaxNumberOfMessages=10, WaitTimeSeconds=wait_seconds,
-            VisibilityTimeout=VISIBILITY_SECONDS,
             MessageSystemAttributeNames=["ApproximateReceiveCount"])
         return [QueueMessage(m["MessageId"], m["ReceiptHandle"], m.get("Body", ""),
                              int((m.get("Attributes") or {}).get("ApproximateReceiveCount", 1)))

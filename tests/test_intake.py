@@ -13,8 +13,9 @@ import pytest
 
 from bot.sandbox.fake_slack import FakeSlack
 from bot.sandbox.harness import RunningBot, start_bot, wait_for
-from handlers import findings_queue, sandbox_world
+from handlers import sandbox_world
 from tests.conftest import AwsTrace, aws_client, settle_card
+from tests.test_cli import free_port
 
 FINDINGS = "C0FINDINGS"
 LEE, DANA = "U0LEE", "U0DANA"
@@ -105,17 +106,16 @@ def queue(world: sandbox_world.World) -> str:
     dlq = sqs.create_queue(QueueName="cordon-findings-dlq")["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])[
         "Attributes"]["QueueArn"]
+    # A message not deleted comes back after 2 s here (120 s as the template deploys it).
     return str(sqs.create_queue(QueueName="cordon-findings", Attributes={
         "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "5"}),
+        "VisibilityTimeout": "2",
     })["QueueUrl"])
 
 
 @pytest.fixture
 def intake_bot(fake_slack: FakeSlack, world: sandbox_world.World, e2e_database_url: str,
-               aws_trace: AwsTrace, queue: str, monkeypatch: pytest.MonkeyPatch
-               ) -> Iterator[RunningBot]:
-    # A message not deleted comes back after 2 s here (120 s as deployed).
-    monkeypatch.setattr(findings_queue, "VISIBILITY_SECONDS", 2)
+               aws_trace: AwsTrace, queue: str) -> Iterator[RunningBot]:
     running = start_bot(fake_slack, e2e_database_url, approvers="S0ONCALL",
                         session_factory=aws_trace.session, CORDON_FINDINGS_QUEUE_URL=queue,
                         CORDON_FINDINGS_CHANNEL=FINDINGS)
@@ -281,3 +281,38 @@ def test_two_replicas_make_one_card_for_findings_about_one_instance(
         first.stop()
         second.stop()
     assert aws_trace.undeclared() == []
+
+
+def test_kill_9_after_the_card_and_before_the_delete_still_makes_one_card(
+        tmp_path: Any, local_aws: sandbox_world.LocalAws, world: sandbox_world.World,
+        fake_slack: FakeSlack, faulty: Any, queue: str) -> None:
+    """A `serve` process killed (SIGKILL) once its proposed card is posted, its delete of
+    the message on the wire (held by the fault layer, never reaching SQS): the restarted
+    process gets the message again and makes no second card and no note."""
+    from tests.test_failsafe import _serve, _stop
+
+    port = free_port()
+    db = f"sqlite:///{tmp_path}/cordon.db"
+    faulty.add("DeleteMessage", "hold", times=-1)
+    intake = {"CORDON_FINDINGS_QUEUE_URL": queue, "CORDON_FINDINGS_CHANNEL": FINDINGS}
+    first = _serve(tmp_path, local_aws, faulty, fake_slack, port, db, "first", **intake)
+    try:
+        send(queue, guardduty(world.instance_id))
+        (card,) = wait_for(lambda: cards(fake_slack), timeout=60)
+        assert faulty.wait_held(1)
+        first.kill()
+        first.wait(timeout=10)
+    finally:
+        _stop(first)
+    faulty.release()  # the dead process's delete never reaches SQS
+    assert not empty(queue)
+    second = _serve(tmp_path, local_aws, faulty, fake_slack, port, db, "second", **intake)
+    try:
+        wait_for(lambda: empty(queue), timeout=60)
+    finally:
+        _stop(second)
+    assert len(cards(fake_slack)) == 1
+    assert [m for m in fake_slack.thread(FINDINGS, card.ts) if "Another" in m.text] == []
+    receipts = faulty.calls("ReceiveMessage")
+    deletes = faulty.calls("DeleteMessage")
+    assert len(deletes) == 2 and len(receipts) >= 2  # one held and lost, one that landed

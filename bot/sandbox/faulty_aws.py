@@ -15,11 +15,14 @@ way a real AWS fault looks from the client:
   reaching AWS (as if the network lost it), so that a test can kill the caller, or
   take its lease, at exactly that point.
 
-Every AWS API Cordon uses speaks the query protocol (`Action=…&Param=…` form bodies),
-so a rule matches on the action name and the decoded parameters."""
+A rule matches on the action name and the decoded parameters: `Action=…&Param=…` form
+bodies (the query protocol of EC2, IAM, Auto Scaling, ELB), or the JSON protocol's
+`X-Amz-Target` and body (SQS). The error answers are the query protocol's; `hold` and
+`drop` work for either."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import urllib.error
@@ -172,6 +175,14 @@ class FaultyAws:
                 body = self.rfile.read(length) if length else b""
                 params = dict(parse_qsl(body.decode("utf-8", "replace")))
                 action = params.get("Action", "")
+                target = self.headers.get("X-Amz-Target", "")
+                if not action and target:  # the JSON protocol (SQS)
+                    action = target.rsplit(".", 1)[-1]
+                    try:
+                        decoded = json.loads(body or b"{}")
+                    except ValueError:
+                        decoded = {}
+                    params = {k: str(v) for k, v in decoded.items()}
                 auth = self.headers.get("Authorization", "")
                 service = auth.split("Credential=", 1)[-1].split("/")[3] if "/" in auth else ""
                 effect = proxy._pick(action, params) if action else None
