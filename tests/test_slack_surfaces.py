@@ -94,6 +94,8 @@ def test_app_home_lists_pending_running_and_finished_with_export(
         bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack) -> None:
     bot.slack.command(DANA, CHANNEL, f"{world.instance_id} isolate miner")
     card = wait_for(lambda: fake_slack.channel_messages(CHANNEL))[0]
+    # The card is on Slack a moment before its ts is recorded: then Home links to it.
+    wait_for(lambda: all(i.card_ts for i in bot.deps.store.recent()))
     bot.slack.event({"type": "app_home_opened", "user": LEE, "tab": "home",
                      "channel": "D0HOME"})
     home = wait_for(lambda: fake_slack.homes.get(LEE))
