@@ -28,7 +28,7 @@ from bot.ids import CONTAIN_MODAL, ActionId
 from bot.text import escape
 from playbooks.catalogue import DEFAULT_PLAYBOOK, INSTANCE_PLAYBOOKS
 from playbooks.status import FINAL_STATES
-from playbooks.store import PENDING, Incident
+from playbooks.store import Incident
 
 TARGET, PLAYBOOK, REASON = "target", "playbook", "reason"
 MAX_REASON = 500
@@ -154,6 +154,3 @@ def home_view(pending: Sequence[Incident], running: Sequence[tuple[Incident, str
     view = View(type="home", blocks=blocks)
     return view.to_dict()
 
-
-def pending_first(incidents: Sequence[Incident]) -> list[Incident]:
-    return [i for i in incidents if i.status == PENDING]

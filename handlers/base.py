@@ -68,6 +68,11 @@ class Target:
     reason: str = ""
 
 
+# See StepContext.gate.
+Gate = Callable[[float | None], str | None]
+GATE_PENDING = "(not answered yet)"
+
+
 @dataclass
 class StepContext:
     target: Target
@@ -78,10 +83,11 @@ class StepContext:
     history: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Per-step memo, so that check() and capture() share one describe round trip.
     memo: dict[str, Any] = field(default_factory=dict)
-    # Set by the runner for a step that starts alongside the steps before it: blocks until
-    # their critical changes have answered; returns the name of one that failed (do not
-    # go on), or None.
-    gate: Callable[[], str | None] = field(default=lambda: None, repr=False)
+    # Set by the runner for a step that starts alongside the steps before it: waits (at
+    # most `timeout` seconds; None: until then) for their critical changes to answer, and
+    # returns None (go on), the name of one that failed (do not), or GATE_PENDING (they
+    # have not answered in time).
+    gate: Gate = field(default=lambda timeout=None: None, repr=False)
     # Saves the prior state again when apply() finds more of it (an ENI attached after
     # the card was made), before changing that part.
     save: Callable[[dict[str, Any]], None] = field(default=lambda _captured: None, repr=False)

@@ -13,6 +13,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -28,7 +29,9 @@ from handlers.aws import (
     run_guard_check,
 )
 from handlers.base import (
+    GATE_PENDING,
     Action,
+    Gate,
     Outcome,
     StepContext,
     StepFailed,
@@ -347,11 +350,12 @@ class IsolateSecurityGroups(Action):
                     looked.set()
                 return seen_box[0]
 
-            def gate(eni_id: str) -> str | None:
-                held = ctx.gate()
+            def gate(eni_id: str, timeout: float | None) -> str | None:
+                held = ctx.gate(timeout)
                 if held:
                     return held
-                looked.wait()
+                # The describe is an extra check, never a reason to stay open longer.
+                looked.wait(LOOK_WAIT)
                 seen = seen_box[0]
                 if seen is not None and seen[0] is not None and eni_id not in {
                         e["NetworkInterfaceId"] for e in seen[0].get("NetworkInterfaces", [])}:
@@ -414,9 +418,11 @@ class IsolateSecurityGroups(Action):
                                  "open_seconds": {c.eni_id: c.open_seconds for c in cuts}})
 
     def _cut(self, ctx: StepContext, enis: list[dict[str, Any]], ids: dict[str, str],
-             gate: Callable[[str], str | None] | None = None) -> list[EniCut]:
+             gate: Callable[[str, float | None], str | None] | None = None) -> list[EniCut]:
         def one(eni: dict[str, Any]) -> EniCut:
-            held = (lambda: gate(eni["id"])) if gate is not None else ctx.gate
+            def held(timeout: float | None = None) -> str | None:
+                return (ctx.gate if gate is None else partial(gate, eni["id"]))(timeout)
+
             return cut_eni(ctx.clients, eni, ids[OPEN], ids[SEALED], held)
 
         return parallel(one, enis)
@@ -499,12 +505,19 @@ class IsolateSecurityGroups(Action):
         if not stranded:
             return None
         recorded = [e for e in captured["enis"] if e["id"] in stranded]
+        # Sealed only if what the seal waits for (the detach) had answered; else back.
+        held = ctx.gate(None)
         with fail_safe():
-            cuts = parallel(lambda eni: seal_or_restore(ctx.clients, eni, sealed_id), recorded)
+            if held:
+                cuts = parallel(lambda eni: put_back(ctx.clients, eni), recorded)
+            else:
+                cuts = parallel(lambda eni: seal_or_restore(ctx.clients, eni, sealed_id),
+                                recorded)
+        why = f" ({held} had not answered)" if held else ""
         return "; ".join(
-            f"{c.eni_id} was on cordon-open: " + ("sealed" if c.sealed else
-                                                  f"back on its own groups ({c.error})")
-            for c in cuts)
+            f"{c.eni_id} was on cordon-open: " + (
+                "sealed" if c.sealed else f"back on its own groups{why}" if c.restored
+                else f"NOT moved ({c.error})") for c in cuts)
     def verify(self, ctx: StepContext, captured: dict[str, Any], outcome: Outcome) -> str:
         sealed_id = outcome.details["sealed_group"]
         inst, groups = both(
@@ -551,6 +564,10 @@ class IsolateSecurityGroups(Action):
 # containment must never produce, so the way back is tried longest.
 SEAL_RETRY = Backoff(attempts=8, base=0.2, cap=3.0)
 RESTORE_RETRY = Backoff(attempts=12, base=0.2, cap=5.0)
+# How long an ENI on cordon-open waits for the steps before its seal (the detach) before
+# it goes back to its own groups to wait there; and for the describe sent beside its move.
+SEAL_WAIT = 1.5
+LOOK_WAIT = 1.0
 
 
 @dataclass
@@ -596,10 +613,13 @@ def _look_again(ctx: StepContext, ids: dict[str, str]
 
 
 def cut_eni(clients: Clients, eni: dict[str, Any], open_id: str, sealed_id: str,
-            gate: Callable[[], str | None] | None = None) -> EniCut:
+            gate: Gate | None = None) -> EniCut:
     """One ENI: to the open group (timeouts lowered alongside), then to the sealed one —
     once `gate` says the steps before the cut have answered. Should one of them have
-    failed, the ENI goes back to its own groups instead."""
+    failed, the ENI goes back to its own groups instead. Should they take longer than
+    SEAL_WAIT (a throttled or settling detach), the ENI goes back to its own groups to
+    wait there, and is cut again once they have answered: it never waits on the
+    allow-all group."""
     result = EniCut(eni["id"])
 
     def lower_conntrack() -> None:
@@ -611,48 +631,75 @@ def cut_eni(clients: Clients, eni: dict[str, Any], open_id: str, sealed_id: str,
         except Exception as exc:  # not every instance type supports it: note and go on
             result.conntrack_error = describe_error(exc).code
 
-    def through_open() -> None:
-        sent = []
+    def back() -> bool:
+        moved = put_back(clients, eni)
+        if not moved.restored:
+            result.error, result.error_code = moved.error, "Held"
+        return moved.restored
 
-        def to_open() -> None:
-            clients.ec2_cut.modify_network_interface_attribute(
-                NetworkInterfaceId=eni["id"], Groups=[open_id])
+    def through_open(gate: Gate | None) -> None:
+        sent = []
 
         def attempt() -> None:
             run_guard_check()  # a lost lease stops here, before anything is sent
             sent.append(True)
-            to_open()
+            clients.ec2_cut.modify_network_interface_attribute(
+                NetworkInterfaceId=eni["id"], Groups=[open_id])
 
         try:
             SEAL_RETRY.call(attempt)
         except LeaseLost:
             if sent:  # an earlier attempt may have landed: never leave it open
+                # Sealed only if the detach has answered; back if it failed or is slow.
+                held = gate(SEAL_WAIT) if gate is not None else None
                 with fail_safe():
-                    seal_or_restore(clients, eni, sealed_id)
+                    if held:
+                        back()
+                    else:
+                        seal_or_restore(clients, eni, sealed_id)
             raise
         except Exception as exc:
             # Still on its own groups, or (answer lost) on the open one: seal it anyway.
             result.open_error = describe_error(exc).code
         opened_at = time.monotonic()
-        held = gate() if gate is not None else None
+        held = gate(SEAL_WAIT) if gate is not None else None
+        if held == GATE_PENDING:
+            with fail_safe():
+                went_back = back()
+            result.open_seconds += time.monotonic() - opened_at
+            assert gate is not None
+            held = gate(None)
+            if went_back:
+                if held:
+                    result.held, result.restored = held, True
+                else:
+                    through_open(None)  # once more: open, then sealed at once
+                return
+            opened_at = time.monotonic()  # not back: it is cut or put back below
         with fail_safe():
             if held:
                 result.held = held
-                try:
-                    _move(clients, eni["id"], [g["id"] for g in eni["groups"]], RESTORE_RETRY)
-                    result.restored = True
-                except Exception as exc:
-                    result.error, result.error_code = str(describe_error(exc)), "Held"
-                    log.error("ENI may be left on the open group", extra={"eni": eni["id"]})
-                result.open_seconds = round(time.monotonic() - opened_at, 3)
-                return
-            sealed = seal_or_restore(clients, eni, sealed_id)
-        result.open_seconds = round(time.monotonic() - opened_at, 3)
-        result.sealed, result.restored = sealed.sealed, sealed.restored
-        result.error, result.error_code = sealed.error, sealed.error_code
+                result.restored = back()
+            else:
+                sealed = seal_or_restore(clients, eni, sealed_id)
+                result.sealed, result.restored = sealed.sealed, sealed.restored
+                result.error, result.error_code = sealed.error, sealed.error_code
+        result.open_seconds = round(result.open_seconds + time.monotonic() - opened_at, 3)
 
     # The seal follows the ENI's own move at once; the timeouts go alongside.
-    both(through_open, lower_conntrack)
+    both(lambda: through_open(gate), lower_conntrack)
+    return result
+
+
+def put_back(clients: Clients, eni: dict[str, Any]) -> EniCut:
+    """Back to the groups recorded before Cordon touched it, retried longest."""
+    result = EniCut(eni["id"])
+    try:
+        _move(clients, eni["id"], [g["id"] for g in eni["groups"]], RESTORE_RETRY)
+        result.restored = True
+    except Exception as exc:
+        result.error = f"the return to its own groups failed: {describe_error(exc)}"
+        log.error("ENI may be left on the open group", extra={"eni": eni["id"]})
     return result
 
 
@@ -667,13 +714,10 @@ def seal_or_restore(clients: Clients, eni: dict[str, Any], sealed_id: str) -> En
     except Exception as exc:
         err = describe_error(exc)
         result.error, result.error_code = f"{err.code}: {err.message}", err.code
-    original = [g["id"] for g in eni["groups"]]
-    try:
-        _move(clients, eni["id"], original, RESTORE_RETRY)
-        result.restored = True
-    except Exception as exc:
-        result.error += f"; the return to its own groups failed too: {describe_error(exc)}"
-        log.error("ENI may be left on the open group", extra={"eni": eni["id"]})
+    moved = put_back(clients, eni)
+    result.restored = moved.restored
+    if not moved.restored:
+        result.error += f"; {moved.error}"
     return result
 
 

@@ -5,7 +5,6 @@ Used by the benchmarks and by the tests that hold the path to the cut to its len
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +31,6 @@ class Recorder:
     latency: float
     calls: list[Call] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    ids: itertools.count = field(default_factory=itertools.count)
 
     def session(self) -> boto3.session.Session:
         return self.attach(boto3.session.Session())

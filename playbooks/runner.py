@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, NoReturn, Protocol
 
 from handlers.aws import (
@@ -27,6 +28,7 @@ from handlers.aws import (
     run_guard,
 )
 from handlers.base import (
+    GATE_PENDING,
     STEP_DONE,
     Action,
     Outcome,
@@ -167,6 +169,11 @@ class _Pending:
         return self.values.get("status") in DONE
 
 
+def _unfinished(names: list[str], _timeout: float | None = None) -> str | None:
+    """A gate that is already settled: closed by the first of `names`, open without."""
+    return names[0] if names else None
+
+
 class _Gate:
     """Opens when the critical steps of a batch have all answered, or at the first that
     failed (its name is then what `wait` returns)."""
@@ -184,9 +191,11 @@ class _Gate:
                     self._failed = name
                 self._changed.notify_all()
 
-    def wait(self) -> str | None:
+    def wait(self, timeout: float | None = None) -> str | None:
         with self._changed:
-            self._changed.wait_for(lambda: not self._waiting or self._failed is not None)
+            if not self._changed.wait_for(
+                    lambda: not self._waiting or self._failed is not None, timeout):
+                return GATE_PENDING
             return self._failed
 
 
@@ -336,6 +345,11 @@ class Runner:
             record = records[step.name]
             if step.mode != "apply" or record.captured is None or record.status in DONE:
                 continue
+            # What the predecessor's gate waited for (a detach) may not have answered: the
+            # step's fail-safe then puts things back rather than go further.
+            unfinished = [s.name for s in playbook.steps if s.phase < step.phase
+                          and s.critical and records[s.name].status not in DONE]
+            contexts[step.name].gate = partial(_unfinished, unfinished)
             action = get_action(step.action)
             try:
                 with acting_as(step.action):

@@ -62,6 +62,20 @@ def _policy(playbooks: list[str] | None, queue_arn: Any | None) -> dict[str, Any
     return policy
 
 
+def _principal(description: str) -> dict[str, Any]:
+    return {"CordonPrincipalArn": {
+        "Type": "String", "AllowedPattern": r"^arn:aws[a-z-]*:(iam|sts)::\d{12}:.+$",
+        "Description": description}}
+
+
+def _role(description: str, policy: dict[str, Any]) -> dict[str, Any]:
+    """The CordonResponder role: trusted by the principal parameter, holding `policy`."""
+    return {"Type": "AWS::IAM::Role", "Properties": {
+        "RoleName": ROLE_NAME, "Description": description, "MaxSessionDuration": 3600,
+        "AssumeRolePolicyDocument": _trust({"Ref": "CordonPrincipalArn"}),
+        "Policies": [{"PolicyName": "cordon", "PolicyDocument": policy}]}}
+
+
 def central_template(playbooks: list[str] | None = None) -> dict[str, Any]:
     queue_arn = {"Fn::GetAtt": ["FindingsQueue", "Arn"]}
     resources: dict[str, Any] = {
@@ -86,16 +100,8 @@ def central_template(playbooks: list[str] | None = None) -> dict[str, Any]:
                     "Action": "sqs:SendMessage", "Resource": queue_arn,
                     "Condition": {"ArnEquals": {"aws:SourceArn": [
                         {"Fn::GetAtt": [name, "Arn"]} for name in RULES]}}}]}}},
-        "CordonResponderRole": {
-            "Type": "AWS::IAM::Role",
-            "Properties": {
-                "RoleName": ROLE_NAME,
-                "Description": "Cordon: contains compromised instances and leaked keys, "
-                               "with approval",
-                "MaxSessionDuration": 3600,
-                "AssumeRolePolicyDocument": _trust({"Ref": "CordonPrincipalArn"}),
-                "Policies": [{"PolicyName": "cordon",
-                              "PolicyDocument": _policy(playbooks, queue_arn)}]}},
+        "CordonResponderRole": _role("Cordon: contains compromised instances and leaked "
+                                     "keys, with approval", _policy(playbooks, queue_arn)),
     }
     for name, (description, pattern) in RULES.items():
         resources[name] = {
@@ -108,10 +114,8 @@ def central_template(playbooks: list[str] | None = None) -> dict[str, Any]:
         "Description": "Cordon: its responder role, and the alert intake (EventBridge rules "
                        "for GuardDuty, Security Hub and the cordon:contain tag, into an SQS "
                        "queue with a dead-letter queue)",
-        "Parameters": {"CordonPrincipalArn": {
-            "Type": "String", "AllowedPattern": r"^arn:aws[a-z-]*:(iam|sts)::\d{12}:.+$",
-            "Description": "The IAM principal Cordon runs as (its task, instance or user "
-                           "role), allowed to assume CordonResponder"}},
+        "Parameters": _principal("The IAM principal Cordon runs as (its task, instance or "
+                                 "user role), allowed to assume CordonResponder"),
         "Resources": resources,
         "Outputs": {
             "RoleArn": {"Description": "Cordon's role (AWS_ROLE_ARN, or the profile's role)",
@@ -130,20 +134,11 @@ def member_template(playbooks: list[str] | None = None) -> dict[str, Any]:
         "AWSTemplateFormatVersion": "2010-09-09",
         "Description": "Cordon: the role it assumes in this account (deploy with a StackSet; "
                        "list it in CORDON_ACCOUNTS)",
-        "Parameters": {"CordonPrincipalArn": {
-            "Type": "String", "AllowedPattern": r"^arn:aws[a-z-]*:(iam|sts)::\d{12}:.+$",
-            "Description": "The principal Cordon runs as in its own account (e.g. the "
-                           "CordonResponder role of the central stack)"}},
-        "Resources": {"CordonResponderRole": {
-            "Type": "AWS::IAM::Role",
-            "Properties": {
-                "RoleName": ROLE_NAME,
-                "Description": "Cordon, from its central account: contains compromised "
-                               "instances and leaked keys, with approval",
-                "MaxSessionDuration": 3600,
-                "AssumeRolePolicyDocument": _trust({"Ref": "CordonPrincipalArn"}),
-                "Policies": [{"PolicyName": "cordon",
-                              "PolicyDocument": _policy(playbooks, None)}]}}},
+        "Parameters": _principal("The principal Cordon runs as in its own account (e.g. "
+                                 "the CordonResponder role of the central stack)"),
+        "Resources": {"CordonResponderRole": _role(
+            "Cordon, from its central account: contains compromised instances and leaked "
+            "keys, with approval", _policy(playbooks, None))},
         "Outputs": {"RoleArn": {"Description": "This account's entry in CORDON_ACCOUNTS",
                                 "Value": {"Fn::GetAtt": ["CordonResponderRole", "Arn"]}}},
     }

@@ -433,3 +433,56 @@ def test_a_disassociation_whose_answer_was_lost_still_gets_its_revocation(
                                                PolicyName="cordon-revocations")
     (statement,) = policy["PolicyDocument"]["Statement"]
     assert statement["Sid"].startswith("CordonRevoke" + world.instance_id.replace("-", ""))
+
+
+def test_kill_9_before_the_detach_answered_puts_the_enis_back_and_seals_only_after_it(
+        tmp_path: Path, local_aws: sandbox_world.LocalAws, world: sandbox_world.World,
+        fake_slack: FakeSlack, faulty: FaultyAws, groups: dict[str, str]) -> None:
+    """`full` on an Auto Scaling member: the move to cordon-open goes out with the detach,
+    which does not answer. After SEAL_WAIT the ENIs head back to their own groups (those
+    moves held too), and the process is killed with both ENIs on cordon-open. The
+    restarted process must not seal them before the detach has answered — the group
+    would replace the instance: it puts them back, detaches, then cuts."""
+    sandbox_world.join_fleet(world)
+    before = eni_groups(world.instance_id)
+    own = lambda p: "SecurityGroupId.1" in p and p["SecurityGroupId.1"] not in (  # noqa: E731
+        groups["open"], groups["sealed"])
+    port = free_port()
+    db = f"sqlite:///{tmp_path}/cordon.db"
+    first = _serve(tmp_path, local_aws, faulty, fake_slack, port, db, "first",
+                   CORDON_LEASE_SECONDS="300")
+    try:
+        faulty.add("DetachInstances", "hold", times=-1)
+        faulty.add(MODIFY, "hold", times=-1, where=own)
+        slack = SignedSlack(f"http://127.0.0.1:{port}/slack/events", "s3cret", fake_slack)
+        assert slack.command(DANA, CHANNEL, f"{world.instance_id} full miner")[0] == 200
+        card = wait_for(lambda: fake_slack.channel_messages(CHANNEL), timeout=30)[0]
+        slack.click_button(LEE, CHANNEL, card.ts, "Approve")
+        assert faulty.wait_held(1 + len(before))  # the detach, and every way back
+        assert eni_groups(world.instance_id) == {eni: [groups["open"]] for eni in before}
+        first.kill()
+        first.wait(timeout=10)
+    finally:
+        _stop(first)
+    faulty.release()  # what the dead process sent never reaches AWS
+    second = _serve(tmp_path, local_aws, faulty, fake_slack, port, db, "second",
+                    CORDON_LEASE_SECONDS="300")
+    try:
+        wait_for(lambda: any(t.text.startswith("🔒 *Contained*")
+                             for t in fake_slack.thread(CHANNEL, card.ts)), timeout=60)
+    finally:
+        _stop(second)
+    assert eni_groups(world.instance_id) == {eni: [groups["sealed"]] for eni in before}
+    assert aws_client("autoscaling").describe_auto_scaling_instances(
+        InstanceIds=[world.instance_id])["AutoScalingInstances"] == []
+    texts = [m.text for m in fake_slack.thread(CHANNEL, card.ts)]
+    (safe,) = [t for t in texts if t.startswith("🛟")]
+    assert all(f"{eni} was on cordon-open: back on its own groups "
+               "(detach-from-auto-scaling had not answered)" in safe for eni in before)
+    # No seal before a detach that reached AWS.
+    order = [(s.action, s.answered, s.params) for s in faulty.seen]
+    detached = next(i for i, (a, e, _) in enumerate(order)
+                    if a == "DetachInstances" and e == "forwarded")
+    first_seal = next(i for i, (a, _, p) in enumerate(order)
+                      if a == MODIFY and to(groups["sealed"])(p))
+    assert detached < first_seal

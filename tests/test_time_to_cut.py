@@ -220,3 +220,36 @@ def test_an_eni_moved_to_another_instance_since_the_card_is_put_back_not_sealed(
     assert world.second_eni not in [e["id"] for e in step.captured["enis"]]
     assert f"{world.second_eni} was moved to another instance since the card: put back" \
         in step.summary
+
+
+def test_a_slow_detach_does_not_keep_the_enis_on_the_open_group(
+        timed_bot: RunningBot, world: sandbox_world.World, recorder: Recorder,
+        aws_trace: AwsTrace) -> None:
+    """The detach takes 3 s to answer (throttled, or settling): each ENI goes back to its
+    own groups once SEAL_WAIT has passed, waits there, and is cut — open, then sealed —
+    once the detach has answered. It never waits on the allow-all group."""
+    from handlers.isolation import SEAL_WAIT
+
+    sandbox_world.join_fleet(world)
+    before = sandbox_world.groups_by_eni(world.instance_id)
+    aws_trace.delay["DetachInstances"] = 3.0
+    card = request(timed_bot, world, "full")
+    incident, calls = approve(timed_bot, recorder, card)
+    assert incident.status == "contained"
+    sealed = sealed_group(timed_bot, incident)
+    detach = next(c for c in calls if c.operation == "DetachInstances")
+    assert detach.end - detach.start >= 3.0 > SEAL_WAIT
+    own = {e["id"]: [g["id"] for g in e["groups"]] for e in next(
+        s for s in timed_bot.deps.store.steps(incident.id)
+        if s.name == "isolate-security-groups").captured["enis"]}
+    assert len(own) == len(before) == 2
+    for eni, groups in own.items():
+        moves = [c for c in calls if c.operation == "ModifyNetworkInterfaceAttribute"
+                 and c.params.get("NetworkInterfaceId") == eni and "Groups" in c.params]
+        kinds = ["sealed" if c.params["Groups"] == [sealed] else
+                 "own" if c.params["Groups"] == groups else "open" for c in moves]
+        assert kinds == ["open", "own", "open", "sealed"], (eni, kinds)
+        back, again = moves[1], moves[2]
+        assert back.start < detach.end <= again.start  # back while it waited; cut after
+    assert all(v == [f"cordon-sealed ({sealed})"]
+               for v in sandbox_world.groups_by_eni(world.instance_id).values())

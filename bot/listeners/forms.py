@@ -13,7 +13,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot import export, grammar, views
-from bot.blocks import clip
+from bot.blocks import clip, progress_line
 from bot.ids import CONTAIN_MODAL, MESSAGE_SHORTCUT, ActionId
 from playbooks.errors import BadInput, CordonError, UnknownIncident
 from playbooks.logctx import incident_context
@@ -140,18 +140,11 @@ def register(app: App, deps: Deps) -> None:
     app.action(ActionId.EXPORT.value)(ack=ack_now, lazy=[on_export_click])
 
 
-def progress(deps: Deps, incident: Incident) -> str:
-    steps = deps.store.steps(incident.id)
-    done = sum(1 for s in steps if s.status in ("succeeded", "skipped"))
-    running = [s.name for s in steps if s.status == "running"]
-    line = f"{done} of {len(steps)} steps done"
-    return line + (f" — {', '.join(running)} running" if running else "")
-
-
 def publish_home(deps: Deps, client: WebClient, user: str, note: str = "") -> None:
     recent = deps.store.recent(limit=200)
     pending = [i for i in recent if i.status == PENDING]
-    running = [(i, progress(deps, i)) for i in recent if i.status in (APPROVED, RUNNING)]
+    running = [(i, progress_line(deps.store.steps(i.id))) for i in recent
+               if i.status in (APPROVED, RUNNING)]
     finished = [i for i in recent if i.status in FINAL_STATES][:20]
     view = views.home_view(pending, running, finished)
     if note:
