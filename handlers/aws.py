@@ -27,6 +27,7 @@ from botocore.exceptions import (
     EndpointConnectionError,
     ReadTimeoutError,
 )
+from botocore.parsers import ResponseParserError
 
 T = TypeVar("T")
 
@@ -390,12 +391,14 @@ RETRYABLE_CODES = frozenset({
     "Unavailable", "InternalError", "InternalFailure", "RequestTimeout",
     "RequestTimeoutException", "PriorRequestNotComplete",
 })
+# An answer that never came, or came garbled (botocore: "Further retries may succeed").
 _CONNECTION_ERRORS = (ConnectionClosedError, EndpointConnectionError, ConnectTimeoutError,
-                      ReadTimeoutError)
+                      ReadTimeoutError, ResponseParserError)
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Throttling, a 5xx, or an answer that never came: the same call may succeed later."""
+    """Throttling, a 5xx, or an answer that never came or could not be read: the same call
+    may succeed later."""
     if isinstance(exc, _CONNECTION_ERRORS):
         return True
     if isinstance(exc, ClientError):

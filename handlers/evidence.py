@@ -122,7 +122,7 @@ def _create_once(find: Callable[[], Any], create: Callable[[Any], Any]) -> Any:
     create failed in a way that may have landed (throttled, 5xx, answer lost)."""
     delays = CREATE_RETRY.delays()
     while True:
-        found = find()
+        found = CREATE_RETRY.call(find)  # a look-up only: retried as any read
         try:
             return create(found)
         except Exception as exc:

@@ -64,6 +64,19 @@ def test_a_lost_answer_does_not_make_evidence_twice(
     assert (steps["create-image"].details or {})["image"] == images[0]["ImageId"]
 
 
+def test_a_garbled_answer_to_the_evidence_look_up_is_asked_again(
+        faulty_bot: RunningBot, world: sandbox_world.World, faulty: FaultyAws,
+        fast_backoff: Backoff) -> None:
+    """The look-up before a create gets an answer it cannot read (botocore: "further
+    retries may succeed"): it is asked again, and the snapshots are made once."""
+    faulty.add("DescribeSnapshots", "rewrite:<?xml=<<garbled", times=1)
+    done = approve(faulty_bot, request(faulty_bot, world.instance_id))
+    assert done.status == "contained", done.summary
+    assert len(faulty.calls("CreateSnapshots")) == 1
+    snaps, _ = evidence_of(done.id)
+    assert sorted(s["VolumeId"] for s in snaps) == sorted(volumes(world.instance_id))
+
+
 def test_a_resumed_run_records_the_evidence_an_earlier_attempt_made(
         faulty_bot: RunningBot, world: sandbox_world.World) -> None:
     card = request(faulty_bot, world.instance_id)

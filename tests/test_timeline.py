@@ -173,3 +173,21 @@ def test_a_click_that_does_not_come_from_the_incidents_card_changes_nothing(
     assert bot.deps.store.get(target.id).status == "pending"  # type: ignore[union-attr]
     assert "does not belong" in wait_for(lambda: fake_slack.ephemerals_for(LEE))[-1]
     assert bot.deps.store.steps(target.id) == []  # nothing ran, nothing changed in AWS
+
+
+def test_card_updates_waiting_for_one_card_are_sent_as_one(
+        bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack) -> None:
+    """Steps finishing one after another queue a card update each; while Slack is slow,
+    they pile up, and one chat.update (the latest state) replaces them all."""
+    assert bot.slack.command(DANA, CHANNEL, f"{world.instance_id} isolate miner")[0] == 200
+    card = wait_for(lambda: fake_slack.channel_messages(CHANNEL))[0]
+    (incident,) = wait_for(lambda: [i for i in bot.deps.store.recent() if i.card_ts])
+    before = len(fake_slack.calls_to("chat.update"))
+    for _ in range(5):
+        bot.deps.store.enqueue(incident.id, CARD, {})
+    bot.deps.store.enqueue(incident.id, THREAD, {"text": "between the updates"})
+    bot.deps.store.enqueue(incident.id, CARD, {})
+    assert bot.deps.timeline.flush(incident.id) == 2  # the note, and one card update
+    assert len(fake_slack.calls_to("chat.update")) == before + 1
+    assert bot.deps.store.unsent(incident.id) == []
+    assert texts(fake_slack, card.ts)[-1] == "between the updates"
