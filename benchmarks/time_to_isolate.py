@@ -11,6 +11,7 @@ clicked at once; and a naive script making `isolate`'s changes one call after an
 The bot's CPU per containment is measured with moto in a process of its own. Prints JSON.
 
     python benchmarks/time_to_isolate.py [--latency-ms 100] [--burst 20]
+        [--database-url postgresql+psycopg://…]
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ import tempfile
 import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import boto3
+from sqlalchemy import create_engine, text
 
 from bot.logs import setup_logging
 from bot.sandbox.fake_slack import FakeSlack
@@ -103,11 +106,39 @@ def fresh_world(aws: MotoProcess, prepared: bool, extra_enis: int = 0,
     return world
 
 
+# Where the bot keeps its record: a new SQLite file per bot, or (--database-url) a new
+# schema of that PostgreSQL database per bot.
+DATABASE: dict[str, str] = {"url": ""}
+SCHEMAS: list[str] = []
+
+
+def _database() -> str:
+    url = DATABASE["url"]
+    if not url:
+        return f"sqlite:///{tempfile.mkdtemp(prefix='cordon-bench-')}/cordon.db"
+    schema = "bench_" + uuid.uuid4().hex[:12]
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    engine.dispose()
+    SCHEMAS.append(schema)
+    return f"{url}?options=-csearch_path%3D{schema}"
+
+
+def _drop_schemas() -> None:
+    if not SCHEMAS:
+        return
+    engine = create_engine(DATABASE["url"])
+    with engine.begin() as conn:
+        for schema in SCHEMAS:
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+    engine.dispose()
+
+
 def _bot(recorder: Recorder) -> tuple[RunningBot, FakeSlack]:
     fake = FakeSlack().start()
     fake.usergroups["S0ONCALL"] = [APPROVER]
-    db = tempfile.mkdtemp(prefix="cordon-bench-")
-    bot = start_bot(fake, f"sqlite:///{db}/cordon.db", session_factory=recorder.session)
+    bot = start_bot(fake, _database(), session_factory=recorder.session)
     # A running bot has its AWS clients and approver cache warm; a fresh one may not.
     bot.deps.warmed.wait(30)
     bot.deps.approvers.is_approver(APPROVER)
@@ -279,7 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency-ms", type=float, default=100.0)
     parser.add_argument("--burst", type=int, default=20, help="approvals clicked at once")
+    parser.add_argument("--database-url", default="",
+                        help="a PostgreSQL database (default: a SQLite file)")
     args = parser.parse_args(argv)
+    DATABASE["url"] = args.database_url
     latency = args.latency_ms / 1000
     setup_logging("text", "ERROR")
     aws = MotoProcess().start()
@@ -305,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
                             for name, target in TARGETS.items())
     finally:
         aws.stop()
+        _drop_schemas()
     print(json.dumps(result, indent=2))
     return 0 if result["met"] else 1
 
