@@ -17,6 +17,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from handlers import revocation
+from handlers.arns import iam_arn
 from handlers.aws import Backoff, Clients, describe_error, parallel
 from handlers.base import (
     Action,
@@ -121,6 +122,14 @@ def deny_older_sessions(issued_before: str) -> dict[str, Any]:
         "Condition": {"DateLessThan": {"aws:TokenIssueTime": issued_before}}}]}
 
 
+def _cutoff(document: dict[str, Any] | None) -> str:
+    """The latest aws:TokenIssueTime cut-off in a deny-older-sessions document ("" if none);
+    the stamps are ISO 8601 in UTC, so they compare as strings."""
+    found = [str(st.get("Condition", {}).get("DateLessThan", {}).get("aws:TokenIssueTime", ""))
+             for st in revocation.statements(document)]
+    return max(found, default="")
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -206,13 +215,30 @@ class _DenyOlderSessions(Action):
 
     def apply(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
         now = _now()
-        document = deny_older_sessions(now)
-        self._call(ctx, "put", captured["principal"], PolicyDocument=json.dumps(document))
+        principal = captured["principal"]
+        limit = revocation.INLINE_LIMIT[self.kind]
+
+        def build(current: dict[str, Any] | None, others: int) -> dict[str, Any]:
+            # A later cut-off written meanwhile by another incident is stricter: kept.
+            document = (current if current is not None and _cutoff(current) > now
+                        else deny_older_sessions(now))
+            if revocation.policy_size(document) + others > limit:
+                raise StepFailed("LimitExceeded", f"{self.policy_name} does not fit beside "
+                                 f"the {others} characters of inline policy on {principal} "
+                                 f"(IAM's limit: {limit}); free space and retry")
+            return document
+
+        document = revocation.write_policy(
+            ctx.clients, ctx.lock, self.kind, principal,
+            iam_arn(ctx.target.region, str(ctx.target.facts.get("account", "")), self.kind,
+                    principal),
+            self.policy_name, build, lambda seen: _cutoff(seen) >= now)
+        now = _cutoff(document)
         until = revocation.stamp(revocation.until_of(
             self.kind, datetime.strptime(now, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)))
-        record = {"kind": self.kind, "principal": captured["principal"],
+        record = {"kind": self.kind, "principal": principal,
                   "policy": self.policy_name, "sid": None, "cutoff": now, "until": until}
-        return Outcome(self._said(captured["principal"], now)
+        return Outcome(self._said(principal, now)
                        + f". It stays until {until}, when every session it could hit has "
                        "expired — a release does not remove it",
                        {"policy": document, "revocations": [record]})
@@ -222,7 +248,7 @@ class _DenyOlderSessions(Action):
         """What the thread says the policy does."""
 
     def verify(self, ctx: StepContext, captured: dict[str, Any], outcome: Outcome) -> str:
-        if self._get(ctx, captured["principal"]) != outcome.details["policy"]:
+        if _cutoff(self._get(ctx, captured["principal"])) < _cutoff(outcome.details["policy"]):
             raise VerificationFailed(f"{self.policy_name} is not in place")
         return f"{self.policy_name} in place"
 
@@ -250,7 +276,7 @@ class RevokeSessions(_DenyOlderSessions):
     name = "revoke-sessions"
     description = ("deny everything to the user's sessions issued before now (those minted "
                    "from the key with GetSessionToken or GetFederationToken)")
-    permissions = ("iam:GetUserPolicy", "iam:PutUserPolicy")
+    permissions = ("iam:GetUserPolicy", "iam:PutUserPolicy", "iam:ListUserPolicies")
 
     def _said(self, principal: str, now: str) -> str:
         return (f"inline policy {USER_POLICY} on {principal}: deny * to sessions issued "
@@ -262,7 +288,7 @@ class RevokeRoleSessions(_DenyOlderSessions):
     name = "revoke-role-sessions"
     description = ("deny everything to every session of the role issued before now — ALL "
                    "of them, legitimate ones too (AWSRevokeOlderSessions)")
-    permissions = ("iam:GetRolePolicy", "iam:PutRolePolicy")
+    permissions = ("iam:GetRolePolicy", "iam:PutRolePolicy", "iam:ListRolePolicies")
     kind = "role"
     policy_name = ROLE_POLICY
 

@@ -3,8 +3,11 @@ check / capture / apply / verify / undo. Actions register by kebab-case name."""
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, TypeVar
@@ -68,6 +71,16 @@ class Target:
     reason: str = ""
 
 
+_local_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+
+
+@contextmanager
+def local_lock(key: str) -> Iterator[None]:
+    """One writer at a time in this process (the store's lock also spans replicas)."""
+    with _local_locks[key]:
+        yield
+
+
 # See StepContext.gate.
 Gate = Callable[[float | None], str | None]
 GATE_PENDING = "(not answered yet)"
@@ -91,6 +104,9 @@ class StepContext:
     # Saves the prior state again when apply() finds more of it (an ENI attached after
     # the card was made), before changing that part.
     save: Callable[[dict[str, Any]], None] = field(default=lambda _captured: None, repr=False)
+    # Held around a read-modify-write of a principal's revocation policy, keyed by the
+    # principal's ARN: one writer at a time across threads and replicas (the store's lock).
+    lock: Callable[[str], AbstractContextManager[None]] = field(default=local_lock, repr=False)
 
     def remember(self, key: str, compute: Callable[[], T]) -> T:
         """compute() once per step run; check(), capture() and apply() share it."""

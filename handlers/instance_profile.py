@@ -3,13 +3,13 @@ for this instance only, so that other instances sharing the role keep working.""
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from handlers import revocation
+from handlers.arns import iam_arn, instance_arn
 from handlers.aws import describe_error
 from handlers.base import (
     Action,
@@ -31,10 +31,17 @@ def profile_association(ctx: StepContext) -> dict[str, Any] | None:
     return None
 
 
+def _account(ctx: StepContext) -> str:
+    return str(ctx.target.account or ctx.target.facts.get("account", ""))
+
+
 def _instance_arn(ctx: StepContext) -> str:
-    t = ctx.target
-    account = t.account or t.facts.get("account", "")
-    return f"arn:aws:ec2:{t.region}:{account}:instance/{t.resource_id}"
+    return instance_arn(ctx.target.region, _account(ctx), ctx.target.resource_id)
+
+
+def role_arn(ctx: StepContext, role: str) -> str:
+    """The key of the role's revocation lock (and what the thread names)."""
+    return iam_arn(ctx.target.region, _account(ctx), "role", role)
 
 
 def _role_of(ctx: StepContext, profile_arn: str) -> str | None:
@@ -62,6 +69,7 @@ class RemoveInstanceProfile(Action):
         "iam:GetInstanceProfile",
         "iam:GetRolePolicy",
         "iam:PutRolePolicy",
+        "iam:ListRolePolicies",
         "iam:PassRole",
     )
 
@@ -115,12 +123,18 @@ class RemoveInstanceProfile(Action):
         cutoff = datetime.now(UTC).replace(microsecond=0) + CUTOFF_MARGIN
         statement = revocation.instance_statement(ctx.target.resource_id, _instance_arn(ctx),
                                                   cutoff)
-        iam = ctx.clients.client("iam")
         try:
-            document = revocation.merged(revocation.get_role_policy(ctx.clients, role),
-                                         ctx.target.resource_id, statement, datetime.now(UTC))
-            iam.put_role_policy(RoleName=role, PolicyName=revocation.ROLE_POLICY,
-                                PolicyDocument=json.dumps(document))
+            revocation.write_policy(
+                ctx.clients, ctx.lock, "role", role, role_arn(ctx, role), revocation.ROLE_POLICY,
+                lambda current, others: revocation.merged(
+                    current, ctx.target.resource_id, statement, datetime.now(UTC), others),
+                lambda seen: revocation.statement_for(seen, ctx.target.resource_id)
+                == statement)
+        except StepFailed as exc:
+            raise StepFailed(exc.code, exc.message + ". Credentials the instance already holds "
+                             "stay valid until they expire (up to 12 h)",
+                             f"{name} disassociated (the instance gets no new credentials)"
+                             ) from exc
         except (revocation.PolicyTooLarge, ClientError) as exc:
             err = describe_error(exc)
             code = "LimitExceeded" if isinstance(exc, revocation.PolicyTooLarge) else err.code

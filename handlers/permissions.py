@@ -79,7 +79,7 @@ SCOPES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
       "arn:aws:elasticloadbalancing:*:*:loadbalancer/*")),
     ("Identities", ("iam:GetAccessKeyLastUsed", "iam:GetInstanceProfile", "iam:GetLoginProfile",
                     "iam:GetRolePolicy", "iam:GetUserPolicy", "iam:ListAccessKeys",
-                    "iam:ListAttachedUserPolicies", "iam:ListUserPolicies",
+                    "iam:ListAttachedUserPolicies", "iam:ListUserPolicies", "iam:ListRolePolicies",
                     "iam:DeleteLoginProfile", "iam:DeleteRolePolicy", "iam:DeleteUserPolicy",
                     "iam:PutRolePolicy", "iam:PutUserPolicy", "iam:UpdateAccessKey"),
      ("arn:aws:iam::*:role/*", "arn:aws:iam::*:user/*", "arn:aws:iam::*:instance-profile/*")),

@@ -18,30 +18,47 @@ statement per instance (its Sid names the instance and the end of its usefulness
 that many incidents on one role fit in IAM's 10,240 characters of inline policy per
 role; statements whose tokens have all expired are pruned whenever it is written.
 
+Every read-merge-write of a principal's policy holds the principal's lock (the store's:
+a database lock keyed by its ARN, so threads and replicas take turns), is described
+again after the write, and fails the step when the statement is not there: the thread
+never says "revoked" on the strength of a 200. IAM's size limit is the sum of all the
+principal's inline policies (10,240 characters for a role, 2,048 for a user, whitespace
+not counted), so the check reads them all.
+
 moto stores these documents but evaluates no condition: the tests assert on the stored
-documents, not on a denied call."""
+documents, not on a denied call. In AWS an IAM change takes seconds to reach every
+region (eventual consistency); the describe after the write reads IAM's own copy."""
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from handlers.aws import Clients, describe_error
+from handlers.aws import Clients, both, describe_error, parallel
+from handlers.base import StepFailed
 
 LIFETIME = {"instance": timedelta(hours=12), "role": timedelta(hours=12),
             "user": timedelta(hours=36)}
 ROLE_POLICY = "cordon-revocations"
-# IAM's limit on the inline policies of one role, whitespace excluded.
+# IAM's limit on all the inline policies of one role (or user), whitespace excluded.
 ROLE_INLINE_LIMIT = 10240
+INLINE_LIMIT = {"role": ROLE_INLINE_LIMIT, "user": 2048}
 _SID = re.compile(r"^CordonRevoke(?P<instance>i[0-9a-f]+)Until(?P<until>\d{12})$")
 _TIME = "%Y-%m-%dT%H:%M:%SZ"
 
 PERMISSIONS = ("iam:GetRolePolicy", "iam:PutRolePolicy", "iam:DeleteRolePolicy",
-               "iam:GetUserPolicy", "iam:DeleteUserPolicy")
+               "iam:GetUserPolicy", "iam:DeleteUserPolicy", "iam:ListRolePolicies",
+               "iam:ListUserPolicies")
+# What writing a revocation calls (beside the put itself).
+WRITE_PERMISSIONS = ("iam:ListRolePolicies", "iam:ListUserPolicies", "iam:GetRolePolicy",
+                     "iam:GetUserPolicy")
+Lock = Callable[[str], AbstractContextManager[None]]
 
 
 class PolicyTooLarge(Exception):
@@ -76,7 +93,7 @@ def instance_statement(instance_id: str, instance_arn: str, cutoff: datetime) ->
     }
 
 
-def _statements(doc: dict[str, Any] | None) -> list[dict[str, Any]]:
+def statements(doc: dict[str, Any] | None) -> list[dict[str, Any]]:
     if not doc:
         return []
     found = doc.get("Statement", [])
@@ -97,18 +114,19 @@ def _until(statement: dict[str, Any]) -> datetime | None:
 
 def statement_for(doc: dict[str, Any] | None, instance_id: str) -> dict[str, Any] | None:
     prefix = f"CordonRevoke{instance_id.replace('-', '')}Until"
-    return next((s for s in _statements(doc) if str(s.get("Sid", "")).startswith(prefix)),
+    return next((s for s in statements(doc) if str(s.get("Sid", "")).startswith(prefix)),
                 None)
 
 
 def merged(doc: dict[str, Any] | None, instance_id: str, statement: dict[str, Any],
-           now: datetime) -> dict[str, Any]:
+           now: datetime, others: int = 0) -> dict[str, Any]:
     """The role's Cordon policy with this instance's statement (replacing an earlier
     one of the same instance only if the new one reaches further), without statements
-    whose tokens have all expired."""
+    whose tokens have all expired. `others`: the characters the role's other inline
+    policies already take of IAM's limit."""
     prefix = f"CordonRevoke{instance_id.replace('-', '')}Until"
     kept = []
-    for s in _statements(doc):
+    for s in statements(doc):
         until = _until(s)
         if until is not None and until <= now:
             continue  # every token it could hit has expired
@@ -117,9 +135,60 @@ def merged(doc: dict[str, Any] | None, instance_id: str, statement: dict[str, An
         kept.append(s)
     kept.append(statement)
     document = {"Version": "2012-10-17", "Statement": kept}
-    if len(json.dumps(document, separators=(",", ":"))) > ROLE_INLINE_LIMIT:
-        raise PolicyTooLarge(f"{len(kept)} revocations do not fit in IAM's "
+    size = policy_size(document)
+    if size + others > ROLE_INLINE_LIMIT:
+        raise PolicyTooLarge(f"{len(kept)} revocations ({size} characters) and the role's "
+                             f"other inline policies ({others}) do not fit in IAM's "
                              f"{ROLE_INLINE_LIMIT} characters of inline policy per role")
+    return document
+
+
+def policy_size(document: dict[str, Any]) -> int:
+    """How much of IAM's limit a document takes: whitespace is not counted."""
+    return len(re.sub(r"\s", "", json.dumps(document, separators=(",", ":"))))
+
+
+def _iam_call(clients: Clients, verb: str, kind: str, principal: str, **kwargs: Any) -> Any:
+    """iam.{verb}_{kind}_policy/policies, e.g. get_role_policy(RoleName=…)."""
+    iam = clients.client("iam")
+    name = f"{verb}_{kind}_policies" if verb == "list" else f"{verb}_{kind}_policy"
+    return getattr(iam, name)(**{f"{kind.capitalize()}Name": principal}, **kwargs)
+
+
+def read_policy(clients: Clients, kind: str, principal: str, name: str
+                ) -> dict[str, Any] | None:
+    try:
+        doc = _iam_call(clients, "get", kind, principal, PolicyName=name)["PolicyDocument"]
+    except ClientError as exc:
+        if describe_error(exc).code == "NoSuchEntity":
+            return None
+        raise
+    return json.loads(doc) if isinstance(doc, str) else dict(doc)
+
+
+def others_size(clients: Clients, kind: str, principal: str, name: str) -> int:
+    """The characters the principal's other inline policies take of IAM's limit."""
+    names = [n for n in _iam_call(clients, "list", kind, principal)["PolicyNames"] if n != name]
+    docs = parallel(lambda n: read_policy(clients, kind, principal, n), names)
+    return sum(policy_size(d) for d in docs if d)
+
+
+def write_policy(clients: Clients, lock: Lock, kind: str, principal: str, principal_arn: str,
+                 name: str, build: Callable[[dict[str, Any] | None, int], dict[str, Any]],
+                 holds: Callable[[dict[str, Any] | None], bool]) -> dict[str, Any]:
+    """Read, merge (`build(current, others)`) and write one principal's revocation policy
+    while holding the principal's lock; then describe it again: `holds` must be true of
+    what IAM now has, or StepFailed. Returns what was written."""
+    with lock(principal_arn):
+        current, others = both(lambda: read_policy(clients, kind, principal, name),
+                               lambda: others_size(clients, kind, principal, name))
+        document = build(current, others)
+        _iam_call(clients, "put", kind, principal, PolicyName=name,
+                  PolicyDocument=json.dumps(document))
+        seen = read_policy(clients, kind, principal, name)
+    if not holds(seen):
+        raise StepFailed("VerificationFailed", f"{name} on {kind} {principal} does not hold "
+                         "the revocation after it was written")
     return document
 
 
@@ -135,16 +204,23 @@ def get_role_policy(clients: Clients, role: str, name: str = ROLE_POLICY
     return json.loads(document) if isinstance(document, str) else dict(document)
 
 
-def expire(clients: Clients, revocation: dict[str, Any], now: datetime) -> str:
+def expire(clients: Clients, revocation: dict[str, Any], now: datetime, lock: Lock,
+           principal_arn: str) -> str:
     """Remove a revocation whose tokens have all expired; returns what was done. A
-    revocation that a later incident has since replaced (a later cut-off) is left."""
+    revocation that a later incident has since replaced (a later cut-off) is left. Holds
+    the principal's lock, as every writer does: a statement written meanwhile is kept."""
+    with lock(principal_arn):
+        return _expire(clients, revocation, now)
+
+
+def _expire(clients: Clients, revocation: dict[str, Any], now: datetime) -> str:
     iam = clients.client("iam")
     kind, principal, policy = revocation["kind"], revocation["principal"], revocation["policy"]
     if kind == "instance":
         doc = get_role_policy(clients, principal, policy)
-        left = [s for s in _statements(doc) if s.get("Sid") != revocation["sid"]
+        left = [s for s in statements(doc) if s.get("Sid") != revocation["sid"]
                 and not ((u := _until(s)) is not None and u <= now)]
-        if doc is None or len(left) == len(_statements(doc)):
+        if doc is None or len(left) == len(statements(doc)):
             return f"{policy} on role {principal}: nothing left to remove"
         if left:
             iam.put_role_policy(RoleName=principal, PolicyName=policy,
@@ -164,7 +240,7 @@ def expire(clients: Clients, revocation: dict[str, Any], now: datetime) -> str:
         raise
     current = json.loads(current) if isinstance(current, str) else current
     cutoffs = {s.get("Condition", {}).get("DateLessThan", {}).get("aws:TokenIssueTime")
-               for s in _statements(current)}
+               for s in statements(current)}
     if cutoffs != {revocation["cutoff"]}:
         return f"{policy} on {kind} {principal} was replaced by a later revocation; kept"
     _delete(lambda: delete(**{key: principal}, PolicyName=policy))

@@ -381,6 +381,7 @@ class Runner:
                                    identity=incident.decided_by or "cordon",
                                    session_name=f"cordon-{incident.id}-{incident.decided_by}")
         contexts = {s.name: StepContext(target=target, clients=clients,
+                                        lock=self.store.principal_lock,
                                         options={**self.run_options, **(subject.options or {}),
                                                  **s.options, "release_id": incident.id})
                     for s in playbook.steps}

@@ -328,6 +328,7 @@ class Cordon:
     def expire_revocations(self, now: datetime | None = None) -> list[tuple[Incident, str]]:
         """Remove the revocations whose tokens have all expired, each once; what was done,
         by incident, for its thread."""
+        from handlers.arns import iam_arn
         from handlers.revocation import expire
 
         moment = now or utcnow()
@@ -340,9 +341,14 @@ class Cordon:
                 with acting_as("revocation-expiry"):
                     clients = self.clients_for(incident.region,
                                                (incident.facts or {}).get("account_name"))
+                    facts = incident.facts or {}
+                    arn = iam_arn(incident.region, str(incident.account or facts.get("account")
+                                                       or ""),
+                                  "user" if rev.kind == "user" else "role", rev.principal)
                     note = expire(clients, {"kind": rev.kind, "principal": rev.principal,
                                             "policy": rev.policy, "sid": rev.sid,
-                                            "cutoff": rev.cutoff}, moment.replace(tzinfo=UTC))
+                                            "cutoff": rev.cutoff}, moment.replace(tzinfo=UTC),
+                                  self.store.principal_lock, arn)
             except Exception as exc:
                 log.warning("revocation not removed yet", extra={
                     "incident": incident.id, "error": describe_error(exc).code})

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -261,6 +263,7 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._principal_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 
     @classmethod
     def from_url(cls, url: str) -> Store:
@@ -416,6 +419,26 @@ class Store:
             finally:
                 conn.execute(text("SELECT pg_advisory_unlock(hashtext(:t))"), {"t": target_id})
                 conn.commit()
+
+    @contextmanager
+    def principal_lock(self, arn: str) -> Iterator[None]:
+        """Held while one principal's revocation policy is read, merged and written back:
+        two incidents on one role must never overwrite each other's statement. A lock in
+        this process, and on PostgreSQL an advisory lock every replica sees (SQLite serves
+        one process)."""
+        with self._principal_locks[arn]:
+            if self.engine.dialect.name != "postgresql":
+                yield
+                return
+            key = "cordon-principal:" + arn
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT pg_advisory_lock(hashtext(:k))"), {"k": key})
+                conn.commit()
+                try:
+                    yield
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": key})
+                    conn.commit()
 
     def plan_posted(self, incident_id: str) -> None:
         with self.session() as s:

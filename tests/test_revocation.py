@@ -62,3 +62,53 @@ def test_lifetimes_are_the_longest_a_token_of_each_kind_can_have() -> None:
     assert revocation.until_of("user", NOW) - NOW == timedelta(hours=36)
     assert revocation.until_of("role", NOW) - NOW == timedelta(hours=12)
     assert revocation.until_of("instance", NOW) - NOW == timedelta(hours=12)
+
+
+def test_the_size_limit_counts_the_roles_other_inline_policies() -> None:
+    doc = revocation.merged(None, "i-0aaa", statement("i-0aaa", NOW), NOW)
+    size = revocation.policy_size(doc)
+    revocation.merged(None, "i-0aaa", statement("i-0aaa", NOW), NOW,
+                      others=revocation.ROLE_INLINE_LIMIT - size)
+    with pytest.raises(revocation.PolicyTooLarge, match="other inline policies"):
+        revocation.merged(None, "i-0aaa", statement("i-0aaa", NOW), NOW,
+                          others=revocation.ROLE_INLINE_LIMIT - size + 1)
+
+
+def test_an_instance_arn_carries_its_regions_partition() -> None:
+    from handlers.arns import iam_arn, instance_arn
+
+    assert instance_arn("cn-north-1", "123456789012", "i-0aaa") == (
+        "arn:aws-cn:ec2:cn-north-1:123456789012:instance/i-0aaa")
+    assert instance_arn("us-gov-west-1", "123456789012", "i-0aaa").startswith("arn:aws-us-gov:")
+    assert iam_arn("eu-west-1", "123456789012", "role", "web") == (
+        "arn:aws:iam::123456789012:role/web")
+
+
+def test_the_principal_lock_spans_replicas(database_url: str) -> None:
+    """Two stores on one database (two replicas): the second waits for the first."""
+    import threading
+    import time
+
+    from playbooks.store import Store
+
+    first, second = Store.from_url(database_url), Store.from_url(database_url)
+    if first.engine.dialect.name != "postgresql":
+        second = first  # SQLite serves one process: its lock is the process's
+    order: list[str] = []
+    inside = threading.Event()
+
+    def hold() -> None:
+        with first.principal_lock("arn:aws:iam::123456789012:role/web"):
+            inside.set()
+            time.sleep(0.3)
+            order.append("first out")
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    inside.wait(10)
+    with second.principal_lock("arn:aws:iam::123456789012:role/web"):
+        order.append("second in")
+    holder.join()
+    assert order == ["first out", "second in"]
+    first.engine.dispose()
+    second.engine.dispose()

@@ -1,0 +1,24 @@
+"""ARNs carry the partition of their region: `aws`, `aws-cn` (Beijing, Ningxia) or
+`aws-us-gov` (GovCloud). A deny whose condition names `arn:aws:…` never matches a
+request in another partition, so every ARN Cordon writes is built here."""
+
+from __future__ import annotations
+
+# Region prefixes of the partitions other than `aws` (botocore's endpoints.json).
+_PARTITIONS = (("us-gov-", "aws-us-gov"), ("cn-", "aws-cn"), ("us-isob-", "aws-iso-b"),
+               ("us-iso-", "aws-iso"), ("eu-isoe-", "aws-iso-e"), ("us-isof-", "aws-iso-f"))
+
+
+def partition(region: str) -> str:
+    """>>> partition("cn-north-1"), partition("us-gov-west-1"), partition("eu-west-1")
+    ('aws-cn', 'aws-us-gov', 'aws')"""
+    return next((name for prefix, name in _PARTITIONS if region.startswith(prefix)), "aws")
+
+
+def instance_arn(region: str, account: str, instance_id: str) -> str:
+    return f"arn:{partition(region)}:ec2:{region}:{account}:instance/{instance_id}"
+
+
+def iam_arn(region: str, account: str, kind: str, name: str) -> str:
+    """A role's or user's ARN (IAM is global within its partition)."""
+    return f"arn:{partition(region)}:iam::{account}:{kind}/{name}"
