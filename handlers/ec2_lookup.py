@@ -31,6 +31,10 @@ def interfaces(instance: dict[str, Any]) -> list[dict[str, Any]]:
         {
             "id": eni["NetworkInterfaceId"],
             "private_ip": eni.get("PrivateIpAddress", ""),
+            "addresses": [a["PrivateIpAddress"] for a in eni.get("PrivateIpAddresses", [])
+                          if a.get("PrivateIpAddress")],
+            "ipv6": [a["Ipv6Address"] for a in eni.get("Ipv6Addresses", [])
+                     if a.get("Ipv6Address")],
             "device_index": eni.get("Attachment", {}).get("DeviceIndex", 0),
             "subnet_id": eni.get("SubnetId", ""),
             "groups": [{"id": g["GroupId"], "name": g.get("GroupName", "")}
@@ -203,22 +207,26 @@ def subnet_exits(clients: Clients, vpc_id: str, subnet_id: str) -> list[dict[str
 
 def uncuttable(facts: dict[str, Any]) -> list[str]:
     """What a security-group cut does not end at once for this instance: flows that stay
-    tracked whatever the groups say (they end only when idle for the lowered timeouts),
-    and what no security group or NACL filters. Said on the card and in the thread."""
+    tracked whatever the groups say (`isolate` and `full` end those through another subnet
+    with network ACL entries for the instance's own addresses: sever-tracked-flows), and
+    what no security group or NACL filters. Said on the card and in the thread."""
     notes = ["ICMP flows stay tracked"]
+    acl = ("; `isolate`/`full` cut them with ACL entries for this instance's addresses only "
+           "on the subnet it is in")
     for reg in facts.get("target_groups") or []:
         kind = reg.get("kind")
         if kind in ("nlb", "gwlb"):
             name = "Gateway Load Balancer" if kind == "gwlb" else "NLB"
             notes.append(f"registered with a {name} ({reg['arn'].rsplit(':', 1)[-1]}): flows "
-                         "through it stay tracked — consider `nacl`")
+                         "through it stay tracked" + acl.replace("it is in", "of its nodes"))
     for way in facts.get("subnet_exits") or []:
         if way["kind"] == "nat":
             notes.append(f"its subnet leaves through NAT gateway {way['id']}: flows through "
-                         "it stay tracked")
+                         "it stay tracked" + acl)
         elif way["kind"] == "tgw":
             notes.append(f"its subnet routes through transit gateway {way['id']}: flows "
-                         "through it stay tracked")
+                         "through it stay tracked" + acl.replace("it is in",
+                                                                 "of its attachment"))
     notes.append("DNS to the VPC resolver and the instance metadata service are filtered "
                  "by no security group or network ACL")
     return notes

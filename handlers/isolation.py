@@ -343,9 +343,12 @@ class IsolateSecurityGroups(Action):
             looked = threading.Event()
             seen_box: list[Any] = [None]
 
+            regrouped: list[str] = []
+
             def look() -> Any:
                 try:
                     seen_box[0] = _look_again(ctx, ids)
+                    regrouped.extend(_groups_at_click(captured["enis"], seen_box[0], ids))
                 finally:
                     looked.set()
                 return seen_box[0]
@@ -363,6 +366,10 @@ class IsolateSecurityGroups(Action):
                 return None
 
             seen, cuts = both(look, lambda: self._cut(ctx, enis, ids, gate))
+            if regrouped:
+                ctx.save(captured)  # what a release puts back: the groups at the click
+                notes.append(f"groups changed since the card on {', '.join(regrouped)}: "
+                             "any move back, and the release, use those at the click")
             gone = [c for c in cuts if c.held == NOT_ATTACHED]
             if gone:
                 cuts = [c for c in cuts if c.held != NOT_ATTACHED]
@@ -438,7 +445,15 @@ class IsolateSecurityGroups(Action):
         if seen is None:
             notes.append("the instance could not be described again alongside the cut; the "
                          "verify below checks every ENI")
-            return cuts, ids, created
+            # Whether the open group was allow-all still matters: look at it now.
+            try:
+                groups = list(ctx.clients.ec2.describe_security_groups(
+                    GroupIds=[ids[OPEN], ids[SEALED]])["SecurityGroups"])
+            except Exception as exc:
+                raise StepFailed(describe_error(exc).code, "cordon-open could not be checked "
+                                 "after the cut: tracked connections may have survived"
+                                 ) from exc
+            return self._redo_if_drifted(ctx, captured, cuts, ids, groups, notes), ids, created
         inst, groups = seen
         refused = any(c.error_code == "InvalidGroup.NotFound" for c in cuts)
         if refused or len(groups) < 2:
@@ -472,16 +487,32 @@ class IsolateSecurityGroups(Action):
         if late:
             cuts = cuts + self._cut(ctx, late, ids)
             notes.append(f"attached since the card, cut too: {', '.join(e['id'] for e in late)}")
+        return self._redo_if_drifted(ctx, captured, cuts, ids, groups, notes), ids, created
+
+    def _redo_if_drifted(self, ctx: StepContext, captured: dict[str, Any], cuts: list[EniCut],
+                         ids: dict[str, str], groups: list[dict[str, Any]], notes: list[str]
+                         ) -> list[EniCut]:
+        """The isolation groups as they were when the ENIs crossed them. Rules found on
+        cordon-sealed are revoked. Rules missing from cordon-open (an auto-remediation
+        that strips 0.0.0.0/0, say) mean the crossing made no flow untracked: the rules are
+        restored and every ENI that crossed is cut again, open → sealed."""
+        redo = False
         for group in groups:
             role = OPEN if group["GroupId"] == ids[OPEN] else SEALED
             fixes = _open_fixes(group) if role == OPEN else _sealed_fixes(group)
             if fixes:
                 group_id = group["GroupId"]
                 parallel(lambda fix: _apply_fix(ctx.clients, group_id, fix), fixes)  # noqa: B023
+                redo = redo or role == OPEN
                 notes.append(f"{GROUP_NAMES[role]} had drifted since the card"
                              + (" (rules found on it were removed)" if role == SEALED else
-                                " (its rules are restored; tracked flows may have survived)"))
-        return cuts, ids, created
+                                " (it did not allow all traffic: its rules are restored and "
+                                "every ENI crossed it again)"))
+        if not redo:
+            return cuts
+        crossed = {c.eni_id for c in cuts if c.sealed}
+        again = self._cut(ctx, [e for e in captured["enis"] if e["id"] in crossed], ids)
+        return [c for c in cuts if c.eni_id not in crossed] + again
 
     def in_place(self, captured: dict[str, Any]) -> bool:
         sealed = captured.get("sealed_group")
@@ -610,6 +641,27 @@ def _look_again(ctx: StepContext, ids: dict[str, str]
         log.warning("could not describe alongside the cut",
                     extra={"error": describe_error(exc).code})
         return None
+
+
+def _groups_at_click(enis: list[dict[str, Any]], seen: Any, ids: dict[str, str]) -> list[str]:
+    """Record, in place, each ENI's groups as the describe sent with the first moves saw
+    them, when they differ from the card's (tightened since, say): a move back must never
+    be looser than at the click. An ENI the describe already saw on Cordon's groups (its
+    move landed first) keeps the card's. Returns the ENIs whose groups changed."""
+    inst = seen[0] if seen else None
+    if inst is None:
+        return []
+    ours = set(ids.values())
+    known = {e["id"]: e for e in enis}
+    changed = []
+    for eni in interfaces(inst):
+        mine = [g["id"] for g in eni["groups"]]
+        record = known.get(eni["id"])
+        if record is None or set(mine) & ours or mine == [g["id"] for g in record["groups"]]:
+            continue
+        record["groups"] = eni["groups"]
+        changed.append(eni["id"])
+    return changed
 
 
 def cut_eni(clients: Clients, eni: dict[str, Any], open_id: str, sealed_id: str,

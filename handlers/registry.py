@@ -21,13 +21,14 @@ from handlers.protection import ProtectEvidence
 from handlers.route_table import IsolateSubnetRoutes, RemoveInternetRoutes
 from handlers.summary import VerifyContainment
 from handlers.tagging import MarkReleased, TagInstance
+from handlers.tracked_flows import SeverTrackedFlows
 
 ALL: tuple[type[Action], ...] = (
     ProtectEvidence, DetachFromAutoScaling, IsolateSecurityGroups, TagInstance,
     RemoveInstanceProfile, CaptureEvidence, SnapshotVolumes, CreateImage, VerifyContainment,
     MarkReleased, IsolateSubnetNacl, IsolateSubnetRoutes, RemoveInternetRoutes,
     DeactivateAccessKey, RevokeSessions, DisableConsole, ReviewActivity, ListOtherKeys,
-    RevokeRoleSessions,
+    RevokeRoleSessions, SeverTrackedFlows,
 )
 
 ACTIONS: dict[str, type[Action]] = {}

@@ -90,6 +90,9 @@ PLAYBOOKS: dict[str, Playbook] = {
             Step("detach-from-auto-scaling", phase=1, critical=True),
             Step("isolate-security-groups", phase=2, critical=True, overlap=True,
                  blocks=False),
+            # What the groups cannot end (flows through a NAT gateway, NLB/GWLB, endpoint,
+            # transit gateway): ACL entries for its addresses, sent with the open move.
+            Step("sever-tracked-flows", phase=2, overlap=True),
             # After the cut: instance tags can be read from inside the instance (instance
             # metadata), so the attacker learns nothing before the network is gone.
             Step("tag-instance", phase=3, options={"status": "containing"}),
@@ -106,6 +109,7 @@ PLAYBOOKS: dict[str, Playbook] = {
         steps=(
             *FLEET_GUARD,
             Step("isolate-security-groups", phase=2, critical=True, overlap=True),
+            Step("sever-tracked-flows", phase=2, overlap=True),
             Step("tag-instance", phase=3),
         ),
     ),

@@ -253,3 +253,65 @@ def test_a_slow_detach_does_not_keep_the_enis_on_the_open_group(
         assert back.start < detach.end <= again.start  # back while it waited; cut after
     assert all(v == [f"cordon-sealed ({sealed})"]
                for v in sandbox_world.groups_by_eni(world.instance_id).values())
+
+
+def _moves(calls: list[Call], eni: str, names: dict[str, str]) -> list[str]:
+    """The groups each move of this ENI sent it to, by name."""
+    return [",".join(names.get(g, g) for g in c.params["Groups"]) for c in calls
+            if c.operation == "ModifyNetworkInterfaceAttribute"
+            and c.params.get("NetworkInterfaceId") == eni and "Groups" in c.params]
+
+
+def test_cordon_open_stripped_between_card_and_click_is_restored_and_crossed_again(
+        timed_bot: RunningBot, world: sandbox_world.World, recorder: Recorder) -> None:
+    """An auto-remediation strips 0.0.0.0/0 from cordon-open after the card: the first
+    crossing converted nothing to untracked. The rules are put back and every ENI crosses
+    again, open → sealed; the step says so."""
+    card = request(timed_bot, world, "isolate")
+    groups = isolation_groups(world.vpc_id)
+    opened = groups["cordon-open"]
+    ec2 = aws_client("ec2")
+    ec2.revoke_security_group_ingress(GroupId=opened["GroupId"],
+                                      IpPermissions=opened["IpPermissions"])
+    ec2.revoke_security_group_egress(GroupId=opened["GroupId"],
+                                     IpPermissions=opened["IpPermissionsEgress"])
+    incident, calls = approve(timed_bot, recorder, card)
+    assert incident.status == "contained", incident.summary
+    names = {g["GroupId"]: name for name, g in groups.items()}
+    for eni in sandbox_world.groups_by_eni(world.instance_id):
+        assert _moves(calls, eni, names) == ["cordon-open", "cordon-sealed"] * 2, eni
+    ingress, egress = sandbox_world.group_rules(opened["GroupId"])
+    assert {"0.0.0.0/0"} <= {r["CidrIp"] for p in ingress for r in p.get("IpRanges", [])}
+    assert {"0.0.0.0/0"} <= {r["CidrIp"] for p in egress for r in p.get("IpRanges", [])}
+    step = next(s for s in timed_bot.deps.store.steps(incident.id)
+                if s.name == "isolate-security-groups")
+    assert "cordon-open had drifted" in step.summary and "crossed it again" in step.summary
+
+
+def test_an_eni_tightened_after_the_card_goes_back_to_its_tighter_groups(
+        timed_bot: RunningBot, world: sandbox_world.World, recorder: Recorder,
+        aws_trace: AwsTrace) -> None:
+    """Someone takes `web` off the first ENI after the card; the detach is slow, so the ENI
+    waits on its own groups: those of the click (mgmt only), never the card's looser ones.
+    The release puts back the click's groups too."""
+    sandbox_world.join_fleet(world)
+    card = request(timed_bot, world, "full")
+    ec2 = aws_client("ec2")
+    first = next(iter(sandbox_world.groups_by_eni(world.instance_id)))
+    ec2.modify_network_interface_attribute(NetworkInterfaceId=first, Groups=[world.mgmt_group])
+    aws_trace.delay["DetachInstances"] = 3.0
+    # The describe sent beside the first moves reads the ENIs before those moves land.
+    aws_trace.delay["ModifyNetworkInterfaceAttribute"] = 0.3
+    incident, calls = approve(timed_bot, recorder, card)
+    assert incident.status == "contained", incident.summary
+    groups = isolation_groups(world.vpc_id)
+    names = {g["GroupId"]: name for name, g in groups.items()}
+    names.update({world.mgmt_group: "mgmt", world.web_group: "web"})
+    assert _moves(calls, first, names) == ["cordon-open", "mgmt", "cordon-open",
+                                           "cordon-sealed"]
+    timed_bot.slack.command(DANA, CHANNEL, f"release {incident.id} tabletop over")
+    release_card = wait_for(lambda: timed_bot.slack.fake.channel_messages(CHANNEL)[1:])[0]
+    timed_bot.slack.click_button(LEE, CHANNEL, release_card.ts, "Approve")
+    assert settle_card(timed_bot, release_card.ts).status == "released"
+    assert sandbox_world.groups_by_eni(world.instance_id)[first] == [
+        f"mgmt ({world.mgmt_group})"]

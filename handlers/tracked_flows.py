@@ -1,0 +1,349 @@
+"""Sever the flows no security group can: deny entries for the instance's own addresses on
+the network ACLs of the subnets its always-tracked flows cross.
+
+AWS tracks every flow through a NAT gateway, a Network or Gateway Load Balancer, a
+PrivateLink (interface) endpoint or a transit gateway attachment whatever the security
+groups say, and conntrack timeouts are *idle* timeouts: a reverse shell through the NAT
+gateway never goes idle, so the open→sealed swap does not end it. A network ACL is
+stateless ("a network ACL that blocks traffic in either direction breaks existing
+connections"). It matches an inbound entry on the packet's *source* and an outbound entry
+on its *destination*, and it never sees traffic that stays inside its own subnet. So the
+instance is cut where its flows cross into another subnet: on the ACL of each subnet that
+carries them (the NAT gateway's, the attachment's, the load balancer nodes', the
+endpoints'), one deny-all entry inbound with the instance's address as source and one
+outbound with it as destination, for each of its private IPv4 (/32) and IPv6 (/128)
+addresses, numbered below every allow of that direction. Only this instance's addresses
+are matched: nothing else in those subnets is affected.
+
+What the tests cannot show: moto keeps the entries but evaluates nothing and tracks no
+connection; the tests evaluate the stored ACLs as AWS does (lowest matching rule decides).
+A NAT gateway in the instance's own subnet cannot be cut this way (the ACL never sees
+that hop, and past the NAT the source is the NAT's address): that flow may live on, and
+the step says so. Default quota: 20 entries a direction per ACL."""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from handlers.aws import Clients, describe_error, fail_safe, parallel
+from handlers.base import (
+    Action,
+    Outcome,
+    StepContext,
+    StepFailed,
+    StepHeld,
+    VerificationFailed,
+    register,
+)
+from handlers.network_acl import MAX_RULES
+
+DEFAULT_RULES = (32767, 32768)
+ALREADY_TAKEN = "NetworkAclEntryAlreadyExists"
+
+LOOK_PERMISSIONS = ("ec2:DescribeNatGateways", "ec2:DescribeTransitGatewayVpcAttachments",
+                    "ec2:DescribeVpcEndpoints", "ec2:DescribeNetworkAcls",
+                    "elasticloadbalancing:DescribeTargetGroups",
+                    "elasticloadbalancing:DescribeLoadBalancers")
+
+
+def addresses(facts: dict[str, Any]) -> list[str]:
+    """Every private address of every ENI, as CIDRs: /32 and /128."""
+    found: list[str] = []
+    for eni in facts.get("enis") or []:
+        for ip in [eni.get("private_ip"), *(eni.get("addresses") or [])]:
+            if ip and f"{ip}/32" not in found:
+                found.append(f"{ip}/32")
+        for ip in eni.get("ipv6") or []:
+            if f"{ip}/128" not in found:
+                found.append(f"{ip}/128")
+    return found
+
+
+def carrying_subnets(clients: Clients, facts: dict[str, Any]) -> list[dict[str, str]]:
+    """The subnets the instance's always-tracked flows cross, each with why:
+    [{"subnet": …, "via": "NAT gateway nat-…"}]."""
+    ec2, vpc_id = clients.ec2, facts.get("vpc_id", "")
+    nats = [w["id"] for w in facts.get("subnet_exits") or [] if w["kind"] == "nat"]
+    has_tgw = any(w["kind"] == "tgw" for w in facts.get("subnet_exits") or [])
+    balancers = [r["arn"] for r in facts.get("target_groups") or []
+                 if r.get("kind") in ("nlb", "gwlb")]
+
+    def nat() -> list[dict[str, str]]:
+        if not nats:
+            return []
+        found = ec2.describe_nat_gateways(NatGatewayIds=nats)["NatGateways"]
+        return [{"subnet": n["SubnetId"], "via": f"NAT gateway {n['NatGatewayId']}"}
+                for n in found]
+
+    def tgw() -> list[dict[str, str]]:
+        if not has_tgw:
+            return []
+        found = ec2.describe_transit_gateway_vpc_attachments(Filters=[
+            {"Name": "vpc-id", "Values": [vpc_id]},
+            {"Name": "state", "Values": ["available", "pending", "modifying"]}])
+        return [{"subnet": s, "via": f"transit gateway attachment "
+                                     f"{a['TransitGatewayAttachmentId']}"}
+                for a in found.get("TransitGatewayVpcAttachments", [])
+                for s in a.get("SubnetIds", [])]
+
+    def endpoints() -> list[dict[str, str]]:
+        found = ec2.describe_vpc_endpoints(Filters=[
+            {"Name": "vpc-id", "Values": [vpc_id]},
+            {"Name": "vpc-endpoint-type", "Values": ["Interface", "GatewayLoadBalancer"]}])
+        return [{"subnet": s, "via": f"endpoint {e['VpcEndpointId']} "
+                                     f"({e.get('ServiceName', '')})"}
+                for e in found.get("VpcEndpoints", []) for s in e.get("SubnetIds", [])]
+
+    def nodes() -> list[dict[str, str]]:
+        if not balancers:
+            return []
+        elbv2 = clients.client("elbv2")
+        groups = elbv2.describe_target_groups(TargetGroupArns=balancers)["TargetGroups"]
+        lbs = sorted({a for g in groups for a in g.get("LoadBalancerArns", [])})
+        if not lbs:
+            return []
+        found = elbv2.describe_load_balancers(LoadBalancerArns=lbs)["LoadBalancers"]
+        return [{"subnet": z["SubnetId"], "via": f"load balancer {lb['LoadBalancerName']}"}
+                for lb in found for z in lb.get("AvailabilityZones", []) if z.get("SubnetId")]
+
+    out: list[dict[str, str]] = []
+    for part in parallel(lambda f: f(), [nat, tgw, endpoints, nodes]):
+        out += [p for p in part if p not in out]
+    return out
+
+
+def lowest_allow(acl: dict[str, Any], egress: bool) -> int:
+    return min((e["RuleNumber"] for e in acl.get("Entries", [])
+                if e["Egress"] == egress and e["RuleAction"] == "allow"), default=32766)
+
+
+def free_numbers(acl: dict[str, Any], egress: bool, taken: set[int]) -> list[int]:
+    """Rule numbers below every allow of this direction, highest first (closest to the
+    rules they shadow, leaving the low numbers to people), not used or tried yet."""
+    used = {e["RuleNumber"] for e in acl.get("Entries", []) if e["Egress"] == egress}
+    return [n for n in range(lowest_allow(acl, egress) - 1, 0, -1)
+            if n not in used and n not in taken]
+
+
+def room(acl: dict[str, Any], egress: bool) -> int:
+    """How many more entries this direction takes under the default quota."""
+    used = sum(1 for e in acl.get("Entries", [])
+               if e["Egress"] == egress and e["RuleNumber"] not in DEFAULT_RULES)
+    return MAX_RULES - used
+
+
+def decides(acl: dict[str, Any], egress: bool, cidr: str) -> str:
+    """What the ACL does to all traffic of `cidr` (the source inbound, the destination
+    outbound), evaluated as AWS does: entries in rule-number order, the first whose range
+    holds the address decides. "deny" when a deny of every protocol comes first."""
+    net = ipaddress.ip_network(cidr)
+    key = "CidrBlock" if net.version == 4 else "Ipv6CidrBlock"
+    for entry in sorted((e for e in acl.get("Entries", [])
+                         if e["Egress"] == egress and e.get(key)),
+                        key=lambda e: e["RuleNumber"]):
+        if net.subnet_of(ipaddress.ip_network(entry[key])):  # type: ignore[arg-type]
+            if entry["RuleAction"] == "allow":
+                return "allow"
+            if str(entry.get("Protocol")) == "-1":
+                return "deny"
+    return "deny"
+
+
+def _family(cidr: str) -> dict[str, str]:
+    return {"Ipv6CidrBlock": cidr} if ":" in cidr else {"CidrBlock": cidr}
+
+
+class _Numbers:
+    """Rule numbers handed out per ACL and direction: a refused number (another incident
+    took it meanwhile) is replaced by the next free one."""
+
+    def __init__(self, acls: dict[str, dict[str, Any]]) -> None:
+        self.acls = acls
+        self.taken: dict[tuple[str, bool], set[int]] = {}
+        self.lock = threading.Lock()
+
+    def next(self, acl_id: str, egress: bool) -> int:
+        with self.lock:
+            taken = self.taken.setdefault((acl_id, egress), set())
+            free = free_numbers(self.acls[acl_id], egress, taken)
+            if not free:
+                raise StepFailed("NetworkAclRuleNumbers", f"{acl_id} has no free rule number "
+                                 "below its first allow")
+            taken.add(free[0])
+            return free[0]
+
+
+@register
+class SeverTrackedFlows(Action):
+    name = "sever-tracked-flows"
+    description = ("deny entries for the instance's own addresses on the network ACLs of the "
+                   "subnets its always-tracked flows cross (NAT gateway, transit gateway, "
+                   "NLB/GWLB, endpoints): ends what security groups cannot; only this "
+                   "instance is affected")
+    permissions = (*LOOK_PERMISSIONS, "ec2:CreateNetworkAclEntry", "ec2:DeleteNetworkAclEntry")
+    # A failure part-way may leave entries: a release deletes those it recorded.
+    partial_undo = True
+
+    def _plan(self, ctx: StepContext) -> dict[str, Any]:
+        facts = ctx.target.facts
+        own = {e.get("subnet_id") for e in facts.get("enis") or []} | {facts.get("subnet_id")}
+        carrying = carrying_subnets(ctx.clients, facts)
+        cuttable = [c for c in carrying if c["subnet"] not in own]
+        uncut = [c["via"] for c in carrying if c["subnet"] in own]
+        acls: dict[str, dict[str, Any]] = {}
+        why: dict[str, list[str]] = {}
+        if cuttable:
+            found = ctx.clients.ec2.describe_network_acls(Filters=[
+                {"Name": "association.subnet-id",
+                 "Values": sorted({c["subnet"] for c in cuttable})}])["NetworkAcls"]
+            for acl in found:
+                subnets = {a["SubnetId"] for a in acl.get("Associations", [])}
+                vias = [f"{c['via']} in {c['subnet']}" for c in cuttable
+                        if c["subnet"] in subnets]
+                if vias:
+                    acls[acl["NetworkAclId"]] = {"NetworkAclId": acl["NetworkAclId"],
+                                                 "Entries": acl.get("Entries", [])}
+                    why[acl["NetworkAclId"]] = vias
+        return {"addresses": addresses(facts), "acls": acls, "why": why,
+                "uncut": uncut, "entries": []}
+
+    def observe_early(self, ctx: StepContext) -> dict[str, Any] | None:
+        """At card time: which ACLs, their entries (for the rule numbers) and the
+        instance's addresses; after the click the entries go out with the open move."""
+        return self._plan(ctx)
+
+    def check(self, ctx: StepContext) -> bool:
+        return False
+
+    def capture(self, ctx: StepContext) -> dict[str, Any]:
+        return self._plan(ctx)
+
+    def apply(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
+        acls, cidrs = captured["acls"], captured["addresses"]
+        if not acls and not captured["uncut"]:
+            return Outcome("no NAT gateway, transit gateway, NLB/GWLB or interface endpoint "
+                           "carries its flows: nothing to add", {"entries": []})
+        full = [f"{acl_id} ({'outbound' if egress else 'inbound'}: room for "
+                f"{room(acl, egress)}, {len(cidrs)} needed)"
+                for acl_id, acl in acls.items() for egress in (False, True)
+                if room(acl, egress) < len(cidrs)]
+        if full:
+            raise StepFailed("NetworkAclEntryLimitExceeded", "no room for the deny entries on "
+                             + "; ".join(full) + ". Flows through "
+                             + "; ".join(v for a in acls for v in captured["why"][a])
+                             + " may live on: free entries on those ACLs and retry")
+        numbers = _Numbers(acls)
+        wanted = [(acl_id, egress, cidr) for acl_id in acls for cidr in cidrs
+                  for egress in (False, True)]
+        created: list[dict[str, Any]] = []
+        lock = threading.Lock()
+
+        def one(item: tuple[str, bool, str]) -> None:
+            acl_id, egress, cidr = item
+            while True:
+                rule = numbers.next(acl_id, egress)
+                try:
+                    ctx.clients.ec2_cut.create_network_acl_entry(
+                        NetworkAclId=acl_id, RuleNumber=rule, Protocol="-1",
+                        RuleAction="deny", Egress=egress, **_family(cidr))
+                except ClientError as exc:
+                    if describe_error(exc).code == ALREADY_TAKEN:
+                        continue  # another incident took this number meanwhile
+                    raise
+                with lock:
+                    created.append({"acl": acl_id, "rule": rule, "egress": egress,
+                                    "cidr": cidr})
+                return
+
+        errors = [e for e in parallel(_catching(one), wanted) if e is not None]
+        captured["entries"] = created
+        ctx.save(captured)  # exactly these entries are what a release deletes
+        if errors:
+            err = describe_error(errors[0])
+            raise StepFailed(err.code, f"not every deny entry was added: {err.message}",
+                             _said(created))
+        held = ctx.gate(None)
+        if held:
+            # The cut is held (the detach failed): these entries go too, as the groups do.
+            with fail_safe():
+                self._delete(ctx, created)
+            captured["entries"] = []
+            ctx.save(captured)
+            raise StepHeld(f"{held} failed: not cut", "the deny entries were removed again")
+        summary = _said(created) + ("; " + "; ".join(
+            f"via {a}" for acl in acls for a in captured["why"][acl]) if acls else "")
+        if captured["uncut"]:
+            raise StepFailed("NotSeverable", "in the instance's own subnet, where no network "
+                             "ACL sees them: flows through " + ", ".join(captured["uncut"])
+                             + " may live on until idle", summary)
+        return Outcome(summary + "; only this instance's addresses are matched",
+                       {"entries": created})
+
+    def verify(self, ctx: StepContext, captured: dict[str, Any], outcome: Outcome) -> str:
+        entries = outcome.details.get("entries") or []
+        ids = sorted({e["acl"] for e in entries})
+        if not ids:
+            return "nothing to verify"
+        found = ctx.clients.ec2.describe_network_acls(NetworkAclIds=ids)["NetworkAcls"]
+        open_ = [f"{acl['NetworkAclId']} {'out' if egress else 'in'} {cidr}"
+                 for acl in found for cidr in captured["addresses"]
+                 for egress in (False, True) if decides(acl, egress, cidr) != "deny"]
+        if open_ or len(found) != len(ids):
+            raise VerificationFailed("traffic of the instance still allowed: "
+                                     + ", ".join(open_ or ["an ACL is gone"]))
+        return f"{len(ids)} ACL(s) deny all of its traffic both ways"
+
+    def _delete(self, ctx: StepContext, entries: list[dict[str, Any]]) -> list[str]:
+        """Delete exactly these entries, each only if it is still ours (same number,
+        direction, range and a deny)."""
+        ids = sorted({e["acl"] for e in entries})
+        if not ids:
+            return []
+        acls = {a["NetworkAclId"]: a for a in ctx.clients.ec2.describe_network_acls(
+            NetworkAclIds=ids)["NetworkAcls"]}
+
+        def one(e: dict[str, Any]) -> str | None:
+            current = next((x for x in acls.get(e["acl"], {}).get("Entries", [])
+                            if x["RuleNumber"] == e["rule"] and x["Egress"] == e["egress"]),
+                           None)
+            key = "Ipv6CidrBlock" if ":" in e["cidr"] else "CidrBlock"
+            if current is None or current.get(key) != e["cidr"] \
+                    or current["RuleAction"] != "deny":
+                return f"{e['acl']} rule {e['rule']} was no longer ours; left"
+            ctx.clients.ec2.delete_network_acl_entry(NetworkAclId=e["acl"],
+                                                     RuleNumber=e["rule"], Egress=e["egress"])
+            return None
+
+        return [n for n in parallel(one, entries) if n]
+
+    def describe_undo(self, captured: dict[str, Any]) -> str:
+        n = len(captured.get("entries") or [])
+        return f"delete the {n} deny entries it added" if n else "nothing (no entry added)"
+
+    def undo(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
+        entries = captured.get("entries") or []
+        notes = self._delete(ctx, entries)
+        return Outcome(f"{len(entries) - len(notes)} deny entries deleted"
+                       + ("; " + "; ".join(notes) if notes else ""))
+
+
+def _catching(fn: Any) -> Any:
+    def run(item: Any) -> BaseException | None:
+        try:
+            fn(item)
+        except Exception as exc:
+            return exc
+        return None
+    return run
+
+
+def _said(created: list[dict[str, Any]]) -> str:
+    by_acl: dict[str, list[str]] = {}
+    for e in sorted(created, key=lambda e: (e["acl"], e["egress"], e["rule"])):
+        by_acl.setdefault(e["acl"], []).append(
+            f"{'out to' if e['egress'] else 'in from'} {e['cidr']} #{e['rule']}")
+    return "deny " + "; ".join(f"{acl}: {', '.join(v)}" for acl, v in by_acl.items())

@@ -1,0 +1,120 @@
+"""Flows no security group ends: an instance whose subnet leaves through a NAT gateway gets
+deny entries for its own address on the NAT gateway subnet's network ACL, both ways, below
+every allow, in the round of the cut; a bystander in its subnet stays allowed; the release
+deletes exactly those entries. Through the real endpoint against moto. moto evaluates no
+ACL and tracks no connection: the tests evaluate the stored ACLs as AWS does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bot.sandbox.fake_slack import FakeSlack
+from bot.sandbox.harness import RunningBot, wait_for
+from handlers import sandbox_world
+from handlers.tracked_flows import decides, free_numbers, room
+from tests.conftest import AwsTrace, aws_client, settle_card
+
+CHANNEL = "C0INCIDENT"
+DANA, LEE = "U0DANA", "U0LEE"
+
+
+def nat_layout(world: sandbox_world.World) -> dict[str, str]:
+    """The commonest production layout: the instance's subnet routes 0.0.0.0/0 to a NAT
+    gateway in a public subnet. Every subnet keeps the VPC's default ACL."""
+    ec2 = aws_client("ec2")
+    public = ec2.create_subnet(VpcId=world.vpc_id, CidrBlock="10.20.9.0/24")["Subnet"]["SubnetId"]
+    igw = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    ec2.attach_internet_gateway(InternetGatewayId=igw, VpcId=world.vpc_id)
+    eip = ec2.allocate_address(Domain="vpc")["AllocationId"]
+    nat = ec2.create_nat_gateway(SubnetId=public, AllocationId=eip)["NatGateway"]["NatGatewayId"]
+    private = ec2.create_route_table(VpcId=world.vpc_id)["RouteTable"]["RouteTableId"]
+    ec2.create_route(RouteTableId=private, DestinationCidrBlock="0.0.0.0/0", NatGatewayId=nat)
+    ec2.associate_route_table(RouteTableId=private, SubnetId=world.subnet_id)
+    acl = acl_of(public)
+    return {"public": public, "nat": nat, "acl": acl["NetworkAclId"]}
+
+
+def acl_of(subnet: str) -> dict[str, Any]:
+    (acl,) = aws_client("ec2").describe_network_acls(Filters=[
+        {"Name": "association.subnet-id", "Values": [subnet]}])["NetworkAcls"]
+    return dict(acl)
+
+
+def address(instance_id: str) -> str:
+    inst = aws_client("ec2").describe_instances(InstanceIds=[instance_id])[
+        "Reservations"][0]["Instances"][0]
+    return f"{inst['PrivateIpAddress']}/32"
+
+
+def test_flows_through_a_nat_gateway_are_cut_on_its_subnets_acl_and_released(
+        bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack,
+        aws_trace: AwsTrace) -> None:
+    layout = nat_layout(world)
+    before = acl_of(layout["public"])["Entries"]
+    mine, bystander = address(world.instance_id), address(world.bystander_id)
+    bot.slack.command(DANA, CHANNEL, f"{world.instance_id} isolate reverse shell via the NAT")
+    card = wait_for(lambda: fake_slack.channel_messages(CHANNEL))[0]
+    assert layout["nat"] in str(card.blocks)
+    bot.slack.click_button(LEE, CHANNEL, card.ts, "Approve")
+    incident = settle_card(bot, card.ts)
+    assert incident.status == "contained", incident.summary
+    acl = acl_of(layout["public"])
+    ours = [e for e in acl["Entries"] if e.get("CidrBlock") == mine]
+    assert sorted((e["Egress"], e["RuleAction"], e["Protocol"]) for e in ours) == [
+        (False, "deny", "-1"), (True, "deny", "-1")]
+    allows = [e["RuleNumber"] for e in acl["Entries"] if e["RuleAction"] == "allow"]
+    assert all(e["RuleNumber"] < min(allows) for e in ours)
+    # Evaluated as AWS evaluates it: all the instance's traffic is denied both ways; the
+    # bystander in its subnet (the same default ACL) is still allowed.
+    assert decides(acl, False, mine) == decides(acl, True, mine) == "deny"
+    assert decides(acl, False, bystander) == decides(acl, True, bystander) == "allow"
+    # The entries went out in the round of the cut, not after it.
+    ops = [op for op, _ in aws_trace.calls]
+    first_move = ops.index("ModifyNetworkInterfaceAttribute")
+    assert ops.index("CreateNetworkAclEntry") < first_move + 6
+    thread = [m.text for m in fake_slack.thread(CHANNEL, card.ts)]
+    assert any("sever-tracked-flows" in t and layout["nat"] in t for t in thread)
+
+    bot.slack.command(DANA, CHANNEL, f"release {incident.id} tabletop over")
+    release_card = wait_for(lambda: fake_slack.channel_messages(CHANNEL)[1:])[0]
+    bot.slack.click_button(LEE, CHANNEL, release_card.ts, "Approve")
+    release = settle_card(bot, release_card.ts)
+    assert release.status == "released", release.summary
+    assert acl_of(layout["public"])["Entries"] == before
+
+
+def test_a_full_acl_fails_the_step_and_says_which_flows_may_live_on(
+        bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack) -> None:
+    layout = nat_layout(world)
+    ec2 = aws_client("ec2")
+    taken = room(acl_of(layout["public"]), False)
+    for n in range(taken):
+        for egress in (False, True):
+            ec2.create_network_acl_entry(NetworkAclId=layout["acl"], RuleNumber=200 + n,
+                                         Protocol="6", RuleAction="allow", Egress=egress,
+                                         CidrBlock=f"192.0.2.{n}/32", PortRange={"From": 443,
+                                                                                  "To": 443})
+    bot.slack.command(DANA, CHANNEL, f"{world.instance_id} isolate reverse shell")
+    card = wait_for(lambda: fake_slack.channel_messages(CHANNEL))[0]
+    bot.slack.click_button(LEE, CHANNEL, card.ts, "Approve")
+    incident = settle_card(bot, card.ts)
+    assert incident.status == "partially contained", incident.summary
+    (step,) = [s for s in bot.deps.store.steps(incident.id) if s.name == "sever-tracked-flows"]
+    assert step.error_code == "NetworkAclEntryLimitExceeded"
+    assert layout["nat"] in (step.error_message or "") and "may live on" in (
+        step.error_message or "")
+    # The security-group cut itself went ahead.
+    (cut,) = [s for s in bot.deps.store.steps(incident.id)
+              if s.name == "isolate-security-groups"]
+    assert cut.status == "succeeded"
+
+
+@pytest.mark.parametrize("used", [[], [90, 99], [99]])
+def test_rule_numbers_below_every_allow_never_reuse_one(used: list[int]) -> None:
+    acl = {"Entries": [{"RuleNumber": 100, "Egress": False, "RuleAction": "allow"},
+                       *({"RuleNumber": n, "Egress": False, "RuleAction": "deny"}
+                         for n in used)]}
+    free = free_numbers(acl, False, {98})
+    assert free[0] < 100 and not set(free) & {*used, 98}
