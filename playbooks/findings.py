@@ -87,6 +87,12 @@ def _guardduty(event: dict[str, Any]) -> list[Proposal]:
         kind, rid = "instance", resource["instanceDetails"]["instanceId"]
     elif resource["resourceType"] == "AccessKey":
         kind, rid = "key", resource["accessKeyDetails"]["accessKeyId"]
+        thief = _exfiltrating_instance(d, resource["accessKeyDetails"])
+        if thief:
+            # The instance's role credentials used from elsewhere: contain the instance
+            # (its profile goes, and only its own credentials are revoked). Revoking the
+            # role would deny every instance sharing it, while this one fetched new ones.
+            kind, rid = "instance", thief
     else:
         return []  # S3, EKS, RDS…: not Cordon's to contain
     _check(kind, rid)
@@ -104,6 +110,20 @@ def _guardduty(event: dict[str, Any]) -> list[Proposal]:
                      f"#/findings?macros=current&fId={d['id']}"),
         reason=f"GuardDuty: {d.get('type', '')} — {d.get('title', '')}",
     )]
+
+
+EXFILTRATION = "InstanceCredentialExfiltration"
+# An instance role session's principal: the role's unique id, then the instance id.
+_ROLE_SESSION_OF_INSTANCE = re.compile(r"^AROA[A-Z0-9]+:(i-(?:[0-9a-f]{8}|[0-9a-f]{17}))$")
+
+
+def _exfiltrating_instance(detail: dict[str, Any], key: dict[str, Any]) -> str | None:
+    """The instance an InstanceCredentialExfiltration finding's credentials were issued
+    to (the session's principal is `AROA…:i-…`), or None."""
+    if EXFILTRATION not in str(detail.get("type", "")):
+        return None
+    match = _ROLE_SESSION_OF_INSTANCE.match(str(key.get("principalId", "")))
+    return match.group(1) if match else None
 
 
 def _security_hub(event: dict[str, Any]) -> list[Proposal]:

@@ -244,6 +244,34 @@ def test_a_guardduty_key_finding_proposes_the_key_playbook(
     assert sandbox_world.key_status(user, key) == "Inactive"
 
 
+def test_an_instance_credential_exfiltration_finding_proposes_full_on_that_instance(
+        intake_bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack,
+        queue: str) -> None:
+    """The instance role's credentials used outside AWS: the finding names a temporary key
+    and the session `AROA…:i-…`. The instance is proposed (its revocation is scoped to it),
+    not a role-wide revocation that would deny every instance sharing the role."""
+    event = guardduty("", kind="AccessKey", key_id="ASIAQEXFILTRATED0001", finding_id="exf1")
+    event["detail"]["type"] = "UnauthorizedAccess:IAMUser/InstanceCredentialExfiltration.OutsideAWS"
+    event["detail"]["resource"]["accessKeyDetails"].update(
+        principalId=f"AROAEXAMPLEROLEID0001:{world.instance_id}", userName="web-prod",
+        userType="AssumedRole")
+    send(queue, event)
+    (card,) = wait_for(lambda: cards(fake_slack), timeout=30)
+    wait_for(lambda: empty(queue), timeout=30)
+    (incident,) = intake_bot.deps.store.recent()
+    assert incident.kind == "instance" and incident.target_id == world.instance_id
+    assert incident.playbook == "full"
+    assert "InstanceCredentialExfiltration" in text_of(card.blocks)
+    intake_bot.slack.click_button(LEE, FINDINGS, card.ts, "Approve")
+    assert settle_card(intake_bot, card.ts).status == "contained"
+    (statement,) = aws_client("iam").get_role_policy(
+        RoleName="web-prod", PolicyName="cordon-revocations")["PolicyDocument"]["Statement"]
+    assert statement["Condition"]["StringEquals"]["ec2:SourceInstanceARN"].endswith(
+        world.instance_id)
+    assert aws_client("iam").list_role_policies(RoleName="web-prod")["PolicyNames"] == [
+        "cordon-revocations"]  # no role-wide AWSRevokeOlderSessions
+
+
 def test_a_finding_about_an_instance_that_is_not_there_is_said_in_the_channel(
         intake_bot: RunningBot, fake_slack: FakeSlack, queue: str) -> None:
     send(queue, guardduty("i-0123456789abcdef0", finding_id="gone"))
