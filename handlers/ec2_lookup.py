@@ -9,10 +9,11 @@ from botocore.exceptions import ClientError
 
 from handlers.autoscaling import FLEET_PERMISSIONS, fleet_facts, membership
 from handlers.aws import AwsError, Clients, both, describe_error, parallel
+from handlers.tracked_flows import LOOK_PERMISSIONS, carrying_subnets
 
 # What finding an instance and drawing its approval card calls.
 PERMISSIONS = ("ec2:DescribeInstances", "autoscaling:DescribeAutoScalingInstances",
-               "ec2:DescribeRouteTables", *FLEET_PERMISSIONS)
+               "ec2:DescribeRouteTables", *FLEET_PERMISSIONS, *LOOK_PERMISSIONS)
 NOT_FOUND_CODES = {"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"}
 
 
@@ -177,6 +178,11 @@ def _with_fleet(clients: Clients, facts: dict[str, Any]) -> dict[str, Any]:
             facts["subnet_exits"] = []
 
     parallel(lambda job: job(), [fleet, exits])
+    try:
+        facts["tracked_paths"] = carrying_subnets(clients, facts)
+    except Exception as exc:
+        facts["tracked_paths"] = None  # unknown: the cut looks again after the click
+        facts["tracked_paths_error"] = describe_error(exc).code
     facts["untracked_limits"] = uncuttable(facts)
     return facts
 

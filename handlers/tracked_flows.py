@@ -191,7 +191,9 @@ class SeverTrackedFlows(Action):
     def _plan(self, ctx: StepContext) -> dict[str, Any]:
         facts = ctx.target.facts
         own = {e.get("subnet_id") for e in facts.get("enis") or []} | {facts.get("subnet_id")}
-        carrying = carrying_subnets(ctx.clients, facts)
+        carrying = facts.get("tracked_paths")
+        if carrying is None or ctx.memo.get("fresh"):
+            carrying = carrying_subnets(ctx.clients, facts)
         cuttable = [c for c in carrying if c["subnet"] not in own]
         uncut = [c["via"] for c in carrying if c["subnet"] in own]
         acls: dict[str, dict[str, Any]] = {}
@@ -220,6 +222,7 @@ class SeverTrackedFlows(Action):
         return False
 
     def capture(self, ctx: StepContext) -> dict[str, Any]:
+        ctx.memo["fresh"] = True  # after the click (a resume or a retry): look again
         return self._plan(ctx)
 
     def apply(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:

@@ -26,7 +26,8 @@ class Step:
     # "apply" for a containment; "undo" for a release.
     mode: str = "apply"
     # Only for some targets: "fleet" — an instance in an Auto Scaling group or registered
-    # with a load balancer when the card was made (see `fleet_member`).
+    # with a load balancer when the card was made (see `fleet_member`); "tracked" — one
+    # whose flows cross a subnet where AWS always tracks them (see `tracked_elsewhere`).
     when: str | None = None
 
     @property
@@ -57,7 +58,8 @@ class Playbook:
     def for_target(self, facts: dict[str, Any]) -> Playbook:
         """The steps that apply to this target (from the facts looked up for its card)."""
         steps = tuple(s for s in self.steps if s.when is None
-                      or (s.when == "fleet" and fleet_member(facts)))
+                      or (s.when == "fleet" and fleet_member(facts))
+                      or (s.when == "tracked" and tracked_elsewhere(facts)))
         return replace(self, steps=steps) if steps != self.steps else self
 
     def phases(self) -> list[list[Step]]:
@@ -71,6 +73,13 @@ def fleet_member(facts: dict[str, Any]) -> bool:
     """In an Auto Scaling group, or registered with a load balancer: its group would
     replace — terminate — it once its health checks fail behind a cut network."""
     return bool(facts.get("asg") or facts.get("target_groups") or facts.get("classic_elbs"))
+
+
+def tracked_elsewhere(facts: dict[str, Any]) -> bool:
+    """Some of its flows cross another subnet where AWS always tracks them (a NAT gateway,
+    NLB/GWLB, endpoint or transit gateway attachment), or that could not be found out."""
+    paths = facts.get("tracked_paths")
+    return paths is None or bool(paths)
 
 
 # Network-only playbooks never hand an Auto Scaling member to its group: for such an
@@ -92,7 +101,7 @@ PLAYBOOKS: dict[str, Playbook] = {
                  blocks=False),
             # What the groups cannot end (flows through a NAT gateway, NLB/GWLB, endpoint,
             # transit gateway): ACL entries for its addresses, sent with the open move.
-            Step("sever-tracked-flows", phase=2, overlap=True),
+            Step("sever-tracked-flows", phase=2, overlap=True, when="tracked"),
             # After the cut: instance tags can be read from inside the instance (instance
             # metadata), so the attacker learns nothing before the network is gone.
             Step("tag-instance", phase=3, options={"status": "containing"}),
@@ -109,7 +118,7 @@ PLAYBOOKS: dict[str, Playbook] = {
         steps=(
             *FLEET_GUARD,
             Step("isolate-security-groups", phase=2, critical=True, overlap=True),
-            Step("sever-tracked-flows", phase=2, overlap=True),
+            Step("sever-tracked-flows", phase=2, overlap=True, when="tracked"),
             Step("tag-instance", phase=3),
         ),
     ),
