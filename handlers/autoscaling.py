@@ -22,6 +22,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from handlers.aws import Backoff, Clients, both, describe_error, parallel
 from handlers.base import (
     Action,
@@ -111,6 +113,12 @@ def fleet_facts(clients: Clients, instance_id: str, asg: str | None) -> dict[str
     return {"target_groups": regs, "classic_elbs": elbs}
 
 
+def _below_minimum(exc: ClientError) -> bool:
+    err = describe_error(exc)
+    return err.code == "ValidationError" and ("min-size" in err.message.lower()
+                                              or "min size" in err.message.lower())
+
+
 def balancer_kind(protocol: str | None) -> str:
     """A target group's load balancer by its protocol: NLB, Gateway Load Balancer or ALB."""
     if protocol in ("TCP", "UDP", "TCP_UDP", "TLS"):
@@ -198,10 +206,25 @@ class DetachFromAutoScaling(Action):
 
         autoscaling = ctx.clients.client("autoscaling", cut=True)  # retried here only
 
+        at_minimum: list[str] = []
+
         def detach() -> None:
-            autoscaling.detach_instances(
-                InstanceIds=[instance_id], AutoScalingGroupName=group,
-                ShouldDecrementDesiredCapacity=decrement)
+            lower = decrement and not at_minimum
+            try:
+                autoscaling.detach_instances(
+                    InstanceIds=[instance_id], AutoScalingGroupName=group,
+                    ShouldDecrementDesiredCapacity=lower)
+            except ClientError as exc:
+                # A group at its minimum refuses to lower its desired capacity ("has
+                # min-size=1 … and desired-size=1. To detach 1 instance, please update the
+                # AutoScalingGroup sizes"): detach without lowering it, and say so. Changing
+                # the group's minimum is not Cordon's to do.
+                if not lower or not _below_minimum(exc):
+                    raise
+                at_minimum.append(describe_error(exc).message)
+                autoscaling.detach_instances(
+                    InstanceIds=[instance_id], AutoScalingGroupName=group,
+                    ShouldDecrementDesiredCapacity=False)
 
         if state in SETTLING:
             # EnteringStandby: a moment later it is Standby, which can be detached.
@@ -223,6 +246,9 @@ class DetachFromAutoScaling(Action):
                 err = describe_error(exc)
                 raise StepFailed(err.code, f"could not detach from {group} ({state}): "
                                  f"{err.message}") from exc
+        if at_minimum:
+            return (f"detached from {group} without lowering its desired capacity: the group "
+                    "is at its minimum size, so it launches a replacement")
         then = "desired capacity lowered" if decrement else "the group launches a replacement"
         return f"detached from {group} ({then})"
 
