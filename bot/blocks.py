@@ -284,6 +284,11 @@ def _blast_blocks(incident: Incident, cut: list[str]) -> list[Block]:
     changes = [f"• {escape(c)}" for c in blast.get("changes", [])] or ["• nothing found to change"]
     blocks.append(_section(fit_lines(f"*What changes* ({len(blast.get('changes', []))})",
                                      changes, SECTION_MAX, cut, "changes")))
+    if incident.playbook in ("nacl", "route"):
+        blocks.append(_section(
+            "⚠️ *Traffic between instances inside the subnet is not cut*: a network ACL or "
+            "route table never sees it. For a worm spreading inside the subnet, use "
+            "`isolate` (or `full`) on each instance."))
     if blast.get("still_open"):
         blocks.append(_section(fit_lines(
             "⚠️ *Not contained through these default routes, which stay*",
@@ -607,7 +612,7 @@ def render_help() -> str:
         "(approval required)",
         "`/contain status [instance-id|incident-id]` — what happened, who did what, when",
         "  e.g. `/contain status CRD-7Q2M4K`",
-        "  e.g. `/contain i-0abc123def4567890 nacl mode=insert worm spreading in the subnet`",
+        "  e.g. `/contain i-0abc123def4567890 nacl mode=insert the whole subnet beacons out`",
         "`/contain help` — this text",
         f"Playbooks: {names}.",
         "An on-call approver (not the requester) must press *Approve* on the card; "

@@ -444,6 +444,9 @@ class RunGuard:
     def __init__(self, incident_id: str) -> None:
         self.incident_id = incident_id
         self.lost = threading.Event()
+        # Another worker holds the run now: even the fail-safe moves stop, or a move back
+        # retried here could land after the new owner sealed the ENI.
+        self.taken_over = threading.Event()
         self.why = ""
 
     def lose(self, why: str) -> None:
@@ -469,6 +472,17 @@ class fail_safe:
 
     def __exit__(self, *exc: object) -> None:
         _exempt.reset(self._token)
+
+
+class TakenOver(LeaseLost):
+    """Another worker holds this run: not even a fail-safe move goes out from here."""
+
+
+def taken_over_check() -> None:
+    """Raise TakenOver once another worker holds this run (fail-safe moves included)."""
+    guard = run_guard.get()
+    if guard is not None and guard.taken_over.is_set():
+        raise TakenOver(f"{guard.incident_id}: another worker holds the run")
 
 
 def run_guard_check() -> None:

@@ -27,6 +27,7 @@ from handlers.aws import (
     fail_safe,
     parallel,
     run_guard_check,
+    taken_over_check,
 )
 from handlers.base import (
     GATE_PENDING,
@@ -616,8 +617,15 @@ class EniCut:
 
 
 def _move(clients: Clients, eni_id: str, group_ids: list[str], backoff: Backoff) -> None:
-    backoff.call(lambda: clients.ec2_cut.modify_network_interface_attribute(
-        NetworkInterfaceId=eni_id, Groups=group_ids))
+    """One move, retried; each attempt first asks whether another worker took the run
+    over (a lease lost to a database outage does not stop a fail-safe move, a takeover
+    does: the new owner moves this ENI from what it finds)."""
+    def attempt() -> None:
+        taken_over_check()
+        clients.ec2_cut.modify_network_interface_attribute(NetworkInterfaceId=eni_id,
+                                                           Groups=group_ids)
+
+    backoff.call(attempt)
 
 
 def _look_again(ctx: StepContext, ids: dict[str, str]

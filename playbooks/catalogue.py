@@ -125,8 +125,9 @@ PLAYBOOKS: dict[str, Playbook] = {
 }
 
 for _name, _summary, _action, _options in (
-    ("nacl", "deny all traffic of the instance's subnet(s) with a network ACL (stateless: "
-             "existing connections end too)", "isolate-subnet-nacl", ("mode",)),
+    ("nacl", "deny all traffic in and out of the instance's subnet(s) with a network ACL "
+             "(stateless: existing connections end too); traffic inside the subnet is not "
+             "cut", "isolate-subnet-nacl", ("mode",)),
     ("route", "give the instance's subnet(s) a route table with only the VPC-local route",
               "isolate-subnet-routes", ()),
     ("igw", "remove every route to the VPC's internet gateway", "remove-internet-routes", ()),

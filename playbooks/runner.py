@@ -287,6 +287,25 @@ class Runner:
                     why = f"the database did not answer ({type(exc).__name__})"
                 log.warning("lease lost", extra={"owner": self.owner, "why": why})
                 guard.lose(why)
+                break
+            else:
+                return
+            self._watch_takeover(incident_id, guard, stop)
+
+    def _watch_takeover(self, incident_id: str, guard: RunGuard, stop: threading.Event
+                        ) -> None:
+        """After the lease is lost: once another worker holds the run, even this worker's
+        fail-safe moves stop (the new owner moves the ENIs from what it finds)."""
+        while True:
+            try:
+                current = self.store.get(incident_id)
+                if current is None or (current.lease_owner or self.owner) != self.owner \
+                        or current.status != RUNNING:
+                    guard.taken_over.set()
+                    return
+            except Exception as exc:  # the database is still away: keep the fail-safe
+                log.warning("run owner unknown", extra={"error": type(exc).__name__})
+            if stop.wait(self.lease_seconds / 4):
                 return
 
     def _run_safely(self, incident_id: str, resumed: bool, guard: RunGuard) -> str | None:

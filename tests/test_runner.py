@@ -116,3 +116,41 @@ def test_an_instance_already_isolated_is_not_touched_again(
     assert final(bot, second.id).status == "contained"
     assert aws_trace.count("ModifyNetworkInterfaceAttribute") == moves
     assert bot.deps.store.steps(second.id)[0].status == "skipped"
+
+
+def test_a_worker_that_lost_its_run_stops_moving_enis_once_another_owner_holds_it(
+        bot: RunningBot, world: sandbox_world.World, aws_trace: AwsTrace) -> None:
+    """The lease is lost while a move back is being retried (throttled): as soon as the
+    store shows another owner, the retries stop — a move back landing after the new
+    owner sealed the ENI would undo its cut."""
+    import threading
+
+    from handlers.aws import RunGuard, acting_as, fail_safe, run_guard
+    from handlers.isolation import RESTORE_RETRY, put_back
+
+    incident = open_incident(bot, world)
+    store = bot.deps.store
+    assert store.decide(incident.id, "U0LEE", approve=True)
+    runner = bot.deps.worker.runner
+    assert store.claim_run(incident.id, runner.owner, 0.2)
+    guard, stop = RunGuard(incident.id), threading.Event()
+    guard.lose("the database did not answer (OperationalError)")
+    watcher = threading.Thread(target=runner._watch_takeover, args=(incident.id, guard, stop))
+    watcher.start()
+    eni = next(iter(eni_groups(world.instance_id)))
+    # Every move is throttled: without the takeover, the retries go on for RESTORE_RETRY.
+    aws_trace.fail("ModifyNetworkInterfaceAttribute", "RequestLimitExceeded", times=100)
+    wait_for(lambda: store.claim_run(incident.id, "new-owner", 60), timeout=10)
+    token = run_guard.set(guard)
+    try:
+        with acting_as("isolate-security-groups"), fail_safe():
+            moved = put_back(runner.clients_for("us-east-1", None),
+                             {"id": eni, "groups": [{"id": world.web_group}]})
+    finally:
+        run_guard.reset(token)
+    stop.set()
+    watcher.join()
+    assert guard.taken_over.is_set(), moved.error
+    assert not moved.restored and "another worker" in moved.error
+    # At most the attempts sent before the takeover was seen, far fewer than the backoff's.
+    assert aws_trace.count("ModifyNetworkInterfaceAttribute") < RESTORE_RETRY.attempts
