@@ -616,12 +616,16 @@ class EniCut:
     held: str = ""
 
 
-def _move(clients: Clients, eni_id: str, group_ids: list[str], backoff: Backoff) -> None:
-    """One move, retried; each attempt first asks whether another worker took the run
-    over (a lease lost to a database outage does not stop a fail-safe move, a takeover
-    does: the new owner moves this ENI from what it finds)."""
+def _move(clients: Clients, eni_id: str, group_ids: list[str], backoff: Backoff,
+          unless_taken_over: bool = False) -> None:
+    """One move, retried. A move back (`unless_taken_over`) first asks, at each attempt,
+    whether another worker took the run over: a move back landing after the new owner
+    sealed the ENI would undo the cut. (A lease lost to a database outage does not stop
+    it; a takeover does, and the new owner moves the ENI from what it finds. A seal goes
+    on: landing late, it only does what the new owner does.)"""
     def attempt() -> None:
-        taken_over_check()
+        if unless_taken_over:
+            taken_over_check()
         clients.ec2_cut.modify_network_interface_attribute(NetworkInterfaceId=eni_id,
                                                            Groups=group_ids)
 
@@ -755,7 +759,8 @@ def put_back(clients: Clients, eni: dict[str, Any]) -> EniCut:
     """Back to the groups recorded before Cordon touched it, retried longest."""
     result = EniCut(eni["id"])
     try:
-        _move(clients, eni["id"], [g["id"] for g in eni["groups"]], RESTORE_RETRY)
+        _move(clients, eni["id"], [g["id"] for g in eni["groups"]], RESTORE_RETRY,
+              unless_taken_over=True)
         result.restored = True
     except Exception as exc:
         result.error = f"the return to its own groups failed: {describe_error(exc)}"
