@@ -41,6 +41,7 @@ from handlers.base import (
     register,
 )
 from handlers.ec2_lookup import describe_instance, interfaces, off_group
+from handlers.eni_cut import Do, EniCutMachine, Event, State
 
 OPEN, SEALED = "isolation-open", "isolation-sealed"
 # Why an ENI of the card is put back instead of sealed.
@@ -388,6 +389,7 @@ class IsolateSecurityGroups(Action):
             ids, created = ensure_group_pair(ctx.clients, captured["vpc_id"], pair,
                                              ctx.target.incident_id)
             cuts = self._cut(ctx, enis, ids)
+        cuts = self._cross_again_if_unconfirmed(ctx, captured, cuts, ids, notes)
         open_id, sealed_id = ids[OPEN], ids[SEALED]
         held = [c for c in cuts if c.held]
         failed = [c for c in cuts if not c.sealed and not c.held]
@@ -406,10 +408,6 @@ class IsolateSecurityGroups(Action):
             " → cordon-sealed" for e in captured["enis"]
         )
         summary = moves
-        untracked = [c.eni_id for c in cuts if c.open_error]
-        if untracked:
-            summary += ("; not moved through cordon-open first, tracked connections may "
-                        f"survive on {', '.join(untracked)}")
         if conntrack_notes:
             summary += f"; conntrack timeouts not lowered ({', '.join(conntrack_notes)})"
         else:
@@ -421,17 +419,44 @@ class IsolateSecurityGroups(Action):
         limits = ctx.target.facts.get("untracked_limits") or []
         if limits:
             summary += ". Not cut by security groups: " + "; ".join(limits)
+        untracked = [c.eni_id for c in cuts if not c.converted]
+        if untracked:
+            # Sealed, but the crossing that makes tracked flows untracked is not known to
+            # have happened: never reported as a conversion.
+            raise StepFailed("NotConverted", f"{', '.join(untracked)} sealed without a "
+                             "confirmed crossing of cordon-open: tracked connections may "
+                             "survive until idle", summary)
         return Outcome(summary, {"open_group": open_id, "sealed_group": sealed_id,
                                  "created_groups": created, "conntrack_notes": conntrack_notes,
                                  "open_seconds": {c.eni_id: c.open_seconds for c in cuts}})
 
+    def _cross_again_if_unconfirmed(self, ctx: StepContext, captured: dict[str, Any],
+                                    cuts: list[EniCut], ids: dict[str, str],
+                                    notes: list[str]) -> list[EniCut]:
+        """An ENI sealed after an open move whose answer never came (or that failed) is
+        sealed, not known severed: it crosses once more, open → sealed, off the path to
+        the cut (it is sealed meanwhile)."""
+        unsure = {c.eni_id: c.machine for c in cuts
+                  if c.sealed and not c.converted and c.machine is not None}
+        if not unsure:
+            return cuts
+        for machine in unsure.values():
+            machine.fire(Event.DRIFTED)
+        again = self._cut(ctx, [e for e in captured["enis"] if e["id"] in unsure], ids,
+                          machines={k: m for k, m in unsure.items() if m is not None})
+        notes.append(f"crossed again: the first crossing of {', '.join(unsure)} was not "
+                     "confirmed")
+        return [c for c in cuts if c.eni_id not in unsure] + again
+
     def _cut(self, ctx: StepContext, enis: list[dict[str, Any]], ids: dict[str, str],
-             gate: Callable[[str, float | None], str | None] | None = None) -> list[EniCut]:
+             gate: Callable[[str, float | None], str | None] | None = None,
+             machines: dict[str, EniCutMachine] | None = None) -> list[EniCut]:
         def one(eni: dict[str, Any]) -> EniCut:
             def held(timeout: float | None = None) -> str | None:
                 return (ctx.gate if gate is None else partial(gate, eni["id"]))(timeout)
 
-            return cut_eni(ctx.clients, eni, ids[OPEN], ids[SEALED], held)
+            return cut_eni(ctx.clients, eni, ids[OPEN], ids[SEALED], held,
+                           (machines or {}).get(eni["id"]))
 
         return parallel(one, enis)
 
@@ -511,8 +536,12 @@ class IsolateSecurityGroups(Action):
                                 "every ENI crossed it again)"))
         if not redo:
             return cuts
-        crossed = {c.eni_id for c in cuts if c.sealed}
-        again = self._cut(ctx, [e for e in captured["enis"] if e["id"] in crossed], ids)
+        machines = {c.eni_id: c.machine for c in cuts if c.sealed and c.machine is not None}
+        for machine in machines.values():
+            machine.fire(Event.DRIFTED)  # back to the start: it crosses again
+        again = self._cut(ctx, [e for e in captured["enis"] if e["id"] in machines], ids,
+                          machines=machines)
+        crossed = set(machines)
         return [c for c in cuts if c.eni_id not in crossed] + again
 
     def in_place(self, captured: dict[str, Any]) -> bool:
@@ -614,6 +643,12 @@ class EniCut:
     open_seconds: float = 0.0
     # The critical step before the cut that failed: moved back instead of sealed.
     held: str = ""
+    machine: EniCutMachine | None = None
+
+    @property
+    def converted(self) -> bool:
+        """Sealed after crossing an allow-all cordon-open (its tracked flows ended)."""
+        return self.machine is not None and self.machine.converted
 
 
 def _move(clients: Clients, eni_id: str, group_ids: list[str], backoff: Backoff,
@@ -677,14 +712,16 @@ def _groups_at_click(enis: list[dict[str, Any]], seen: Any, ids: dict[str, str])
 
 
 def cut_eni(clients: Clients, eni: dict[str, Any], open_id: str, sealed_id: str,
-            gate: Gate | None = None) -> EniCut:
-    """One ENI: to the open group (timeouts lowered alongside), then to the sealed one —
-    once `gate` says the steps before the cut have answered. Should one of them have
-    failed, the ENI goes back to its own groups instead. Should they take longer than
-    SEAL_WAIT (a throttled or settling detach), the ENI goes back to its own groups to
-    wait there, and is cut again once they have answered: it never waits on the
-    allow-all group."""
+            gate: Gate | None = None, machine: EniCutMachine | None = None) -> EniCut:
+    """One ENI, driven by its state machine (`handlers.eni_cut`): to the open group (its
+    timeouts lowered alongside), then to the sealed one once `gate` says the steps before
+    the cut have answered. Should one of them have failed, the ENI goes back to its own
+    groups instead; should they take longer than SEAL_WAIT (a throttled or settling
+    detach), it goes back to wait there, and crosses again once they have answered: it
+    never waits on the allow-all group."""
     result = EniCut(eni["id"])
+    machine = machine or EniCutMachine()
+    result.machine = machine
 
     def lower_conntrack() -> None:
         try:
@@ -695,13 +732,9 @@ def cut_eni(clients: Clients, eni: dict[str, Any], open_id: str, sealed_id: str,
         except Exception as exc:  # not every instance type supports it: note and go on
             result.conntrack_error = describe_error(exc).code
 
-    def back() -> bool:
-        moved = put_back(clients, eni)
-        if not moved.restored:
-            result.error, result.error_code = moved.error, "Held"
-        return moved.restored
+    lost: list[LeaseLost] = []
 
-    def through_open(gate: Gate | None) -> None:
+    def open_move() -> Event:
         sent = []
 
         def attempt() -> None:
@@ -712,46 +745,76 @@ def cut_eni(clients: Clients, eni: dict[str, Any], open_id: str, sealed_id: str,
 
         try:
             SEAL_RETRY.call(attempt)
-        except LeaseLost:
-            if sent:  # an earlier attempt may have landed: never leave it open
-                # Sealed only if the detach has answered; back if it failed or is slow.
-                held = gate(SEAL_WAIT) if gate is not None else None
-                with fail_safe():
-                    if held:
-                        back()
-                    else:
-                        seal_or_restore(clients, eni, sealed_id)
-            raise
+            return Event.OPENED
+        except LeaseLost as exc:
+            if not sent:
+                raise
+            # An earlier attempt may have landed: never leave it open. The worker stops
+            # once the ENI is off the open group.
+            lost.append(exc)
+            machine.quitting = True
         except Exception as exc:
-            # Still on its own groups, or (answer lost) on the open one: seal it anyway.
+            # Still on its own groups, or (answer lost) on the open one: sealed anyway.
             result.open_error = describe_error(exc).code
-        opened_at = time.monotonic()
-        held = gate(SEAL_WAIT) if gate is not None else None
-        if held == GATE_PENDING:
-            with fail_safe():
-                went_back = back()
-            result.open_seconds += time.monotonic() - opened_at
-            assert gate is not None
-            held = gate(None)
-            if went_back:
-                if held:
-                    result.held, result.restored = held, True
-                else:
-                    through_open(None)  # once more: open, then sealed at once
-                return
-            opened_at = time.monotonic()  # not back: it is cut or put back below
-        with fail_safe():
-            if held:
-                result.held = held
-                result.restored = back()
-            else:
-                sealed = seal_or_restore(clients, eni, sealed_id)
-                result.sealed, result.restored = sealed.sealed, sealed.restored
-                result.error, result.error_code = sealed.error, sealed.error_code
-        result.open_seconds = round(result.open_seconds + time.monotonic() - opened_at, 3)
+        return Event.UNANSWERED
 
-    # The seal follows the ENI's own move at once; the timeouts go alongside.
-    both(lambda: through_open(gate), lower_conntrack)
+    def ask(timeout: float | None) -> Event:
+        held = gate(timeout) if gate is not None else None
+        if held == GATE_PENDING:
+            return Event.SLOW
+        if held:
+            result.held = held
+            return Event.HOLD
+        return Event.GO
+
+    def seal() -> Event:
+        try:
+            with fail_safe():
+                _move(clients, eni["id"], [sealed_id], SEAL_RETRY)
+            return Event.SEALED
+        except Exception as exc:
+            err = describe_error(exc)
+            result.error, result.error_code = f"{err.code}: {err.message}", err.code
+            return Event.SEAL_FAILED
+
+    def back() -> Event:
+        with fail_safe():
+            moved = put_back(clients, eni)
+        if moved.restored:
+            return Event.BACK_DONE
+        result.error = "; ".join(e for e in (result.error, moved.error) if e)
+        result.error_code = result.error_code or "Held"
+        return Event.BACK_FAILED
+
+    opened_at: float | None = None
+
+    def run(do: Do) -> None:
+        nonlocal opened_at
+        while do is not Do.NOTHING:
+            if do is Do.OPEN:
+                event = open_move()
+                opened_at = time.monotonic()
+            elif do is Do.ASK:
+                event = ask(SEAL_WAIT)
+            elif do is Do.ASK_LONG:
+                event = ask(None)
+            elif do is Do.SEAL:
+                event = seal()
+            else:
+                event = back()
+            if do in (Do.SEAL, Do.BACK) and opened_at is not None:
+                result.open_seconds += time.monotonic() - opened_at
+                opened_at = None
+            do = machine.fire(event)
+
+    # The first crossing's timeouts go alongside its move.
+    both(lambda: run(machine.start()), lower_conntrack)
+    result.sealed, result.restored = machine.cut, machine.state is State.BACK
+    result.open_seconds = round(result.open_seconds, 3)
+    if machine.state is State.STRANDED:
+        log.error("ENI may be left on the open group", extra={"eni": eni["id"]})
+    if lost:
+        raise lost[0]
     return result
 
 

@@ -124,12 +124,19 @@ def target_of(incident: Incident, approver: str | None = None) -> Target:
     )
 
 
+# A critical step that failed with these made its change (the ENIs are sealed) without
+# all of what it claims being confirmed: the incident is partially contained, not failed.
+CUT_BUT_UNCONFIRMED = frozenset({"NotConverted"})
+
+
 def final_status(incident: Incident, playbook: Playbook, steps: list[StepRecord]) -> str:
     by_name = {s.name: s for s in steps}
     failed = any(s.status not in STEP_DONE for s in steps)
     if incident.kind == "release":
         return PARTIALLY_RELEASED if failed else RELEASED
-    if any(by_name[st.name].status == StepStatus.FAILED for st in playbook.steps if st.critical):
+    if any(by_name[st.name].status == StepStatus.FAILED
+           and by_name[st.name].error_code not in CUT_BUT_UNCONFIRMED
+           for st in playbook.steps if st.critical):
         return FAILED
     return PARTIAL if failed else CONTAINED
 
