@@ -6,8 +6,10 @@ given beside it, as a ratio to the chain.
 
 Cases: `isolate` and `full` on the first use in a VPC and with the isolation groups
 present; `full` on an Auto Scaling member behind an ALB, also in a region with 50 more
-target groups; `isolate` on an instance with 8 ENIs; a burst of 20 `isolate` approvals
-clicked at once; and a naive script making `isolate`'s changes one call after another.
+target groups; `isolate` on an instance with 8 ENIs; `isolate` and `full` on an
+instance behind a NAT gateway (done once its ACL entries have answered too); a burst
+of 20 `isolate` approvals clicked at once; and a naive script making `isolate`'s changes
+one call after another.
 The bot's CPU per containment is measured with moto in a process of its own. Prints JSON.
 
     python benchmarks/time_to_isolate.py [--latency-ms 100] [--burst 20]
@@ -45,7 +47,7 @@ from playbooks.store import FINAL_STATES
 # The longest chain of round trips from the click to the last ENI sealed.
 TARGETS = {"isolate_first_in_vpc": 2, "isolate_groups_exist": 2, "full_first_in_vpc": 3,
            "full_groups_exist": 3, "full_fleet_alb": 3, "full_fleet_50_target_groups": 3,
-           "isolate_8_enis": 2, "burst": 6}
+           "isolate_8_enis": 2, "isolate_behind_nat": 2, "full_behind_nat": 3, "burst": 6}
 APPROVER, REQUESTER, CHANNEL = "U0LEE", "U0DANA", "C1"
 
 
@@ -86,7 +88,8 @@ class MotoProcess:
 
 
 def fresh_world(aws: MotoProcess, prepared: bool, extra_enis: int = 0,
-                fleet: bool = False, more_target_groups: int = 0) -> sandbox_world.World:
+                fleet: bool = False, more_target_groups: int = 0,
+                nat: bool = False) -> sandbox_world.World:
     """A new seeded account; with `prepared`, the VPC's isolation groups already exist."""
     aws.reset()
     world = sandbox_world.seed()
@@ -97,6 +100,8 @@ def fresh_world(aws: MotoProcess, prepared: bool, extra_enis: int = 0,
             "NetworkInterfaceId"], InstanceId=world.instance_id, DeviceIndex=2 + index)
     if fleet:
         sandbox_world.join_fleet(world)
+    if nat:
+        sandbox_world.add_nat_gateway(world)
     elbv2 = boto3.session.Session().client("elbv2", region_name=world.region)
     for index in range(more_target_groups):
         elbv2.create_target_group(Name=f"other-{index}", Protocol="HTTP", Port=80,
@@ -173,6 +178,9 @@ def measure_cordon(aws: MotoProcess, latency: float, playbook: str, prepared: bo
         calls = recorder.since(clicked)
         enis = len(sandbox_world.groups_by_eni(world.instance_id))
         done = sealed_at(calls, _sealed_group(bot, incident.id), enis)
+        # Behind a NAT gateway the cut also needs its ACL entries (sever-tracked-flows).
+        severed = [c.end for c in calls if c.operation == "CreateNetworkAclEntry"]
+        done = max([done, *severed])
         chain = sequential_round_trips(calls, done)
         return {
             "round_trips": chain,
@@ -180,6 +188,7 @@ def measure_cordon(aws: MotoProcess, latency: float, playbook: str, prepared: bo
             "wall_to_chain": round((done - clicked) / (chain * latency), 2),
             "aws_calls_before_sealed": len([c for c in calls if c.end <= done]),
             "enis": enis,
+            "acl_entries": len(severed),
             "cpu_ms_whole_run": round(cpu * 1000),
             "status": incident.status,
         }
@@ -326,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         "full_fleet_50_target_groups": lambda: measure_cordon(
             aws, latency, "full", True, fleet=True, more_target_groups=50),
         "isolate_8_enis": lambda: measure_cordon(aws, latency, "isolate", True, extra_enis=6),
+        "isolate_behind_nat": lambda: measure_cordon(aws, latency, "isolate", True, nat=True),
+        "full_behind_nat": lambda: measure_cordon(aws, latency, "full", True, nat=True),
         "burst": lambda: measure_burst(aws, latency, args.burst),
     }
     try:

@@ -259,6 +259,25 @@ def add_network(world: World, session: boto3.session.Session | None = None) -> N
                    launch("web-prod-4", world.subnet_id))
 
 
+def add_nat_gateway(world: World, session: boto3.session.Session | None = None
+                    ) -> dict[str, str]:
+    """The commonest production layout: the instance's subnet routes 0.0.0.0/0 to a NAT
+    gateway in a public subnet. Every subnet keeps the VPC's default ACL. Returns the
+    public subnet, the NAT gateway and that subnet's ACL."""
+    ec2 = (session or boto3.session.Session()).client("ec2", region_name=world.region)
+    public = ec2.create_subnet(VpcId=world.vpc_id, CidrBlock="10.20.9.0/24")["Subnet"]["SubnetId"]
+    igw = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    ec2.attach_internet_gateway(InternetGatewayId=igw, VpcId=world.vpc_id)
+    eip = ec2.allocate_address(Domain="vpc")["AllocationId"]
+    nat = ec2.create_nat_gateway(SubnetId=public, AllocationId=eip)["NatGateway"]["NatGatewayId"]
+    private = ec2.create_route_table(VpcId=world.vpc_id)["RouteTable"]["RouteTableId"]
+    ec2.create_route(RouteTableId=private, DestinationCidrBlock="0.0.0.0/0", NatGatewayId=nat)
+    ec2.associate_route_table(RouteTableId=private, SubnetId=world.subnet_id)
+    (acl,) = ec2.describe_network_acls(Filters=[
+        {"Name": "association.subnet-id", "Values": [public]}])["NetworkAcls"]
+    return {"public": public, "nat": nat, "acl": acl["NetworkAclId"]}
+
+
 def seed_leaked_key(world: World, session: boto3.session.Session | None = None
                     ) -> tuple[str, str]:
     """An IAM user with console access, a policy and two access keys, the first of

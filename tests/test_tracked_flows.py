@@ -21,19 +21,7 @@ DANA, LEE = "U0DANA", "U0LEE"
 
 
 def nat_layout(world: sandbox_world.World) -> dict[str, str]:
-    """The commonest production layout: the instance's subnet routes 0.0.0.0/0 to a NAT
-    gateway in a public subnet. Every subnet keeps the VPC's default ACL."""
-    ec2 = aws_client("ec2")
-    public = ec2.create_subnet(VpcId=world.vpc_id, CidrBlock="10.20.9.0/24")["Subnet"]["SubnetId"]
-    igw = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
-    ec2.attach_internet_gateway(InternetGatewayId=igw, VpcId=world.vpc_id)
-    eip = ec2.allocate_address(Domain="vpc")["AllocationId"]
-    nat = ec2.create_nat_gateway(SubnetId=public, AllocationId=eip)["NatGateway"]["NatGatewayId"]
-    private = ec2.create_route_table(VpcId=world.vpc_id)["RouteTable"]["RouteTableId"]
-    ec2.create_route(RouteTableId=private, DestinationCidrBlock="0.0.0.0/0", NatGatewayId=nat)
-    ec2.associate_route_table(RouteTableId=private, SubnetId=world.subnet_id)
-    acl = acl_of(public)
-    return {"public": public, "nat": nat, "acl": acl["NetworkAclId"]}
+    return sandbox_world.add_nat_gateway(world)
 
 
 def acl_of(subnet: str) -> dict[str, Any]:
