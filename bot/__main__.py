@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     policy = sub.add_parser("policy", help="print the IAM policy Cordon's role needs (JSON)")
     policy.add_argument("--playbook", action="append", metavar="NAME",
                         help="only what these playbooks need (default: all)")
+    policy.add_argument("--partition", default="aws", choices=("aws", "aws-cn", "aws-us-gov"),
+                        help="the partition its ARNs name (default: aws)")
     template = sub.add_parser("template", help="print the CloudFormation template of the AWS "
                               "side: the role, the findings queue and its EventBridge rules")
     template.add_argument("--member", action="store_true",
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             return run_serve(args.host, args.port)
         if args.command == "policy":
-            return run_policy(args.playbook)
+            return run_policy(args.playbook, partition=args.partition)
         if args.command == "template":
             return run_policy(args.playbook, "member" if args.member else "central")
         if args.command == "preflight":
@@ -160,7 +162,8 @@ def database_error(exc: Exception) -> str:
             "(check CORDON_DATABASE_URL)")
 
 
-def run_policy(playbooks: list[str] | None, template: str | None = None) -> int:
+def run_policy(playbooks: list[str] | None, template: str | None = None,
+               partition: str = "aws") -> int:
     """The IAM policy (JSON); with `template`, the CloudFormation template ("central" or
     "member") that deploys it."""
     import json
@@ -179,7 +182,7 @@ def run_policy(playbooks: list[str] | None, template: str | None = None) -> int:
     elif template == "central":
         document = central_template(playbooks)
     else:
-        document = iam_policy(playbooks)
+        document = iam_policy(playbooks, partition)
     print(json.dumps(document, indent=2))
     return 0
 

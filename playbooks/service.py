@@ -633,9 +633,12 @@ def parse_accounts(text: str) -> dict[str, str]:
     return parse(text)
 
 
-def iam_policy(playbooks: list[str] | None = None) -> dict[str, Any]:
-    """The least-privilege IAM policy for these playbooks (all when None)."""
+def iam_policy(playbooks: list[str] | None = None, partition: str = "aws") -> dict[str, Any]:
+    """The least-privilege IAM policy for these playbooks (all when None), its resources
+    in `partition` (aws, aws-cn, aws-us-gov)."""
+    from handlers.arns import in_partition
     from handlers.permissions import build_policy
     from playbooks.catalogue import units_for
 
-    return build_policy(units_for(playbooks))
+    document: dict[str, Any] = in_partition(build_policy(units_for(playbooks)), partition)
+    return document

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from handlers.arns import rewrite_arns
 from playbooks.findings import CONTAIN_TAG
 from playbooks.service import iam_policy
 
@@ -59,7 +60,13 @@ def _policy(playbooks: list[str] | None, queue_arn: Any | None) -> dict[str, Any
             continue  # a member account's role assumes no other
         kept.append(statement)
     policy["Statement"] = kept
-    return policy
+    return _any_partition(policy)
+
+
+def _any_partition(document: Any) -> Any:
+    """Resources in the partition the stack is deployed in (`aws`, `aws-cn`, `aws-us-gov`):
+    a policy naming `arn:aws:` grants nothing in GovCloud or China."""
+    return rewrite_arns(document, lambda rest: {"Fn::Sub": f"arn:${{AWS::Partition}}:{rest}"})
 
 
 def _principal(description: str) -> dict[str, Any]:

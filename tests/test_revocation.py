@@ -82,6 +82,11 @@ def test_an_instance_arn_carries_its_regions_partition() -> None:
     assert instance_arn("us-gov-west-1", "123456789012", "i-0aaa").startswith("arn:aws-us-gov:")
     assert iam_arn("eu-west-1", "123456789012", "role", "web") == (
         "arn:aws:iam::123456789012:role/web")
+    # The shipped policy too (`python -m bot policy --partition aws-us-gov`).
+    from playbooks.service import iam_policy
+
+    gov = json.dumps(iam_policy(partition="aws-us-gov"))
+    assert '"arn:aws:' not in gov and '"arn:aws-us-gov:ec2:*:*:instance/*"' in gov
 
 
 def test_the_principal_lock_spans_replicas(database_url: str) -> None:
