@@ -45,6 +45,7 @@ def test_flows_through_a_nat_gateway_are_cut_on_its_subnets_acl_and_released(
     bot.slack.command(DANA, CHANNEL, f"{world.instance_id} isolate reverse shell via the NAT")
     card = wait_for(lambda: fake_slack.channel_messages(CHANNEL))[0]
     assert layout["nat"] in str(card.blocks)
+    assert "only this instance is affected" in str(card.blocks)
     bot.slack.click_button(LEE, CHANNEL, card.ts, "Approve")
     incident = settle_card(bot, card.ts)
     assert incident.status == "contained", incident.summary
@@ -97,6 +98,31 @@ def test_a_full_acl_fails_the_step_and_says_which_flows_may_live_on(
     (cut,) = [s for s in bot.deps.store.steps(incident.id)
               if s.name == "isolate-security-groups"]
     assert cut.status == "succeeded"
+
+
+def test_a_rule_number_another_incident_took_meanwhile_is_retried_with_the_next(
+        bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack,
+        aws_trace: AwsTrace) -> None:
+    """Another containment took a number between the card and the click: AWS refuses the
+    create (`NetworkAclEntryAlreadyExists`) and the entry goes in under the next free one."""
+    layout = nat_layout(world)
+    mine = address(world.instance_id)
+    bot.slack.command(DANA, CHANNEL, f"{world.instance_id} isolate reverse shell")
+    card = wait_for(lambda: fake_slack.channel_messages(CHANNEL))[0]
+    taken = max(free_numbers(acl_of(layout["public"]), False, set()))
+    aws_client("ec2").create_network_acl_entry(
+        NetworkAclId=layout["acl"], RuleNumber=taken, Protocol="-1", RuleAction="deny",
+        Egress=False, CidrBlock="198.51.100.9/32")
+    bot.slack.click_button(LEE, CHANNEL, card.ts, "Approve")
+    incident = settle_card(bot, card.ts)
+    assert incident.status == "contained", incident.summary
+    acl = acl_of(layout["public"])
+    inbound = [e for e in acl["Entries"] if not e["Egress"] and e.get("CidrBlock") == mine]
+    assert len(inbound) == 1 and inbound[0]["RuleNumber"] != taken
+    assert decides(acl, False, mine) == "deny"
+    # The other incident's entry is untouched.
+    assert any(e["RuleNumber"] == taken and e.get("CidrBlock") == "198.51.100.9/32"
+               for e in acl["Entries"])
 
 
 @pytest.mark.parametrize("used", [[], [90, 99], [99]])
