@@ -7,14 +7,11 @@ COPY pyproject.toml README.md requirements.lock ./
 COPY bot ./bot
 COPY playbooks ./playbooks
 COPY handlers ./handlers
-# The versions CI tested (requirements.lock as constraints); without the sandbox: no
-# moto, no seeded local AWS, no fake Slack in the image.
+# The versions CI tested (requirements.lock as constraints). The product only: the
+# sandbox/ package (moto, the seeded local AWS, the fake Slack) is not copied.
 RUN python -m venv /opt/cordon \
     && /opt/cordon/bin/pip install --no-cache-dir --upgrade pip \
-    && /opt/cordon/bin/pip install --no-cache-dir -c requirements.lock . \
-    && site=$(/opt/cordon/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") \
-    && rm -rf "$site/bot/sandbox" "$site/handlers/sandbox_world.py" "$site/handlers/rounds.py" \
-       "$site/playbooks/sandbox.py"
+    && /opt/cordon/bin/pip install --no-cache-dir -c requirements.lock .
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --create-home --home-dir /var/lib/cordon cordon

@@ -34,7 +34,7 @@ demo: $(STAMP)
 test: lint typecheck unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check bot playbooks handlers tests benchmarks
+	$(BIN)/ruff check bot playbooks handlers sandbox tests benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -36,13 +36,13 @@ from typing import Any
 from sqlalchemy import create_engine, text
 
 from bot.logs import setup_logging
-from bot.sandbox.fake_slack import FakeSlack
-from bot.sandbox.faulty_aws import FaultyAws
-from bot.sandbox.harness import start_bot, stop_process, wait_for
-from bot.sandbox.signed import SignedSlack
-from handlers import sandbox_world
 from handlers.aws import ClientPool
 from handlers.isolation import prepare_vpcs
+from sandbox import world as sandbox_world
+from sandbox.fake_slack import FakeSlack
+from sandbox.faulty_aws import FaultyAws
+from sandbox.harness import start_bot, stop_process, wait_for
+from sandbox.signed import SignedSlack
 
 ROOT = Path(__file__).resolve().parent.parent
 MODIFY = "ModifyNetworkInterfaceAttribute"

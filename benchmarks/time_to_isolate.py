@@ -36,13 +36,13 @@ import boto3
 from sqlalchemy import create_engine, text
 
 from bot.logs import setup_logging
-from bot.sandbox.fake_slack import FakeSlack
-from bot.sandbox.harness import RunningBot, start_bot, wait_for
-from handlers import sandbox_world
 from handlers.aws import ClientPool
 from handlers.isolation import prepare_vpcs
-from handlers.rounds import Recorder, seal_moves, sealed_at, sequential_round_trips
 from playbooks.store import FINAL_STATES
+from sandbox import world as sandbox_world
+from sandbox.fake_slack import FakeSlack
+from sandbox.harness import RunningBot, start_bot, wait_for
+from sandbox.rounds import Recorder, seal_moves, sealed_at, sequential_round_trips
 
 # The longest chain of round trips from the click to the last ENI sealed.
 TARGETS = {"isolate_first_in_vpc": 2, "isolate_groups_exist": 2, "full_first_in_vpc": 3,

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_preflight()
         if args.command == "sandbox":
             try:
-                from bot.sandbox.run import run_sandbox
+                from sandbox.run import run_sandbox
             except ImportError as exc:
                 print(f"the sandbox is not part of this installation ({exc.name}): install "
                       "cordon[sandbox] from a source checkout", file=sys.stderr)
@@ -124,6 +124,7 @@ def run_serve(host: str, port: int | None) -> int:
         log.info("listening", extra={"url": f"{server.url}/slack/events"})
         stopping.wait()
     server.stop()
+    deps.listeners.shutdown(wait=True)  # the lazy halves of requests already acked
     if intake_thread is not None:
         intake_thread.stop()  # a message being handled is finished, or delivered again
     scheduler.shutdown(wait=False)

@@ -4,6 +4,7 @@ scheduler and the sandbox (its own module, so that nothing imports the wiring ba
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from slack_sdk import WebClient
@@ -25,3 +26,8 @@ class Deps:
     worker: Worker
     key_lookback_days: int = 7
     warmed: threading.Event = field(default_factory=threading.Event)
+    # Where Bolt runs the lazy listeners (the slow half of every request): a stop lets the
+    # ones under way finish, so no answer is cut off half-sent.
+    listeners: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=8,
+                                                   thread_name_prefix="cordon-listener"))

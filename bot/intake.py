@@ -23,7 +23,7 @@ log = logging.getLogger("cordon.intake")
 def build_intake(settings: Settings, deps: Deps) -> Intake | None:
     if not settings.findings_queue_url:
         return None
-    from bot.listeners.commands import post_card
+    from bot.flows import post_card
 
     def card(incident: Incident) -> None:
         post_card(deps, incident, deps.client)

@@ -99,7 +99,7 @@ class SlackTimeline:
                 blocked.add(msg.incident_id)  # another flush is sending it, or it waits
                 continue
             if msg.kind == CARD and last_card.get(msg.incident_id) != msg.id:
-                self.store.mark_sent(msg.id)
+                self.store.mark_superseded(msg.id)
                 continue
             incident = self.store.get(msg.incident_id)
             if incident is None or incident.card_ts is None:

@@ -14,7 +14,7 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from bot.approvers import ApproverPolicy
 from bot.deps import Deps
-from bot.listeners import actions, commands, forms
+from bot.listeners import actions, commands, forms, home
 from bot.notifier import SlackTimeline
 from bot.settings import Settings
 from playbooks.runner import Runner, Worker
@@ -70,6 +70,7 @@ def build_app(settings: Settings, deps: Deps) -> App:
         client=deps.client,
         signing_secret=settings.slack_signing_secret,
         process_before_response=False,
+        listener_executor=deps.listeners,
         # Cordon starts (and resumes interrupted runs) while Slack is unreachable;
         # `preflight` is where the token is checked.
         token_verification_enabled=False,
@@ -77,6 +78,7 @@ def build_app(settings: Settings, deps: Deps) -> App:
     commands.register(app, deps)
     actions.register(app, deps)
     forms.register(app, deps)
+    home.register(app, deps)
 
     @app.error
     def on_error(error: Exception, body: dict[str, Any]) -> None:

@@ -26,7 +26,6 @@ from handlers.base import (
     StepContext,
     StepFailed,
     VerificationFailed,
-    register,
 )
 
 KEY_ID = re.compile(r"^(AKIA|ASIA)[A-Z0-9]{16}$")
@@ -138,7 +137,6 @@ def _policy(doc: Any) -> dict[str, Any]:
     return json.loads(doc) if isinstance(doc, str) else dict(doc)
 
 
-@register
 class DeactivateAccessKey(Action):
     name = "deactivate-access-key"
     description = "deactivate the key (never deleted: its id is evidence)"
@@ -271,7 +269,6 @@ class _DenyOlderSessions(Action):
                        "when every session issued before the containment has expired")
 
 
-@register
 class RevokeSessions(_DenyOlderSessions):
     name = "revoke-sessions"
     description = ("deny everything to the user's sessions issued before now (those minted "
@@ -283,7 +280,6 @@ class RevokeSessions(_DenyOlderSessions):
                 f"before {now}")
 
 
-@register
 class RevokeRoleSessions(_DenyOlderSessions):
     name = "revoke-role-sessions"
     description = ("deny everything to every session of the role issued before now — ALL "
@@ -297,7 +293,6 @@ class RevokeRoleSessions(_DenyOlderSessions):
                 f"{now} is denied — legitimate ones too; they must assume the role again")
 
 
-@register
 class DisableConsole(Action):
     name = "disable-console"
     description = "delete the user's console password (only with console=off)"
@@ -466,7 +461,6 @@ class LookupUnavailable(Exception):
     pass
 
 
-@register
 class ReviewActivity(Observation):
     name = "review-activity"
     description = "what the key did (CloudTrail), persistence and escalation first"
@@ -494,7 +488,6 @@ class ReviewActivity(Observation):
         return "reviewed" if outcome.details["available"] else "not available"
 
 
-@register
 class ListOtherKeys(Observation):
     name = "list-other-keys"
     description = "the user's other active keys, flagged for rotation"

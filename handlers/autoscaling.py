@@ -31,7 +31,6 @@ from handlers.base import (
     StepContext,
     StepFailed,
     VerificationFailed,
-    register,
 )
 
 GONE_STATES = {"Detaching", "Detached"}
@@ -133,7 +132,6 @@ def _target(instance_id: str, registration: dict[str, Any]) -> dict[str, Any]:
     return {"Id": instance_id, "Port": port} if port else {"Id": instance_id}
 
 
-@register
 class DetachFromAutoScaling(Action):
     name = "detach-from-auto-scaling"
     description = ("detach from its Auto Scaling group (and, best effort, its load "

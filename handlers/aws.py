@@ -282,10 +282,6 @@ def describe_error(exc: BaseException) -> AwsError:
     return AwsError(type(exc).__name__, str(exc))
 
 
-def error_code(exc: BaseException) -> str:
-    return describe_error(exc).code
-
-
 class FanOut:
     """One thread pool for every AWS fan-out of the process (a pool per call cost 11–16 %
     of the bot's CPU in a burst). A call is handed to a pool thread only when one is free

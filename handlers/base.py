@@ -1,5 +1,6 @@
 """The step protocol: an action declares its name, its IAM permissions, and
-check / capture / apply / verify / undo. Actions register by kebab-case name."""
+check / capture / apply / verify / undo. The list of actions, by kebab-case name, is
+handlers.registry."""
 
 from __future__ import annotations
 
@@ -208,17 +209,3 @@ def check_declared(cls: type[Action]) -> type[Action]:
     if not cls.permissions:
         raise ValueError(f"action {cls.name} declares no IAM permissions")
     return cls
-
-
-# Marks an action class where it is defined; the list is handlers.registry.
-register = check_declared
-
-
-def get_action(name: str) -> Action:
-    return all_actions()[name]()
-
-
-def all_actions() -> dict[str, type[Action]]:
-    from handlers.registry import ACTIONS  # the list imports every action module
-
-    return dict(ACTIONS)

@@ -18,7 +18,6 @@ from handlers.base import (
     StepContext,
     StepFailed,
     VerificationFailed,
-    register,
 )
 from handlers.ec2_lookup import describe_instance
 
@@ -49,7 +48,6 @@ def _volumes(ctx: StepContext) -> tuple[list[str], str | None]:
     return [m["Ebs"]["VolumeId"] for m in maps], root
 
 
-@register
 class CaptureEvidence(Observation):
     name = "capture-evidence"
     description = "the instance's description, console output and screenshot, the prior state"
@@ -131,7 +129,6 @@ def _create_once(find: Callable[[], Any], create: Callable[[Any], Any]) -> Any:
         time.sleep(delays.pop(0))
 
 
-@register
 class SnapshotVolumes(Action):
     name = "snapshot-volumes"
     description = "a snapshot of every attached EBS volume, tagged with the incident"
@@ -206,7 +203,6 @@ class SnapshotVolumes(Action):
         return ", ".join(f"{i} {s}" for i, s in states.items())
 
 
-@register
 class CreateImage(Action):
     name = "create-image"
     description = "an AMI of the instance, without rebooting it, tagged with the incident"

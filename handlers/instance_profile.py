@@ -17,7 +17,6 @@ from handlers.base import (
     StepContext,
     StepFailed,
     VerificationFailed,
-    register,
 )
 
 
@@ -57,7 +56,6 @@ def _role_of(ctx: StepContext, profile_arn: str) -> str | None:
 CUTOFF_MARGIN = timedelta(seconds=60)
 
 
-@register
 class RemoveInstanceProfile(Action):
     name = "remove-instance-profile"
     description = ("disassociate its instance profile, then revoke the credentials the "

@@ -38,7 +38,6 @@ from handlers.base import (
     StepFailed,
     StepHeld,
     VerificationFailed,
-    register,
 )
 from handlers.ec2_lookup import describe_instance, interfaces, off_group
 from handlers.eni_cut import Do, EniCutMachine, Event, State
@@ -253,7 +252,6 @@ def _group_label(group: dict[str, Any]) -> str:
     return str(group.get("name") or group["id"])
 
 
-@register
 class IsolateSecurityGroups(Action):
     name = "isolate-security-groups"
     # A failed cut may leave some ENIs sealed (never on the open group): a release

@@ -9,7 +9,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from handlers.aws import both, describe_error, parallel
-from handlers.base import Action, Outcome, StepContext, StepFailed, VerificationFailed, register
+from handlers.base import Action, Outcome, StepContext, StepFailed, VerificationFailed
 from handlers.subnets import subnets_of
 
 ROLE = "isolation-nacl"
@@ -90,7 +90,6 @@ def _lowest_free(entries: list[dict[str, Any]], egress: bool, count: int) -> lis
     return free if len(free) == count else []
 
 
-@register
 class IsolateSubnetNacl(Action):
     name = "isolate-subnet-nacl"
     description = ("deny all traffic in and out of the instance's subnet(s) with a network "

@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from handlers.access_keys import LOOKUP_PERMISSIONS as KEY_LOOKUP
-from handlers.base import all_actions
 from handlers.ec2_lookup import PERMISSIONS as INSTANCE_LOOKUP
 from handlers.findings_queue import PERMISSIONS as FINDINGS_INTAKE
 from handlers.isolation import PREPARE_PERMISSIONS, IsolateSecurityGroups
+from handlers.registry import all_actions
 from handlers.revocation import PERMISSIONS as REVOCATION_EXPIRY
 
 LOOKUPS: dict[str, tuple[str, ...]] = {

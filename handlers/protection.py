@@ -13,7 +13,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from handlers.aws import describe_error, parallel
-from handlers.base import Action, Outcome, StepContext, StepFailed, VerificationFailed, register
+from handlers.base import Action, Outcome, StepContext, StepFailed, VerificationFailed
 from handlers.ec2_lookup import describe_instance
 
 ATTRIBUTES = {
@@ -64,7 +64,6 @@ def known_unsupported(facts: dict[str, Any]) -> dict[str, str]:
     return {}
 
 
-@register
 class ProtectEvidence(Action):
     name = "protect-evidence"
     description = ("termination and stop protection, shutdown behaviour `stop`, volumes kept "

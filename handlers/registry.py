@@ -37,3 +37,11 @@ for _cls in ALL:
     if _cls.name in ACTIONS:
         raise ValueError(f"two actions are named {_cls.name}")
     ACTIONS[_cls.name] = _cls
+
+
+def all_actions() -> dict[str, type[Action]]:
+    return dict(ACTIONS)
+
+
+def get_action(name: str) -> Action:
+    return ACTIONS[name]()

@@ -7,7 +7,7 @@ from functools import partial
 from typing import Any
 
 from handlers.aws import both, parallel
-from handlers.base import Action, Outcome, StepContext, VerificationFailed, register
+from handlers.base import Action, Outcome, StepContext, VerificationFailed
 from handlers.subnets import (
     internet_routes,
     other_exits,
@@ -23,7 +23,6 @@ def _local_only(table: dict[str, Any]) -> bool:
     return all(r.get("GatewayId") == "local" for r in table.get("Routes", []))
 
 
-@register
 class IsolateSubnetRoutes(Action):
     name = "isolate-subnet-routes"
     description = ("give the instance's subnet(s) a route table with only the VPC-local "
@@ -132,7 +131,6 @@ class IsolateSubnetRoutes(Action):
         return Outcome(self.describe_undo(captured))
 
 
-@register
 class RemoveInternetRoutes(Action):
     name = "remove-internet-routes"
     description = ("remove every route to the VPC's internet gateway and egress-only internet "

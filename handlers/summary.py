@@ -14,7 +14,6 @@ from handlers.base import (
     StepContext,
     StepStatus,
     VerificationFailed,
-    register,
 )
 from handlers.ec2_lookup import describe_instance, off_group
 from handlers.instance_profile import profile_association
@@ -22,7 +21,6 @@ from handlers.isolation import SEALED, find_group_pair, is_sealed
 from handlers.tagging import set_status_tag
 
 
-@register
 class VerifyContainment(Observation):
     name = "verify-containment"
     description = "describe everything again; one summary of what is contained, kept, failed"

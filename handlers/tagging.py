@@ -6,7 +6,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from handlers.base import Action, Outcome, StepContext, VerificationFailed, register
+from handlers.base import Action, Outcome, StepContext, VerificationFailed
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -39,7 +39,6 @@ def _current(ctx: StepContext, keys: list[str]) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in resp.get("Tags", [])}
 
 
-@register
 class TagInstance(Action):
     name = "tag-instance"
     description = "tag the instance with the incident, its status, who asked, who approved, why"
@@ -99,7 +98,6 @@ def set_status_tag(ctx: StepContext, status: str, extra: dict[str, str] | None =
                                 Tags=[{"Key": k, "Value": tag_value(v)} for k, v in tags.items()])
 
 
-@register
 class MarkReleased(Action):
     name = "mark-released"
     description = "tag the instance cordon:status=released"

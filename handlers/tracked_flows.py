@@ -37,7 +37,6 @@ from handlers.base import (
     StepFailed,
     StepHeld,
     VerificationFailed,
-    register,
 )
 from handlers.network_acl import MAX_RULES
 
@@ -177,7 +176,6 @@ class _Numbers:
             return free[0]
 
 
-@register
 class SeverTrackedFlows(Action):
     name = "sever-tracked-flows"
     description = ("deny entries for the instance's own addresses on the network ACLs of the "

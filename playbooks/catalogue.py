@@ -185,7 +185,7 @@ def applied(status: str, captured: bool, partial_undo: bool) -> bool:
 def release_playbook(contained: list[tuple[str, bool]], target: str = "instance") -> Playbook:
     """Undo, newest first, every step that applied a change and can be undone; then tag
     the instance released. `contained` is (action, applied) — see `applied`."""
-    from handlers.base import all_actions
+    from handlers.registry import all_actions
 
     actions = all_actions()
     undo = [Step(name, phase=1, mode="undo") for name, changed in reversed(contained)
@@ -197,7 +197,7 @@ def release_playbook(contained: list[tuple[str, bool]], target: str = "instance"
 
 
 def step_descriptions(playbook: Playbook) -> list[tuple[str, str]]:
-    from handlers.base import all_actions
+    from handlers.registry import all_actions
 
     actions = all_actions()
     return [(s.name, actions[s.action].description) for s in playbook.steps]
@@ -222,7 +222,7 @@ def units_for(names: list[str] | None = None) -> list[str]:
 
 def applied_change(step: Any) -> bool:
     """`applied` for a step record (status, captured state) of a containment."""
-    from handlers.base import all_actions
+    from handlers.registry import all_actions
 
     action = all_actions().get(step.name)
     return applied(step.status, step.captured is not None,

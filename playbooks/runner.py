@@ -37,8 +37,8 @@ from handlers.base import (
     StepHeld,
     StepStatus,
     Target,
-    get_action,
 )
+from handlers.registry import get_action
 from playbooks.catalogue import Playbook, Step, applied_change, get_playbook, release_playbook
 from playbooks.logctx import incident_context
 from playbooks.store import (
@@ -660,6 +660,11 @@ class Worker:
         finally:
             with self._lock:
                 self._active.discard(incident_id)
+
+    def running(self) -> set[str]:
+        """The incidents this worker is running now."""
+        with self._lock:
+            return set(self._active)
 
     def resume_interrupted(self) -> list[str]:
         """Start what is approved but not running, and take over runs whose worker is

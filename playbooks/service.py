@@ -19,7 +19,8 @@ from handlers.aws import (
     describe_error,
     parallel,
 )
-from handlers.base import StepContext, Target, get_action
+from handlers.base import StepContext, Target
+from handlers.registry import get_action
 from handlers.subnets import blast_radius
 from playbooks.catalogue import (
     RELEASE,

@@ -64,6 +64,10 @@ THREAD, CARD, FILE = "thread", "card", "file"
 Message = tuple[str, dict[str, Any]]
 
 
+# An outbox row closed without being sent: a later update of the same card replaced it.
+SUPERSEDED = "superseded by a later update of the card; not sent"
+
+
 def utcnow() -> datetime:
     """Naive UTC: both SQLite and PostgreSQL give back exactly what was stored."""
     return datetime.now(UTC).replace(tzinfo=None)
@@ -298,11 +302,6 @@ class Store:
                     conn.execute(text("SELECT pg_advisory_unlock(:key)"),
                                  {"key": MIGRATION_LOCK})
                     conn.commit()
-
-    def ping(self) -> bool:
-        with self.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        return True
 
     def health(self) -> tuple[bool, str]:
         """Whether the database takes a write now, within a short timeout (a lock held
@@ -578,15 +577,6 @@ class Store:
 
     # evidence ----------------------------------------------------------------------
 
-    def add_evidence(self, incident_id: str, step: str, name: str, media_type: str,
-                     content: bytes) -> Evidence:
-        row = Evidence(incident_id=incident_id, step=step, name=name, media_type=media_type,
-                       sha256=hashlib.sha256(content).hexdigest(), size=len(content),
-                       content=content)
-        with self.session() as s:
-            s.add(row)
-        return row
-
     def evidence(self, incident_id: str) -> list[Evidence]:
         with self.session() as s:
             return list(s.scalars(select(Evidence).where(Evidence.incident_id == incident_id)
@@ -727,14 +717,14 @@ class Store:
             return list(s.scalars(select(StepRecord).where(StepRecord.incident_id == incident_id)
                                   .order_by(StepRecord.position)))
 
-    def steps_by_id(self, step_ids: list[int]) -> list[StepRecord]:
-        with self.session() as s:
-            return list(s.scalars(select(StepRecord).where(StepRecord.id.in_(step_ids))))
-
     def update_step(self, step_id: int, owner: str | None = None, **values: Any) -> bool:
         """With `owner`, only while that worker holds the run's lease: False otherwise,
         and nothing is written."""
-        return self.finish_step(step_id, owner, "", values)
+        if owner is not None:
+            return self.update_steps(owner, {step_id: values})
+        with self.session() as s:
+            return _won(s.execute(update(StepRecord).where(StepRecord.id == step_id)
+                                  .values(**values)))
 
     def update_steps(self, owner: str, values: dict[int, dict[str, Any]]) -> bool:
         """Several steps' records in one transaction (a run's hot path writes once), only
@@ -787,14 +777,6 @@ class Store:
             return True
 
     # revocations --------------------------------------------------------------------
-
-    def add_revocations(self, incident_id: str, records: list[dict[str, Any]]) -> None:
-        with self.session() as s:
-            for rec in records:
-                until = datetime.strptime(rec["until"], "%Y-%m-%dT%H:%M:%SZ")
-                s.add(Revocation(incident_id=incident_id, kind=rec["kind"],
-                                 principal=rec["principal"], policy=rec["policy"],
-                                 sid=rec.get("sid"), cutoff=rec["cutoff"], remove_after=until))
 
     def revocations(self, incident_id: str) -> list[Revocation]:
         with self.session() as s:
@@ -857,6 +839,15 @@ class Store:
             result = s.execute(update(OutboxMessage).where(
                 OutboxMessage.id == message_id, OutboxMessage.sent_at.is_(None)
             ).values(sent_at=utcnow()))
+            return _won(result)
+
+    def mark_superseded(self, message_id: int) -> bool:
+        """A card update that a later one of the same card replaces: never sent, and done
+        with (`sent_at` closes it; `last_error` says it was not sent)."""
+        with self.session() as s:
+            result = s.execute(update(OutboxMessage).where(
+                OutboxMessage.id == message_id, OutboxMessage.sent_at.is_(None)
+            ).values(sent_at=utcnow(), last_error=SUPERSEDED))
             return _won(result)
 
     def mark_failed(self, message_id: int, error: str, retry_in: float = 0) -> None:

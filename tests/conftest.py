@@ -15,14 +15,15 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from sqlalchemy import create_engine, text
 
-from bot.sandbox.fake_slack import FakeSlack
-from bot.sandbox.faulty_aws import FaultyAws
-from bot.sandbox.harness import RunningBot, start_bot
-from handlers import autoscaling, evidence, isolation, sandbox_world
+from handlers import autoscaling, evidence, isolation
 from handlers.aws import Backoff, ClientPool, acting, hook
 from handlers.isolation import prepare_vpcs
 from handlers.permissions import declared, iam_action
 from playbooks.store import Store
+from sandbox import world as sandbox_world
+from sandbox.fake_slack import FakeSlack
+from sandbox.faulty_aws import FaultyAws
+from sandbox.harness import RunningBot, start_bot
 
 POSTGRES_URL = os.environ.get("CORDON_TEST_POSTGRES_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -244,8 +245,8 @@ def settle(bot: RunningBot, incident_id: str, timeout: float = 60) -> Any:
     """Wait until the run has finished and Slack shows it: the card carries the final
     status (it is updated after the thread's last message is queued, and the queue is
     sent in order) and nothing is left to send."""
-    from bot.sandbox.harness import wait_for
     from playbooks.store import FINAL_STATES
+    from sandbox.harness import wait_for
 
     incident = wait_for(lambda: (i := bot.deps.store.get(incident_id)) is not None
                         and i.status in FINAL_STATES and i, timeout=timeout)
@@ -257,7 +258,7 @@ def settle(bot: RunningBot, incident_id: str, timeout: float = 60) -> Any:
 
 def settle_card(bot: RunningBot, card_ts: str, timeout: float = 60) -> Any:
     """settle() for the incident whose card is at `card_ts`."""
-    from bot.sandbox.harness import wait_for
+    from sandbox.harness import wait_for
 
     incident = wait_for(lambda: next((i for i in bot.deps.store.recent()
                                       if i.card_ts == card_ts), None), timeout=timeout)

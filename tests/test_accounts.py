@@ -13,11 +13,11 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from bot.sandbox.fake_slack import FakeSlack
-from bot.sandbox.harness import RunningBot, start_bot, wait_for
-from handlers import sandbox_world
 from handlers.aws import Clients
 from handlers.ec2_lookup import AmbiguousTarget, find_instance
+from sandbox import world as sandbox_world
+from sandbox.fake_slack import FakeSlack
+from sandbox.harness import RunningBot, start_bot, wait_for
 from tests.conftest import AwsTrace, aws_client, settle
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,7 +5,7 @@ from __future__ import annotations
 from slack_sdk import WebClient
 
 from bot.approvers import ApproverPolicy, MembershipUnavailable
-from bot.sandbox.fake_slack import FakeSlack
+from sandbox.fake_slack import FakeSlack
 
 
 def test_group_members_are_cached_for_the_ttl(fake_slack: FakeSlack) -> None:

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from bot import blocks
-from bot.sandbox.fake_slack import FakeSlack
-from bot.sandbox.harness import RunningBot, wait_for
-from handlers import sandbox_world
 from playbooks.store import Incident, utcnow
+from sandbox import world as sandbox_world
+from sandbox.fake_slack import FakeSlack
+from sandbox.harness import RunningBot, wait_for
 from tests.conftest import aws_client, settle_card
 
 CHANNEL = "C0INCIDENT"
@@ -170,9 +170,12 @@ def test_the_full_plan_is_in_the_thread_before_anyone_can_approve(
     assert (bot.deps.store.get(inc.id) or inc).status == "pending"
     # The outbox sends the plan (retried as the scheduler's sweep does), then the buttons
     # appear.
-    fresh = wait_for(lambda: bot.deps.timeline.flush() >= 0
-                     and (m := fake_slack.message(CHANNEL, card.ts)) is not None
-                     and "Approve" in shown(m.blocks) and m, timeout=30, every=0.2)
+    def buttons_shown() -> Any:
+        bot.deps.timeline.flush()
+        m = fake_slack.message(CHANNEL, card.ts)
+        return m is not None and "Approve" in shown(m.blocks) and m
+
+    fresh = wait_for(buttons_shown, timeout=30, every=0.2)
     thread = "\n".join(m.text for m in fake_slack.thread(CHANNEL, card.ts))
     enis = sandbox_world.groups_by_eni(world.instance_id)
     assert len(enis) == 15 and all(e in thread for e in enis)

@@ -12,10 +12,10 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from bot.sandbox.fake_slack import FakeSlack
-from bot.sandbox.harness import wait_for
-from bot.sandbox.signed import SignedSlack
-from handlers import sandbox_world
+from sandbox import world as sandbox_world
+from sandbox.fake_slack import FakeSlack
+from sandbox.harness import wait_for
+from sandbox.signed import SignedSlack
 
 ROOT = Path(__file__).resolve().parent.parent
 

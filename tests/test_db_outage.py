@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from bot.sandbox.fake_slack import FakeSlack
-from bot.sandbox.harness import RunningBot, start_bot, wait_for
 from bot.scheduler import sweep
-from handlers import sandbox_world
 from playbooks.store import FINAL_STATES
+from sandbox import world as sandbox_world
+from sandbox.fake_slack import FakeSlack
+from sandbox.harness import RunningBot, start_bot, wait_for
+from sandbox.tcp_proxy import TcpProxy
 from tests.conftest import AwsTrace, aws_client
-from tests.tcp_proxy import TcpProxy
 
 CHANNEL = "C0INCIDENT"
 DANA, LEE = "U0DANA", "U0LEE"

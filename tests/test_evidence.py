@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.sandbox.faulty_aws import FaultyAws
-from bot.sandbox.harness import RunningBot, wait_for
 from bot.scheduler import sweep
-from handlers import sandbox_world
 from handlers.aws import Backoff
 from playbooks.store import Incident
+from sandbox import world as sandbox_world
+from sandbox.faulty_aws import FaultyAws
+from sandbox.harness import RunningBot, wait_for
 from tests.conftest import aws_client, settle_card
 
 CHANNEL = "C0INCIDENT"

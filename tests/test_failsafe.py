@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -19,15 +18,15 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from bot.sandbox.fake_slack import FakeSlack
-from bot.sandbox.faulty_aws import FaultyAws
-from bot.sandbox.harness import RunningBot, stop_process, wait_for
-from bot.sandbox.signed import SignedSlack
 from bot.scheduler import take_over
-from handlers import sandbox_world
 from handlers.aws import Backoff
 from playbooks.service import ContainRequest
 from playbooks.store import FAILED, RUNNING, Incident, utcnow
+from sandbox import world as sandbox_world
+from sandbox.fake_slack import FakeSlack
+from sandbox.faulty_aws import FaultyAws
+from sandbox.harness import RunningBot, stop_process, wait_for
+from sandbox.signed import SignedSlack
 from tests.conftest import AwsTrace, aws_client, settle, settle_card
 from tests.test_cli import env_for, free_port, health
 
@@ -264,8 +263,9 @@ def test_a_worker_that_loses_its_lease_stops_before_its_next_aws_call(
                          for t in thread(faulty_bot, incident)), timeout=20)
     calls = len(faulty.seen)
     faulty.release()  # the held moves are lost; the worker would now retry them
-    time.sleep(1)
-    assert len(faulty.seen) == calls  # it did not
+    # Its run has returned: whatever it was going to send, it has sent.
+    wait_for(lambda: incident.id not in faulty_bot.deps.worker.running(), timeout=30)
+    assert len(faulty.seen) == calls  # it retried nothing
     # Its open moves went out and their answers never came: they may have landed. The
     # one thing a worker without a lease still does is take such an ENI off the open
     # group — it sealed them; it never tried the open move again.

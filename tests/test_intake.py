@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from bot.sandbox.fake_slack import FakeSlack
-from bot.sandbox.harness import RunningBot, start_bot, wait_for
-from handlers import sandbox_world
+from sandbox import world as sandbox_world
+from sandbox.fake_slack import FakeSlack
+from sandbox.harness import RunningBot, start_bot, wait_for
 from tests.conftest import AwsTrace, aws_client, settle_card
 from tests.test_cli import free_port
 

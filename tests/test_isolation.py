@@ -8,11 +8,12 @@ import functools
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from handlers import sandbox_world
 from handlers.aws import ClientPool, acting_as
-from handlers.base import StepContext, StepFailed, Target, get_action
+from handlers.base import StepContext, StepFailed, Target
 from handlers.ec2_lookup import find_instance
 from handlers.isolation import CONNTRACK_MINIMUM, find_group_pair, prepare_vpcs
+from handlers.registry import get_action
+from sandbox import world as sandbox_world
 from tests.conftest import AwsTrace, aws_client
 
 

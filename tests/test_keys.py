@@ -14,11 +14,11 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
-from bot.sandbox.fake_slack import FakeSlack, Message
-from bot.sandbox.harness import RunningBot, wait_for
 from handlers import access_keys
 from handlers.aws import Backoff, Clients
 from playbooks.store import Incident
+from sandbox.fake_slack import FakeSlack, Message
+from sandbox.harness import RunningBot, wait_for
 from tests.conftest import aws_client, settle_card
 
 CHANNEL = "C0INCIDENT"

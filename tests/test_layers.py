@@ -1,6 +1,7 @@
-"""The layering in DESIGN holds: bot/ (its sandbox included) never imports boto3 nor
-handlers/ — it goes through playbooks/ (service, sandbox) — playbooks/ never imports
-Slack, handlers/ knows neither Slack nor the store."""
+"""The layering in DESIGN holds: bot/ never imports boto3 nor handlers/ — it goes through
+playbooks/ — playbooks/ never imports Slack, handlers/ knows neither Slack nor the store,
+and no product package imports the sandbox (the local AWS, the fake Slack, the fault
+layer), which lives in a package of its own: only `python -m bot sandbox` starts it."""
 
 from __future__ import annotations
 
@@ -9,14 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from handlers.base import all_actions
+from handlers.registry import all_actions
 
 ROOT = Path(__file__).resolve().parent.parent
 FORBIDDEN = {
-    "bot": {"boto3", "botocore", "handlers"},
-    "playbooks": {"slack_bolt", "slack_sdk", "bot"},
-    "handlers": {"slack_bolt", "slack_sdk", "bot", "playbooks"},
+    "bot": {"boto3", "botocore", "handlers", "sandbox", "moto"},
+    "playbooks": {"slack_bolt", "slack_sdk", "bot", "sandbox", "moto"},
+    "handlers": {"slack_bolt", "slack_sdk", "bot", "playbooks", "sandbox", "moto"},
 }
+# The one way into the sandbox from the product: the CLI's `sandbox` command, whose import
+# fails cleanly where the sandbox is not installed (the container image).
+SANDBOX_DOOR = ("bot/__main__.py", "sandbox")
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -35,7 +39,18 @@ def test_packages_import_only_what_their_layer_may(package: str) -> None:
     assert files
     offenders = {str(f.relative_to(ROOT)): sorted(imported_modules(f) & FORBIDDEN[package])
                  for f in files}
+    door, allowed = SANDBOX_DOOR
+    if door in offenders:
+        offenders[door] = [m for m in offenders[door] if m != allowed]
     assert {f: m for f, m in offenders.items() if m} == {}
+
+
+def test_the_image_copies_only_the_product() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    copied = {line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY ")
+              and "--from" not in line}
+    assert {"bot", "playbooks", "handlers"} <= copied and "sandbox" not in copied
+    assert "rm -rf" not in dockerfile
 
 
 def test_every_action_declares_its_permissions_and_steps() -> None:
@@ -149,3 +164,40 @@ def test_every_action_class_is_in_the_registry() -> None:
         return found
 
     assert set(concrete(Action)) == set(ALL)
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """Every product module and the product modules it imports — at the top, inside a
+    function or under TYPE_CHECKING alike."""
+    graph: dict[str, set[str]] = {}
+    for package in ("bot", "playbooks", "handlers"):
+        for path in (ROOT / package).rglob("*.py"):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            name = ".".join(parts)
+            found: set[str] = set()
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    found |= {a.name for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    found.add(node.module)
+                    found |= {f"{node.module}.{a.name}" for a in node.names}
+            graph[name] = found
+    return {name: {m for m in deps if m in graph and m != name} for name, deps in graph.items()}
+
+
+def test_no_import_circles() -> None:
+    graph = _module_imports()
+    circles: list[list[str]] = []
+
+    def visit(node: str, path: list[str]) -> None:
+        for nxt in sorted(graph[node]):
+            if nxt in path:
+                circles.append([*path[path.index(nxt):], nxt])
+            elif len(path) < 12:
+                visit(nxt, [*path, nxt])
+
+    for start in sorted(graph):
+        visit(start, [start])
+    assert circles == []

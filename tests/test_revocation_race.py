@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import threading
 
-from bot.sandbox.harness import RunningBot, wait_for
-from handlers import sandbox_world
+from sandbox import world as sandbox_world
+from sandbox.harness import RunningBot, wait_for
 from tests.conftest import AwsTrace, aws_client, settle
 
 CHANNEL = "C0INCIDENT"

@@ -7,14 +7,14 @@ from datetime import timedelta
 
 from sqlalchemy import update
 
-from bot.sandbox.fake_slack import FakeSlack
-from bot.sandbox.harness import RunningBot, wait_for
 from bot.scheduler import sweep
-from handlers import sandbox_world
 from handlers.aws import ClientPool
 from handlers.isolation import prepare_vpcs
 from playbooks.service import ContainRequest
 from playbooks.store import RUNNING, Incident, utcnow
+from sandbox import world as sandbox_world
+from sandbox.fake_slack import FakeSlack
+from sandbox.harness import RunningBot, wait_for
 from tests.conftest import AwsTrace, aws_client, settle
 
 CHANNEL = "C0INCIDENT"

@@ -9,11 +9,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from bot.sandbox.fake_slack import FakeSlack, Message
-from bot.sandbox.harness import RunningBot, wait_for
 from bot.scheduler import sweep
-from handlers import sandbox_world
 from playbooks.store import FINAL_STATES, Incident
+from sandbox import world as sandbox_world
+from sandbox.fake_slack import FakeSlack, Message
+from sandbox.harness import RunningBot, wait_for
 from tests.conftest import AwsTrace, aws_client, settle
 
 CHANNEL = "C0INCIDENT"
@@ -122,11 +122,18 @@ def test_the_requester_cannot_approve_their_own_request(
     bot.slack.click_button(DANA, CHANNEL, card.ts, "Approve")
     (reply,) = wait_for(lambda: fake_slack.ephemerals_for(DANA))
     assert "someone else must approve" in reply
-    time.sleep(0.3)
     assert only_incident(bot).status == "pending"
     assert aws_trace.count("ModifyNetworkInterfaceAttribute") == 0
     decisions = bot.deps.store.decisions(only_incident(bot).id)
     assert [(d.user_id, d.outcome) for d in decisions] == [(DANA, "refused: own request")]
+    # An approver's click then runs it — the run her click would have started: it is
+    # LEE's, once (had hers approved it, LEE would be told it was already approved).
+    bot.slack.click_button(LEE, CHANNEL, card.ts, "Approve")
+    incident = finished(bot)
+    assert incident.status == "contained" and incident.decided_by == LEE
+    assert fake_slack.ephemerals_for(LEE) == []
+    thread = [m.text for m in fake_slack.thread(CHANNEL, card.ts)]
+    assert sum(t.startswith("▶️ Approved by") for t in thread) == 1
 
 
 def test_someone_not_an_approver_is_refused(bot: RunningBot, world: sandbox_world.World,
@@ -162,14 +169,16 @@ def test_double_clicks_and_racing_approvers_run_the_playbook_once(
     assert all(s == 200 for s, _ in statuses)
     incident = finished(bot)
     assert incident.status == "contained"
-    time.sleep(0.5)
+    # Every click has been answered — the three that lost were told so — so no other
+    # run can start after this point.
+    late = wait_for(lambda: len(e := [e for u in (LEE, KIM)
+                                      for e in fake_slack.ephemerals_for(u)]) >= 3 and e)
+    assert len(late) == 3 and all("already approved" in e for e in late)
     sealed_moves = aws_trace.count("ModifyNetworkInterfaceAttribute",
                                    lambda p: p.get("Groups") == [incident_sealed(bot)])
     assert sealed_moves == 2  # two ENIs, once each
     thread = [m.text for m in fake_slack.thread(CHANNEL, card.ts)]
     assert sum(t.startswith("✅ *isolate-security-groups*") for t in thread) == 1
-    late = [e for u in (LEE, KIM) for e in fake_slack.ephemerals_for(u)]
-    assert len(late) == 3 and all("already approved" in e for e in late)
 
 
 def incident_sealed(bot: RunningBot) -> str:
@@ -217,7 +226,7 @@ def lapse(bot: RunningBot, incident_id: str) -> None:
 def test_an_undecided_request_expires_and_a_late_click_is_told(
         fake_slack: FakeSlack, world: sandbox_world.World, e2e_database_url: str,
         aws_trace: AwsTrace) -> None:
-    from bot.sandbox.harness import start_bot
+    from sandbox.harness import start_bot
 
     bot = start_bot(fake_slack, e2e_database_url, approvers="S0ONCALL",
                     session_factory=aws_trace.session, CORDON_APPROVAL_TTL="1m")
@@ -346,7 +355,6 @@ def _refusal(bot: RunningBot, fake: FakeSlack, text: str) -> str:
     if "Looking up" in body:
         body = wait_for(lambda: len(fake.ephemerals_for(DANA)) > before
                         and fake.ephemerals_for(DANA)[-1])
-    time.sleep(0.1)
     assert fake.channel_messages(CHANNEL) == []
     assert bot.deps.store.recent() == []
     return body
@@ -372,6 +380,11 @@ def test_bad_input_is_explained_and_changes_nothing(
         assert expected in reply, (text, reply)
         assert "<!here>" not in reply and "<!channel>" not in reply
     assert aws_trace.count("ModifyNetworkInterfaceAttribute") == 0
+    # A good request after them makes the first and only card: none of the refused ones
+    # made a request or a card, however late its listener ran.
+    card = request(bot, world)
+    assert fake_slack.channel_messages(CHANNEL) == [card]
+    assert [i.target_id for i in bot.deps.store.recent()] == [world.instance_id]
 
 
 def test_a_second_request_for_the_same_instance_is_refused(
@@ -397,15 +410,18 @@ def test_requests_with_a_bad_signature_are_rejected(bot: RunningBot, world: sand
     body = bot.slack.command_body(DANA, CHANNEL, f"{world.instance_id} isolate forged")
     assert bot.slack.post(body, signature="v0=" + "0" * 64)[0] == 401
     assert bot.slack.post(body, timestamp=int(time.time()) - 3600)[0] == 401
-    time.sleep(0.2)
-    assert fake_slack.channel_messages(CHANNEL) == [] and bot.deps.store.recent() == []
+    # The same request signed properly is then taken: one card, the forged ones none.
+    assert bot.slack.post(body)[0] == 200
+    card = wait_for(lambda: fake_slack.channel_messages(CHANNEL))[0]
+    assert len(bot.deps.store.recent()) == 1 and card.ts
+    assert len(fake_slack.channel_messages(CHANNEL)) == 1
 
 
 def test_the_scheduler_expires_requests_on_its_own(
         fake_slack: FakeSlack, world: sandbox_world.World, e2e_database_url: str,
         aws_trace: AwsTrace) -> None:
-    from bot.sandbox.harness import start_bot
     from bot.scheduler import start_scheduler
+    from sandbox.harness import start_bot
 
     bot = start_bot(fake_slack, e2e_database_url, approvers="S0ONCALL",
                     session_factory=aws_trace.session, CORDON_APPROVAL_TTL="1m")

@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from bot.sandbox.fake_slack import FakeSlack
-from bot.sandbox.harness import RunningBot, wait_for
-from handlers import sandbox_world
+from sandbox import world as sandbox_world
+from sandbox.fake_slack import FakeSlack
+from sandbox.harness import RunningBot, wait_for
 from tests.conftest import settle_card
 
 CHANNEL = "C0INCIDENT"

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from websockets.sync.server import ServerConnection, serve
 
-from bot.sandbox.fake_slack import FakeSlack
-from bot.sandbox.harness import wait_for
-from handlers import sandbox_world
+from sandbox import world as sandbox_world
+from sandbox.fake_slack import FakeSlack
+from sandbox.harness import wait_for
 from tests.test_cli import free_port, health
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -3,9 +3,9 @@ IPv4 address — found across the configured regions, through the real endpoint.
 
 from __future__ import annotations
 
-from bot.sandbox.fake_slack import FakeSlack
-from bot.sandbox.harness import RunningBot, wait_for
-from handlers import sandbox_world
+from sandbox import world as sandbox_world
+from sandbox.fake_slack import FakeSlack
+from sandbox.harness import RunningBot, wait_for
 from tests.conftest import aws_client
 
 CHANNEL = "C0INCIDENT"

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from bot.sandbox.fake_slack import FakeSlack, Message
-from bot.sandbox.harness import RunningBot, start_bot, wait_for
-from handlers import sandbox_world
-from handlers.rounds import Call, Recorder, seal_moves, sequential_round_trips
 from playbooks.store import Incident
+from sandbox import world as sandbox_world
+from sandbox.fake_slack import FakeSlack, Message
+from sandbox.harness import RunningBot, start_bot, wait_for
+from sandbox.rounds import Call, Recorder, seal_moves, sequential_round_trips
 from tests.conftest import AwsTrace, aws_client, settle_card
 
 CHANNEL = "C0INCIDENT"

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from bot.sandbox.fake_slack import FakeSlack
-from bot.sandbox.harness import RunningBot, wait_for
 from bot.scheduler import sweep
-from handlers import sandbox_world
 from playbooks.store import CARD, FINAL_STATES, THREAD, Incident, OutboxMessage, Store
+from sandbox import world as sandbox_world
+from sandbox.fake_slack import FakeSlack
+from sandbox.harness import RunningBot, wait_for
 
 CHANNEL = "C0INCIDENT"
 DANA, LEE = "U0DANA", "U0LEE"
@@ -91,6 +91,9 @@ def test_an_api_refusal_is_retried_in_order_without_a_lookup(
     thread = texts(fake_slack, card.ts)
     assert thread[0].startswith("▶️ Approved by") and thread[-1].startswith("🔒 *Contained*")
     assert [t for t, n in Counter(thread).items() if n > 1] == []
+    # Both refusals were retried: two more posts than the thread holds, no more.
+    posts = [c for c in fake_slack.calls_to("chat.postMessage") if c.get("thread_ts")]
+    assert len(posts) == len(thread) + 2
     assert fake_slack.calls_to("conversations.replies") == []  # surely not sent: no lookup
 
 
@@ -191,3 +194,12 @@ def test_card_updates_waiting_for_one_card_are_sent_as_one(
     assert len(fake_slack.calls_to("chat.update")) == before + 1
     assert bot.deps.store.unsent(incident.id) == []
     assert texts(fake_slack, card.ts)[-1] == "between the updates"
+    # The five replaced updates are closed as superseded, not recorded as sent.
+    from sqlalchemy import select
+
+    from playbooks.store import SUPERSEDED, OutboxMessage
+
+    with bot.deps.store.session() as s:
+        closed = list(s.scalars(select(OutboxMessage.last_error).where(
+            OutboxMessage.incident_id == incident.id, OutboxMessage.kind == CARD)))
+    assert closed.count(SUPERSEDED) >= 5

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from bot.sandbox.fake_slack import FakeSlack
-from bot.sandbox.harness import RunningBot, wait_for
-from handlers import sandbox_world
 from handlers.tracked_flows import decides, free_numbers, room
+from sandbox import world as sandbox_world
+from sandbox.fake_slack import FakeSlack
+from sandbox.harness import RunningBot, wait_for
 from tests.conftest import AwsTrace, aws_client, settle_card
 
 CHANNEL = "C0INCIDENT"

@@ -5,16 +5,15 @@ recorded. Against moto's server, through the real HTTP endpoint, both databases.
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
 
-from bot.sandbox.fake_slack import FakeSlack, Message
-from bot.sandbox.harness import RunningBot, wait_for
-from handlers import sandbox_world
 from handlers.network_acl import isolates
 from playbooks.store import FINAL_STATES, Incident
+from sandbox import world as sandbox_world
+from sandbox.fake_slack import FakeSlack, Message
+from sandbox.harness import RunningBot, wait_for
 from tests.conftest import AwsTrace, aws_client, settle_card
 
 CHANNEL = "C0INCIDENT"
@@ -101,14 +100,19 @@ def test_the_card_shows_the_blast_radius_and_needs_two_approvers(
     assert "already counted" in wait_for(lambda: fake_slack.ephemerals_for(LEE))[0]
     bot.slack.click_button(DANA, CHANNEL, card.ts, "Approve")
     assert "someone else" in wait_for(lambda: fake_slack.ephemerals_for(DANA))[0]
-    time.sleep(0.3)
     assert bot.deps.store.recent()[0].status == "pending"
     assert aws_trace.count("ReplaceNetworkAclAssociation") == 0
     bot.slack.click_button(KIM, CHANNEL, card.ts, "Approve")
     incident = wait_for(lambda: next((i for i in bot.deps.store.recent()
                                       if i.status in FINAL_STATES), None), timeout=30)
     assert incident.status == "contained"
+    # The approval that ran it was the second distinct approver's: the refused clicks
+    # were recorded as refusals, never as votes, and the subnet was switched once.
     assert set(bot.deps.store.votes(incident.id)) == {LEE, KIM}
+    assert incident.decided_by == KIM
+    outcomes = [(d.user_id, d.outcome) for d in bot.deps.store.decisions(incident.id)]
+    assert outcomes[:2] == [(LEE, "counted"), (LEE, "already counted")]
+    assert outcomes[-1] == (KIM, "accepted") and (DANA, "accepted") not in outcomes
 
 
 def test_nacl_denies_all_both_ways_and_release_restores_the_association(

@@ -9,13 +9,11 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot import blocks, grammar
+from bot.flows import open_containment, open_form, post_card, post_export, status_text
 from bot.ids import COMMAND
 from bot.listeners import replies_errors
-from bot.listeners.forms import open_form, post_export
 from bot.text import escape
 from playbooks.errors import BadInput, CordonError
-from playbooks.service import ContainRequest
-from playbooks.store import Incident
 
 if TYPE_CHECKING:
     from bot.deps import Deps
@@ -44,11 +42,11 @@ def register(app: App, deps: Deps) -> None:
         elif isinstance(cmd, grammar.ContainCommand):
             ack(text=f"🔎 Looking up `{escape(cmd.target)}`…")
         elif isinstance(cmd, grammar.ReleaseCommand):
-            ack(text=f"🔎 Looking up what was done to `{cmd.query}`…")
+            ack(text=f"🔎 Looking up what was done to `{escape(cmd.query)}`…")
         elif isinstance(cmd, grammar.KeyCommand):
-            ack(text=f"🔎 Looking up access key `{cmd.key_id}`…")
+            ack(text=f"🔎 Looking up access key `{escape(cmd.key_id)}`…")
         elif isinstance(cmd, grammar.ExportCommand):
-            ack(text=f"📚 Exporting the record of `{cmd.query}`…")
+            ack(text=f"📚 Exporting the record of `{escape(cmd.query)}`…")
         else:
             ack()
 
@@ -75,54 +73,3 @@ def register(app: App, deps: Deps) -> None:
             post_card(deps, incident, client, command.get("team_id", ""))
 
     app.command(COMMAND)(ack=ack_contain, lazy=[process_contain])
-
-
-def status_text(deps: Deps, cmd: grammar.StatusCommand) -> str:
-    if cmd.query is None:
-        return blocks.render_status_list(deps.cordon.recent())
-    if cmd.query.startswith("CRD-"):
-        return blocks.render_status_detail(deps.cordon.report(cmd.query))
-    reports = deps.cordon.reports_for_target(cmd.query)
-    if not reports:
-        return f"No incidents for `{escape(cmd.query)}`."
-    return "\n\n".join(blocks.render_status_detail(r) for r in reports)
-
-
-def open_containment(deps: Deps, cmd: grammar.ContainCommand, command: dict[str, Any],
-                     client: WebClient) -> Incident:
-    instance_id, region, account = cmd.instance_id, cmd.region, cmd.account
-    if not instance_id:  # by Name tag or private IP: found first, in every place
-        instance_id, region, account = deps.cordon.resolve_instance(
-            cmd.name, cmd.private_ip, cmd.region, cmd.account)
-    facts = deps.cordon.lookup_instance(instance_id, region, account)
-    request = ContainRequest(
-        instance_id=instance_id,
-        playbook=cmd.playbook,
-        reason=cmd.reason,
-        requester=command["user_id"],
-        channel_id=command["channel_id"],
-        options=cmd.options,
-    )
-    incident = deps.cordon.open_request(request, facts)
-    post_card(deps, incident, client, command.get("team_id", ""))
-    return incident
-
-
-def post_card(deps: Deps, incident: Incident, client: WebClient, team_id: str = "") -> None:
-    text, card = blocks.render_card(incident)
-    try:
-        resp = client.chat_postMessage(channel=incident.channel_id, text=text, blocks=card,
-                                       unfurl_links=False)
-    except SlackApiError as exc:
-        deps.cordon.card_failed(incident.id)
-        error = exc.response.get("error")
-        hint = " Invite the Cordon app to this channel first." if error in (
-            "not_in_channel", "channel_not_found") else ""
-        raise BadInput(f"could not post the approval card (`{error}`).{hint} "
-                       "Nothing was changed.") from exc
-    # What the card cannot show goes to its thread, before its buttons appear.
-    full_plan = blocks.render_full_plan(incident) if blocks.card_hides(incident) else []
-    deps.cordon.card_posted(incident.id, incident.channel_id, str(resp["ts"]), team_id,
-                            full_plan)
-    if full_plan:
-        deps.timeline.wake(incident.id)

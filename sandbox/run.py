@@ -13,11 +13,11 @@ from collections.abc import Callable
 from typing import Any
 
 from bot.logs import setup_logging
-from bot.sandbox.fake_slack import FakeSlack
-from bot.sandbox.harness import RunningBot, start_bot, wait_for
-from bot.sandbox.transcript import plain, render_channel, render_message
-from playbooks import sandbox as sandbox_world
 from playbooks.store import FINAL_STATES, Incident, StepRecord
+from sandbox import world as sandbox_world
+from sandbox.fake_slack import FakeSlack
+from sandbox.harness import RunningBot, start_bot, wait_for
+from sandbox.transcript import plain, render_channel, render_message
 
 CHANNEL = "C0INCIDENT"
 DANA, LEE, KIM, SAM = "U0DANA", "U0LEE", "U0KIM", "U0SAM"

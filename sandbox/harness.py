@@ -14,11 +14,11 @@ from typing import Any
 
 from bot.deps import Deps
 from bot.intake import IntakeThread, build_intake
-from bot.sandbox.fake_slack import FakeSlack
-from bot.sandbox.signed import SignedSlack
 from bot.server import SlackHTTPServer
 from bot.settings import Settings, load_settings
 from bot.wiring import build_app, build_deps
+from sandbox.fake_slack import FakeSlack
+from sandbox.signed import SignedSlack
 
 
 @dataclass
@@ -33,6 +33,7 @@ class RunningBot:
         if self.intake is not None:
             self.intake.stop()
         self.server.stop()
+        self.deps.listeners.shutdown(wait=True)
         self.deps.worker.shutdown(wait=True)
         self.deps.timeline.close()
         self.deps.store.engine.dispose()

@@ -6,7 +6,7 @@ import html
 import re
 from typing import Any
 
-from bot.sandbox.fake_slack import FakeSlack, Message
+from sandbox.fake_slack import FakeSlack, Message
 
 _DATE = re.compile(r"<!date\^\d+\^[^|]*\|([^>]*)>")
 _USER = re.compile(r"<@([UW][A-Z0-9]+)>")

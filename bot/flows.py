@@ -1,0 +1,118 @@
+"""What the listeners do, beside parsing and acking: post a card, open the form, say an
+incident's status, export its record, publish App Home. Listeners of every Slack surface
+call these; no listener module imports another."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from bot import blocks, export, grammar, views
+from bot.blocks import clip, progress_line
+from bot.text import escape
+from playbooks.errors import BadInput, UnknownIncident
+from playbooks.logctx import incident_context
+from playbooks.service import ContainRequest
+from playbooks.store import APPROVED, FINAL_STATES, PENDING, RUNNING, Incident
+
+if TYPE_CHECKING:
+    from bot.deps import Deps
+
+
+def open_form(client: WebClient, trigger_id: str, channel: str, **prefill: Any) -> None:
+    client.views_open(trigger_id=trigger_id, view=views.contain_modal(channel, **prefill))
+
+
+def status_text(deps: Deps, cmd: grammar.StatusCommand) -> str:
+    if cmd.query is None:
+        return blocks.render_status_list(deps.cordon.recent())
+    if cmd.query.startswith("CRD-"):
+        return blocks.render_status_detail(deps.cordon.report(cmd.query))
+    reports = deps.cordon.reports_for_target(cmd.query)
+    if not reports:
+        return f"No incidents for `{escape(cmd.query)}`."
+    return "\n\n".join(blocks.render_status_detail(r) for r in reports)
+
+
+def open_containment(deps: Deps, cmd: grammar.ContainCommand, command: dict[str, Any],
+                     client: WebClient) -> Incident:
+    instance_id, region, account = cmd.instance_id, cmd.region, cmd.account
+    if not instance_id:  # by Name tag or private IP: found first, in every place
+        instance_id, region, account = deps.cordon.resolve_instance(
+            cmd.name, cmd.private_ip, cmd.region, cmd.account)
+    facts = deps.cordon.lookup_instance(instance_id, region, account)
+    request = ContainRequest(
+        instance_id=instance_id,
+        playbook=cmd.playbook,
+        reason=cmd.reason,
+        requester=command["user_id"],
+        channel_id=command["channel_id"],
+        options=cmd.options,
+    )
+    incident = deps.cordon.open_request(request, facts)
+    post_card(deps, incident, client, command.get("team_id", ""))
+    return incident
+
+
+def post_card(deps: Deps, incident: Incident, client: WebClient, team_id: str = "") -> None:
+    text, card = blocks.render_card(incident)
+    try:
+        resp = client.chat_postMessage(channel=incident.channel_id, text=text, blocks=card,
+                                       unfurl_links=False)
+    except SlackApiError as exc:
+        deps.cordon.card_failed(incident.id)
+        error = exc.response.get("error")
+        hint = " Invite the Cordon app to this channel first." if error in (
+            "not_in_channel", "channel_not_found") else ""
+        raise BadInput(f"could not post the approval card (`{error}`).{hint} "
+                       "Nothing was changed.") from exc
+    # What the card cannot show goes to its thread, before its buttons appear.
+    full_plan = blocks.render_full_plan(incident) if blocks.card_hides(incident) else []
+    deps.cordon.card_posted(incident.id, incident.channel_id, str(resp["ts"]), team_id,
+                            full_plan)
+    if full_plan:
+        deps.timeline.wake(incident.id)
+
+
+def publish_home(deps: Deps, client: WebClient, user: str, note: str = "") -> None:
+    recent = deps.store.recent(limit=200)
+    pending = [i for i in recent if i.status == PENDING]
+    running = [(i, progress_line(deps.store.steps(i.id))) for i in recent
+               if i.status in (APPROVED, RUNNING)]
+    finished = [i for i in recent if i.status in FINAL_STATES][:20]
+    view = views.home_view(pending, running, finished)
+    if note:
+        view["blocks"].insert(1, {"type": "section", "text": {"type": "mrkdwn",
+                                                              "text": clip(note, 3000)}})
+    client.views_publish(user_id=user, view=view)
+
+
+def find_incident(deps: Deps, query: str) -> Incident:
+    if query.startswith("CRD-"):
+        return deps.cordon.get(query)
+    found = deps.store.for_target(query, limit=1)
+    if not found:
+        raise UnknownIncident(f"no incident for `{query}`")
+    return found[0]
+
+
+def post_export(deps: Deps, client: WebClient, query: str) -> str:
+    """The incident's record, as Markdown and JSON, in its thread. Returns what was done."""
+    incident = find_incident(deps, query)
+    if not incident.card_ts:
+        raise BadInput(f"{incident.id} has no card to post its record under")
+    with incident_context(incident.id):
+        files = export.files(deps.cordon.report(incident.id), deps.store.evidence(incident.id))
+        try:
+            client.files_upload_v2(
+                channel=incident.channel_id, thread_ts=incident.card_ts,
+                initial_comment=f"📚 The record of {incident.id} (Markdown timeline and JSON)",
+                file_uploads=[{"content": content, "filename": name, "title": name}
+                              for name, content in files])
+        except SlackApiError as exc:
+            raise BadInput(f"could not post the record of {incident.id} "
+                           f"(`{exc.response.get('error')}`)") from exc
+    return (f"📚 The record of {incident.id} is in its thread: "
+            f"<{views.card_link(incident)}|{', '.join(name for name, _ in files)}>")
