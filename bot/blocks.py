@@ -18,12 +18,13 @@ from slack_sdk.models.blocks import (
     DividerBlock,
     HeaderBlock,
     MarkdownTextObject,
+    PlainTextObject,
     SectionBlock,
 )
 
 from bot.ids import ActionId
 from bot.links import ids_in_text, linked
-from bot.text import escape
+from bot.text import escape, link
 from playbooks.catalogue import INSTANCE_PLAYBOOKS, PLAYBOOKS, Playbook, step_descriptions
 from playbooks.service import IncidentReport
 from playbooks.status import StepStatus
@@ -126,7 +127,7 @@ def _finding_blocks(incident: Incident) -> list[Block]:
             f"Type `{escape(clip(f.get('type', ''), 200))}` · severity {severity} · account "
             f"{escape(f.get('account') or '?')} · region {escape(f.get('region') or '?')}\n"
             f"First seen {escape(f.get('first_seen') or '?')} · last seen "
-            f"{escape(f.get('last_seen') or '?')} · <{f['console_url']}|open the finding>"
+            f"{escape(f.get('last_seen') or '?')} · {link(f['console_url'], 'open the finding')}"
             + (f"\n{more} more finding{'s' if more != 1 else ''} about it since: see the thread"
                if more > 0 else "")
             + "\n_Any on-call approver may approve or deny it._")
@@ -139,7 +140,7 @@ def render_finding_note(p: Any) -> str:
     return (f"🚨 Another {escape(p.source)} finding about `{escape(p.resource_id)}`: "
             f"{escape(clip(p.title, 500))} — `{escape(clip(p.type, 200))}`, severity "
             f"{escape(severity)}, last seen {escape(p.last_seen or '?')} · "
-            f"<{p.console_url}|open the finding>")
+            f"{link(p.console_url, 'open the finding')}")
 
 
 def _duration(ms: int | None) -> str:
@@ -262,10 +263,12 @@ def _wide_confirm(incident: Incident) -> ConfirmObject | None:
     where = "VPC" if blast.get("scope") == "vpc" else "subnet"
     return ConfirmObject(
         title=clip(f"Approve {incident.playbook} on the whole {where}?", 100),
-        text=clip(f"This also cuts {n} other instance{'' if n == 1 else 's'} in the {where} "
-                  f"and makes {len(blast.get('changes', []))} change"
-                  f"{'' if len(blast.get('changes', [])) == 1 else 's'}. The full list is on "
-                  "the card and in its thread.", 300),
+        # Slack's confirmation dialog takes plain text.
+        text=PlainTextObject(text=clip(
+            f"This also cuts {n} other instance{'' if n == 1 else 's'} in the {where} and "
+            f"makes {len(blast.get('changes', []))} change"
+            f"{'' if len(blast.get('changes', [])) == 1 else 's'}. The full list is on the "
+            "card and in its thread.", 300)),
         confirm="Approve", deny="Cancel", style="danger")
 
 
@@ -526,12 +529,29 @@ def render_snapshot_report(states: dict[str, str]) -> str:
 
 def _console_line(text: str, region: str, facts: dict[str, Any] | None = None) -> str:
     ids = ids_in_text(text)
-    return f"\n🔗 {linked(ids, region, facts, limit=1500)}" if region and ids else ""
+    return f"\n🔗 {linked(ids, region, facts, limit=1000)}" if region and ids else ""
+
+
+# Slack's recommended ceiling for a message's text: a longer step result is cut here, and
+# the whole of it is in the record (`/contain status`, `/contain export`).
+THREAD_MAX = 4000
+_CUT = " … (cut here: the whole result is in `/contain export`)"
+
+
+def _fit(text: str | None, limit: int) -> str:
+    """Escaped, within `limit` characters (cut before escaping, so no entity is split)."""
+    raw = text or ""
+    if len(escape(raw)) <= limit:
+        return escape(raw)
+    while len(escape(raw)) + len(_CUT) > limit:
+        raw = raw[:max(0, len(raw) - max(1, len(escape(raw)) + len(_CUT) - limit))]
+    return escape(raw) + _CUT
 
 
 def render_step(step: StepRecord, region: str = "", facts: dict[str, Any] | None = None
                 ) -> str:
-    """A step's reply in the thread; with the region, console links to what it names."""
+    """A step's reply in the thread; with the region, console links to what it names.
+    Within THREAD_MAX characters, however many ENIs or entries the step went through."""
     details = step.details or {}
     mentioned = " ".join([step.summary or "", str(details.get("verified") or ""),
                           *[x.get("id", "") for x in details.get("snapshots", [])],
@@ -544,21 +564,21 @@ def _render_step(step: StepRecord) -> str:
     took = f" ({_duration(step.duration_ms)})" if step.duration_ms is not None else ""
     if step.status == StepStatus.FAILED:
         line = f"{icon} *{step.name}* failed — `{escape(step.error_code or '?')}`: " \
-               f"{escape(step.error_message or '')}"
-        line += f"\nDone before the failure: {escape(step.summary)}" if step.summary else \
-            "\nNothing was changed by this step."
+               f"{_fit(step.error_message, 1200)}"
+        line += f"\nDone before the failure: {_fit(step.summary, 1200)}" if step.summary \
+            else "\nNothing was changed by this step."
         return line + took
     verified = (step.details or {}).get("verified")
-    line = f"{icon} *{step.name}* — {escape(step.summary)}{took}"
+    line = f"{icon} *{step.name}* — {_fit(step.summary, 2000)}{took}"
     if verified:
-        line += f"\n_verified: {escape(str(verified))}_"
+        line += f"\n_verified: {_fit(str(verified), 400)}_"
     return line
 
 
 def render_run_finished(incident: Incident) -> str:
     icon = STATUS_ICON.get(incident.status, "")
     label = FINAL_LABEL.get(incident.status, incident.status.capitalize())
-    return f"{icon} *{label}* — {escape(incident.summary)}"
+    return f"{icon} *{label}* — {_fit(incident.summary, THREAD_MAX - 200)}"
 
 
 # status and help ---------------------------------------------------------------------
@@ -597,7 +617,8 @@ def render_status_detail(report: IncidentReport) -> str:
 def render_help() -> str:
     names = ", ".join(f"`{p.name}` ({escape(p.summary)})"
                       for p in INSTANCE_PLAYBOOKS.values())
-    return "\n".join([
+    # `<instance>` and the like are placeholders, not links: escaped, as every text is.
+    return "\n".join([*(escape(line) for line in [
         "*Cordon — contain a compromised AWS instance, with approval and a timeline*",
         "`/contain` alone — a form: target, playbook, reason",
         "`/contain <instance> [playbook] [region=R] [account=A] [reason…]` — ask to contain; "
@@ -613,7 +634,7 @@ def render_help() -> str:
         "`/contain status [instance-id|incident-id]` — what happened, who did what, when",
         "  e.g. `/contain status CRD-7Q2M4K`",
         "  e.g. `/contain i-0abc123def4567890 nacl mode=insert the whole subnet beacons out`",
-        "`/contain help` — this text",
+        "`/contain help` — this text"]),
         f"Playbooks: {names}.",
         "An on-call approver (not the requester) must press *Approve* on the card; "
         "`nacl`, `route` and `igw` hit a whole subnet or VPC and need more than one.",

@@ -25,8 +25,9 @@ OPTIONS = ("region", "account", "playbook", "mode")
 MODES = ("replace", "insert")
 MAX_REASON = 500
 
-USAGE = ("`/contain <instance> [playbook] [region=R] reason…` (the instance by id, ARN, "
-         "private IP or Name tag) — or `/contain` alone for a form, `/contain help`")
+USAGE = escape("`/contain <instance> [playbook] [region=R] reason…` (the instance by id, "
+               "ARN, private IP or Name tag) — or `/contain` alone for a form, "
+               "`/contain help`")
 
 
 class HelpCommand(BaseModel):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from bot.text import link
+
 RESOURCE = re.compile(r"\b((?:i|eni|sg|snap|ami|vol)-[0-9a-f]{8,17}|(?:AKIA|ASIA)[A-Z0-9]{16})\b")
 EC2_PAGES = {
     "i": "InstanceDetails:instanceId",
@@ -53,7 +55,7 @@ def linked(ids: list[str], region: str, facts: dict[str, Any] | None = None,
         if not url or resource_id in seen:
             continue
         seen.add(resource_id)
-        item = f"<{url}|{resource_id}>"
+        item = link(url, resource_id)
         if size + len(item) + 3 > limit:
             out.append(f"… and {len(ids) - len(out)} more")
             break

@@ -4,5 +4,10 @@ become a live mention (`<!channel>`, `<@U…>`) or a link."""
 from __future__ import annotations
 
 
+def link(url: str, label: str) -> str:
+    """`<url|label>` with both escaped as Slack asks (`&` in a URL is `&amp;`)."""
+    return f"<{escape(url)}|{escape(label)}>"
+
+
 def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -272,14 +272,30 @@ class AwsError:
         return f"{self.code}: {self.message}"
 
 
+# What a responder reads for a failure that is not an AWS error answer: words, not the
+# names of Python classes (botocore's, or ours).
+_NO_ANSWER = (ConnectionClosedError, EndpointConnectionError, ConnectTimeoutError,
+              ReadTimeoutError)
+ANSWER_LOST, ANSWER_UNREADABLE, CLIENT_FAILURE, INTERNAL = (
+    "NoAnswer", "UnreadableAnswer", "ClientFailure", "InternalError")
+
+
 def describe_error(exc: BaseException) -> AwsError:
-    """The error code and message a responder needs, from any boto3 failure."""
+    """The error code and message a responder needs, from any boto3 failure: AWS's own
+    code, or one of a few plain codes for what never got an AWS answer."""
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
         return AwsError(str(err.get("Code", "ClientError")), str(err.get("Message", exc)))
+    if isinstance(exc, _NO_ANSWER):
+        return AwsError(ANSWER_LOST, "AWS did not answer (the connection was lost or timed "
+                                     "out)")
+    if isinstance(exc, ResponseParserError):
+        return AwsError(ANSWER_UNREADABLE, "AWS's answer could not be read")
     if isinstance(exc, BotoCoreError):
-        return AwsError(type(exc).__name__, str(exc))
-    return AwsError(type(exc).__name__, str(exc))
+        return AwsError(CLIENT_FAILURE, str(exc)[:300])
+    if isinstance(exc, LeaseLost):
+        return AwsError("LeaseLost", str(exc))
+    return AwsError(INTERNAL, str(exc)[:300] or "an internal error")
 
 
 class FanOut:

@@ -150,10 +150,13 @@ class ProtectEvidence(Action):
         return "termination/stop protection on, shutdown=stop, DeleteOnTermination=false"
 
     def describe_undo(self, captured: dict[str, Any]) -> str:
-        return (f"termination protection {captured.get('disableApiTermination')}, stop "
-                f"protection {captured.get('disableApiStop')}, shutdown behaviour "
-                f"{captured.get('instanceInitiatedShutdownBehavior')}, DeleteOnTermination "
-                "as it was")
+        def on_off(value: Any) -> str:
+            return "on" if value is True else "off" if value is False else "as it was"
+
+        return (f"termination protection {on_off(captured.get('disableApiTermination'))}, "
+                f"stop protection {on_off(captured.get('disableApiStop'))}, shutdown "
+                f"behaviour {captured.get('instanceInitiatedShutdownBehavior') or 'as it was'}"
+                ", DeleteOnTermination as it was")
 
     def undo(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
         self._set(ctx, captured, known_unsupported(ctx.target.facts))

@@ -13,6 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from sandbox.slack_rules import message_problems
+
 
 @dataclass
 class Message:
@@ -53,6 +55,8 @@ class FakeSlack:
         self.socket_url = ""  # Socket Mode: where apps.connections.open points
         self.views: dict[str, dict[str, Any]] = {}  # open modals by view id
         self.homes: dict[str, dict[str, Any]] = {}  # App Home tab by user
+        # What Slack would refuse or misread in what Cordon sent (sandbox.slack_rules).
+        self.violations: list[str] = []
         self._view_ids = itertools.count(1)
         self._file_ids = itertools.count(1)
         self._ts = itertools.count(1)
@@ -82,6 +86,7 @@ class FakeSlack:
 
     def reset(self) -> None:
         with self.lock:
+            self.violations.clear()
             self.calls.clear()
             self.messages.clear()
             self.ephemerals.clear()
@@ -146,9 +151,20 @@ class FakeSlack:
     def _next_ts(self) -> str:
         return f"{int(time.time())}.{next(self._ts):06d}"
 
+    def _check(self, method: str, args: dict[str, Any]) -> None:
+        payload = dict(args)
+        for key in ("blocks", "view"):
+            if isinstance(payload.get(key), str):
+                try:
+                    payload[key] = json.loads(payload[key])
+                except ValueError:
+                    self.violations.append(f"{method}: {key} is not JSON")
+        self.violations += message_problems(method, payload)
+
     def handle(self, method: str, args: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
             self.calls.append((method, args))
+            self._check(method, args)
             pending = self.failures.get(method)
             if pending and (error := pending.pop(0)):
                 return {"ok": False, "error": error}
@@ -318,6 +334,7 @@ class FakeSlack:
     def response_url(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
             self.calls.append(("response_url", {"path": path, **payload}))
+            self._check("response_url", payload)
             if payload.get("response_type") == "in_channel":
                 return {"ok": False, "error": "not_supported_here"}
             self.ephemerals.append(Ephemeral(text=payload.get("text", ""), via="response_url",

@@ -43,6 +43,13 @@ _QUERY_ERROR = ('<?xml version="1.0" encoding="UTF-8"?><ErrorResponse><Error><Ty
                 "<RequestId>fault</RequestId></ErrorResponse>")
 
 
+def error_xml(service: str, code: str, message: str) -> bytes:
+    """An AWS error answer as the service's protocol words it (EC2's own XML, or the
+    query protocol's): what both fault layers answer with."""
+    template = _EC2_ERROR if service == "ec2" else _QUERY_ERROR
+    return template.format(code=code, message=message).encode()
+
+
 @dataclass
 class Rule:
     action: str
@@ -203,9 +210,8 @@ class FaultyAws:
                     return
                 if effect and effect.startswith("refuse:"):
                     code = effect.split(":", 1)[1]
-                    template = _EC2_ERROR if service == "ec2" else _QUERY_ERROR
-                    self._answer(400, {"Content-Type": "text/xml"}, template.format(
-                        code=code, message=f"refused ({code})").encode())
+                    self._answer(400, {"Content-Type": "text/xml"},
+                                 error_xml(service, code, f"refused ({code})"))
                     return
                 if effect in ("throttle", "unavailable"):
                     if effect == "throttle":
@@ -216,9 +222,8 @@ class FaultyAws:
                     else:
                         code, status, message = ("ServiceUnavailable", 503,
                                                  "Service is unavailable")
-                    template = _EC2_ERROR if service == "ec2" else _QUERY_ERROR
                     self._answer(status, {"Content-Type": "text/xml"},
-                                 template.format(code=code, message=message).encode())
+                                 error_xml(service, code, message))
                     return
                 status, headers, answer = self._forward(body)
                 seen.applied_at = time.monotonic()

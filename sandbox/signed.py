@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 from slack_sdk.signature import SignatureVerifier
 
 from sandbox.fake_slack import FakeSlack
+from sandbox.slack_rules import message_problems
 
 
 class SignedSlack:
@@ -36,9 +37,21 @@ class SignedSlack:
         })
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
-                return resp.status, resp.read().decode()
+                status, answer = resp.status, resp.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
+        self._check_ack(answer)
+        return status, answer
+
+    def _check_ack(self, answer: str) -> None:
+        """An ack's body is a message (or a view) Slack shows too: the same rules."""
+        try:
+            payload = json.loads(answer) if answer.startswith("{") else None
+        except ValueError:
+            payload = None
+        if isinstance(payload, dict):
+            with self.fake.lock:
+                self.fake.violations += message_problems("ack", payload)
 
     def command_body(self, user: str, channel: str, text: str) -> str:
         return urlencode({

@@ -22,7 +22,7 @@ from handlers.permissions import declared, iam_action
 from playbooks.store import Store
 from sandbox import world as sandbox_world
 from sandbox.fake_slack import FakeSlack
-from sandbox.faulty_aws import FaultyAws
+from sandbox.faulty_aws import FaultyAws, error_xml
 from sandbox.harness import RunningBot, start_bot
 
 POSTGRES_URL = os.environ.get("CORDON_TEST_POSTGRES_URL",
@@ -51,10 +51,12 @@ def _fake_slack() -> Iterator[FakeSlack]:
 
 
 @pytest.fixture
-def fake_slack(_fake_slack: FakeSlack) -> FakeSlack:
+def fake_slack(_fake_slack: FakeSlack) -> Iterator[FakeSlack]:
     _fake_slack.reset()
     _fake_slack.usergroups["S0ONCALL"] = ["U0LEE", "U0KIM"]
-    return _fake_slack
+    yield _fake_slack
+    # Everything Cordon sent passes Block Kit's validation and Slack's escaping rules.
+    assert _fake_slack.violations == []
 
 
 def _postgres_available() -> bool:
@@ -153,9 +155,7 @@ class AwsTrace:
             if not pending:
                 return None
             status, code, message = pending.pop(0)
-        body = (f'<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error>'
-                f"<Code>{code}</Code><Message>{message}</Message></Error></Errors>"
-                f"<RequestID>fault</RequestID></Response>").encode()
+        body = error_xml(event_name.split(".")[1], code, message)
         return AWSResponse(request.url, status, {}, _Raw(body))
 
     def fail(self, operation: str, code: str, message: str = "injected", times: int = 1,

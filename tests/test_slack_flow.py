@@ -339,7 +339,8 @@ def test_help_shows_the_grammar(bot: RunningBot) -> None:
     status, body = bot.slack.command(SAM, CHANNEL, "help")
     assert status == 200
     # Every verb of the grammar, and every playbook a person can name.
-    for verb in ("/contain <instance>", "/contain key", "/contain release",
+    # Placeholders are escaped (Slack would read `<instance>` as a link).
+    for verb in ("/contain &lt;instance&gt;", "/contain key", "/contain release",
                  "/contain status", "/contain help"):
         assert verb in body, verb
     for name in INSTANCE_PLAYBOOKS:

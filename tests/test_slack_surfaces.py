@@ -179,3 +179,19 @@ def test_the_thread_links_to_the_console_and_the_card_shows_progress(
     assert any(" steps done" in u for u in updates)
     steps = len(bot.deps.store.steps(incident.id))
     assert len(updates) <= steps + 3
+
+
+def test_the_slack_rules_catch_what_slack_would_misread() -> None:
+    """The checks every test applies to what Cordon sends can fail."""
+    from sandbox.slack_rules import blocks_problems, message_problems, text_problems
+
+    assert text_problems("use `/contain <instance>`", "t")
+    assert text_problems("hey <!here>", "t")
+    assert text_problems("<https://x.example/?a=1&b=2|link>", "t")
+    assert text_problems("x" * 4001, "t")
+    assert not text_problems("<@U0LEE> see <https://x.example/?a=1&amp;b=2|link> &lt;x&gt;",
+                             "t")
+    assert blocks_problems([{"type": "section", "text": {"type": "mrkdwn", "text": "x" * 3001}}],
+                           "b")
+    assert message_problems("chat.postMessage", {"text": "ok", "blocks": [
+        {"type": "section", "text": {"type": "mrkdwn", "text": "a <b>"}}]})
