@@ -20,7 +20,8 @@ from typing import Any
 
 from sqlalchemy import insert, text
 
-from playbooks.store import Incident, OutboxMessage, StepRecord, Store, utcnow
+from playbooks.models import Incident, OutboxMessage, StepRecord, utcnow
+from playbooks.store import Store
 
 
 def seed(store: Store, n: int) -> None:

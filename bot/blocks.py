@@ -26,6 +26,7 @@ from bot.ids import ActionId
 from bot.links import ids_in_text, linked
 from bot.text import escape, link
 from playbooks.catalogue import INSTANCE_PLAYBOOKS, PLAYBOOKS, Playbook, step_descriptions
+from playbooks.models import Evidence, Incident, StepRecord
 from playbooks.service import IncidentReport
 from playbooks.status import StepStatus
 from playbooks.store import (
@@ -40,9 +41,6 @@ from playbooks.store import (
     RELEASED,
     RETRYABLE,
     RUNNING,
-    Evidence,
-    Incident,
-    StepRecord,
 )
 
 STATUS_ICON: dict[str, str] = {

@@ -10,8 +10,8 @@ from datetime import datetime
 from typing import Any
 
 from bot.links import console_url
+from playbooks.models import Evidence
 from playbooks.service import IncidentReport
-from playbooks.store import Evidence
 
 
 def _when(at: datetime | None) -> str:

@@ -14,8 +14,9 @@ from bot.blocks import clip, progress_line
 from bot.text import escape
 from playbooks.errors import BadInput, UnknownIncident
 from playbooks.logctx import incident_context
+from playbooks.models import Incident
 from playbooks.service import ContainRequest
-from playbooks.store import APPROVED, FINAL_STATES, PENDING, RUNNING, Incident
+from playbooks.store import APPROVED, FINAL_STATES, PENDING, RUNNING
 
 if TYPE_CHECKING:
     from bot.deps import Deps

@@ -12,7 +12,7 @@ from bot import blocks
 from bot.settings import Settings
 from playbooks.findings import Proposal
 from playbooks.intake import Intake
-from playbooks.store import THREAD, Incident, Message
+from playbooks.models import THREAD, Incident, Message
 
 if TYPE_CHECKING:
     from bot.deps import Deps

@@ -20,7 +20,8 @@ from slack_sdk.errors import SlackApiError
 
 from bot import blocks
 from playbooks.logctx import incident_context
-from playbooks.store import CARD, FILE, THREAD, Incident, Message, OutboxMessage, StepRecord, Store
+from playbooks.models import CARD, FILE, THREAD, Incident, Message, OutboxMessage, StepRecord
+from playbooks.store import Store
 
 log = logging.getLogger("cordon.notifier")
 

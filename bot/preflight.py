@@ -7,8 +7,10 @@ from sqlalchemy import inspect
 
 from bot.settings import load_settings
 from bot.wiring import make_web_client
+from playbooks.database import make_engine
+from playbooks.models import Base
 from playbooks.service import client_pool, preflight_aws, preflight_queue
-from playbooks.store import Base, Store, make_engine
+from playbooks.store import Store
 
 REQUIRED_SCOPES = ("commands", "chat:write", "files:write", "usergroups:read",
                    "channels:history", "groups:history")

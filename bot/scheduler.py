@@ -10,7 +10,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from bot import blocks
 from playbooks.logctx import incident_context
-from playbooks.store import THREAD
+from playbooks.models import THREAD
 
 if TYPE_CHECKING:
     from bot.deps import Deps

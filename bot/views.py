@@ -27,8 +27,8 @@ from bot.blocks import STATUS_ICON, clip, requester, slack_date
 from bot.ids import CONTAIN_MODAL, ActionId
 from bot.text import escape
 from playbooks.catalogue import DEFAULT_PLAYBOOK, INSTANCE_PLAYBOOKS
+from playbooks.models import Incident
 from playbooks.status import FINAL_STATES
-from playbooks.store import Incident
 
 TARGET, PLAYBOOK, REASON = "target", "playbook", "reason"
 MAX_REASON = 500

@@ -20,8 +20,8 @@ from handlers.aws import Backoff, Clients, acting_as, describe_error
 from handlers.findings_queue import FindingsQueue, QueueMessage, queue_region
 from playbooks.errors import CordonError
 from playbooks.findings import Malformed, Proposal, parse_event
+from playbooks.models import Incident, Message
 from playbooks.service import Cordon
-from playbooks.store import Incident, Message
 
 log = logging.getLogger("cordon.intake")
 

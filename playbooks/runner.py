@@ -41,6 +41,7 @@ from handlers.base import (
 from handlers.registry import get_action
 from playbooks.catalogue import Playbook, Step, applied_change, get_playbook, release_playbook
 from playbooks.logctx import incident_context
+from playbooks.models import Incident, Message, StepRecord, utcnow
 from playbooks.store import (
     CONTAINED,
     FAILED,
@@ -49,11 +50,7 @@ from playbooks.store import (
     RELEASABLE,
     RELEASED,
     RUNNING,
-    Incident,
-    Message,
-    StepRecord,
     Store,
-    utcnow,
 )
 
 log = logging.getLogger("cordon.runner")

@@ -40,23 +40,9 @@ from playbooks.errors import (
     UnknownIncident,
 )
 from playbooks.findings import Proposal
+from playbooks.models import CARD, THREAD, Decision, Incident, Message, StepRecord, utcnow
 from playbooks.runner import Worker
-from playbooks.store import (
-    CARD,
-    DENIED,
-    EXPIRED,
-    OPEN_STATES,
-    PENDING,
-    RELEASABLE,
-    RELEASED,
-    THREAD,
-    Decision,
-    Incident,
-    Message,
-    StepRecord,
-    Store,
-    utcnow,
-)
+from playbooks.store import DENIED, EXPIRED, OPEN_STATES, PENDING, RELEASABLE, RELEASED, Store
 
 log = logging.getLogger("cordon.service")
 

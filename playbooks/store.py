@@ -6,27 +6,16 @@ is a conditional UPDATE whose row count says who won."""
 from __future__ import annotations
 
 import hashlib
-import secrets
 import threading
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
     DateTime,
     Engine,
-    ForeignKey,
-    Index,
-    Integer,
-    LargeBinary,
-    String,
-    Text,
-    UniqueConstraint,
-    create_engine,
-    event,
     exists,
     func,
     insert,
@@ -38,9 +27,26 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
+from playbooks.database import HEALTH_TIMEOUT_S, LOCK_TIMEOUT_S, MIGRATION_LOCK, make_engine
+from playbooks.models import (
+    CARD,
+    FILE,
+    SUPERSEDED,
+    ApprovalVote,
+    Decision,
+    Evidence,
+    HealthBeat,
+    Incident,
+    Message,
+    OutboxMessage,
+    Revocation,
+    StepRecord,
+    new_incident_id,
+    utcnow,
+)
 from playbooks.status import FINAL_STATES as FINAL_STATES
 from playbooks.status import OPEN_STATES as OPEN_STATES
 from playbooks.status import RELEASABLE as RELEASABLE
@@ -54,205 +60,6 @@ CONTAINED, PARTIAL, FAILED = (IncidentStatus.CONTAINED, IncidentStatus.PARTIAL,
                               IncidentStatus.FAILED)
 DENIED, EXPIRED = IncidentStatus.DENIED, IncidentStatus.EXPIRED
 RELEASED, PARTIALLY_RELEASED = IncidentStatus.RELEASED, IncidentStatus.PARTIALLY_RELEASED
-
-_ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
-
-# Outbox kinds: a thread reply (its text), the card to render again from the store, an
-# evidence file to upload. A message is written in the transaction of the change that
-# implies it, so that no crash can separate the two.
-THREAD, CARD, FILE = "thread", "card", "file"
-Message = tuple[str, dict[str, Any]]
-
-
-# An outbox row closed without being sent: a later update of the same card replaced it.
-SUPERSEDED = "superseded by a later update of the card; not sent"
-
-
-def utcnow() -> datetime:
-    """Naive UTC: both SQLite and PostgreSQL give back exactly what was stored."""
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-def new_incident_id() -> str:
-    return "CRD-" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(6))
-
-
-class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime()}
-
-
-class Incident(Base):
-    __tablename__ = "incidents"
-    __table_args__ = (Index("ix_incidents_created_at", "created_at"),)
-
-    id: Mapped[str] = mapped_column(String(16), primary_key=True)
-    # "instance" (a containment) or "release" (undoing the containment `parent_id`).
-    kind: Mapped[str] = mapped_column(String(16), default="instance")
-    parent_id: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    target_id: Mapped[str] = mapped_column(String(64), index=True)
-    region: Mapped[str] = mapped_column(String(32))
-    account: Mapped[str] = mapped_column(String(32), default="")
-    playbook: Mapped[str] = mapped_column(String(32))
-    reason: Mapped[str] = mapped_column(Text, default="")
-    requester: Mapped[str] = mapped_column(String(32))
-    channel_id: Mapped[str] = mapped_column(String(32))
-    card_ts: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    status: Mapped[str] = mapped_column(String(24), index=True, default=PENDING)
-    facts: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    expires_at: Mapped[datetime]
-    decided_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    decided_at: Mapped[datetime | None] = mapped_column(nullable=True)
-    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
-    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
-    summary: Mapped[str] = mapped_column(Text, default="")
-    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    lease_until: Mapped[datetime | None] = mapped_column(nullable=True)
-    snapshots_reported_at: Mapped[datetime | None] = mapped_column(nullable=True)
-    approvals_required: Mapped[int] = mapped_column(Integer, default=1)
-    options: Mapped[dict[str, Any]] = mapped_column(default=dict)
-
-
-class ApprovalVote(Base):
-    """One approver's approval of a wide containment; a person counts once."""
-
-    __tablename__ = "approval_votes"
-    __table_args__ = (UniqueConstraint("incident_id", "user_id"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    incident_id: Mapped[str] = mapped_column(ForeignKey("incidents.id"), index=True)
-    user_id: Mapped[str] = mapped_column(String(32))
-    at: Mapped[datetime] = mapped_column(default=utcnow)
-
-
-class Decision(Base):
-    """Every click on a card, including the refused ones: the audit trail."""
-
-    __tablename__ = "decisions"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    incident_id: Mapped[str] = mapped_column(ForeignKey("incidents.id"), index=True)
-    user_id: Mapped[str] = mapped_column(String(32))
-    action: Mapped[str] = mapped_column(String(16))
-    outcome: Mapped[str] = mapped_column(String(64))
-    at: Mapped[datetime] = mapped_column(default=utcnow)
-
-
-class StepRecord(Base):
-    __tablename__ = "steps"
-    __table_args__ = (Index("ix_steps_name_status", "name", "status"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    incident_id: Mapped[str] = mapped_column(ForeignKey("incidents.id"), index=True)
-    position: Mapped[int] = mapped_column(Integer)
-    name: Mapped[str] = mapped_column(String(64))
-    # pending → running → succeeded | failed | skipped | not-run
-    status: Mapped[str] = mapped_column(String(16), default=StepStatus.PENDING)
-    captured: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    summary: Mapped[str] = mapped_column(Text, default="")
-    details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    error_code: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
-    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
-    duration_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
-
-
-class Evidence(Base):
-    """A file captured during a run, kept with its SHA-256."""
-
-    __tablename__ = "evidence"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    incident_id: Mapped[str] = mapped_column(ForeignKey("incidents.id"), index=True)
-    step: Mapped[str] = mapped_column(String(64))
-    name: Mapped[str] = mapped_column(String(255))
-    media_type: Mapped[str] = mapped_column(String(64))
-    sha256: Mapped[str] = mapped_column(String(64))
-    size: Mapped[int] = mapped_column(Integer)
-    content: Mapped[bytes] = mapped_column(LargeBinary)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-
-
-class OutboxMessage(Base):
-    """A Slack message to send: written first, sent after, retried until sent."""
-
-    __tablename__ = "outbox"
-    # The sender's query: rows not sent yet, in order.
-    __table_args__ = (Index("ix_outbox_unsent", "sent_at", "id"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    incident_id: Mapped[str] = mapped_column(ForeignKey("incidents.id"), index=True)
-    kind: Mapped[str] = mapped_column(String(16))  # "thread" | "card"
-    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    sent_at: Mapped[datetime | None] = mapped_column(nullable=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    claimed_until: Mapped[datetime | None] = mapped_column(nullable=True)
-    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
-
-
-class Revocation(Base):
-    """A deny on credentials issued before a cut-off. Kept through a release; removed
-    by the sweep once every token it could hit has expired (`remove_after`)."""
-
-    __tablename__ = "revocations"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    incident_id: Mapped[str] = mapped_column(ForeignKey("incidents.id"), index=True)
-    kind: Mapped[str] = mapped_column(String(16))  # instance | role | user
-    principal: Mapped[str] = mapped_column(String(128))
-    policy: Mapped[str] = mapped_column(String(128))
-    sid: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    cutoff: Mapped[str] = mapped_column(String(32))
-    remove_after: Mapped[datetime] = mapped_column(index=True)
-    removed_at: Mapped[datetime | None] = mapped_column(nullable=True)
-    note: Mapped[str] = mapped_column(Text, default="")
-
-
-class HealthBeat(Base):
-    """One row that /healthz rewrites: the database takes a write, or it is not healthy."""
-
-    __tablename__ = "health"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    at: Mapped[datetime] = mapped_column(default=utcnow)
-
-
-# A locked or stuck database answers within these, instead of hanging a click: the person
-# is told, and the sweep finishes the work later.
-LOCK_TIMEOUT_S = 5
-STATEMENT_TIMEOUT_S = 15
-HEALTH_TIMEOUT_S = 2
-MIGRATION_LOCK = 0x436F72646F6E  # "Cordon": the advisory lock the migration holds
-
-
-def make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False,
-                                                  "timeout": LOCK_TIMEOUT_S})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
-
-        return engine
-    engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
-
-    @event.listens_for(engine, "connect")
-    def _timeouts(dbapi_conn: Any, _record: Any) -> None:
-        cur = dbapi_conn.cursor()
-        cur.execute(f"SET lock_timeout = '{LOCK_TIMEOUT_S}s'")
-        cur.execute(f"SET statement_timeout = '{STATEMENT_TIMEOUT_S}s'")
-        cur.close()
-        dbapi_conn.commit()
-
-    return engine
-
 
 class _Refused(Exception):
     """A conditional write that did not match: the transaction is rolled back."""

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from bot.logs import setup_logging
-from playbooks.store import FINAL_STATES, Incident, StepRecord
+from playbooks.models import Incident, StepRecord
+from playbooks.store import FINAL_STATES
 from sandbox import world as sandbox_world
 from sandbox.fake_slack import FakeSlack
 from sandbox.harness import RunningBot, start_bot, wait_for

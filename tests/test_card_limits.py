@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from bot import blocks
-from playbooks.store import Incident, utcnow
+from playbooks.models import Incident, utcnow
 from sandbox import world as sandbox_world
 from sandbox.fake_slack import FakeSlack
 from sandbox.harness import RunningBot, wait_for

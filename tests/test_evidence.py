@@ -8,7 +8,7 @@ from typing import Any
 
 from bot.scheduler import sweep
 from handlers.aws import Backoff
-from playbooks.store import Incident
+from playbooks.models import Incident
 from sandbox import world as sandbox_world
 from sandbox.faulty_aws import FaultyAws
 from sandbox.harness import RunningBot, wait_for

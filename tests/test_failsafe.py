@@ -20,8 +20,9 @@ from sqlalchemy import update
 
 from bot.scheduler import take_over
 from handlers.aws import Backoff
+from playbooks.models import Incident, utcnow
 from playbooks.service import ContainRequest
-from playbooks.store import FAILED, RUNNING, Incident, utcnow
+from playbooks.store import FAILED, RUNNING
 from sandbox import world as sandbox_world
 from sandbox.fake_slack import FakeSlack
 from sandbox.faulty_aws import FaultyAws

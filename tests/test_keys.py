@@ -16,7 +16,7 @@ from botocore.stub import Stubber
 
 from handlers import access_keys
 from handlers.aws import Backoff, Clients
-from playbooks.store import Incident
+from playbooks.models import Incident
 from sandbox.fake_slack import FakeSlack, Message
 from sandbox.harness import RunningBot, wait_for
 from tests.conftest import aws_client, settle_card

@@ -11,7 +11,9 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from playbooks.store import Base, Store, make_engine
+from playbooks.database import make_engine
+from playbooks.models import Base
+from playbooks.store import Store
 
 
 def _config(conn: object) -> Config:

@@ -10,8 +10,9 @@ from sqlalchemy import update
 from bot.scheduler import sweep
 from handlers.aws import ClientPool
 from handlers.isolation import prepare_vpcs
+from playbooks.models import Incident, utcnow
 from playbooks.service import ContainRequest
-from playbooks.store import RUNNING, Incident, utcnow
+from playbooks.store import RUNNING
 from sandbox import world as sandbox_world
 from sandbox.fake_slack import FakeSlack
 from sandbox.harness import RunningBot, wait_for

@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from bot.scheduler import sweep
-from playbooks.store import FINAL_STATES, Incident
+from playbooks.models import Incident
+from playbooks.store import FINAL_STATES
 from sandbox import world as sandbox_world
 from sandbox.fake_slack import FakeSlack, Message
 from sandbox.harness import RunningBot, wait_for
@@ -216,7 +217,7 @@ def lapse(bot: RunningBot, incident_id: str) -> None:
 
     from sqlalchemy import update
 
-    from playbooks.store import utcnow
+    from playbooks.models import utcnow
 
     with bot.deps.store.session() as s:
         s.execute(update(Incident).where(Incident.id == incident_id)

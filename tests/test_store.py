@@ -9,7 +9,8 @@ from datetime import timedelta
 
 from sqlalchemy import update
 
-from playbooks.store import APPROVED, DENIED, EXPIRED, PENDING, RUNNING, Incident, Store, utcnow
+from playbooks.models import Incident, utcnow
+from playbooks.store import APPROVED, DENIED, EXPIRED, PENDING, RUNNING, Store
 
 
 def new_incident(store: Store, ttl: int = 1800, target: str = "i-0123456789abcdef0") -> Incident:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from playbooks.store import Incident
+from playbooks.models import Incident
 from sandbox import world as sandbox_world
 from sandbox.fake_slack import FakeSlack, Message
 from sandbox.harness import RunningBot, start_bot, wait_for

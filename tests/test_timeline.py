@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from bot.scheduler import sweep
-from playbooks.store import CARD, FINAL_STATES, THREAD, Incident, OutboxMessage, Store
+from playbooks.models import CARD, THREAD, Incident, OutboxMessage
+from playbooks.store import FINAL_STATES, Store
 from sandbox import world as sandbox_world
 from sandbox.fake_slack import FakeSlack
 from sandbox.harness import RunningBot, wait_for
@@ -197,7 +198,7 @@ def test_card_updates_waiting_for_one_card_are_sent_as_one(
     # The five replaced updates are closed as superseded, not recorded as sent.
     from sqlalchemy import select
 
-    from playbooks.store import SUPERSEDED, OutboxMessage
+    from playbooks.models import SUPERSEDED, OutboxMessage
 
     with bot.deps.store.session() as s:
         closed = list(s.scalars(select(OutboxMessage.last_error).where(

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from handlers.network_acl import isolates
-from playbooks.store import FINAL_STATES, Incident
+from playbooks.models import Incident
+from playbooks.store import FINAL_STATES
 from sandbox import world as sandbox_world
 from sandbox.fake_slack import FakeSlack, Message
 from sandbox.harness import RunningBot, wait_for

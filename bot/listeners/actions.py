@@ -13,8 +13,8 @@ from bot.ids import ActionId
 from bot.listeners import replies_errors
 from playbooks.errors import BadInput
 from playbooks.logctx import incident_context
+from playbooks.models import THREAD
 from playbooks.service import Click
-from playbooks.store import THREAD
 
 if TYPE_CHECKING:
     from bot.deps import Deps

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from playbooks.store import Base
+from playbooks.models import Base
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=Base.metadata,
