@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 
 from handlers import revocation
 from handlers.arns import iam_arn
-from handlers.aws import Backoff, Clients, describe_error, parallel
+from handlers.aws import Clients
 from handlers.base import (
     Action,
     Observation,
@@ -27,6 +27,8 @@ from handlers.base import (
     StepFailed,
     VerificationFailed,
 )
+from handlers.fanout import parallel
+from handlers.retry import Backoff, describe_error
 
 KEY_ID = re.compile(r"^(AKIA|ASIA)[A-Z0-9]{16}$")
 # What finding a key's owner and drawing its card calls.

@@ -24,7 +24,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from handlers.aws import Backoff, Clients, both, describe_error, parallel
+from handlers.aws import Clients
 from handlers.base import (
     Action,
     Outcome,
@@ -32,6 +32,8 @@ from handlers.base import (
     StepFailed,
     VerificationFailed,
 )
+from handlers.fanout import both, parallel
+from handlers.retry import Backoff, describe_error
 
 GONE_STATES = {"Detaching", "Detached"}
 DETACHABLE = {"InService", "Standby"}

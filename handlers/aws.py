@@ -1,33 +1,23 @@
-"""boto3 sessions and clients. Created on demand, never at import time."""
+"""boto3 sessions and clients: the pool, assumed roles in other accounts, the clients of
+the path to the cut. Created on demand, never at import time."""
 
 from __future__ import annotations
 
-import contextvars
-import random
 import re
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC
-from functools import partial
 from typing import Any, TypeVar
 
 import boto3
 import botocore.session
 from botocore.config import Config
 from botocore.credentials import RefreshableCredentials
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    ReadTimeoutError,
-)
-from botocore.parsers import ResponseParserError
+
+from handlers.attribution import acting
+from handlers.lease import guard_call
 
 T = TypeVar("T")
 
@@ -168,7 +158,7 @@ class ClientPool:
             if self._session is None:
                 self._session = self._session_factory()
                 # A run that lost its lease makes no further AWS call (see RunGuard).
-                hook(self._session, "before-call.*.*", _guard_call)
+                hook(self._session, "before-call.*.*", guard_call)
             return self._session
 
     def warm(self, regions: Iterable[str]) -> None:
@@ -263,246 +253,3 @@ def make_clients(session: boto3.session.Session, region: str) -> Clients:
     return Clients(region=region, session=session)
 
 
-@dataclass(frozen=True)
-class AwsError:
-    code: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.code}: {self.message}"
-
-
-# What a responder reads for a failure that is not an AWS error answer: words, not the
-# names of Python classes (botocore's, or ours).
-_NO_ANSWER = (ConnectionClosedError, EndpointConnectionError, ConnectTimeoutError,
-              ReadTimeoutError)
-ANSWER_LOST, ANSWER_UNREADABLE, CLIENT_FAILURE, INTERNAL = (
-    "NoAnswer", "UnreadableAnswer", "ClientFailure", "InternalError")
-
-
-def describe_error(exc: BaseException) -> AwsError:
-    """The error code and message a responder needs, from any boto3 failure: AWS's own
-    code, or one of a few plain codes for what never got an AWS answer."""
-    if isinstance(exc, ClientError):
-        err = exc.response.get("Error", {})
-        return AwsError(str(err.get("Code", "ClientError")), str(err.get("Message", exc)))
-    if isinstance(exc, _NO_ANSWER):
-        return AwsError(ANSWER_LOST, "AWS did not answer (the connection was lost or timed "
-                                     "out)")
-    if isinstance(exc, ResponseParserError):
-        return AwsError(ANSWER_UNREADABLE, "AWS's answer could not be read")
-    if isinstance(exc, BotoCoreError):
-        return AwsError(CLIENT_FAILURE, str(exc)[:300])
-    if isinstance(exc, LeaseLost):
-        return AwsError("LeaseLost", str(exc))
-    return AwsError(INTERNAL, str(exc)[:300] or "an internal error")
-
-
-class FanOut:
-    """One thread pool for every AWS fan-out of the process (a pool per call cost 11–16 %
-    of the bot's CPU in a burst). A call is handed to a pool thread only when one is free
-    (a slot per thread); otherwise the caller runs it itself. So nested fan-outs (a run's
-    steps, a step's ENIs) never wait for a thread that cannot come: no deadlock, and
-    never fewer than one call making progress per caller."""
-
-    def __init__(self, threads: int = 256) -> None:
-        self._threads = threads
-        self._slots = threading.BoundedSemaphore(threads)
-        self._executor: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
-
-    def _pool(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(max_workers=self._threads,
-                                                    thread_name_prefix="cordon-aws")
-            return self._executor
-
-    def run(self, calls: list[Callable[[], Any]]) -> list[tuple[Any, BaseException | None]]:
-        """Every call, concurrently where threads are free; (result, error) in order."""
-        def slot(call: Callable[[], Any]) -> Any:
-            try:
-                return call()
-            finally:
-                self._slots.release()
-
-        futures: list[Future[Any] | None] = []
-        for call in calls[1:]:  # the caller always runs the first itself
-            if self._slots.acquire(blocking=False):
-                ctx = contextvars.copy_context()  # which action, which incident, the lease
-                futures.append(self._pool().submit(ctx.run, slot, call))
-            else:
-                futures.append(None)
-        outcomes: list[tuple[Any, BaseException | None]] = []
-        for call, future in zip(calls, [None, *futures], strict=True):
-            if future is None:
-                try:
-                    outcomes.append((call(), None))
-                except Exception as exc:
-                    outcomes.append((None, exc))
-            else:
-                outcomes.append((None, None))
-        for index, future in enumerate(futures, start=1):
-            if future is not None:
-                error = future.exception()
-                outcomes[index] = (None if error else future.result(), error)
-        return outcomes
-
-
-_fan_out = FanOut()
-
-
-def parallel(fn: Callable[[Any], T], items: Iterable[Any]) -> list[T]:
-    """Run fn over items concurrently; results in input order; the first error is raised
-    after every call has finished, so no call is left running behind our back."""
-    items = list(items)
-    if not items:
-        return []
-    if len(items) == 1:
-        return [fn(items[0])]
-    outcomes = _fan_out.run([partial(fn, item) for item in items])
-    for _, error in outcomes:
-        if error is not None:
-            raise error
-    return [result for result, _ in outcomes]
-
-
-def both(first: Callable[[], T], second: Callable[[], Any]) -> tuple[T, Any]:
-    """Two independent calls in one round trip."""
-    (a, a_err), (b, b_err) = _fan_out.run([first, second])
-    if a_err is not None:
-        raise a_err
-    if b_err is not None:
-        raise b_err
-    return a, b
-
-
-# Which declared unit of AWS behaviour is making calls right now: an action's name, or
-# one of the look-ups in handlers.permissions.LOOKUPS. Tests hold every call to it.
-acting: contextvars.ContextVar[str | None] = contextvars.ContextVar("acting", default=None)
-
-
-class acting_as:
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._token: contextvars.Token[str | None] | None = None
-
-    def __enter__(self) -> None:
-        self._token = acting.set(self.name)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._token is not None:
-            acting.reset(self._token)
-
-
-# Retrying ---------------------------------------------------------------------------
-
-RETRYABLE_CODES = frozenset({
-    "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException",
-    "RequestThrottled", "RequestThrottledException", "SlowDown", "ServiceUnavailable",
-    "Unavailable", "InternalError", "InternalFailure", "RequestTimeout",
-    "RequestTimeoutException", "PriorRequestNotComplete",
-})
-# An answer that never came, or came garbled (botocore: "Further retries may succeed").
-_CONNECTION_ERRORS = (ConnectionClosedError, EndpointConnectionError, ConnectTimeoutError,
-                      ReadTimeoutError, ResponseParserError)
-
-
-def is_retryable(exc: BaseException) -> bool:
-    """Throttling, a 5xx, or an answer that never came or could not be read: the same call
-    may succeed later."""
-    if isinstance(exc, _CONNECTION_ERRORS):
-        return True
-    if isinstance(exc, ClientError):
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return describe_error(exc).code in RETRYABLE_CODES or int(status or 0) >= 500
-    return False
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Capped exponential backoff with full jitter (AWS's advice for throttling)."""
-
-    attempts: int = 6
-    base: float = 0.2
-    cap: float = 3.0
-
-    def delays(self) -> list[float]:
-        return [random.uniform(0, min(self.cap, self.base * 2 ** n))
-                for n in range(self.attempts - 1)]
-
-    def call(self, fn: Callable[[], T]) -> T:
-        """fn(), again after a pause while it fails with a retryable error."""
-        for delay in self.delays():
-            try:
-                return fn()
-            except Exception as exc:
-                if not is_retryable(exc):
-                    raise
-            time.sleep(delay)
-        return fn()
-
-
-# Leases -------------------------------------------------------------------------------
-
-class LeaseLost(Exception):
-    """This worker no longer owns the run: it makes no further AWS call for it."""
-
-
-class RunGuard:
-    """Set while a worker runs an incident; the botocore hook below refuses every AWS
-    call once the run's lease is lost, except the fail-safe moves (`fail_safe()`)."""
-
-    def __init__(self, incident_id: str) -> None:
-        self.incident_id = incident_id
-        self.lost = threading.Event()
-        # Another worker holds the run now: even the fail-safe moves stop, or a move back
-        # retried here could land after the new owner sealed the ENI.
-        self.taken_over = threading.Event()
-        self.why = ""
-
-    def lose(self, why: str) -> None:
-        self.why = why
-        self.lost.set()
-
-    def check(self) -> None:
-        if self.lost.is_set() and not _exempt.get():
-            raise LeaseLost(f"{self.incident_id}: {self.why}")
-
-
-run_guard: contextvars.ContextVar[RunGuard | None] = contextvars.ContextVar("run_guard",
-                                                                           default=None)
-_exempt: contextvars.ContextVar[bool] = contextvars.ContextVar("lease_exempt", default=False)
-
-
-class fail_safe:
-    """Calls that take an instance off the allow-all group go out even after the lease
-    was lost: leaving it there would be worse than two workers making the same move."""
-
-    def __enter__(self) -> None:
-        self._token = _exempt.set(True)
-
-    def __exit__(self, *exc: object) -> None:
-        _exempt.reset(self._token)
-
-
-class TakenOver(LeaseLost):
-    """Another worker holds this run: not even a fail-safe move goes out from here."""
-
-
-def taken_over_check() -> None:
-    """Raise TakenOver once another worker holds this run (fail-safe moves included)."""
-    guard = run_guard.get()
-    if guard is not None and guard.taken_over.is_set():
-        raise TakenOver(f"{guard.incident_id}: another worker holds the run")
-
-
-def run_guard_check() -> None:
-    """Raise LeaseLost when this run's lease is lost (outside `fail_safe`)."""
-    guard = run_guard.get()
-    if guard is not None:
-        guard.check()
-
-
-def _guard_call(**_: Any) -> None:
-    run_guard_check()

@@ -8,7 +8,9 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from handlers.autoscaling import FLEET_PERMISSIONS, fleet_facts, membership
-from handlers.aws import AwsError, Clients, both, describe_error, parallel
+from handlers.aws import Clients
+from handlers.fanout import both, parallel
+from handlers.retry import AwsError, describe_error
 from handlers.tracked_flows import LOOK_PERMISSIONS, carrying_subnets
 
 # What finding an instance and drawing its approval card calls.

@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from handlers.aws import Backoff, describe_error, is_retryable, parallel
 from handlers.base import (
     Action,
     Artifact,
@@ -20,6 +19,8 @@ from handlers.base import (
     VerificationFailed,
 )
 from handlers.ec2_lookup import describe_instance
+from handlers.fanout import parallel
+from handlers.retry import Backoff, describe_error, is_retryable
 
 
 def evidence_tags(ctx: StepContext, kind: str) -> list[dict[str, str]]:

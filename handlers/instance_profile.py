@@ -10,7 +10,6 @@ from botocore.exceptions import ClientError
 
 from handlers import revocation
 from handlers.arns import iam_arn, instance_arn
-from handlers.aws import describe_error
 from handlers.base import (
     Action,
     Outcome,
@@ -18,6 +17,7 @@ from handlers.base import (
     StepFailed,
     VerificationFailed,
 )
+from handlers.retry import describe_error
 
 
 def profile_association(ctx: StepContext) -> dict[str, Any] | None:

@@ -18,17 +18,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from handlers.aws import (
-    Backoff,
-    Clients,
-    LeaseLost,
-    both,
-    describe_error,
-    fail_safe,
-    parallel,
-    run_guard_check,
-    taken_over_check,
-)
+from handlers.aws import Clients
 from handlers.base import (
     GATE_PENDING,
     Action,
@@ -41,6 +31,9 @@ from handlers.base import (
 )
 from handlers.ec2_lookup import describe_instance, interfaces, off_group
 from handlers.eni_cut import Do, EniCutMachine, Event, State
+from handlers.fanout import both, parallel
+from handlers.lease import LeaseLost, fail_safe, run_guard_check, taken_over_check
+from handlers.retry import Backoff, describe_error
 
 OPEN, SEALED = "isolation-open", "isolation-sealed"
 # Why an ENI of the card is put back instead of sealed.

@@ -8,8 +8,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from handlers.aws import both, describe_error, parallel
 from handlers.base import Action, Outcome, StepContext, StepFailed, VerificationFailed
+from handlers.fanout import both, parallel
+from handlers.retry import describe_error
 from handlers.subnets import subnets_of
 
 ROLE = "isolation-nacl"

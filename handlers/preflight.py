@@ -10,7 +10,10 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from handlers.aws import ClientPool, Clients, acting_as, describe_error, parallel
+from handlers.attribution import acting_as
+from handlers.aws import ClientPool, Clients
+from handlers.fanout import parallel
+from handlers.retry import describe_error
 
 
 @dataclass(frozen=True)

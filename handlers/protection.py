@@ -12,9 +12,10 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from handlers.aws import describe_error, parallel
 from handlers.base import Action, Outcome, StepContext, StepFailed, VerificationFailed
 from handlers.ec2_lookup import describe_instance
+from handlers.fanout import parallel
+from handlers.retry import describe_error
 
 ATTRIBUTES = {
     "disableApiTermination": "DisableApiTermination",

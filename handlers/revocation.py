@@ -40,8 +40,10 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from handlers.aws import Clients, both, describe_error, parallel
+from handlers.aws import Clients
 from handlers.base import StepFailed
+from handlers.fanout import both, parallel
+from handlers.retry import describe_error
 
 LIFETIME = {"instance": timedelta(hours=12), "role": timedelta(hours=12),
             "user": timedelta(hours=36)}

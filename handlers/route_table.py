@@ -6,8 +6,8 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from handlers.aws import both, parallel
 from handlers.base import Action, Outcome, StepContext, VerificationFailed
+from handlers.fanout import both, parallel
 from handlers.subnets import (
     internet_routes,
     other_exits,

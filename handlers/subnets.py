@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from handlers.aws import Clients, both
+from handlers.aws import Clients
+from handlers.fanout import both
 
 
 def subnets_of(facts: dict[str, Any]) -> list[str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from handlers import revocation
-from handlers.aws import parallel
 from handlers.base import (
     STEP_DONE,
     Observation,
@@ -16,6 +15,7 @@ from handlers.base import (
     VerificationFailed,
 )
 from handlers.ec2_lookup import describe_instance, off_group
+from handlers.fanout import parallel
 from handlers.instance_profile import profile_association
 from handlers.isolation import SEALED, find_group_pair, is_sealed
 from handlers.tagging import set_status_tag

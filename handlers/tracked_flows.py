@@ -29,7 +29,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from handlers.aws import Clients, describe_error, fail_safe, parallel
+from handlers.aws import Clients
 from handlers.base import (
     Action,
     Outcome,
@@ -38,7 +38,10 @@ from handlers.base import (
     StepHeld,
     VerificationFailed,
 )
+from handlers.fanout import parallel
+from handlers.lease import fail_safe
 from handlers.network_acl import MAX_RULES
+from handlers.retry import describe_error
 
 DEFAULT_RULES = (32767, 32768)
 ALREADY_TAKEN = "NetworkAclEntryAlreadyExists"

@@ -16,8 +16,10 @@ import logging
 import threading
 from collections.abc import Callable
 
-from handlers.aws import Backoff, Clients, acting_as, describe_error
+from handlers.attribution import acting_as
+from handlers.aws import Clients
 from handlers.findings_queue import FindingsQueue, QueueMessage, queue_region
+from handlers.retry import Backoff, describe_error
 from playbooks.errors import CordonError
 from playbooks.findings import Malformed, Proposal, parse_event
 from playbooks.models import Incident, Message

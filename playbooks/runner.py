@@ -18,15 +18,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, NoReturn, Protocol
 
-from handlers.aws import (
-    Clients,
-    LeaseLost,
-    RunGuard,
-    acting_as,
-    describe_error,
-    parallel,
-    run_guard,
-)
+from handlers.attribution import acting_as
+from handlers.aws import Clients
 from handlers.base import (
     GATE_PENDING,
     STEP_DONE,
@@ -38,7 +31,10 @@ from handlers.base import (
     StepStatus,
     Target,
 )
+from handlers.fanout import parallel
+from handlers.lease import LeaseLost, RunGuard, run_guard
 from handlers.registry import get_action
+from handlers.retry import describe_error
 from playbooks.catalogue import Playbook, Step, applied_change, get_playbook, release_playbook
 from playbooks.logctx import incident_context
 from playbooks.models import Incident, Message, StepRecord, utcnow

@@ -11,16 +11,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from handlers import access_keys, ec2_lookup
-from handlers.aws import (
-    ClientPool,
-    Clients,
-    account_id_of,
-    acting_as,
-    describe_error,
-    parallel,
-)
+from handlers.attribution import acting_as
+from handlers.aws import ClientPool, Clients, account_id_of
 from handlers.base import StepContext, Target
+from handlers.fanout import parallel
 from handlers.registry import get_action
+from handlers.retry import describe_error
 from handlers.subnets import blast_radius
 from playbooks.catalogue import (
     RELEASE,

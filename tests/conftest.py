@@ -16,9 +16,11 @@ from botocore.awsrequest import AWSResponse
 from sqlalchemy import create_engine, text
 
 from handlers import autoscaling, evidence, isolation
-from handlers.aws import Backoff, ClientPool, acting, hook
+from handlers.attribution import acting
+from handlers.aws import ClientPool, hook
 from handlers.isolation import prepare_vpcs
 from handlers.permissions import declared, iam_action
+from handlers.retry import Backoff
 from playbooks.store import Store
 from sandbox import world as sandbox_world
 from sandbox.fake_slack import FakeSlack

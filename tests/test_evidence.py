@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from bot.scheduler import sweep
-from handlers.aws import Backoff
+from handlers.retry import Backoff
 from playbooks.models import Incident
 from sandbox import world as sandbox_world
 from sandbox.faulty_aws import FaultyAws

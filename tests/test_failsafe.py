@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import update
 
 from bot.scheduler import take_over
-from handlers.aws import Backoff
+from handlers.retry import Backoff
 from playbooks.models import Incident, utcnow
 from playbooks.service import ContainRequest
 from playbooks.store import FAILED, RUNNING

@@ -8,7 +8,8 @@ import functools
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from handlers.aws import ClientPool, acting_as
+from handlers.attribution import acting_as
+from handlers.aws import ClientPool
 from handlers.base import StepContext, StepFailed, Target
 from handlers.ec2_lookup import find_instance
 from handlers.isolation import CONNTRACK_MINIMUM, find_group_pair, prepare_vpcs

@@ -15,7 +15,8 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from handlers import access_keys
-from handlers.aws import Backoff, Clients
+from handlers.aws import Clients
+from handlers.retry import Backoff
 from playbooks.models import Incident
 from sandbox.fake_slack import FakeSlack, Message
 from sandbox.harness import RunningBot, wait_for

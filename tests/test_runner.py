@@ -126,8 +126,9 @@ def test_a_worker_that_lost_its_run_stops_moving_enis_once_another_owner_holds_i
     owner sealed the ENI would undo its cut."""
     import threading
 
-    from handlers.aws import RunGuard, acting_as, fail_safe, run_guard
+    from handlers.attribution import acting_as
     from handlers.isolation import RESTORE_RETRY, put_back
+    from handlers.lease import RunGuard, fail_safe, run_guard
 
     incident = open_incident(bot, world)
     store = bot.deps.store
