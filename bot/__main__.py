@@ -170,7 +170,7 @@ def run_policy(playbooks: list[str] | None, template: str | None = None,
     import json
 
     from playbooks.catalogue import PLAYBOOKS
-    from playbooks.service import iam_policy
+    from playbooks.operations import iam_policy
     from playbooks.template import central_template, member_template
 
     unknown = [p for p in playbooks or [] if p not in PLAYBOOKS]
@@ -190,7 +190,7 @@ def run_policy(playbooks: list[str] | None, template: str | None = None,
 
 def run_prepare(regions: list[str] | None, vpcs: list[str] | None) -> int:
     setup_logging("text", "WARNING")
-    from playbooks.service import client_pool, prepare_isolation
+    from playbooks.operations import client_pool, prepare_isolation
 
     regions = regions or RegionSettings().regions
     rows = prepare_isolation(client_pool(), regions, vpcs)

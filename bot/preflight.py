@@ -9,7 +9,7 @@ from bot.settings import load_settings
 from bot.wiring import make_web_client
 from playbooks.database import make_engine
 from playbooks.models import Base
-from playbooks.service import client_pool, preflight_aws, preflight_queue
+from playbooks.operations import client_pool, preflight_aws, preflight_queue
 from playbooks.store import Store
 
 REQUIRED_SCOPES = ("commands", "chat:write", "files:write", "usergroups:read",

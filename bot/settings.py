@@ -122,7 +122,7 @@ class Settings(BaseSettings):
     def _accounts(cls, value: object) -> dict[str, str]:
         if isinstance(value, dict):
             return {str(k): str(v) for k, v in value.items()}
-        from playbooks.service import parse_accounts
+        from playbooks.operations import parse_accounts
 
         return parse_accounts(str(value or ""))
 

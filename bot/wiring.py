@@ -17,8 +17,9 @@ from bot.deps import Deps
 from bot.listeners import actions, commands, forms, home
 from bot.notifier import SlackTimeline
 from bot.settings import Settings
+from playbooks.operations import client_pool, warm_clients
 from playbooks.runner import Runner, Worker
-from playbooks.service import Cordon, client_pool, warm_clients
+from playbooks.service import Cordon
 from playbooks.store import Store
 
 log = logging.getLogger("cordon")

@@ -12,7 +12,7 @@ from typing import Any
 
 from handlers import access_keys, ec2_lookup
 from handlers.attribution import acting_as
-from handlers.aws import ClientPool, Clients, account_id_of
+from handlers.aws import Clients, account_id_of
 from handlers.base import StepContext, Target
 from handlers.fanout import parallel
 from handlers.registry import get_action
@@ -556,72 +556,3 @@ class Cordon:
 
     def recent(self, limit: int = 10) -> list[Incident]:
         return self.store.recent(limit)
-
-
-
-def client_pool(session_factory: Callable[[], Any] | None = None,
-                accounts: dict[str, str] | None = None) -> ClientPool:
-    """AWS clients for the bot; `session_factory` lets a caller wrap the boto3 session
-    (the benchmarks inject latency this way)."""
-    if session_factory:
-        return ClientPool(session_factory, accounts)
-    return ClientPool(accounts=accounts)
-
-
-def prepare_isolation(pool: ClientPool, regions: Sequence[str],
-                      vpc_ids: list[str] | None = None) -> list[dict[str, Any]]:
-    """Create every VPC's isolation groups ahead of an incident."""
-    from handlers.isolation import prepare_vpcs
-
-    results = []
-    with acting_as("prepare"):
-        for region in regions:
-            for row in prepare_vpcs(pool.for_region(region), vpc_ids):
-                results.append({"region": region, **row})
-    return results
-
-
-def preflight_aws(pool: ClientPool, regions: Sequence[str]) -> list[Any]:
-    from handlers.preflight import check_aws
-
-    return check_aws(pool, list(regions))
-
-
-def preflight_queue(pool: ClientPool, url: str, default_region: str) -> tuple[bool, str]:
-    """Whether the findings queue can be read, and what its dead-letter queue is."""
-    from handlers.findings_queue import FindingsQueue, queue_region
-
-    try:
-        with acting_as("findings-intake"):
-            attrs = FindingsQueue(pool.for_region(queue_region(url, default_region)),
-                                  url).check()
-    except Exception as exc:
-        return False, (f"cannot read {url} ({describe_error(exc)}) — check "
-                       "CORDON_FINDINGS_QUEUE_URL and the role's sqs:GetQueueAttributes")
-    if not attrs.get("RedrivePolicy"):
-        return False, (f"{attrs.get('QueueArn', url)} has no dead-letter queue: a message that "
-                       "keeps failing would come back for ever (python -m bot template "
-                       "sets one)")
-    return True, f"{attrs.get('QueueArn', url)} readable, with a dead-letter queue"
-
-
-def warm_clients(pool: ClientPool, regions: Sequence[str]) -> None:
-    pool.warm(regions)
-
-
-def parse_accounts(text: str) -> dict[str, str]:
-    """`name=role-arn,…` (CORDON_ACCOUNTS) → {name: role ARN}; ValueError when malformed."""
-    from handlers.aws import parse_accounts as parse
-
-    return parse(text)
-
-
-def iam_policy(playbooks: list[str] | None = None, partition: str = "aws") -> dict[str, Any]:
-    """The least-privilege IAM policy for these playbooks (all when None), its resources
-    in `partition` (aws, aws-cn, aws-us-gov)."""
-    from handlers.arns import in_partition
-    from handlers.permissions import build_policy
-    from playbooks.catalogue import units_for
-
-    document: dict[str, Any] = in_partition(build_policy(units_for(playbooks)), partition)
-    return document

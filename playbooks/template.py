@@ -15,7 +15,7 @@ from typing import Any
 
 from handlers.arns import rewrite_arns
 from playbooks.findings import CONTAIN_TAG
-from playbooks.service import iam_policy
+from playbooks.operations import iam_policy
 
 ROLE_NAME = "CordonResponder"
 QUEUE_VISIBILITY = 120   # seconds: as the intake asks (handlers.findings_queue)

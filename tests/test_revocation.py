@@ -83,7 +83,7 @@ def test_an_instance_arn_carries_its_regions_partition() -> None:
     assert iam_arn("eu-west-1", "123456789012", "role", "web") == (
         "arn:aws:iam::123456789012:role/web")
     # The shipped policy too (`python -m bot policy --partition aws-us-gov`).
-    from playbooks.service import iam_policy
+    from playbooks.operations import iam_policy
 
     gov = json.dumps(iam_policy(partition="aws-us-gov"))
     assert '"arn:aws:' not in gov and '"arn:aws-us-gov:ec2:*:*:instance/*"' in gov

@@ -66,7 +66,7 @@ def test_the_central_stack_feeds_the_queue_from_three_rules_only() -> None:
 def test_the_role_holds_the_generated_policy_with_the_queue_narrowed() -> None:
     from parliament import analyze_policy_string
 
-    from playbooks.service import iam_policy
+    from playbooks.operations import iam_policy
 
     _, stack = template()
     role = stack["Resources"]["CordonResponderRole"]["Properties"]
