@@ -19,6 +19,7 @@ from bot.settings import Settings, load_settings
 from bot.wiring import build_app, build_deps
 from sandbox.fake_slack import FakeSlack
 from sandbox.signed import SignedSlack
+from sandbox.world import new_session
 
 
 @dataclass
@@ -52,7 +53,7 @@ def start_bot(fake: FakeSlack, database_url: str, approvers: str = "S0ONCALL",
         CORDON_REGIONS=regions,
         **overrides,
     )
-    deps = build_deps(settings, session_factory)
+    deps = build_deps(settings, session_factory or new_session)
     app = build_app(settings, deps)
     server = SlackHTTPServer(app, "127.0.0.1", 0, deps.store.health)
     server.start()

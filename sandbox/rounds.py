@@ -14,6 +14,7 @@ from typing import Any
 import boto3
 
 from handlers.aws import hook
+from sandbox.world import new_session
 
 
 @dataclass
@@ -33,7 +34,7 @@ class Recorder:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def session(self) -> boto3.session.Session:
-        return self.attach(boto3.session.Session())
+        return self.attach(new_session())
 
     def factory(self, make: Callable[[], boto3.session.Session]
                 ) -> Callable[[], boto3.session.Session]:

@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
 import boto3
+import botocore.session
 
 SANDBOX_IMAGE = "ami-12c6146b"  # one of the images moto's server knows
 SANDBOX_ENV = {
@@ -20,6 +22,39 @@ SANDBOX_ENV = {
     "AWS_SESSION_TOKEN": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
+
+
+# One loader of botocore's service models for every session the sandbox and the tests
+# make: a new boto3 Session would parse them again (a tenth of a second of CPU each).
+_LOADER: Any = None
+_LOCK = threading.Lock()
+_CLIENTS: dict[tuple[str, str], Any] = {}
+
+
+def new_session(cls: type[boto3.session.Session] = boto3.session.Session
+                ) -> boto3.session.Session:
+    """A boto3 session of its own (credentials, event hooks) that shares the loaded
+    service models."""
+    global _LOADER
+    core = botocore.session.Session()
+    with _LOCK:
+        if _LOADER is None:
+            _LOADER = core.get_component("data_loader")
+    core.register_component("data_loader", _LOADER)
+    return cls(botocore_session=core)
+
+
+def client(service: str, region: str = "us-east-1") -> Any:
+    """A client for the sandbox's own look-ups (boto3 clients are thread-safe), made once
+    per service and region, against AWS_ENDPOINT_URL as it was then."""
+    with _LOCK:
+        found = _CLIENTS.get((service, region))
+    if found is None:
+        found = new_session().client(service, region_name=region)
+        with _LOCK:
+            _CLIENTS[(service, region)] = found
+    return found
+
 
 
 class LocalAws:
@@ -66,7 +101,8 @@ class ProxiedSession(boto3.session.Session):
 
 
 def proxied_session(endpoint: str) -> boto3.session.Session:
-    session = ProxiedSession()
+    session = new_session(ProxiedSession)
+    assert isinstance(session, ProxiedSession)
     session.endpoint = endpoint
     return session
 
@@ -84,7 +120,7 @@ class World:
 
 
 def seed(region: str = "us-east-1", session: boto3.session.Session | None = None) -> World:
-    session = session or boto3.session.Session()
+    session = session or new_session()
     ec2 = session.client("ec2", region_name=region)
     iam = session.client("iam", region_name=region)
     vpc = ec2.create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]
@@ -136,7 +172,7 @@ def seed(region: str = "us-east-1", session: boto3.session.Session | None = None
 
 def groups_by_eni(instance_id: str, region: str = "us-east-1") -> dict[str, list[str]]:
     """Each ENI's security groups, as `name (id)`."""
-    ec2 = boto3.session.Session().client("ec2", region_name=region)
+    ec2 = client("ec2", region)
     inst = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
     return {
         e["NetworkInterfaceId"]: [f"{g['GroupName']} ({g['GroupId']})" for g in e["Groups"]]
@@ -146,7 +182,7 @@ def groups_by_eni(instance_id: str, region: str = "us-east-1") -> dict[str, list
 
 
 def group_rules(group_id: str, region: str = "us-east-1") -> tuple[list[Any], list[Any]]:
-    ec2 = boto3.session.Session().client("ec2", region_name=region)
+    ec2 = client("ec2", region)
     g = ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]
     return g.get("IpPermissions", []), g.get("IpPermissionsEgress", [])
 
@@ -161,7 +197,7 @@ class Fleet:
 def join_fleet(world: World, session: boto3.session.Session | None = None) -> Fleet:
     """Put the compromised instance where production instances live: an Auto Scaling
     group, an ALB target group and a classic load balancer."""
-    session = session or boto3.session.Session()
+    session = session or new_session()
     region = world.region
     ec2 = session.client("ec2", region_name=region)
     autoscaling = session.client("autoscaling", region_name=region)
@@ -189,7 +225,7 @@ def join_fleet(world: World, session: boto3.session.Session | None = None) -> Fl
 
 def describe_containment(world: World, fleet: Fleet, incident_id: str) -> dict[str, Any]:
     """What the sandbox checks after a containment, read back from AWS."""
-    session = boto3.session.Session()
+    session = new_session()
     ec2 = session.client("ec2", region_name=world.region)
     inst = ec2.describe_instances(InstanceIds=[world.instance_id])[
         "Reservations"][0]["Instances"][0]
@@ -232,7 +268,7 @@ class Network:
 def add_network(world: World, session: boto3.session.Session | None = None) -> Network:
     """An internet gateway with default routes, a second subnet with its own instance,
     and one more instance beside the compromised one."""
-    session = session or boto3.session.Session()
+    session = session or new_session()
     ec2 = session.client("ec2", region_name=world.region)
     igw = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
     ec2.attach_internet_gateway(InternetGatewayId=igw, VpcId=world.vpc_id)
@@ -264,7 +300,7 @@ def add_nat_gateway(world: World, session: boto3.session.Session | None = None
     """The commonest production layout: the instance's subnet routes 0.0.0.0/0 to a NAT
     gateway in a public subnet. Every subnet keeps the VPC's default ACL. Returns the
     public subnet, the NAT gateway and that subnet's ACL."""
-    ec2 = (session or boto3.session.Session()).client("ec2", region_name=world.region)
+    ec2 = (session or new_session()).client("ec2", region_name=world.region)
     public = ec2.create_subnet(VpcId=world.vpc_id, CidrBlock="10.20.9.0/24")["Subnet"]["SubnetId"]
     igw = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
     ec2.attach_internet_gateway(InternetGatewayId=igw, VpcId=world.vpc_id)
@@ -282,7 +318,7 @@ def seed_leaked_key(world: World, session: boto3.session.Session | None = None
                     ) -> tuple[str, str]:
     """An IAM user with console access, a policy and two access keys, the first of
     which leaked: (user, leaked key id)."""
-    iam = (session or boto3.session.Session()).client("iam", region_name=world.region)
+    iam = (session or new_session()).client("iam", region_name=world.region)
     iam.create_user(UserName="deploy-bot")
     iam.create_login_profile(UserName="deploy-bot", Password="Correct-Horse-9!")
     iam.put_user_policy(UserName="deploy-bot", PolicyName="s3-deploy", PolicyDocument=json.dumps(
@@ -294,7 +330,7 @@ def seed_leaked_key(world: World, session: boto3.session.Session | None = None
 
 
 def key_status(user: str, key_id: str) -> str:
-    iam = boto3.session.Session().client("iam")
+    iam = client("iam")
     keys = iam.list_access_keys(UserName=user)["AccessKeyMetadata"]
     return str(next(k["Status"] for k in keys if k["AccessKeyId"] == key_id))
 
@@ -302,7 +338,7 @@ def key_status(user: str, key_id: str) -> str:
 def network_state(world: World) -> dict[str, Any]:
     """What the subnet- and VPC-wide playbooks change: the subnet's network ACL and route
     table, and every route of the VPC that leads to an internet gateway."""
-    ec2 = boto3.session.Session().client("ec2", region_name=world.region)
+    ec2 = client("ec2", world.region)
     vpc = [{"Name": "vpc-id", "Values": [world.vpc_id]}]
     acl = next(a["NetworkAclId"] for a in ec2.describe_network_acls(Filters=vpc)["NetworkAcls"]
                for assoc in a.get("Associations", []) if assoc["SubnetId"] == world.subnet_id)

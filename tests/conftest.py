@@ -3,7 +3,6 @@ fake Slack Web API over HTTP, and both databases."""
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
 import uuid
@@ -112,11 +111,9 @@ def store(database_url: str) -> Iterator[Store]:
     s.engine.dispose()
 
 
-@functools.cache
 def aws_client(service: str, region: str = "us-east-1") -> Any:
-    """One client per service for the tests' own look-ups: a boto3 Session re-reads
-    botocore's service models, so making one per call costs seconds over the suite."""
-    return boto3.session.Session().client(service, region_name=region)
+    """One client per service for the tests' own look-ups (sandbox.world.client)."""
+    return sandbox_world.client(service, region)
 
 
 class AwsTrace:
@@ -130,7 +127,7 @@ class AwsTrace:
         self.delay: dict[str, float] = {}
 
     def session(self) -> boto3.session.Session:
-        session = boto3.session.Session()
+        session = sandbox_world.new_session()
         hook(session, "before-parameter-build.*.*", self._before_call)
         hook(session, "before-send.*.*", self._before_send, first=True)
         return session
@@ -212,7 +209,8 @@ def faulty(local_aws: sandbox_world.LocalAws) -> Iterator[FaultyAws]:
 @pytest.fixture
 def groups(world: sandbox_world.World) -> dict[str, str]:
     """The VPC's isolation groups, made ahead (`prepare`)."""
-    (row,) = prepare_vpcs(ClientPool().for_region("us-east-1"), [world.vpc_id])
+    (row,) = prepare_vpcs(ClientPool(sandbox_world.new_session).for_region("us-east-1"),
+                          [world.vpc_id])
     return {"open": row["open"], "sealed": row["sealed"]}
 
 
