@@ -21,6 +21,7 @@ from slack_sdk.errors import SlackApiError
 from bot import blocks
 from playbooks.logctx import incident_context
 from playbooks.models import CARD, FILE, THREAD, Incident, Message, OutboxMessage, StepRecord
+from playbooks.runner import process_owner
 from playbooks.store import Store
 
 log = logging.getLogger("cordon.notifier")
@@ -36,6 +37,7 @@ class SlackTimeline:
     def __init__(self, store: Store, client: WebClient) -> None:
         self.store = store
         self.client = client
+        self.owner = process_owner()  # named in each claim, for this process's next life
         self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cordon-slack")
 
     # Timeline protocol (the runner writes what these return, with the change) --------
@@ -96,7 +98,7 @@ class SlackTimeline:
         for msg in pending:
             if msg.incident_id in blocked:
                 continue
-            if not self.store.claim_message(msg.id):
+            if not self.store.claim_message(msg.id, owner=self.owner):
                 blocked.add(msg.incident_id)  # another flush is sending it, or it waits
                 continue
             if msg.kind == CARD and last_card.get(msg.incident_id) != msg.id:

@@ -160,6 +160,8 @@ class OutboxMessage(Base):
     sent_at: Mapped[datetime | None] = mapped_column(nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     claimed_until: Mapped[datetime | None] = mapped_column(nullable=True)
+    # The process that claimed it (host:pid:start), so that its next life can release it.
+    claimed_by: Mapped[str | None] = mapped_column(String(96), nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 

@@ -661,8 +661,12 @@ class Worker:
 
     def resume_interrupted(self) -> list[str]:
         """Start what is approved but not running, and take over runs whose worker is
-        gone: at once for an earlier life of this process, after the lease otherwise."""
+        gone: at once for an earlier life of this process, after the lease otherwise.
+        Messages an earlier life had claimed are released too, so that its runs' threads
+        do not wait for the claims to lapse."""
         self.runner.find_dead_owners()
+        store = self.runner.store
+        store.release_claims([c for c in store.claimants() if owner_is_dead(c)])
         ids = self.runner.store.runs_to_resume(tuple(self.runner.dead_owners))
         return [i for i in ids if self.submit(i) is not None]
 

@@ -629,7 +629,7 @@ class Store:
                 q = q.where(OutboxMessage.incident_id == incident_id)
             return list(s.scalars(q.order_by(OutboxMessage.id).limit(limit)))
 
-    def claim_message(self, message_id: int, seconds: int = 30) -> bool:
+    def claim_message(self, message_id: int, seconds: int = 30, owner: str = "") -> bool:
         """Take the right to send a message for a while, so that two senders (threads or
         replicas) never send it twice."""
         now = utcnow()
@@ -638,8 +638,27 @@ class Store:
                 OutboxMessage.id == message_id, OutboxMessage.sent_at.is_(None),
                 or_(OutboxMessage.claimed_until.is_(None), OutboxMessage.claimed_until < now),
             ).values(attempts=OutboxMessage.attempts + 1,
-                     claimed_until=now + timedelta(seconds=seconds)))
+                     claimed_until=now + timedelta(seconds=seconds), claimed_by=owner or None))
             return _won(result)
+
+    def claimants(self) -> set[str]:
+        """Who holds a claim on an unsent message now."""
+        with self.session() as s:
+            return {c for c in s.scalars(select(OutboxMessage.claimed_by).distinct().where(
+                OutboxMessage.sent_at.is_(None), OutboxMessage.claimed_by.is_not(None),
+                OutboxMessage.claimed_until > utcnow())) if c}
+
+    def release_claims(self, owners: Sequence[str]) -> int:
+        """Release the claims of these (dead) senders: their messages are sent — after a
+        look in the thread, since their send may have landed — without waiting for the
+        claims to lapse."""
+        if not owners:
+            return 0
+        with self.session() as s:
+            result = s.execute(update(OutboxMessage).where(
+                OutboxMessage.sent_at.is_(None), OutboxMessage.claimed_by.in_(list(owners))
+            ).values(claimed_until=None))
+            return int(getattr(result, "rowcount", 0) or 0)
 
     def mark_sent(self, message_id: int) -> bool:
         with self.session() as s:

@@ -56,6 +56,8 @@ def test_a_baseline_database_is_upgraded_and_keeps_its_rows(database_url: str) -
         indexes = {i["name"] for t in ("incidents", "steps", "outbox")
                    for i in inspect(store.engine).get_indexes(t)}
         assert {"ix_incidents_created_at", "ix_steps_name_status", "ix_outbox_unsent"} <= indexes
+        columns = {c["name"] for c in inspect(store.engine).get_columns("outbox")}
+        assert "claimed_by" in columns
     finally:
         store.engine.dispose()
 
@@ -68,7 +70,7 @@ def test_a_database_made_before_migrations_is_taken_as_the_baseline(database_url
         assert store.get("CRD-OLD001") is not None
         with store.engine.connect() as conn:
             assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() \
-                == "0003"
+                == "0004"
     finally:
         store.engine.dispose()
 

@@ -204,3 +204,32 @@ def test_card_updates_waiting_for_one_card_are_sent_as_one(
         closed = list(s.scalars(select(OutboxMessage.last_error).where(
             OutboxMessage.incident_id == incident.id, OutboxMessage.kind == CARD)))
     assert closed.count(SUPERSEDED) >= 5
+
+
+def test_messages_claimed_by_a_dead_process_are_released_at_start(
+        bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack) -> None:
+    """A process killed while sending leaves its claim (30 s): its next life releases it
+    at once, so the resumed run's thread does not stall; a live sender's claim stays."""
+    from playbooks.runner import worker_host
+
+    assert bot.slack.command(DANA, CHANNEL, f"{world.instance_id} isolate miner")[0] == 200
+    (incident,) = wait_for(lambda: [i for i in bot.deps.store.recent() if i.card_ts])
+    store = bot.deps.store
+    dead = f"{worker_host()}:{_dead_pid()}:0ldb007"
+    live = f"{worker_host()}:1:0ldb007"  # pid 1 runs (another start of another process)
+    first = store.enqueue(incident.id, THREAD, {"text": "claimed by the dead"})
+    second = store.enqueue(incident.id, THREAD, {"text": "claimed by the living"})
+    assert store.claim_message(first, owner=dead) and store.claim_message(second, owner=live)
+    assert not store.claim_message(first, owner="someone-else")
+    bot.deps.worker.resume_interrupted()
+    assert store.claim_message(first, owner="someone-else")  # released
+    assert not store.claim_message(second, owner="someone-else")  # still held
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has ended."""
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
