@@ -20,7 +20,7 @@ from handlers.base import (
 )
 from handlers.ec2_lookup import describe_instance
 from handlers.fanout import parallel
-from handlers.retry import Backoff, describe_error, is_retryable
+from handlers.retry import Backoff, in_words, is_retryable
 
 
 def evidence_tags(ctx: StepContext, kind: str) -> list[dict[str, str]]:
@@ -73,7 +73,7 @@ class CaptureEvidence(Observation):
                 try:  # Latest is not supported on every instance type
                     out = ec2.get_console_output(InstanceId=instance_id).get("Output")
                 except Exception:
-                    notes.append(f"console output unavailable ({describe_error(exc).code})")
+                    notes.append(f"console output unavailable ({in_words(exc)})")
                     return None
             text = out or ""
             try:
@@ -86,7 +86,7 @@ class CaptureEvidence(Observation):
             try:
                 data = ec2.get_console_screenshot(InstanceId=instance_id, WakeUp=False)
             except Exception as exc:
-                notes.append(f"screenshot unavailable ({describe_error(exc).code})")
+                notes.append(f"screenshot unavailable ({in_words(exc)})")
                 return None
             return Artifact(f"{prefix}-screenshot.jpg", base64.b64decode(data["ImageData"]),
                             "image/jpeg")

@@ -41,6 +41,13 @@ ANSWER_LOST, ANSWER_UNREADABLE, CLIENT_FAILURE, INTERNAL = (
     "NoAnswer", "UnreadableAnswer", "ClientFailure", "InternalError")
 
 
+def in_words(exc: BaseException) -> str:
+    """Why, in a short phrase for the thread: AWS's code, or what happened when no AWS
+    answer came (its plain words rather than a code of ours)."""
+    err = describe_error(exc)
+    return err.message if err.code in (ANSWER_LOST, ANSWER_UNREADABLE) else err.code
+
+
 def describe_error(exc: BaseException) -> AwsError:
     """The error code and message a responder needs, from any boto3 failure: AWS's own
     code, or one of a few plain codes for what never got an AWS answer."""
