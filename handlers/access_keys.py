@@ -135,10 +135,6 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _policy(doc: Any) -> dict[str, Any]:
-    return json.loads(doc) if isinstance(doc, str) else dict(doc)
-
-
 class DeactivateAccessKey(Action):
     name = "deactivate-access-key"
     description = "deactivate the key (never deleted: its id is evidence)"
@@ -187,24 +183,11 @@ class _DenyOlderSessions(Action):
     kind = "user"  # or "role": the IAM calls are the same but for the word
     policy_name = USER_POLICY
 
-    def _call(self, ctx: StepContext, verb: str, principal: str, **kwargs: Any) -> Any:
-        """iam.{verb}_{kind}_policy for this principal, e.g. put_role_policy(RoleName=…)."""
-        iam = ctx.clients.client("iam")
-        method = getattr(iam, f"{verb}_{self.kind}_policy")
-        return method(**{f"{self.kind.capitalize()}Name": principal},
-                      PolicyName=self.policy_name, **kwargs)
-
     def _principal(self, ctx: StepContext) -> str:
         return str(ctx.target.facts[self.kind])
 
     def _get(self, ctx: StepContext, principal: str) -> dict[str, Any] | None:
-        try:
-            doc = self._call(ctx, "get", principal)
-        except ClientError as exc:
-            if _no_such_entity(exc):
-                return None
-            raise
-        return _policy(doc["PolicyDocument"])
+        return revocation.read_policy(ctx.clients, self.kind, principal, self.policy_name)
 
     def check(self, ctx: StepContext) -> bool:
         return False  # a newer cut-off is always at least as strict

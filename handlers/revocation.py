@@ -57,9 +57,6 @@ _TIME = "%Y-%m-%dT%H:%M:%SZ"
 PERMISSIONS = ("iam:GetRolePolicy", "iam:PutRolePolicy", "iam:DeleteRolePolicy",
                "iam:GetUserPolicy", "iam:DeleteUserPolicy", "iam:ListRolePolicies",
                "iam:ListUserPolicies")
-# What writing a revocation calls (beside the put itself).
-WRITE_PERMISSIONS = ("iam:ListRolePolicies", "iam:ListUserPolicies", "iam:GetRolePolicy",
-                     "iam:GetUserPolicy")
 Lock = Callable[[str], AbstractContextManager[None]]
 
 
@@ -196,14 +193,7 @@ def write_policy(clients: Clients, lock: Lock, kind: str, principal: str, princi
 
 def get_role_policy(clients: Clients, role: str, name: str = ROLE_POLICY
                     ) -> dict[str, Any] | None:
-    try:
-        doc = clients.client("iam").get_role_policy(RoleName=role, PolicyName=name)
-    except ClientError as exc:
-        if describe_error(exc).code == "NoSuchEntity":
-            return None
-        raise
-    document = doc["PolicyDocument"]
-    return json.loads(document) if isinstance(document, str) else dict(document)
+    return read_policy(clients, "role", role, name)
 
 
 def expire(clients: Clients, revocation: dict[str, Any], now: datetime, lock: Lock,
