@@ -24,7 +24,7 @@ from enum import StrEnum
 
 
 class State(StrEnum):
-    OWN = "own"                      # on its own groups, about to cross
+    OWN = "own"                      # on its own groups (crossing again: sealed), to cross
     OPEN = "open"                    # on cordon-open: its flows are untracked now
     MAYBE_OPEN = "maybe-open"        # the open move failed or its answer was lost
     STEPPING_BACK = "stepping-back"  # going back to its own groups to wait there
@@ -33,6 +33,7 @@ class State(StrEnum):
     SEVERED = "severed"              # sealed after crossing an allow-all cordon-open
     SEALED = "sealed"                # sealed, the crossing not known to have converted
     BACK = "back"                    # on its own groups, not cut (held, or the seal failed)
+    # (crossing again, `back` is cordon-sealed: such a run ends `sealed`)
     STRANDED = "stranded"            # the move back failed: it may be on cordon-open
 
 
@@ -98,6 +99,10 @@ class EniCutMachine:
     state: State = State.OWN
     # A worker that is stopping (its lease lost) never waits: a slow answer is a hold.
     quitting: bool = False
+    # Crossing again (cordon-open had drifted, or the first crossing was not confirmed):
+    # it starts from cordon-sealed, and that is where any move back takes it — never
+    # looser than it was a moment ago. It then ends sealed, not known severed.
+    again: bool = False
     history: list[tuple[State, Event, State]] = field(default_factory=list)
 
     def start(self) -> Do:
@@ -116,6 +121,10 @@ class EniCutMachine:
             # Stopping: no unbounded wait. Off the open group if it may be there, else done.
             after, do = ((State.RETREATING, Do.BACK) if after in EXPOSED
                          else (State.BACK, Do.NOTHING))
+        if event is Event.DRIFTED:
+            self.again = True
+        elif self.again and after is State.BACK:
+            after = State.SEALED  # back where it rested: on cordon-sealed
         self.history.append((self.state, event, after))
         self.state = after
         return do

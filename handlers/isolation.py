@@ -427,17 +427,24 @@ class IsolateSecurityGroups(Action):
         """An ENI sealed after an open move whose answer never came (or that failed) is
         sealed, not known severed: it crosses once more, open → sealed, off the path to
         the cut (it is sealed meanwhile)."""
-        unsure = {c.eni_id: c.machine for c in cuts
-                  if c.sealed and not c.converted and c.machine is not None}
-        if not unsure:
+        unsure = [c for c in cuts if c.sealed and not c.converted]
+        if unsure:
+            notes.append(f"crossed again: the first crossing of "
+                         f"{', '.join(c.eni_id for c in unsure)} was not confirmed")
+        return self._cross_again(ctx, captured, cuts, ids, unsure)
+
+    def _cross_again(self, ctx: StepContext, captured: dict[str, Any], cuts: list[EniCut],
+                     ids: dict[str, str], which: list[EniCut]) -> list[EniCut]:
+        """These sealed ENIs cross once more, open → sealed, each from where its machine
+        left it; the other cuts stand."""
+        machines = {c.eni_id: c.machine for c in which if c.machine is not None}
+        if not machines:
             return cuts
-        for machine in unsure.values():
+        for machine in machines.values():
             machine.fire(Event.DRIFTED)
-        again = self._cut(ctx, [e for e in captured["enis"] if e["id"] in unsure], ids,
-                          machines={k: m for k, m in unsure.items() if m is not None})
-        notes.append(f"crossed again: the first crossing of {', '.join(unsure)} was not "
-                     "confirmed")
-        return [c for c in cuts if c.eni_id not in unsure] + again
+        again = self._cut(ctx, [e for e in captured["enis"] if e["id"] in machines], ids,
+                          machines=machines)
+        return [c for c in cuts if c.eni_id not in machines] + again
 
     def _cut(self, ctx: StepContext, enis: list[dict[str, Any]], ids: dict[str, str],
              gate: Callable[[str, float | None], str | None] | None = None,
@@ -527,13 +534,7 @@ class IsolateSecurityGroups(Action):
                                 "every ENI crossed it again)"))
         if not redo:
             return cuts
-        machines = {c.eni_id: c.machine for c in cuts if c.sealed and c.machine is not None}
-        for machine in machines.values():
-            machine.fire(Event.DRIFTED)  # back to the start: it crosses again
-        again = self._cut(ctx, [e for e in captured["enis"] if e["id"] in machines], ids,
-                          machines=machines)
-        crossed = set(machines)
-        return [c for c in cuts if c.eni_id not in crossed] + again
+        return self._cross_again(ctx, captured, cuts, ids, [c for c in cuts if c.sealed])
 
     def in_place(self, captured: dict[str, Any]) -> bool:
         sealed = captured.get("sealed_group")
@@ -770,7 +771,9 @@ def cut_eni(clients: Clients, eni: dict[str, Any], open_id: str, sealed_id: str,
 
     def back() -> Event:
         with fail_safe():
-            moved = put_back(clients, eni)
+            # Crossing again, "back" is the sealed group it rested on a moment ago.
+            moved = rest_sealed(clients, eni, sealed_id) if machine.again else \
+                put_back(clients, eni)
         if moved.restored:
             return Event.BACK_DONE
         result.error = "; ".join(e for e in (result.error, moved.error) if e)
@@ -806,6 +809,18 @@ def cut_eni(clients: Clients, eni: dict[str, Any], open_id: str, sealed_id: str,
         log.error("ENI may be left on the open group", extra={"eni": eni["id"]})
     if lost:
         raise lost[0]
+    return result
+
+
+def rest_sealed(clients: Clients, eni: dict[str, Any], sealed_id: str) -> EniCut:
+    """Back to cordon-sealed after a second crossing whose seal failed, retried longest:
+    it was sealed before it crossed again."""
+    result = EniCut(eni["id"])
+    try:
+        _move(clients, eni["id"], [sealed_id], RESTORE_RETRY)
+        result.restored = True
+    except Exception as exc:
+        result.error = f"the return to cordon-sealed failed: {describe_error(exc)}"
     return result
 
 

@@ -83,6 +83,18 @@ def test_cordon_open_found_drifted_sends_a_severed_eni_across_again() -> None:
     assert machine.state is State.SEVERED
 
 
+def test_a_second_crossing_whose_seal_fails_goes_back_to_sealed_not_to_its_own_groups(
+        ) -> None:
+    machine, _ = play(Event.OPENED, Event.GO, Event.SEALED)
+    machine.fire(Event.DRIFTED)
+    assert machine.start() is Do.OPEN
+    for event in (Event.OPENED, Event.GO, Event.SEAL_FAILED):
+        do = machine.fire(event)
+    assert do is Do.BACK  # the driver moves it to cordon-sealed (see `again`)
+    assert machine.fire(Event.BACK_DONE) is Do.NOTHING
+    assert machine.state is State.SEALED and machine.cut and not machine.converted
+
+
 def test_a_stopping_worker_never_waits_unbounded() -> None:
     machine, done = play(Event.UNANSWERED, Event.SLOW, Event.BACK_DONE, quitting=True)
     assert Do.ASK_LONG not in done and machine.state is State.BACK
@@ -102,14 +114,20 @@ ANSWERS = {Do.OPEN: (Event.OPENED, Event.UNANSWERED), Do.ASK: (Event.GO, Event.H
            Do.BACK: (Event.BACK_DONE, Event.BACK_FAILED)}
 
 
-@pytest.mark.parametrize("quitting", [False, True])
-def test_every_run_ends_off_the_open_group_or_raises_the_alarm(quitting: bool) -> None:
+@pytest.mark.parametrize(("quitting", "again"), [(False, False), (True, False), (False, True)])
+def test_every_run_ends_off_the_open_group_or_raises_the_alarm(quitting: bool,
+                                                               again: bool) -> None:
     """Every sequence of answers the driver can give (up to two crossings): the machine
     always has a next move, ends in a final state, and `stranded` follows only a failed
-    move back from where the ENI may be on the allow-all group."""
+    move back from where the ENI may be on the allow-all group. Crossing again from
+    cordon-sealed, it never ends looser than sealed (or the alarm)."""
     runs = 0
     for answers in itertools.product(range(3), repeat=8):
         machine = EniCutMachine(quitting=quitting)
+        if again:  # sealed once already, then sent across again
+            machine.start()
+            for event in (Event.OPENED, Event.GO, Event.SEALED, Event.DRIFTED):
+                machine.fire(event)
         do, picks = machine.start(), iter(answers)
         for _ in range(12):
             if do is Do.NOTHING:
@@ -120,6 +138,8 @@ def test_every_run_ends_off_the_open_group_or_raises_the_alarm(quitting: bool) -
         if machine.state is State.STRANDED:
             before, event, _ = machine.history[-1]
             assert before in EXPOSED and event is Event.BACK_FAILED
+        if again:
+            assert machine.state in (State.SEVERED, State.SEALED, State.STRANDED)
         runs += 1
     assert runs == 3 ** 8
 

@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import update
 
 from bot.scheduler import take_over
+from handlers.attribution import acting_as
 from handlers.retry import Backoff
 from playbooks.models import Incident, utcnow
 from playbooks.service import ContainRequest
@@ -491,3 +492,32 @@ def test_kill_9_before_the_detach_answered_puts_the_enis_back_and_seals_only_aft
     first_seal = next(i for i, (a, _, p) in enumerate(order)
                       if a == MODIFY and to(groups["sealed"])(p))
     assert detached < first_seal
+
+
+def test_a_second_crossing_whose_seal_stays_throttled_ends_sealed_not_on_its_own_groups(
+        world: sandbox_world.World, faulty: FaultyAws, groups: dict[str, str],
+        fast_backoff: Backoff) -> None:
+    """An ENI already sealed crosses again (cordon-open had drifted): its seal stays
+    throttled, so it goes back — to cordon-sealed, where it rested, never to its own
+    groups. Judged by moto's state."""
+    from handlers.aws import ClientPool
+    from handlers.eni_cut import EniCutMachine, Event, State
+    from handlers.isolation import cut_eni
+
+    eni = next(iter(eni_groups(world.instance_id)))
+    ec2().modify_network_interface_attribute(NetworkInterfaceId=eni, Groups=[groups["sealed"]])
+    machine = EniCutMachine()
+    machine.start()
+    for event in (Event.OPENED, Event.GO, Event.SEALED, Event.DRIFTED):
+        machine.fire(event)
+    # Every attempt of the crossing's seal (fast_backoff: 4) is throttled; the way back
+    # to the sealed group then gets through.
+    faulty.add(MODIFY, "throttle", times=fast_backoff.attempts, where=to(groups["sealed"]))
+    clients = ClientPool(lambda: sandbox_world.proxied_session(faulty.url)).for_region(
+        "us-east-1")
+    with acting_as("isolate-security-groups"):
+        cut = cut_eni(clients, {"id": eni, "groups": [{"id": world.web_group}]},
+                      groups["open"], groups["sealed"], machine=machine)
+    assert machine.state is State.SEALED and cut.sealed and not cut.converted
+    assert eni_groups(world.instance_id)[eni] == [groups["sealed"]]
+    assert not faulty.calls(MODIFY, to(world.web_group))  # never sent to its own groups
