@@ -73,7 +73,7 @@ def _create_entry(ec2: Any, acl_id: str, args: dict[str, Any]) -> str | None:
     return None
 
 
-def _delete_entry(ec2: Any, acl_id: str, rule: int, egress: bool) -> None:
+def delete_entry(ec2: Any, acl_id: str, rule: int, egress: bool) -> None:
     try:
         ec2.delete_network_acl_entry(NetworkAclId=acl_id, RuleNumber=rule, Egress=egress)
     except ClientError as exc:
@@ -219,7 +219,7 @@ class IsolateSubnetNacl(Action):
     def undo(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
         ec2 = ctx.clients.ec2
         if captured["mode"] == "insert":
-            calls = [partial(_delete_entry, ec2, acl_id, r["rule"], r["egress"])
+            calls = [partial(delete_entry, ec2, acl_id, r["rule"], r["egress"])
                      for acl_id, rules in captured["inserted"].items() for r in rules]
             parallel(lambda call: call(), calls)
             return Outcome(self.describe_undo(captured))

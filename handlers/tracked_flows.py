@@ -40,11 +40,14 @@ from handlers.base import (
 )
 from handlers.fanout import parallel
 from handlers.lease import fail_safe
-from handlers.network_acl import MAX_RULES
-from handlers.retry import describe_error
+from handlers.network_acl import MAX_RULES, delete_entry
+from handlers.retry import Backoff, describe_error
 
 DEFAULT_RULES = (32767, 32768)
 ALREADY_TAKEN = "NetworkAclEntryAlreadyExists"
+# The creates go out on the cut's client (no botocore retry): throttling and lost answers
+# are retried here, briefly, beside the seal.
+ENTRY_RETRY = Backoff(attempts=6, base=0.2, cap=2.0)
 
 LOOK_PERMISSIONS = ("ec2:DescribeNatGateways", "ec2:DescribeTransitGatewayVpcAttachments",
                     "ec2:DescribeVpcEndpoints", "ec2:DescribeNetworkAcls",
@@ -159,6 +162,24 @@ def _family(cidr: str) -> dict[str, str]:
     return {"Ipv6CidrBlock": cidr} if ":" in cidr else {"CidrBlock": cidr}
 
 
+def _cidr(entry: dict[str, Any]) -> str:
+    return str(entry.get("CidrBlock") or entry.get("Ipv6CidrBlock") or "")
+
+
+def ours(acl: dict[str, Any], captured: dict[str, Any]) -> list[dict[str, Any]]:
+    """The entries Cordon added to this ACL for this instance: a deny of every protocol
+    for one of its addresses, under a number the ACL did not use when the plan was made.
+    Found by looking, so that an entry whose answer was lost, or whose record a crash
+    cut short, is still the release's to delete (and never made twice)."""
+    acl_id = acl["NetworkAclId"]
+    before = {(e["Egress"], e["RuleNumber"])
+              for e in (captured["acls"].get(acl_id) or {}).get("Entries", [])}
+    return [{"acl": acl_id, "rule": e["RuleNumber"], "egress": e["Egress"], "cidr": _cidr(e)}
+            for e in acl.get("Entries", [])
+            if (e["Egress"], e["RuleNumber"]) not in before and e["RuleAction"] == "deny"
+            and str(e.get("Protocol")) == "-1" and _cidr(e) in captured["addresses"]]
+
+
 class _Numbers:
     """Rule numbers handed out per ACL and direction: a refused number (another incident
     took it meanwhile) is replaced by the next free one."""
@@ -241,9 +262,16 @@ class SeverTrackedFlows(Action):
                              + "; ".join(v for a in acls for v in captured["why"][a])
                              + " may live on: free entries on those ACLs and retry")
         numbers = _Numbers(acls)
-        wanted = [(acl_id, egress, cidr) for acl_id in acls for cidr in cidrs
-                  for egress in (False, True)]
         created: list[dict[str, Any]] = []
+        if captured.get("sent"):
+            # A resumed or retried run: what an earlier attempt added stands.
+            created = self._present(ctx, captured)
+        else:
+            captured["sent"] = True
+            ctx.save(captured)  # from here on, a release looks for what was added
+        done = {(e["acl"], e["egress"], e["cidr"]) for e in created}
+        wanted = [(acl_id, egress, cidr) for acl_id in acls for cidr in cidrs
+                  for egress in (False, True) if (acl_id, egress, cidr) not in done]
         lock = threading.Lock()
 
         def one(item: tuple[str, bool, str]) -> None:
@@ -251,30 +279,36 @@ class SeverTrackedFlows(Action):
             while True:
                 rule = numbers.next(acl_id, egress)
                 try:
-                    ctx.clients.ec2_cut.create_network_acl_entry(
-                        NetworkAclId=acl_id, RuleNumber=rule, Protocol="-1",
-                        RuleAction="deny", Egress=egress, **_family(cidr))
+                    ENTRY_RETRY.call(lambda: ctx.clients.ec2_cut.create_network_acl_entry(
+                        NetworkAclId=acl_id, RuleNumber=rule,  # noqa: B023
+                        Protocol="-1", RuleAction="deny", Egress=egress, **_family(cidr)))
                 except ClientError as exc:
-                    if describe_error(exc).code == ALREADY_TAKEN:
+                    if describe_error(exc).code != ALREADY_TAKEN:
+                        raise
+                    if not self._landed(ctx, captured, acl_id, rule, egress, cidr):
                         continue  # another incident took this number meanwhile
-                    raise
+                    # else: an earlier attempt's answer was lost; it is ours
                 with lock:
                     created.append({"acl": acl_id, "rule": rule, "egress": egress,
                                     "cidr": cidr})
                 return
 
-        errors = [e for e in parallel(_catching(one), wanted) if e is not None]
+        failure: Exception | None = None
+        try:
+            parallel(one, wanted)  # raises once every create has answered
+        except Exception as exc:
+            failure = exc
         captured["entries"] = created
-        ctx.save(captured)  # exactly these entries are what a release deletes
-        if errors:
-            err = describe_error(errors[0])
+        ctx.save(captured)  # for the record; a release deletes what it finds (`ours`)
+        if failure is not None:
+            err = describe_error(failure)
             raise StepFailed(err.code, f"not every deny entry was added: {err.message}",
                              _said(created))
         held = ctx.gate(None)
         if held:
             # The cut is held (the detach failed): these entries go too, as the groups do.
             with fail_safe():
-                self._delete(ctx, created)
+                self._delete(ctx, captured)
             captured["entries"] = []
             ctx.save(captured)
             raise StepHeld(f"{held} failed: not cut", "the deny entries were removed again")
@@ -301,48 +335,39 @@ class SeverTrackedFlows(Action):
                                      + ", ".join(open_ or ["an ACL is gone"]))
         return f"{len(ids)} ACL(s) deny all of its traffic both ways"
 
-    def _delete(self, ctx: StepContext, entries: list[dict[str, Any]]) -> list[str]:
-        """Delete exactly these entries, each only if it is still ours (same number,
-        direction, range and a deny)."""
-        ids = sorted({e["acl"] for e in entries})
+    def _present(self, ctx: StepContext, captured: dict[str, Any]) -> list[dict[str, Any]]:
+        """What Cordon added for this instance on the planned ACLs, described now."""
+        ids = sorted(captured["acls"])
         if not ids:
             return []
-        acls = {a["NetworkAclId"]: a for a in ctx.clients.ec2.describe_network_acls(
-            NetworkAclIds=ids)["NetworkAcls"]}
+        found = ctx.clients.ec2.describe_network_acls(NetworkAclIds=ids)["NetworkAcls"]
+        return [e for acl in found for e in ours(acl, captured)]
 
-        def one(e: dict[str, Any]) -> str | None:
-            current = next((x for x in acls.get(e["acl"], {}).get("Entries", [])
-                            if x["RuleNumber"] == e["rule"] and x["Egress"] == e["egress"]),
-                           None)
-            key = "Ipv6CidrBlock" if ":" in e["cidr"] else "CidrBlock"
-            if current is None or current.get(key) != e["cidr"] \
-                    or current["RuleAction"] != "deny":
-                return f"{e['acl']} rule {e['rule']} was no longer ours; left"
-            ctx.clients.ec2.delete_network_acl_entry(NetworkAclId=e["acl"],
-                                                     RuleNumber=e["rule"], Egress=e["egress"])
-            return None
+    def _landed(self, ctx: StepContext, captured: dict[str, Any], acl_id: str, rule: int,
+                egress: bool, cidr: str) -> bool:
+        """Whether the entry that refused this number is the one this step sent."""
+        return {"acl": acl_id, "rule": rule, "egress": egress, "cidr": cidr} in [
+            e for e in self._present(ctx, captured) if e["acl"] == acl_id]
 
-        return [n for n in parallel(one, entries) if n]
+    def _delete(self, ctx: StepContext, captured: dict[str, Any]) -> int:
+        """Delete the entries Cordon added for this instance (`ours`): those recorded, and
+        any whose answer or record was lost."""
+        entries = self._present(ctx, captured)
+        parallel(lambda e: delete_entry(ctx.clients.ec2, e["acl"], e["rule"], e["egress"]),
+                 entries)
+        return len(entries)
 
     def describe_undo(self, captured: dict[str, Any]) -> str:
+        if not captured.get("sent"):
+            return "nothing (no entry added)"
         n = len(captured.get("entries") or [])
-        return f"delete the {n} deny entries it added" if n else "nothing (no entry added)"
+        return f"delete the {n} deny entries it added" if n else \
+            "delete the deny entries it added"
 
     def undo(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
-        entries = captured.get("entries") or []
-        notes = self._delete(ctx, entries)
-        return Outcome(f"{len(entries) - len(notes)} deny entries deleted"
-                       + ("; " + "; ".join(notes) if notes else ""))
-
-
-def _catching(fn: Any) -> Any:
-    def run(item: Any) -> BaseException | None:
-        try:
-            fn(item)
-        except Exception as exc:
-            return exc
-        return None
-    return run
+        if not captured.get("sent"):
+            return Outcome("no deny entry was added")
+        return Outcome(f"{self._delete(ctx, captured)} deny entries deleted")
 
 
 def _said(created: list[dict[str, Any]]) -> str:

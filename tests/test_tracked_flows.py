@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
+from handlers.retry import Backoff
 from handlers.tracked_flows import decides, free_numbers, room
 from sandbox import world as sandbox_world
 from sandbox.fake_slack import FakeSlack
+from sandbox.faulty_aws import FaultyAws
 from sandbox.harness import RunningBot, wait_for
 from tests.conftest import AwsTrace, aws_client, settle_card
 
@@ -132,3 +134,29 @@ def test_rule_numbers_below_every_allow_never_reuse_one(used: list[int]) -> None
                          for n in used)]}
     free = free_numbers(acl, False, {98})
     assert free[0] < 100 and not set(free) & {*used, 98}
+
+
+def test_an_entry_whose_answer_was_lost_is_not_made_twice_and_is_released(
+        faulty_bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack,
+        faulty: FaultyAws, fast_backoff: Backoff) -> None:
+    """moto adds the entry, the answer is lost: the retry is refused (the number is
+    taken — by this very entry), which is recognised as ours. One entry per direction,
+    and the release deletes it."""
+    layout = nat_layout(world)
+    before = acl_of(layout["public"])["Entries"]
+    mine = address(world.instance_id)
+    faulty.add("CreateNetworkAclEntry", "drop", times=1)
+    faulty_bot.slack.command(DANA, CHANNEL, f"{world.instance_id} isolate reverse shell")
+    card = wait_for(lambda: fake_slack.channel_messages(CHANNEL))[0]
+    faulty_bot.slack.click_button(LEE, CHANNEL, card.ts, "Approve")
+    incident = settle_card(faulty_bot, card.ts)
+    assert incident.status == "contained", incident.summary
+    assert len(faulty.calls("CreateNetworkAclEntry")) > len(
+        [e for e in acl_of(layout["public"])["Entries"] if e.get("CidrBlock") == mine])
+    ours = [e for e in acl_of(layout["public"])["Entries"] if e.get("CidrBlock") == mine]
+    assert sorted(e["Egress"] for e in ours) == [False, True]
+    faulty_bot.slack.command(DANA, CHANNEL, f"release {incident.id} tabletop over")
+    release_card = wait_for(lambda: fake_slack.channel_messages(CHANNEL)[1:])[0]
+    faulty_bot.slack.click_button(LEE, CHANNEL, release_card.ts, "Approve")
+    assert settle_card(faulty_bot, release_card.ts).status == "released"
+    assert acl_of(layout["public"])["Entries"] == before
