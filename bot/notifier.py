@@ -11,6 +11,7 @@ transaction of the change it reports, and sent after, in order, exactly once:
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -86,8 +87,19 @@ class SlackTimeline:
         self._sender.shutdown(wait=True)
 
     def flush(self, incident_id: str | None = None) -> int:
-        """Send unsent messages in order; an incident whose message fails waits for the
-        next flush, so that its thread never goes out of order."""
+        """Send unsent messages in order; an incident whose message fails waits for its
+        retry (a wake after the wait), so that its thread never goes out of order. A pass
+        that sent something looks again: a message queued meanwhile — perhaps by another
+        replica, whose own flush found this one sending and stood aside — goes out now,
+        not at the next sweep."""
+        sent = 0
+        while True:
+            more = self._flush_once(incident_id)
+            sent += more
+            if not more:
+                return sent
+
+    def _flush_once(self, incident_id: str | None) -> int:
         sent = 0
         blocked: set[str] = set()
         pending = self.store.unsent(incident_id)
@@ -98,14 +110,15 @@ class SlackTimeline:
         for msg in pending:
             if msg.incident_id in blocked:
                 continue
+            incident = self.store.get(msg.incident_id)
+            if incident is None or incident.card_ts is None:
+                blocked.add(msg.incident_id)  # no card yet: its posting wakes the thread
+                continue
             if not self.store.claim_message(msg.id, owner=self.owner):
                 blocked.add(msg.incident_id)  # another flush is sending it, or it waits
                 continue
             if msg.kind == CARD and last_card.get(msg.incident_id) != msg.id:
                 self.store.mark_superseded(msg.id)
-                continue
-            incident = self.store.get(msg.incident_id)
-            if incident is None or incident.card_ts is None:
                 continue
             with incident_context(incident.id):
                 try:
@@ -118,10 +131,17 @@ class SlackTimeline:
                     self.store.mark_failed(msg.id, (UNCERTAIN if uncertain else "")
                                            + str(exc), retry_in)
                     blocked.add(msg.incident_id)
+                    self._wake_later(incident.id, retry_in)
                     continue
             self.store.mark_sent(msg.id)
             sent += 1
         return sent
+
+    def _wake_later(self, incident_id: str, seconds: float) -> None:
+        """Try again once the wait is over (the sweep remains the backstop)."""
+        timer = threading.Timer(seconds + 0.05, self._send_soon, args=(incident_id,))
+        timer.daemon = True
+        timer.start()
 
     def _deliver(self, incident: Incident, msg: OutboxMessage) -> None:
         assert incident.card_ts is not None

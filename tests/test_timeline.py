@@ -233,3 +233,42 @@ def _dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
     return proc.pid
+
+
+def test_a_message_queued_while_another_replica_sends_goes_out_in_that_flush(
+        bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack) -> None:
+    """Replica B queues a note while replica A is sending the one before: B's flush finds
+    A's claim and stands aside; A's flush sends B's note too, without waiting for a
+    sweep."""
+    from bot.notifier import SlackTimeline
+
+    assert bot.slack.command(DANA, CHANNEL, f"{world.instance_id} isolate miner")[0] == 200
+    card = wait_for(lambda: fake_slack.channel_messages(CHANNEL))[0]
+    (incident,) = wait_for(lambda: [i for i in bot.deps.store.recent() if i.card_ts])
+    store = bot.deps.store
+    replica_b = SlackTimeline(store, bot.deps.client)
+    stood_aside: list[int] = []
+
+    class WhileSending:
+        """Replica A's Slack client: while its first post is on the wire, B queues and
+        flushes."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(bot.deps.client, name)
+
+        def chat_postMessage(self, **kwargs: Any) -> Any:
+            if not stood_aside:
+                store.enqueue(incident.id, THREAD, {"text": "queued by replica B"})
+                stood_aside.append(replica_b.flush(incident.id))
+            return bot.deps.client.chat_postMessage(**kwargs)
+
+    replica_a = SlackTimeline(store, WhileSending())  # type: ignore[arg-type]
+    try:
+        store.enqueue(incident.id, THREAD, {"text": "queued by replica A"})
+        assert replica_a.flush(incident.id) == 2
+    finally:
+        replica_a.close()
+        replica_b.close()
+    assert stood_aside == [0]
+    assert texts(fake_slack, card.ts)[-2:] == ["queued by replica A", "queued by replica B"]
+    assert store.unsent(incident.id) == []
