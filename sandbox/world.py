@@ -15,7 +15,10 @@ from typing import Any
 import boto3
 import botocore.session
 
-SANDBOX_IMAGE = "ami-12c6146b"  # one of the images moto's server knows
+SANDBOX_IMAGE = "ami-12c6146b"  # the one image the local AWS knows (amis.json)
+# moto loads thousands of public images into every region at each reset (a seventh of
+# the tests' CPU); the sandbox needs one.
+AMIS_PATH = os.path.join(os.path.dirname(__file__), "amis.json")
 SANDBOX_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -61,6 +64,7 @@ class LocalAws:
     """moto's server in a thread. boto3 reaches it through AWS_ENDPOINT_URL."""
 
     def __init__(self) -> None:
+        os.environ.setdefault("MOTO_AMIS_PATH", AMIS_PATH)
         from moto.server import ThreadedMotoServer
 
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
