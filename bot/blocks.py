@@ -141,6 +141,14 @@ def render_finding_note(p: Any) -> str:
             f"{link(p.console_url, 'open the finding')}")
 
 
+def render_not_proposed(p: Any, error: Exception) -> str:
+    """A finding that made no card, and why (said in the findings channel)."""
+    return (f"⚠️ {escape(p.source)} finding `{escape(clip(p.type, 200))}` (severity "
+            f"{escape(p.severity_label or '?')}) about `{escape(p.resource_id)}` in "
+            f"{escape(p.account or '?')}/{escape(p.region or '?')}: {error_text(error)}. "
+            "No card was made.")
+
+
 def _duration(ms: int | None) -> str:
     if ms is None:
         return ""
@@ -639,5 +647,15 @@ def render_help() -> str:
     ])
 
 
-def render_error(message: str) -> str:
-    return f"⚠️ {message}"
+def error_text(error: str | Exception) -> str:
+    """An error's message in mrkdwn: escaped whole (it may repeat what someone typed),
+    the person who decided shown as a mention."""
+    text = escape(str(error))
+    by = getattr(error, "by", None)
+    if by:
+        text = text.replace(escape(by), f"<@{by}>")
+    return text
+
+
+def render_error(error: str | Exception) -> str:
+    return f"⚠️ {error_text(error)}"

@@ -9,7 +9,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from bot.text import escape
 from playbooks.catalogue import DEFAULT_PLAYBOOK
 from playbooks.catalogue import INSTANCE_PLAYBOOKS as PLAYBOOKS
 from playbooks.errors import BadInput
@@ -25,9 +24,9 @@ OPTIONS = ("region", "account", "playbook", "mode")
 MODES = ("replace", "insert")
 MAX_REASON = 500
 
-USAGE = escape("`/contain <instance> [playbook] [region=R] reason…` (the instance by id, "
-               "ARN, private IP or Name tag) — or `/contain` alone for a form, "
-               "`/contain help`")
+# Error messages are plain text: blocks.render_error escapes them as it sends them.
+USAGE = ("`/contain <instance> [playbook] [region=R] reason…` (the instance by id, "
+         "ARN, private IP or Name tag) — or `/contain` alone for a form, `/contain help`")
 
 
 class HelpCommand(BaseModel):
@@ -121,36 +120,36 @@ def parse(text: str) -> Command:
     if INSTANCE_ID.match(verb):
         return _contain(verb, tokens[1:])
     if verb.startswith("i-"):
-        raise BadInput(f"`{escape(tokens[0])}` is not an instance id: it is `i-` and 8 or 17 "
+        raise BadInput(f"`{tokens[0]}` is not an instance id: it is `i-` and 8 or 17 "
                        f"hex digits, e.g. `i-0abc123def4567890`. Usage: {USAGE}")
     if verb.startswith("arn:"):
         m = ARN.match(tokens[0])
         if not m:
-            raise BadInput(f"`{escape(_clip(tokens[0]))}` is not an EC2 instance ARN "
+            raise BadInput(f"`{_clip(tokens[0])}` is not an EC2 instance ARN "
                            "(`arn:aws:ec2:REGION:ACCOUNT:instance/i-…`).")
         cmd = _contain(m.group(3), tokens[1:])
         if cmd.region and cmd.region != m.group(1):
             raise BadInput(f"the ARN says region `{m.group(1)}`, `region=` says "
-                           f"`{escape(cmd.region)}`.")
+                           f"`{cmd.region}`.")
         return cmd.model_copy(update={"region": m.group(1)})
     if IPV4.match(verb):
         return _contain("", tokens[1:]).model_copy(update={"private_ip": verb})
     if re.fullmatch(r"[\d.]+", verb):
-        raise BadInput(f"`{escape(_clip(verb))}` is not an IPv4 address.")
+        raise BadInput(f"`{_clip(verb)}` is not an IPv4 address.")
     if verb.startswith("name=") and NAME_TAG.match(tokens[0][5:]):
         return _contain("", tokens[1:]).model_copy(update={"name": tokens[0][5:]})
     close = difflib.get_close_matches(verb, [*VERBS, "contain"], n=1, cutoff=0.8)
     if close:
         meant = "" if close[0] == "contain" else f" (did you mean `/contain {close[0]} …`?)"
-        raise BadInput(f"`{escape(_clip(tokens[0]))}` looks like a command word{meant}, not "
+        raise BadInput(f"`{_clip(tokens[0])}` looks like a command word{meant}, not "
                        f"an instance. For an instance whose Name tag is that, write "
-                       f"`/contain name={escape(_clip(tokens[0]))} …`. Usage: {USAGE}")
+                       f"`/contain name={_clip(tokens[0])} …`. Usage: {USAGE}")
     if NAME_TAG.match(tokens[0]) and not tokens[0].startswith("-"):
         # Anything else is the instance's Name tag, exactly as written.
         return _contain("", tokens[1:]).model_copy(update={"name": tokens[0]})
     raise BadInput(f"I expected an instance (id `i-…`, ARN, private IP or Name tag) or one "
                    f"of `status`, `release`, `key`, `export`, `help`; got "
-                   f"`{escape(_clip(tokens[0]))}`. Usage: {USAGE}")
+                   f"`{_clip(tokens[0])}`. Usage: {USAGE}")
 
 
 def _by_quoted_name(text: str) -> ContainCommand:
@@ -162,7 +161,7 @@ def _by_quoted_name(text: str) -> ContainCommand:
                        "`/contain \"web prod 3\" isolate reason…`.")
     name = text[1:end]
     if not NAME_TAG.match(name):
-        raise BadInput(f"`{escape(_clip(name))}` cannot be a Name tag.")
+        raise BadInput(f"`{_clip(name)}` cannot be a Name tag.")
     return _contain("", text[end + 1:].split()).model_copy(update={"name": name})
 
 
@@ -175,7 +174,7 @@ def _status(args: list[str]) -> StatusCommand:
             return StatusCommand(query=query)
     raise BadInput("`/contain status` takes nothing, an instance id (`i-…`), a key id "
                    f"(`AKIA…`) or an incident id (`CRD-…`); got "
-                   f"`{escape(_clip(' '.join(args)))}`.")
+                   f"`{_clip(' '.join(args))}`.")
 
 
 def _target_id(query: str) -> str | None:
@@ -189,7 +188,7 @@ def _target_id(query: str) -> str | None:
 def _release(args: list[str]) -> ReleaseCommand:
     if args and (query := _target_id(args[0])):
         return ReleaseCommand(query=query, reason=" ".join(args[1:]))
-    got = escape(_clip(" ".join(args))) if args else "nothing"
+    got = _clip(" ".join(args)) if args else "nothing"
     raise BadInput("`/contain release` takes an instance id (`i-…`), an access key id "
                    f"(`AKIA…`) or an incident id (`CRD-…`), then an optional reason; "
                    f"got `{got}`.")
@@ -197,7 +196,7 @@ def _release(args: list[str]) -> ReleaseCommand:
 
 def _key(args: list[str]) -> KeyCommand:
     if not args or not KEY_ID.match(args[0].upper()):
-        got = escape(_clip(args[0])) if args else "nothing"
+        got = _clip(args[0]) if args else "nothing"
         raise BadInput("`/contain key` takes an access key id: `AKIA` or `ASIA` and 16 "
                        f"letters or digits, e.g. `AKIAIOSFODNN7EXAMPLE`; got `{got}`.")
     fields: dict[str, Any] = {"key_id": args[0].upper()}
@@ -209,7 +208,7 @@ def _key(args: list[str]) -> KeyCommand:
         elif key == "role" and ROLE_NAME.match(value):
             fields["role"] = value
         else:
-            raise BadInput(f"`{escape(_clip(rest[0]))}`: for a key the options are "
+            raise BadInput(f"`{_clip(rest[0])}`: for a key the options are "
                            "`console=off` and `role=NAME` (for a temporary `ASIA…` key).")
         rest.pop(0)
     if "role" in fields and not fields["key_id"].startswith("ASIA"):
@@ -228,7 +227,7 @@ def _contain(instance_id: str, args: list[str]) -> ContainCommand:
     while rest and (m := OPTION.match(rest[0])):
         key, value = m.group(1), m.group(2)
         if key not in OPTIONS:
-            raise BadInput(f"unknown option `{escape(_clip(key))}=`; options are "
+            raise BadInput(f"unknown option `{_clip(key)}=`; options are "
                            + ", ".join(f"`{o}=`" for o in OPTIONS) + ".")
         if key in fields:
             raise BadInput(f"`{key}=` is given twice.")
@@ -237,13 +236,13 @@ def _contain(instance_id: str, args: list[str]) -> ContainCommand:
     if "playbook" in fields and fields["playbook"] not in PLAYBOOKS:
         raise BadInput(_unknown_playbook(fields["playbook"]))
     if "region" in fields and not REGION.match(fields["region"]):
-        raise BadInput(f"`{escape(_clip(fields['region']))}` is not an AWS region name "
+        raise BadInput(f"`{_clip(fields['region'])}` is not an AWS region name "
                        "(e.g. `eu-west-1`).")
     if "mode" in fields and fields["mode"] not in MODES:
-        raise BadInput(f"`mode={escape(_clip(fields['mode']))}`: the modes are "
+        raise BadInput(f"`mode={_clip(fields['mode'])}`: the modes are "
                        + ", ".join(f"`{m}`" for m in MODES) + " (for the `nacl` playbook).")
     if "account" in fields and not ACCOUNT.match(fields["account"]):
-        raise BadInput(f"`{escape(_clip(fields['account']))}` is not an account name or id.")
+        raise BadInput(f"`{_clip(fields['account'])}` is not an account name or id.")
     reason = " ".join(rest)
     if len(reason) > MAX_REASON:
         raise BadInput(f"the reason is {len(reason)} characters; keep it under {MAX_REASON}.")
@@ -262,7 +261,7 @@ def _unknown_playbook(word: str) -> str:
     names = ", ".join(f"`{n}`" for n in PLAYBOOKS)
     close = difflib.get_close_matches(word.lower(), list(PLAYBOOKS), n=1, cutoff=0.6)
     hint = f" Did you mean `{close[0]}`?" if close else ""
-    return f"unknown playbook `{escape(_clip(word))}`.{hint} Playbooks: {names}."
+    return f"unknown playbook `{_clip(word)}`.{hint} Playbooks: {names}."
 
 
 def _clip(text: str, limit: int = 60) -> str:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from bot import blocks
 from bot.settings import Settings
+from playbooks.errors import CordonError
 from playbooks.findings import Proposal
 from playbooks.intake import Intake
 from playbooks.models import THREAD, Incident, Message
@@ -31,8 +32,9 @@ def build_intake(settings: Settings, deps: Deps) -> Intake | None:
     def note(incident: Incident, p: Proposal) -> list[Message]:
         return [(THREAD, {"text": blocks.render_finding_note(p)})]
 
-    def say(text: str) -> None:
-        deps.client.chat_postMessage(channel=settings.findings_channel, text=text,
+    def say(p: Proposal, error: CordonError) -> None:
+        deps.client.chat_postMessage(channel=settings.findings_channel,
+                                     text=blocks.render_not_proposed(p, error),
                                      unfurl_links=False)
 
     return Intake(deps.cordon, deps.cordon.clients_for, settings.findings_queue_url,

@@ -1,4 +1,8 @@
-"""Typed errors the Slack side renders; each carries a short user-facing message."""
+"""Typed errors the Slack side renders; each carries a short user-facing message.
+
+A message is plain text (a literal may be marked `…`, which Slack shows as code and a
+terminal shows as it is). Nothing here is Slack markup: the Slack side escapes the whole
+message, and renders the typed fields (a person, `by`) its own way."""
 
 from __future__ import annotations
 
@@ -20,7 +24,9 @@ class NotAuthorized(CordonError):
 
 
 class AlreadyDecided(CordonError):
-    pass
+    def __init__(self, message: str, by: str | None = None) -> None:
+        super().__init__(message)
+        self.by = by  # the Slack user who decided, named in the message by id
 
 
 class RequestExpired(CordonError):

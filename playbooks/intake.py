@@ -35,7 +35,7 @@ class Intake:
     def __init__(self, cordon: Cordon, clients_for: Callable[..., Clients], queue_url: str,
                  channel: str, min_severity: float, post_card: Callable[[Incident], None],
                  note: Callable[[Incident, Proposal], list[Message]],
-                 say: Callable[[str], None], lookback_days: int = 7,
+                 say: Callable[[Proposal, CordonError], None], lookback_days: int = 7,
                  wake: Callable[[str], None] = lambda _incident_id: None) -> None:
         self.cordon = cordon
         self.queue = FindingsQueue(clients_for(queue_region(queue_url, cordon.regions[0])),
@@ -80,9 +80,7 @@ class Intake:
                                                         self.note, self.lookback_days)
             except CordonError as exc:
                 log.warning("finding not proposed", extra={**about, "why": str(exc)[:300]})
-                self.say(f"⚠️ {p.source} finding `{p.type}` (severity {p.severity_label}) about "
-                         f"`{p.resource_id}` in {p.account or '?'}/{p.region or '?'}: {exc}. "
-                         "No card was made.")
+                self.say(p, exc)
                 continue
             except Exception as exc:
                 log.exception("finding not handled; the queue will deliver it again",

@@ -536,8 +536,10 @@ class Cordon:
         if incident.status == EXPIRED:
             raise RequestExpired(f"{incident_id} expired; nothing was changed")
         if incident.status == DENIED:
-            raise AlreadyDecided(f"{incident_id} was already denied by <@{incident.decided_by}>")
-        raise AlreadyDecided(f"{incident_id} was already approved by <@{incident.decided_by}>")
+            raise AlreadyDecided(f"{incident_id} was already denied by {incident.decided_by}",
+                                 by=incident.decided_by)
+        raise AlreadyDecided(f"{incident_id} was already approved by {incident.decided_by}",
+                             by=incident.decided_by)
 
     def refuse(self, incident_id: str, user_id: str, action: str, why: str) -> None:
         self.store.record_refusal(incident_id, user_id, action, why)

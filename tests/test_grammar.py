@@ -84,9 +84,18 @@ def test_release_forms() -> None:
 
 
 def test_typed_text_is_escaped_in_errors() -> None:
+    """The message is plain text (as typed); what goes to Slack is escaped whole."""
+    from bot.blocks import render_error
+    from playbooks.errors import AlreadyDecided
+
     with pytest.raises(BadInput) as err:
         grammar.parse("<!channel> hello")
-    assert "<!channel>" not in str(err.value) and "&lt;!channel&gt;" in str(err.value)
+    assert "`<!channel>`" in str(err.value)
+    sent = render_error(err.value)
+    assert "<!channel>" not in sent and "&lt;!channel&gt;" in sent
+    assert "&lt;instance&gt;" in sent  # the usage's placeholder is not a link either
+    decided = render_error(AlreadyDecided("CRD-X was already approved by U0LEE", by="U0LEE"))
+    assert decided == "⚠️ CRD-X was already approved by <@U0LEE>"
 
 
 @pytest.mark.parametrize(("text", "want"), [

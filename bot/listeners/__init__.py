@@ -23,7 +23,7 @@ def replies_errors(fn: Callable[..., None]) -> Callable[..., None]:
         try:
             fn(respond=respond, **kwargs)
         except CordonError as exc:
-            respond(text=render_error(str(exc)), response_type="ephemeral",
+            respond(text=render_error(exc), response_type="ephemeral",
                     replace_original=False)
         except Exception as exc:
             if is_store_outage(exc):

@@ -35,7 +35,7 @@ def register(app: App, deps: Deps) -> None:
         try:
             cmd = grammar.parse(command.get("text", ""))
         except BadInput as exc:
-            ack(text=blocks.render_error(str(exc)))
+            ack(text=blocks.render_error(exc))
             return
         if isinstance(cmd, grammar.HelpCommand):
             ack(text=blocks.render_help())

@@ -12,7 +12,7 @@ from slack_bolt import Ack, App
 from slack_sdk import WebClient
 
 from bot import grammar, views
-from bot.blocks import clip
+from bot.blocks import clip, error_text
 from bot.flows import open_containment, open_form, post_card
 from bot.ids import CONTAIN_MODAL, MESSAGE_SHORTCUT
 from bot.text import escape
@@ -86,7 +86,7 @@ def register(app: App, deps: Deps) -> None:
             # Shown on the form, with what was typed, to correct and send again.
             client.views_update(view_id=view["id"], view=views.contain_modal(
                 channel, values[views.TARGET], values[views.PLAYBOOK], values[views.REASON],
-                error=str(exc)))
+                error=error_text(exc)))
             return
         except Exception:
             log.exception("contain form failed")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from slack_bolt import Ack, App
 from slack_sdk import WebClient
 
+from bot.blocks import render_error
 from bot.flows import post_export, publish_home
 from bot.ids import ActionId
 from playbooks.errors import CordonError
@@ -32,7 +33,7 @@ def register(app: App, deps: Deps) -> None:
         try:
             note = post_export(deps, client, incident_id)
         except CordonError as exc:
-            note = f"⚠️ {exc}"
+            note = render_error(exc)
         publish_home(deps, client, body["user"]["id"], note)
 
     app.action(ActionId.EXPORT.value)(ack=ack_now, lazy=[on_export_click])
