@@ -1,0 +1,163 @@
+"""Incidents: made, found, given their card; and the locks that keep one open request per
+target and one writer per revocation policy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import (
+    select,
+    text,
+    update,
+)
+
+from playbooks.models import (
+    Incident,
+    Message,
+    new_incident_id,
+    utcnow,
+)
+from playbooks.status import OPEN_STATES
+from playbooks.store.base import PENDING, Repository, changed_one
+
+
+class Incidents(Repository):
+    def create_incident(self, *, ttl_seconds: int, **fields: Any) -> Incident:
+        now = utcnow()
+        inc = Incident(id=new_incident_id(), created_at=now,
+                       expires_at=now + timedelta(seconds=ttl_seconds), status=PENDING,
+                       **fields)
+        with self.session() as s:
+            s.add(inc)
+        return inc
+
+    def get(self, incident_id: str) -> Incident | None:
+        with self.session() as s:
+            return s.get(Incident, incident_id)
+
+    def open_for_target(self, target_id: str) -> Incident | None:
+        with self.session() as s:
+            return s.scalars(
+                select(Incident)
+                .where(Incident.target_id == target_id, Incident.status.in_(OPEN_STATES))
+                .order_by(Incident.created_at.desc())
+            ).first()
+
+    def for_target(self, target_id: str, limit: int = 5) -> list[Incident]:
+        with self.session() as s:
+            return list(s.scalars(
+                select(Incident).where(Incident.target_id == target_id)
+                .order_by(Incident.created_at.desc()).limit(limit)
+            ))
+
+    def recent(self, limit: int = 10) -> list[Incident]:
+        with self.session() as s:
+            return list(s.scalars(
+                select(Incident).order_by(Incident.created_at.desc()).limit(limit)
+            ))
+
+    def set_card(self, incident_id: str, channel_id: str, ts: str, team_id: str = "",
+                 messages: Sequence[Message] = (), plan_pending: bool = False) -> None:
+        """Where the card is: only a click on this message may decide the incident. With
+        `plan_pending`, the card could not show the whole plan: it cannot be approved
+        until `messages` (the full plan, in its thread) have been sent."""
+        with self.session() as s:
+            inc = s.get(Incident, incident_id)
+            if inc is None:
+                return
+            inc.channel_id, inc.card_ts = channel_id, ts
+            extra = {"team_id": team_id} if team_id else {}
+            if plan_pending:
+                extra["plan"] = "pending"
+            if extra:
+                inc.facts = {**(inc.facts or {}), **extra}
+            self._add_messages(s, incident_id, messages)
+
+    def add_finding(self, incident_id: str, finding_id: str,
+                    messages: Sequence[Message] = ()) -> bool:
+        """Record one more finding about an open incident's target, with its thread note,
+        once: False (nothing written) when that finding was recorded already — a message
+        delivered again after a crash adds nothing."""
+        with self.session() as s:
+            inc = s.get(Incident, incident_id)
+            if inc is None:
+                return False
+            facts = dict(inc.facts or {})
+            seen = list(facts.get("findings") or [])
+            if finding_id in seen:
+                return False
+            facts["findings"] = [*seen, finding_id]
+            inc.facts = facts
+            self._add_messages(s, incident_id, messages)
+            return True
+
+    @contextmanager
+    def target_lock(self, target_id: str) -> Iterator[None]:
+        """Held while one replica decides whether a target already has an open request
+        and, if not, makes and posts one: a PostgreSQL advisory lock (every replica);
+        SQLite serves one process, which holds its own lock around this."""
+        if self.engine.dialect.name != "postgresql":
+            yield
+            return
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(hashtext(:t))"), {"t": target_id})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(hashtext(:t))"), {"t": target_id})
+                conn.commit()
+
+    @contextmanager
+    def principal_lock(self, arn: str) -> Iterator[None]:
+        """Held while one principal's revocation policy is read, merged and written back:
+        two incidents on one role must never overwrite each other's statement. A lock in
+        this process, and on PostgreSQL an advisory lock every replica sees (SQLite serves
+        one process)."""
+        with self._principal_locks[arn]:
+            if self.engine.dialect.name != "postgresql":
+                yield
+                return
+            key = "cordon-principal:" + arn
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT pg_advisory_lock(hashtext(:k))"), {"k": key})
+                conn.commit()
+                try:
+                    yield
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": key})
+                    conn.commit()
+
+    def plan_posted(self, incident_id: str) -> None:
+        with self.session() as s:
+            inc = s.get(Incident, incident_id)
+            if inc is not None and (inc.facts or {}).get("plan") == "pending":
+                inc.facts = {**(inc.facts or {}), "plan": "posted"}
+
+    def delete_incident(self, incident_id: str) -> None:
+        """Only for a request whose card could not be posted: nobody ever saw it."""
+        with self.session() as s:
+            inc = s.get(Incident, incident_id)
+            if inc is not None and inc.status == PENDING and inc.card_ts is None:
+                s.delete(inc)
+
+    def set_status(self, incident_id: str, status: str, expect: tuple[str, ...]) -> bool:
+        with self.session() as s:
+            result = s.execute(update(Incident).where(
+                Incident.id == incident_id, Incident.status.in_(expect)).values(status=status))
+            return changed_one(result)
+
+    def latest_containment(self, target_id: str) -> Incident | None:
+        with self.session() as s:
+            return s.scalars(
+                select(Incident)
+                .where(Incident.target_id == target_id, Incident.kind != "release")
+                .order_by(Incident.created_at.desc())
+            ).first()
+
+    def open_release_for(self, parent_id: str) -> Incident | None:
+        with self.session() as s:
+            return s.scalars(select(Incident).where(
+                Incident.parent_id == parent_id, Incident.status.in_(OPEN_STATES))).first()
