@@ -52,6 +52,10 @@ class Settings(BaseSettings):
                                      le=86400)
     workers: int = Field(default=32, alias="CORDON_WORKERS", ge=1, le=128)
     lease_seconds: int = Field(default=10, alias="CORDON_LEASE_SECONDS", ge=3, le=300)
+    # EC2's request token buckets, paced on Cordon's side (AWS's documented sizes unless
+    # CORDON_EC2_BUCKETS says otherwise, e.g. after a limit increase).
+    ec2_pacing: bool = Field(default=True, alias="CORDON_EC2_PACING")
+    ec2_buckets: str = Field(default="", alias="CORDON_EC2_BUCKETS")
     # Alert intake: an SQS queue fed by EventBridge (GuardDuty, Security Hub, tag changes);
     # empty: intake off.
     findings_queue_url: str = Field(default="", alias="CORDON_FINDINGS_QUEUE_URL")
@@ -125,6 +129,14 @@ class Settings(BaseSettings):
         from playbooks.operations import parse_accounts
 
         return parse_accounts(str(value or ""))
+
+    @field_validator("ec2_buckets")
+    @classmethod
+    def _ec2_buckets(cls, value: str) -> str:
+        from playbooks.operations import parse_ec2_buckets
+
+        parse_ec2_buckets(value)
+        return value
 
     @field_validator("regions", mode="before")
     @classmethod

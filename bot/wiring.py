@@ -17,7 +17,7 @@ from bot.deps import Deps
 from bot.listeners import actions, commands, forms, home
 from bot.notifier import SlackTimeline
 from bot.settings import Settings
-from playbooks.operations import client_pool, warm_clients
+from playbooks.operations import client_pool, parse_ec2_buckets, warm_clients
 from playbooks.runner import Runner, Worker
 from playbooks.service import Cordon
 from playbooks.store import Store
@@ -38,7 +38,8 @@ def make_web_client(settings: Settings) -> WebClient:
 
 def build_deps(settings: Settings, session_factory: Callable[[], Any] | None = None) -> Deps:
     store = Store.from_url(settings.database_url)
-    pool = client_pool(session_factory, settings.accounts)
+    pool = client_pool(session_factory, settings.accounts,
+                       parse_ec2_buckets(settings.ec2_buckets) if settings.ec2_pacing else None)
     warmed = threading.Event()
 
     def warm() -> None:

@@ -18,6 +18,7 @@ from botocore.credentials import RefreshableCredentials
 
 from handlers.attribution import acting
 from handlers.lease import guard_call
+from handlers.pacing import Pacer
 
 T = TypeVar("T")
 
@@ -47,6 +48,8 @@ class Clients:
 
     region: str
     session: boto3.session.Session
+    scope: str = ""  # the account's configured name ("": Cordon's own)
+    pacer: Pacer | None = None  # EC2's token buckets, kept on Cordon's side
     _made: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _siblings: dict[str, Clients] = field(default_factory=dict)
@@ -57,7 +60,8 @@ class Clients:
             return self
         with self._lock:
             if region not in self._siblings:
-                self._siblings[region] = Clients(region=region, session=self.session)
+                self._siblings[region] = Clients(region=region, session=self.session,
+                                                 scope=self.scope, pacer=self.pacer)
             return self._siblings[region]
 
     def client(self, service: str, cut: bool = False) -> Any:
@@ -66,10 +70,13 @@ class Clients:
         key = f"{service}/cut" if cut else service
         with self._lock:
             if key not in self._made:
-                self._made[key] = self.session.client(
+                made = self.session.client(
                     service, region_name=self.region,
                     config=_CUT_CONFIG if cut else _CLIENT_CONFIG,
                 )
+                if service == "ec2" and self.pacer is not None:
+                    self.pacer.attach(made, self.scope, self.region)
+                self._made[key] = made
             return self._made[key]
 
     @property
@@ -145,8 +152,9 @@ class ClientPool:
     boto3 Session does; the caches are bounded."""
 
     def __init__(self, session_factory: SessionFactory = default_session,
-                 accounts: dict[str, str] | None = None) -> None:
+                 accounts: dict[str, str] | None = None, pacer: Pacer | None = None) -> None:
         self._session_factory = session_factory
+        self.pacer = pacer
         self._session: boto3.session.Session | None = None
         self.accounts = dict(accounts or {})
         self._clients = _Lru(MAX_CLIENTS)
@@ -178,7 +186,7 @@ class ClientPool:
             with self._lock:
                 cached = self._clients.get_fresh(key)
                 if cached is None:
-                    cached = make_clients(self.base_session(), region)
+                    cached = make_clients(self.base_session(), region, pacer=self.pacer)
                     self._clients.put(key, cached)
                 return cached
         session = self._assume(account, identity, session_name or f"cordon-{identity}")
@@ -186,7 +194,7 @@ class ClientPool:
         with self._lock:
             cached = self._clients.get_fresh(key)
             if cached is None or cached.session is not session:
-                cached = make_clients(session, region)
+                cached = make_clients(session, region, account, self.pacer)
                 self._clients.put(key, cached)
             return cached
 
@@ -249,7 +257,8 @@ def copy_event_handlers(source: boto3.session.Session, target: boto3.session.Ses
         hook(target, event, handler, first)
 
 
-def make_clients(session: boto3.session.Session, region: str) -> Clients:
-    return Clients(region=region, session=session)
+def make_clients(session: boto3.session.Session, region: str, scope: str = "",
+                 pacer: Pacer | None = None) -> Clients:
+    return Clients(region=region, session=session, scope=scope, pacer=pacer)
 
 

@@ -33,6 +33,7 @@ from handlers.ec2_lookup import describe_instance, interfaces, off_group
 from handlers.eni_cut import Do, EniCutMachine, Event, State
 from handlers.fanout import both, parallel
 from handlers.lease import LeaseLost, fail_safe, run_guard_check, taken_over_check
+from handlers.pacing import CUT_EXTRA, urgency
 from handlers.retry import Backoff, describe_error
 
 OPEN, SEALED = "isolation-open", "isolation-sealed"
@@ -717,8 +718,13 @@ def cut_eni(clients: Clients, eni: dict[str, Any], open_id: str, sealed_id: str,
 
     def lower_conntrack() -> None:
         try:
-            clients.ec2_cut.modify_network_interface_attribute(
-                NetworkInterfaceId=eni["id"], ConnectionTrackingSpecification=CONNTRACK_MINIMUM)
+            # Paced behind every move and seal of the same bucket (handlers.pacing): under
+            # a burst it may land after the seal, where it still shortens how long an idle
+            # tracked flow is kept.
+            with urgency(CUT_EXTRA):
+                clients.ec2_cut.modify_network_interface_attribute(
+                    NetworkInterfaceId=eni["id"],
+                    ConnectionTrackingSpecification=CONNTRACK_MINIMUM)
         except LeaseLost:
             raise
         except Exception as exc:  # not every instance type supports it: note and go on

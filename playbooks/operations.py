@@ -10,16 +10,25 @@ from typing import Any
 
 from handlers.attribution import acting_as
 from handlers.aws import ClientPool
+from handlers.pacing import Limit, Pacer, parse_limits
 from handlers.retry import describe_error
 
 
 def client_pool(session_factory: Callable[[], Any] | None = None,
-                accounts: dict[str, str] | None = None) -> ClientPool:
+                accounts: dict[str, str] | None = None,
+                ec2_buckets: dict[str, Limit] | None = None) -> ClientPool:
     """AWS clients for the bot; `session_factory` lets a caller wrap the boto3 session
-    (the benchmarks inject latency this way)."""
+    (the benchmarks inject latency this way); `ec2_buckets`: EC2's request buckets, paced
+    on Cordon's side (None: not paced)."""
+    pacer = Pacer(ec2_buckets) if ec2_buckets is not None else None
     if session_factory:
-        return ClientPool(session_factory, accounts)
-    return ClientPool(accounts=accounts)
+        return ClientPool(session_factory, accounts, pacer)
+    return ClientPool(accounts=accounts, pacer=pacer)
+
+
+def parse_ec2_buckets(text: str) -> dict[str, Limit]:
+    """CORDON_EC2_BUCKETS → the limits that differ from AWS's defaults."""
+    return parse_limits(text)
 
 
 def prepare_isolation(pool: ClientPool, regions: Sequence[str],

@@ -15,6 +15,10 @@ way a real AWS fault looks from the client:
   reaching AWS (as if the network lost it), so that a test can kill the caller, or
   take its lease, at exactly that point.
 
+`throttle_like_ec2()` adds EC2's request token buckets (one per API, AWS's documented
+sizes, scaled): a call that finds its bucket empty is answered `RequestLimitExceeded`,
+as AWS answers it, and never reaches moto.
+
 A rule matches on the action name and the decoded parameters: `Action=…&Param=…` form
 bodies (the query protocol of EC2, IAM, Auto Scaling, ELB), or the JSON protocol's
 `X-Amz-Target` and body (SQS). The error answers are the query protocol's; `hold` and
@@ -80,6 +84,8 @@ class FaultyAws:
     seen: list[Seen] = field(default_factory=list)
     # Added to every request on its way in (the round trip to a real AWS region).
     latency: float = 0.0
+    # EC2's token buckets, when emulated: API (or "describe"/"mutating") → (size, refill).
+    ec2_limits: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -125,6 +131,32 @@ class FaultyAws:
                 if rule.effect == "hold":
                     rule.times = 0
         self._released.set()
+
+    def throttle_like_ec2(self, scale: float = 1.0,
+                          limits: dict[str, tuple[float, float]] | None = None) -> None:
+        """Answer EC2 calls as EC2's token buckets would (AWS's documented sizes and
+        refills × `scale`, or `limits`), each bucket full now."""
+        base = {"ModifyNetworkInterfaceAttribute": (100, 5), "CreateSnapshot": (100, 5),
+                "CreateSnapshots": (100, 5), "CreateTags": (100, 10),
+                "describe": (100, 20), "mutating": (50, 5), **(limits or {})}
+        with self._lock:
+            self.ec2_limits = {k: (s * scale, r * scale) for k, (s, r) in base.items()}
+            self._tokens: dict[str, list[float]] = {}
+
+    def _take_ec2_token(self, action: str) -> bool:
+        """Whether the API's bucket had a token (taken); always, when not emulated."""
+        if not self.ec2_limits:
+            return True
+        key = action if action in self.ec2_limits else (
+            "describe" if action.startswith(("Describe", "Get")) else "mutating")
+        size, refill = self.ec2_limits[key]
+        now = time.monotonic()
+        with self._lock:
+            tokens, stamp = self._tokens.setdefault(action, [size, now])
+            tokens = min(size, tokens + (now - stamp) * refill)
+            taken = tokens >= 1
+            self._tokens[action] = [tokens - 1 if taken else tokens, now]
+        return taken
 
     def wait_held(self, count: int = 1, timeout: float = 30) -> bool:
         with self._held:
@@ -193,6 +225,8 @@ class FaultyAws:
                 auth = self.headers.get("Authorization", "")
                 service = auth.split("Credential=", 1)[-1].split("/")[3] if "/" in auth else ""
                 effect = proxy._pick(action, params) if action else None
+                if effect is None and service == "ec2" and not proxy._take_ec2_token(action):
+                    effect = "throttle"  # the API's bucket is empty
                 seen = Seen(action, params, service, effect or "forwarded")
                 with proxy._lock:
                     proxy.seen.append(seen)

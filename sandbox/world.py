@@ -174,6 +174,36 @@ def seed(region: str = "us-east-1", session: boto3.session.Session | None = None
                  eni["NetworkInterfaceId"])
 
 
+def add_instances(world: World, count: int, name: str = "worker",
+                  session: boto3.session.Session | None = None,
+                  tags: dict[str, str] | None = None) -> list[str]:
+    """`count` more instances like the compromised one (its subnet, its role, two ENIs:
+    web+mgmt, and mgmt) — a worm's reach."""
+    session = session or new_session()
+    ec2 = session.client("ec2", region_name=world.region)
+    iam = session.client("iam", region_name=world.region)
+    profile = iam.get_instance_profile(InstanceProfileName="web-prod")["InstanceProfile"]["Arn"]
+    ids = []
+    for n in range(count):
+        # One launch each: moto gives the profile to the first instance of a launch only.
+        instance = ec2.run_instances(
+            ImageId=SANDBOX_IMAGE, MinCount=1, MaxCount=1, InstanceType="t3.small",
+            NetworkInterfaces=[{"DeviceIndex": 0, "SubnetId": world.subnet_id,
+                                "Groups": [world.web_group, world.mgmt_group]}],
+            IamInstanceProfile={"Arn": profile},
+            TagSpecifications=[{"ResourceType": "instance", "Tags": [
+                {"Key": "Name", "Value": f"{name}-{n + 1}"},
+                *({"Key": k, "Value": v} for k, v in (tags or {}).items())]}],
+        )["Instances"][0]["InstanceId"]
+        eni = ec2.create_network_interface(SubnetId=world.subnet_id, Groups=[world.mgmt_group],
+                                           Description=f"{name}-{n + 1} admin")
+        ec2.attach_network_interface(
+            NetworkInterfaceId=eni["NetworkInterface"]["NetworkInterfaceId"],
+            InstanceId=instance, DeviceIndex=1)
+        ids.append(instance)
+    return ids
+
+
 def groups_by_eni(instance_id: str, region: str = "us-east-1") -> dict[str, list[str]]:
     """Each ENI's security groups, as `name (id)`."""
     ec2 = client("ec2", region)
