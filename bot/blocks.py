@@ -187,7 +187,7 @@ def progress_line(steps: Sequence[StepRecord]) -> str:
 
 
 def _status_line(incident: Incident, approvals: Sequence[str] = (),
-                 steps: Sequence[StepRecord] = ()) -> str:
+                 steps: Sequence[StepRecord] = (), members: Sequence[Incident] = ()) -> str:
     icon = STATUS_ICON.get(incident.status, "")
     who = f"<@{incident.decided_by}>" if incident.decided_by else ""
     when = slack_date(incident.decided_at) if incident.decided_at else ""
@@ -197,8 +197,9 @@ def _status_line(incident: Incident, approvals: Sequence[str] = (),
         expires = f"expires {slack_date(incident.expires_at)}"
         if incident.approvals_required > 1:
             by = f" ({', '.join(f'<@{u}>' for u in approvals)})" if approvals else ""
+            what = "a fleet this size" if incident.kind == "fleet" else "this playbook"
             return (f"{icon} *{len(approvals)} of {incident.approvals_required} approvals*"
-                    f"{by} — this playbook needs {incident.approvals_required} different "
+                    f"{by} — {what} needs {incident.approvals_required} different "
                     f"approvers — {expires}")
         return f"{icon} *Waiting for approval* — {expires}"
     if incident.status == DENIED:
@@ -207,6 +208,9 @@ def _status_line(incident: Incident, approvals: Sequence[str] = (),
         return (f"{icon} *Expired* at {slack_date(incident.expires_at)} without a decision. "
                 "Nothing was changed.")
     line = f"✅ *Approved* by {who} at {when}"
+    if incident.status in (APPROVED, RUNNING) and incident.kind == "fleet":
+        return (line + f"\n{icon} *Running* `{incident.playbook}` on {len(members)} "
+                f"instances — {fleet_progress(members)} — see the thread")
     if incident.status in (APPROVED, RUNNING):
         done = f" — {progress_line(steps)}" if steps else ""
         return line + f"\n{icon} *Running* `{incident.playbook}`{done} — see the thread"
@@ -342,6 +346,48 @@ def _instance_blocks(incident: Incident, cut: list[str]) -> list[Block]:
     ]
 
 
+def fleet_progress(members: Sequence[Incident]) -> str:
+    """`12 contained, 3 running, 1 failed` — the members by status."""
+    counts: dict[str, int] = {}
+    for m in members:
+        label = FINAL_LABEL.get(m.status, m.status).lower()
+        counts[label] = counts.get(label, 0) + 1
+    return ", ".join(f"{n} {label}" for label, n in sorted(counts.items(),
+                                                          key=lambda kv: -kv[1])) or "—"
+
+
+def member_line(member: dict[str, Any]) -> str:
+    name = escape(member.get("name") or "(no Name tag)")
+    where = escape(member.get("region") or "?")
+    asg = f", group {escape(member['asg'])}" if member.get("asg") else ""
+    return (f"• {name} `{escape(member['instance'])}` — {where}, "
+            f"{member.get('enis', 0)} ENI{'' if member.get('enis') == 1 else 's'}{asg}")
+
+
+def _fleet_blocks(incident: Incident, cut: list[str]) -> list[Block]:
+    fleet = (incident.facts or {}).get("fleet") or {}
+    members = fleet.get("members", [])
+    enis = sum(int(m.get("enis") or 0) for m in members)
+    blocks: list[Block] = [
+        _section(f"*{len(members)} instances* — `{escape(fleet.get('label', '?'))}` — "
+                 f"{enis} network interfaces in {escape(', '.join(fleet.get('regions', [])))}"),
+        _section(fit_lines("*Instances*", [member_line(m) for m in members], SECTION_MAX,
+                           cut, "instances")),
+        SectionBlock(fields=[
+            _mrkdwn(f"*Requested by*\n{requester(incident)}"),
+            _mrkdwn("*Blast radius*\nthe instances listed, each on its own: no subnet, "
+                    "route or other instance is changed"),
+        ]),
+    ]
+    left_out = fleet.get("left_out") or []
+    if left_out:
+        blocks.append(ContextBlock(elements=[_mrkdwn(fit_lines(
+            f"⚠️ *Left out* ({len(left_out)}):",
+            [f"`{escape(x['instance'])}` {escape(x['why'])}" for x in left_out],
+            CONTEXT_MAX, cut, "instances left out", sep=" · "))]))
+    return blocks
+
+
 def _ready_blocks(facts: dict[str, Any]) -> list[Block]:
     """What was made ready before approval, so that the cut starts at the click."""
     early = facts.get("early") or {}
@@ -402,10 +448,12 @@ def _key_blocks(incident: Incident, cut: list[str]) -> list[Block]:
 
 
 def render_card(incident: Incident, approvals: Sequence[str] = (),
-                steps: Sequence[StepRecord] = ()) -> tuple[str, list[dict[str, Any]]]:
+                steps: Sequence[StepRecord] = (), members: Sequence[Incident] = ()
+                ) -> tuple[str, list[dict[str, Any]]]:
     """The approval card, rendered from the store; the same function renders every
-    later state of it (approvals so far, decided, running with its progress, final)."""
-    title, blocks, _ = _card(incident, approvals, steps)
+    later state of it (approvals so far, decided, running with its progress, final).
+    A fleet's card shows its members' progress (`members`)."""
+    title, blocks, _ = _card(incident, approvals, steps, members)
     text = (f"{title} {incident.id}: {incident.target_id} "
             f"({incident.playbook}) — {incident.status}")
     return text, _dicts(blocks)
@@ -418,13 +466,20 @@ def card_hides(incident: Incident) -> list[str]:
 
 
 def _card(incident: Incident, approvals: Sequence[str] = (),
-          steps: Sequence[StepRecord] = ()) -> tuple[str, list[Block], list[str]]:
+          steps: Sequence[StepRecord] = (), members: Sequence[Incident] = ()
+          ) -> tuple[str, list[Block], list[str]]:
     f = incident.facts or {}
     cut: list[str] = []
     title = "Release request" if incident.kind == "release" else "Containment request"
     if f.get("key_id"):
         title = title.replace("Containment", "Leaked key")
-    target = _key_blocks(incident, cut) if f.get("key_id") else _instance_blocks(incident, cut)
+    if incident.kind == "fleet":
+        title = "Fleet containment request"
+        target = _fleet_blocks(incident, cut)
+    elif f.get("key_id"):
+        target = _key_blocks(incident, cut)
+    else:
+        target = _instance_blocks(incident, cut)
     if f.get("key_id") and f.get("user"):
         target.append(ContextBlock(elements=[_mrkdwn(
             "🔗 Console: " + linked([f["key_id"]], incident.region, f))]))
@@ -446,7 +501,7 @@ def _card(incident: Incident, approvals: Sequence[str] = (),
             + ("The full plan is in the thread: read it before you decide."
                if posted else "The full plan is being posted in the thread; the buttons "
                "appear once it is there."))]))
-    blocks.append(_section(_status_line(incident, approvals, steps)))
+    blocks.append(_section(_status_line(incident, approvals, steps, members)))
     if not (cut and incident.status == PENDING and f.get("plan") != "posted"):
         blocks += _decision_buttons(incident)
     assert len(blocks) <= MAX_BLOCKS
@@ -462,6 +517,14 @@ def render_full_plan(incident: Incident) -> list[str]:
     characters each. Posted when the card cannot show it all."""
     f = incident.facts or {}
     lines = [f"📄 *Full plan of {incident.id}* — everything this request would touch:"]
+    fleet = f.get("fleet") or {}
+    if fleet:
+        lines.append(f"*Instances* ({len(fleet.get('members', []))})")
+        lines += [member_line(m) for m in fleet.get("members", [])]
+        if fleet.get("left_out"):
+            lines.append(f"*Left out* ({len(fleet['left_out'])})")
+            lines += [f"• `{escape(x['instance'])}` {escape(x['why'])}"
+                      for x in fleet["left_out"]]
     if f.get("enis"):
         lines.append(f"*Network interfaces* ({len(f['enis'])})")
         lines += [describe_eni(e) for e in f["enis"]]
@@ -585,6 +648,40 @@ def render_run_finished(incident: Incident) -> str:
     icon = STATUS_ICON.get(incident.status, "")
     label = FINAL_LABEL.get(incident.status, incident.status.capitalize())
     return f"{icon} *{label}* — {_fit(incident.summary, THREAD_MAX - 200)}"
+
+
+MEMBER_SUMMARY_MAX = 600
+
+
+def render_member_finished(member: Incident) -> str:
+    """One line in the fleet's thread when one of its instances has ended."""
+    icon = STATUS_ICON.get(member.status, "")
+    label = FINAL_LABEL.get(member.status, member.status.capitalize())
+    name = (member.facts or {}).get("name") or ""
+    named = f" ({escape(name)})" if name else ""
+    return (f"{icon} `{escape(member.target_id)}`{named} — *{label}* ({member.id}): "
+            f"{_fit(member.summary, MEMBER_SUMMARY_MAX)}")
+
+
+def render_fleet_started(fleet: Incident, members: Sequence[Incident]) -> str:
+    who = f"<@{fleet.decided_by}>" if fleet.decided_by else "the approvers"
+    return (f"▶️ Approved by {who}: `{fleet.playbook}` on {len(members)} instances, each its "
+            "own incident — every cut first, at the rate AWS allows, then the evidence. One "
+            "line here per instance as it ends; the card counts them.")
+
+
+def render_fleet_finished(fleet: Incident, members: Sequence[Incident]) -> str:
+    icon = STATUS_ICON.get(fleet.status, "")
+    label = FINAL_LABEL.get(fleet.status, fleet.status.capitalize())
+    not_done = [m for m in members if m.status != CONTAINED]
+    lines = [f"{icon} *Fleet {label.lower()}* — {fleet_progress(members)}."]
+    if not_done:
+        lines.append(fit_lines("Not contained (see each with `/contain status ID`):", [
+            f"• `{escape(m.target_id)}` {m.id} — {escape(m.status)}" for m in not_done],
+            THREAD_MAX - 400))
+    lines.append(f"Release one with `/contain release INSTANCE`, or every instance with "
+                 f"`/contain release {fleet.id}`.")
+    return "\n".join(lines)
 
 
 # status and help ---------------------------------------------------------------------

@@ -13,6 +13,7 @@ from bot import blocks, export, grammar, views
 from bot.blocks import clip, progress_line
 from bot.text import escape
 from playbooks.errors import BadInput, UnknownIncident
+from playbooks.fleet import FleetAsk, open_fleet_request
 from playbooks.logctx import incident_context
 from playbooks.models import Incident
 from playbooks.service import ContainRequest
@@ -39,6 +40,13 @@ def status_text(deps: Deps, cmd: grammar.StatusCommand) -> str:
 
 def open_containment(deps: Deps, cmd: grammar.ContainCommand, command: dict[str, Any],
                      client: WebClient) -> Incident:
+    if cmd.is_fleet:
+        fleet = open_fleet_request(deps.cordon, FleetAsk(
+            instance_ids=list(cmd.instance_ids), asg=cmd.asg, tag=cmd.tag, region=cmd.region,
+            account=cmd.account), cmd.playbook, cmd.reason, command["user_id"],
+            command["channel_id"])
+        post_card(deps, fleet, client, command.get("team_id", ""))
+        return fleet
     instance_id, region, account = cmd.instance_id, cmd.region, cmd.account
     if not instance_id:  # by Name tag or private IP: found first, in every place
         instance_id, region, account = deps.cordon.resolve_instance(

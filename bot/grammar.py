@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from playbooks.catalogue import DEFAULT_PLAYBOOK
+from playbooks.catalogue import DEFAULT_PLAYBOOK, FLEET_PLAYBOOKS
 from playbooks.catalogue import INSTANCE_PLAYBOOKS as PLAYBOOKS
 from playbooks.errors import BadInput
 
@@ -20,6 +20,9 @@ ROLE_NAME = re.compile(r"^[\w+=,.@-]{1,64}$")
 REGION = re.compile(r"^[a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-\d$")
 ACCOUNT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 OPTION = re.compile(r"^([a-z_]+)=(.*)$")
+ASG_NAME = re.compile(r"^[\w .:/=+@-]{1,255}$")
+TAG_PART = re.compile(r"^[\w .:/+@-]{1,128}$")
+MAX_FLEET = 200
 OPTIONS = ("region", "account", "playbook", "mode")
 MODES = ("replace", "insert")
 MAX_REASON = 500
@@ -50,14 +53,28 @@ class ContainCommand(BaseModel):
     account: str | None = None
     mode: str | None = None
     reason: str = ""
+    # A fleet: several instances on one card — by id, by Auto Scaling group, by tag.
+    instance_ids: list[str] = []
+    asg: str | None = None
+    tag: tuple[str, str] | None = None
 
     @property
     def options(self) -> dict[str, str]:
         return {"mode": self.mode} if self.mode else {}
 
     @property
+    def is_fleet(self) -> bool:
+        return bool(self.instance_ids or self.asg or self.tag)
+
+    @property
     def target(self) -> str:
         """The target as typed, for messages."""
+        if self.asg is not None:
+            return f"asg={self.asg}"
+        if self.tag is not None:
+            return f"tag:{self.tag[0]}={self.tag[1]}"
+        if self.instance_ids:
+            return " ".join(self.instance_ids)
         if self.name is not None:
             return f"Name={self.name}"
         return self.private_ip or self.instance_id
@@ -118,7 +135,27 @@ def parse(text: str) -> Command:
                        "(`i-…`) or an access key id: its latest incident's record is posted "
                        "in its thread.")
     if INSTANCE_ID.match(verb):
-        return _contain(verb, tokens[1:])
+        ids = [verb]
+        while len(ids) < len(tokens) and INSTANCE_ID.match(tokens[len(ids)].lower()):
+            ids.append(tokens[len(ids)].lower())
+        if len(ids) == 1:
+            return _contain(verb, tokens[1:])
+        if len(set(ids)) != len(ids):
+            raise BadInput("an instance is named twice in the list.")
+        if len(ids) > MAX_FLEET:
+            raise BadInput(f"{len(ids)} instances: at most {MAX_FLEET} on one card.")
+        return _fleet(_contain("", tokens[len(ids):]), instance_ids=ids)
+    if verb.startswith("asg="):
+        name = tokens[0][4:]
+        if not ASG_NAME.match(name):
+            raise BadInput(f"`{_clip(name)}` is not an Auto Scaling group name.")
+        return _fleet(_contain("", tokens[1:]), asg=name)
+    if verb.startswith("tag:"):
+        key, eq, value = tokens[0][4:].partition("=")
+        if not eq or not TAG_PART.match(key) or not TAG_PART.match(value):
+            raise BadInput(f"`{_clip(tokens[0])}`: a tag is written `tag:KEY=VALUE`, e.g. "
+                           "`tag:app=billing`.")
+        return _fleet(_contain("", tokens[1:]), tag=(key, value))
     if verb.startswith("i-"):
         raise BadInput(f"`{tokens[0]}` is not an instance id: it is `i-` and 8 or 17 "
                        f"hex digits, e.g. `i-0abc123def4567890`. Usage: {USAGE}")
@@ -247,6 +284,14 @@ def _contain(instance_id: str, args: list[str]) -> ContainCommand:
     if len(reason) > MAX_REASON:
         raise BadInput(f"the reason is {len(reason)} characters; keep it under {MAX_REASON}.")
     return ContainCommand(instance_id=instance_id, reason=reason, **fields)
+
+
+def _fleet(cmd: ContainCommand, **target: Any) -> ContainCommand:
+    if cmd.playbook not in FLEET_PLAYBOOKS:
+        raise BadInput("a fleet takes the per-instance playbooks ("
+                       + ", ".join(f"`{p}`" for p in FLEET_PLAYBOOKS)
+                       + f"); `{cmd.playbook}` changes a whole subnet: ask for it per instance.")
+    return cmd.model_copy(update=target)
 
 
 def _looks_like_playbook(word: str, alone: bool) -> bool:

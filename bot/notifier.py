@@ -43,19 +43,39 @@ class SlackTimeline:
 
     # Timeline protocol (the runner writes what these return, with the change) --------
 
+    # A fleet member has no card of its own: it says one line in its fleet's thread when
+    # it ends (and what it must say meanwhile), and its fleet's card shows the progress.
+
     def run_started(self, incident: Incident, resumed: bool) -> list[Message]:
+        if incident.fleet_id:
+            return []
         return [(THREAD, {"text": blocks.render_run_started(incident, resumed)}), (CARD, {})]
 
     def step_finished(self, incident: Incident, step: StepRecord) -> list[Message]:
+        if incident.fleet_id:
+            return []
         # The card shows the progress; updates in a row are sent as one (see flush).
         return [(THREAD, {"text": blocks.render_step(step, incident.region, incident.facts)}),
                 (CARD, {})]
 
     def run_finished(self, incident: Incident) -> list[Message]:
+        if incident.fleet_id:
+            fleet = {"for_incident": incident.fleet_id}
+            return [(THREAD, {"text": blocks.render_member_finished(incident), **fleet}),
+                    (CARD, fleet)]
         return [(THREAD, {"text": blocks.render_run_finished(incident)}), (CARD, {})]
 
     def note(self, incident: Incident, text: str) -> list[Message]:
+        if incident.fleet_id:
+            return [(THREAD, {"text": f"`{incident.target_id}`: {text}",
+                              "for_incident": incident.fleet_id})]
         return [(THREAD, {"text": text})]
+
+    def fleet_started(self, fleet: Incident, members: list[Incident]) -> list[Message]:
+        return [(THREAD, {"text": blocks.render_fleet_started(fleet, members)}), (CARD, {})]
+
+    def fleet_finished(self, fleet: Incident, members: list[Incident]) -> list[Message]:
+        return [(THREAD, {"text": blocks.render_fleet_finished(fleet, members)}), (CARD, {})]
 
     def wake(self, incident_id: str) -> None:
         self._send_soon(incident_id)
@@ -111,6 +131,11 @@ class SlackTimeline:
             if msg.incident_id in blocked:
                 continue
             incident = self.store.get(msg.incident_id)
+            if incident is not None and incident.fleet_id and incident.card_ts is None:
+                # A fleet member's own message (an evidence file, a note of the sweep): it
+                # has no thread; its record is in the export.
+                self.store.mark_superseded(msg.id)
+                continue
             if incident is None or incident.card_ts is None:
                 blocked.add(msg.incident_id)  # no card yet: its posting wakes the thread
                 continue
@@ -147,8 +172,9 @@ class SlackTimeline:
         assert incident.card_ts is not None
         if msg.kind == CARD:
             # An update in place: sending it twice shows the same card.
+            members = self.store.members(incident.id) if incident.kind == "fleet" else []
             text, card = blocks.render_card(incident, self.store.votes(incident.id),
-                                            self.store.steps(incident.id))
+                                            self.store.steps(incident.id), members)
             self.client.chat_update(channel=incident.channel_id, ts=incident.card_ts,
                                     text=text, blocks=card)
             return

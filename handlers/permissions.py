@@ -8,12 +8,14 @@ from typing import Any
 from handlers.access_keys import LOOKUP_PERMISSIONS as KEY_LOOKUP
 from handlers.ec2_lookup import PERMISSIONS as INSTANCE_LOOKUP
 from handlers.findings_queue import PERMISSIONS as FINDINGS_INTAKE
+from handlers.fleet_lookup import PERMISSIONS as FLEET_LOOKUP
 from handlers.isolation import PREPARE_PERMISSIONS, IsolateSecurityGroups
 from handlers.registry import all_actions
 from handlers.revocation import PERMISSIONS as REVOCATION_EXPIRY
 
 LOOKUPS: dict[str, tuple[str, ...]] = {
     "lookup-instance": INSTANCE_LOOKUP,
+    "lookup-fleet": FLEET_LOOKUP,
     "blast-radius": ("ec2:DescribeInstances", "ec2:DescribeNetworkAcls",
                      "ec2:DescribeRouteTables"),
     "lookup-key": KEY_LOOKUP,

@@ -161,6 +161,11 @@ PLAYBOOKS["key-temporary"] = Playbook(
     options=("role",), target="key",
 )
 INSTANCE_PLAYBOOKS = {n: p for n, p in PLAYBOOKS.items() if p.target == "instance"}
+# What one card may run on many instances: the playbooks that change only the instance
+# (the wide ones change a whole subnet, which two members may share).
+FLEET_PLAYBOOKS = {n: p for n, p in INSTANCE_PLAYBOOKS.items() if not p.wide}
+# A fleet of this many or more needs as many approvers as a wide playbook.
+FLEET_TWO_APPROVERS = 5
 
 DEFAULT_PLAYBOOK = "full"
 RELEASE = "release"

@@ -59,6 +59,8 @@ class Incident(Base):
     # "instance" (a containment) or "release" (undoing the containment `parent_id`).
     kind: Mapped[str] = mapped_column(String(16), default="instance")
     parent_id: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # A member of a fleet request: the fleet incident whose card approved it.
+    fleet_id: Mapped[str | None] = mapped_column(String(16), nullable=True, index=True)
     target_id: Mapped[str] = mapped_column(String(64), index=True)
     region: Mapped[str] = mapped_column(String(32))
     account: Mapped[str] = mapped_column(String(32), default="")

@@ -39,6 +39,7 @@ from playbooks.catalogue import Playbook, Step, applied_change, get_playbook, re
 from playbooks.logctx import incident_context
 from playbooks.models import Incident, Message, StepRecord, utcnow
 from playbooks.store import (
+    APPROVED,
     CONTAINED,
     FAILED,
     PARTIAL,
@@ -52,6 +53,7 @@ from playbooks.store import (
 log = logging.getLogger("cordon.runner")
 
 DONE = STEP_DONE
+FLEET_THREADS = 256  # members running at once (a fleet card holds at most 200)
 
 
 class Timeline(Protocol):
@@ -66,6 +68,10 @@ class Timeline(Protocol):
     def run_finished(self, incident: Incident) -> list[Message]: ...
 
     def note(self, incident: Incident, text: str) -> list[Message]: ...
+
+    def fleet_started(self, fleet: Incident, members: list[Incident]) -> list[Message]: ...
+
+    def fleet_finished(self, fleet: Incident, members: list[Incident]) -> list[Message]: ...
 
     def wake(self, incident_id: str) -> None: ...
 
@@ -219,6 +225,8 @@ class Runner:
         # steps queue behind it.
         self.after_cut = threading.BoundedSemaphore(after_cut)
         self.owner = f"{process_owner()}:{id(self) & 0xFFFFFF:x}"
+        # How a fleet's members are started (the Worker sets it: each on a thread).
+        self.dispatch: Callable[[str], Any] = self.run
         # Owners found dead on this host: their runs are taken over without waiting.
         self.dead_owners: set[str] = set()
 
@@ -245,6 +253,8 @@ class Runner:
             before = self.store.get(incident_id)
             if before is None:
                 return None
+            if before.kind == "fleet":
+                return self._start_fleet(before)
             resumed = before.status == RUNNING
             # A fresh run says so in the transaction that starts it; a resumed one first
             # makes safe what its predecessor left, then says so.
@@ -455,7 +465,52 @@ class Runner:
             self.store.set_status(incident.parent_id, RELEASED, RELEASABLE)
         log.info("run finished", extra={"status": status})
         self.timeline.wake(incident_id)
+        if incident.fleet_id:
+            self.settle_fleet(incident.fleet_id)
         return status
+
+    # fleets ------------------------------------------------------------------------
+
+    def _start_fleet(self, fleet: Incident) -> str | None:
+        """An approved fleet: its decision handed to every member, each member started
+        (its own run, its own lease), the fleet running until its last member ends.
+        Safe to repeat after a crash: members already decided or running are left be."""
+        if fleet.status not in (APPROVED, RUNNING):
+            return None
+        self.store.hand_decision_to_members(fleet.id, approve=True)
+        members = self.store.members(fleet.id)
+        if self.store.start_fleet(fleet.id):
+            self.store.enqueue_many(fleet.id, self._said(self.timeline.fleet_started,
+                                                         fleet, members))
+            self.timeline.wake(fleet.id)
+            log.info("fleet started", extra={"members": len(members)})
+        # The cut of every member starts now: each run's path to the cut goes first.
+        for member in members:
+            if member.status == APPROVED:
+                self.dispatch(member.id)
+        self.settle_fleet(fleet.id)
+        return RUNNING
+
+    def settle_fleet(self, fleet_id: str) -> None:
+        """When no member is open any more, the fleet ends: contained when every member
+        is, partially contained when some are, failed when none is."""
+        fleet = self.store.get(fleet_id)
+        if fleet is None:
+            return
+
+        def outcome(members: list[Incident]) -> tuple[str, str, list[Message]]:
+            counts = self.store.fleet_counts(members)
+            contained = counts.get(CONTAINED, 0)
+            status = (CONTAINED if contained == len(members)
+                      else PARTIAL if contained or counts.get(PARTIAL) else FAILED)
+            summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+            final = self.store.transient(fleet, status=status, summary=summary)
+            return status, summary, self._said(self.timeline.fleet_finished, final, members)
+
+        if self.store.settle_fleet(fleet_id, outcome):
+            with incident_context(fleet_id):
+                log.info("fleet finished")
+            self.timeline.wake(fleet_id)
 
     @staticmethod
     def _early(incident: Incident, subject: Incident, records: dict[str, StepRecord],
@@ -635,13 +690,23 @@ class Worker:
                                         thread_name_prefix="cordon-run")
         self._lock = threading.Lock()
         self._active: set[str] = set()
+        # A fleet's members each wait on AWS (and on the pacing) most of the time: they
+        # get threads of their own, so that the last member's cut never waits for the
+        # first members' evidence.
+        self._members = ThreadPoolExecutor(max_workers=FLEET_THREADS,
+                                           thread_name_prefix="cordon-member")
+        runner.dispatch = lambda incident_id: self._submit(incident_id, self._members)
 
     def submit(self, incident_id: str) -> Future[str | None] | None:
+        return self._submit(incident_id, self._pool)
+
+    def _submit(self, incident_id: str, pool: ThreadPoolExecutor
+                ) -> Future[str | None] | None:
         with self._lock:
             if incident_id in self._active:
                 return None
             self._active.add(incident_id)
-        return self._pool.submit(self._run, incident_id)
+        return pool.submit(self._run, incident_id)
 
     def _run(self, incident_id: str) -> str | None:
         try:
@@ -672,3 +737,4 @@ class Worker:
 
     def shutdown(self, wait: bool = True) -> None:
         self._pool.shutdown(wait=wait)
+        self._members.shutdown(wait=wait)

@@ -97,7 +97,7 @@ class Cordon:
 
     def lookup_instance(self, instance_id: str, region: str | None = None,
                         account: str | None = None) -> dict[str, Any]:
-        regions, accounts = self._places(region, account)
+        regions, accounts = self.places(region, account)
         places = [(a, r) for a in accounts for r in regions]
         try:
             with acting_as("lookup-instance"):
@@ -124,7 +124,7 @@ class Cordon:
         """An instance by the names people have — its exact Name tag or a private IPv4
         address — across the configured accounts and regions: (id, region, account).
         None found, or several: BadInput, with the candidates listed."""
-        regions, accounts = self._places(region, account)
+        regions, accounts = self.places(region, account)
         places = [(a, r) for a in accounts for r in regions]
         what = f"named `{name}`" if name is not None else f"with private IP `{private_ip}`"
         try:
@@ -155,7 +155,7 @@ class Cordon:
         (acct, reg), inst = found[0]
         return str(inst["InstanceId"]), reg, acct
 
-    def _places(self, region: str | None, account: str | None
+    def places(self, region: str | None, account: str | None
                 ) -> tuple[list[str], list[str | None]]:
         if region is not None and region not in self.regions:
             raise BadInput(f"region `{region}` is not configured; "
@@ -166,7 +166,8 @@ class Cordon:
         return ([region] if region else self.regions,
                 [account] if account else list(self.accounts) or [None])
 
-    def open_request(self, req: ContainRequest, facts: dict[str, Any]) -> Incident:
+    def open_request(self, req: ContainRequest, facts: dict[str, Any],
+                     fleet_id: str | None = None) -> Incident:
         playbook = get_playbook(req.playbook)
         if playbook is None:
             raise BadInput(f"unknown playbook `{req.playbook}`")
@@ -203,6 +204,7 @@ class Cordon:
             requester=req.requester,
             channel_id=req.channel_id,
             facts=facts,
+            fleet_id=fleet_id,
         )
         log.info("request opened", extra={"incident": incident.id, "target": req.instance_id,
                                           "playbook": req.playbook})
@@ -524,6 +526,8 @@ class Cordon:
                     f"your approval is already counted ({len(voters)} of "
                     f"{incident.approvals_required}); another approver must approve too")
         elif self.store.decide(incident_id, user_id, approve):
+            if current.kind == "fleet" and not approve:
+                self.store.hand_decision_to_members(incident_id, approve=False)
             incident = self.get(incident_id)
             log.info("decided", extra={"incident": incident_id, "by": user_id,
                                        "decision": incident.status})

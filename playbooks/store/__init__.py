@@ -31,13 +31,14 @@ from playbooks.store.base import (  # noqa: F401
 )
 from playbooks.store.decisions import Decisions
 from playbooks.store.evidence import EvidenceFiles
+from playbooks.store.fleets import Fleets
 from playbooks.store.incidents import Incidents
 from playbooks.store.outbox import Outbox
 from playbooks.store.revocations import Revocations
 from playbooks.store.runs import Runs
 
 
-class Store(Incidents, Decisions, EvidenceFiles, Runs, Revocations, Outbox):
+class Store(Incidents, Decisions, Fleets, EvidenceFiles, Runs, Revocations, Outbox):
     """The database's records, one repository each, on one engine."""
 
     @classmethod

@@ -66,8 +66,12 @@ class Repository:
 
     @staticmethod
     def _add_messages(s: Session, incident_id: str, messages: Sequence[Message]) -> None:
+        """A message whose payload names another incident (`for_incident`: a fleet member's
+        progress, said on its fleet's card) goes to that incident's thread, in order with
+        its other messages."""
         for kind, payload in messages:
-            s.add(OutboxMessage(incident_id=incident_id, kind=kind, payload=payload))
+            s.add(OutboxMessage(incident_id=payload.get("for_incident") or incident_id,
+                                kind=kind, payload=payload))
 
     @staticmethod
     def transient(row: Any, **changes: Any) -> Any:

@@ -137,10 +137,14 @@ class Incidents(Repository):
                 inc.facts = {**(inc.facts or {}), "plan": "posted"}
 
     def delete_incident(self, incident_id: str) -> None:
-        """Only for a request whose card could not be posted: nobody ever saw it."""
+        """Only for a request whose card could not be posted: nobody ever saw it (with a
+        fleet's card, its members go too)."""
         with self.session() as s:
             inc = s.get(Incident, incident_id)
             if inc is not None and inc.status == PENDING and inc.card_ts is None:
+                for member in s.scalars(select(Incident).where(
+                        Incident.fleet_id == incident_id, Incident.status == PENDING)):
+                    s.delete(member)
                 s.delete(inc)
 
     def set_status(self, incident_id: str, status: str, expect: tuple[str, ...]) -> bool:

@@ -1,0 +1,132 @@
+"""One request for many instances: `/contain asg=NAME`, `/contain tag:KEY=VALUE` or several
+ids make one card; each instance found becomes an incident of its own (a member) that
+the card's approval starts. Every configured account and region is searched unless
+`region=`/`account=` narrow it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from handlers import fleet_lookup
+from handlers.attribution import acting_as
+from handlers.fanout import parallel
+from handlers.retry import describe_error
+from playbooks.catalogue import FLEET_PLAYBOOKS, FLEET_TWO_APPROVERS
+from playbooks.errors import AwsLookupFailed, BadInput, CordonError, TargetNotFound
+from playbooks.models import Incident
+
+if TYPE_CHECKING:
+    from playbooks.service import Cordon
+
+log = logging.getLogger("cordon.fleet")
+
+TARGET_MAX = 64  # the incidents table's target column
+
+
+@dataclass
+class FleetAsk:
+    """What was asked: ids, or an Auto Scaling group, or a tag; and where."""
+
+    instance_ids: list[str] = field(default_factory=list)
+    asg: str | None = None
+    tag: tuple[str, str] | None = None
+    region: str | None = None
+    account: str | None = None
+
+    @property
+    def label(self) -> str:
+        if self.asg is not None:
+            return f"asg={self.asg}"
+        if self.tag is not None:
+            return f"tag:{self.tag[0]}={self.tag[1]}"
+        return f"{len(self.instance_ids)} instances"
+
+
+def find_members(cordon: Cordon, ask: FleetAsk) -> list[tuple[str, str | None, str | None]]:
+    """(instance, region, account) of each instance asked for; ids are looked up where
+    they are (every place), groups and tags in every place at once."""
+    if ask.instance_ids:
+        return [(i, ask.region, ask.account) for i in ask.instance_ids]
+    regions, accounts = cordon.places(ask.region, ask.account)
+    places = [(a, r) for a in accounts for r in regions]
+
+    def look(place: tuple[str | None, str]) -> tuple[list[str] | None, str | None]:
+        clients = cordon.clients_for(place[1], place[0])
+        try:
+            if ask.asg is not None:
+                return fleet_lookup.group_members(clients, ask.asg), None
+            assert ask.tag is not None
+            return fleet_lookup.tagged(clients, *ask.tag), None
+        except Exception as exc:
+            return None, describe_error(exc).code
+
+    with acting_as("lookup-fleet"):
+        results = parallel(look, places)
+    found: list[tuple[str, str | None, str | None]] = [
+        (i, r, a) for (a, r), (ids, _) in zip(places, results, strict=True) for i in (ids or [])]
+    errors = [f"{a + '/' if a else ''}{r}: {err}"
+              for (a, r), (_, err) in zip(places, results, strict=True) if err]
+    where = ", ".join(f"{a}/{r}" if a else r for a, r in places)
+    if not found:
+        if errors:
+            raise AwsLookupFailed(f"could not look for {ask.label}: {'; '.join(errors)}")
+        what = "no Auto Scaling group" if ask.asg is not None else "no live instance with"
+        raise TargetNotFound(f"{what} {ask.label} in {where}")
+    return found
+
+
+def open_fleet_request(cordon: Cordon, ask: FleetAsk, playbook: str, reason: str,
+                       requester: str, channel_id: str) -> Incident:
+    """The fleet's incident and one member incident per instance found, all pending on
+    one card. An instance that cannot be looked up, or already has an open request, is
+    left out and named on the card; none at all: nothing is made."""
+    from playbooks.service import ContainRequest
+
+    if playbook not in FLEET_PLAYBOOKS:
+        raise BadInput("a fleet takes the per-instance playbooks ("
+                       + ", ".join(f"`{p}`" for p in FLEET_PLAYBOOKS) + ")")
+    asked = find_members(cordon, ask)
+
+    def facts_of(member: tuple[str, str | None, str | None]
+                 ) -> tuple[dict[str, Any] | None, str]:
+        instance_id, region, account = member
+        existing = cordon.store.open_for_target(instance_id)
+        if existing is not None:
+            return None, f"already has an open request, {existing.id}"
+        try:
+            return cordon.lookup_instance(instance_id, region, account), ""
+        except CordonError as exc:
+            return None, str(exc)
+
+    looked = parallel(facts_of, asked)
+    ready = [(m[0], f) for m, (f, _) in zip(asked, looked, strict=True) if f is not None]
+    left_out = [{"instance": m[0], "why": why}
+                for m, (f, why) in zip(asked, looked, strict=True) if f is None]
+    if not ready:
+        raise BadInput(f"none of the {len(asked)} instances of {ask.label} can be contained: "
+                       + "; ".join(f"{x['instance']}: {x['why']}" for x in left_out[:5]))
+    members = [{"instance": i, "name": f.get("name") or "", "region": f["region"],
+                "account": f.get("account", ""), "enis": len(f.get("enis") or []),
+                "asg": f.get("asg") or ""} for i, f in ready]
+    regions = sorted({m["region"] for m in members})
+    fleet = cordon.store.create_incident(
+        ttl_seconds=cordon.approval_ttl_seconds,
+        approvals_required=cordon.wide_approvals if len(ready) >= FLEET_TWO_APPROVERS else 1,
+        kind="fleet", target_id=ask.label[:TARGET_MAX], region=regions[0],
+        account=members[0]["account"], playbook=playbook, reason=reason,
+        requester=requester, channel_id=channel_id,
+        facts={"fleet": {"label": ask.label, "members": members, "left_out": left_out,
+                         "regions": regions}})
+
+    def open_member(item: tuple[str, dict[str, Any]]) -> Incident:
+        instance_id, facts = item
+        return cordon.open_request(ContainRequest(
+            instance_id=instance_id, playbook=playbook, reason=reason, requester=requester,
+            channel_id=channel_id), facts, fleet_id=fleet.id)
+
+    parallel(open_member, ready)
+    log.info("fleet request opened", extra={"incident": fleet.id, "target": ask.label,
+                                            "members": len(ready), "left_out": len(left_out)})
+    return fleet

@@ -1,0 +1,113 @@
+"""One card for many instances: `/contain asg=…`, `/contain tag:K=V`, several ids. Each
+instance is an incident of its own; the card's approval starts them all; the thread says
+one line per instance, not one per step. Through the real endpoint against moto."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from playbooks.store import CONTAINED, DENIED
+from sandbox import world as sandbox_world
+from sandbox.fake_slack import FakeSlack
+from sandbox.harness import RunningBot, wait_for
+from tests.conftest import aws_client, settle_card
+from tests.test_tracked_flows import sealed_group
+
+CHANNEL = "C0INCIDENT"
+DANA, LEE, ALEX = "U0DANA", "U0LEE", "U0ALEX"
+
+
+def _asg_of_three(world: sandbox_world.World) -> tuple[str, list[str]]:
+    fleet = sandbox_world.join_fleet(world)
+    more = sandbox_world.add_instances(world, 2, name="web-prod")
+    aws_client("autoscaling").attach_instances(InstanceIds=more,
+                                               AutoScalingGroupName=fleet.asg)
+    return fleet.asg, [world.instance_id, *more]
+
+
+def _all_sealed(world: sandbox_world.World, ids: list[str]) -> bool:
+    sealed = f"cordon-sealed ({sealed_group(world.vpc_id)})"
+    return all(g == [sealed] for i in ids
+               for g in sandbox_world.groups_by_eni(i).values())
+
+
+def _thread(fake: FakeSlack, card: Any) -> list[str]:
+    return [m.text for m in fake.thread(CHANNEL, card.ts)]
+
+
+def test_an_auto_scaling_group_is_contained_from_one_card(
+        bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack) -> None:
+    asg, ids = _asg_of_three(world)
+    assert bot.slack.command(DANA, CHANNEL, f"asg={asg} isolate worm across the group")[0] \
+        == 200
+    (card,) = wait_for(lambda: fake_slack.channel_messages(CHANNEL), timeout=30)
+    shown = str(card.blocks)
+    assert "3 instances" in shown and all(i in shown for i in ids)
+    assert "6 network interfaces" in shown
+    bot.slack.click_button(LEE, CHANNEL, card.ts, "Approve")
+    fleet = settle_card(bot, card.ts, timeout=120)
+    assert fleet.kind == "fleet" and fleet.status == CONTAINED, fleet.summary
+    members = bot.deps.store.members(fleet.id)
+    assert sorted(m.target_id for m in members) == sorted(ids)
+    assert {m.status for m in members} == {CONTAINED}
+    assert all(m.decided_by == LEE for m in members)
+    assert _all_sealed(world, ids)
+    # The thread: the start, one line per instance, the end — no step of any member.
+    thread = wait_for(lambda: (t := _thread(fake_slack, card)) and "Fleet" in t[-1] and t,
+                      timeout=30)
+    assert thread[0].startswith("▶️ Approved by")
+    lines = thread[1:-1]
+    assert len(lines) == 3 and sorted(next(i for i in ids if i in line) for line in lines) \
+        == sorted(ids)
+    assert not any("isolate-security-groups" in t for t in thread)
+    assert "3 contained" in thread[-1]
+    # Each instance is an incident of its own: its status reads on its own.
+    member = next(m for m in members if m.target_id == ids[1])
+    bot.slack.command(DANA, CHANNEL, f"status {ids[1]}")
+    said = wait_for(lambda: [t for t in fake_slack.ephemerals_for(DANA) if member.id in t],
+                    timeout=20)
+    assert "contained" in said[0]
+
+
+def test_five_ids_need_two_approvers_and_a_denial_changes_nothing(
+        bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack) -> None:
+    ids = [world.instance_id, *sandbox_world.add_instances(world, 4)]
+    before = {i: sandbox_world.groups_by_eni(i) for i in ids}
+    bot.slack.command(DANA, CHANNEL, " ".join(ids) + " isolate stolen deploy key")
+    (card,) = wait_for(lambda: fake_slack.channel_messages(CHANNEL), timeout=30)
+    fleet = wait_for(lambda: next((i for i in bot.deps.store.recent(10)
+                                   if i.card_ts == card.ts), None))
+    assert fleet.approvals_required == 2
+    assert "needs 2 different approvers" in str(wait_for(
+        lambda: fake_slack.channel_messages(CHANNEL))[0].blocks)
+    bot.slack.click_button(LEE, CHANNEL, card.ts, "Deny")
+    denied = settle_card(bot, card.ts)
+    assert denied.status == DENIED
+    assert {m.status for m in bot.deps.store.members(fleet.id)} == {DENIED}
+    assert {i: sandbox_world.groups_by_eni(i) for i in ids} == before
+
+
+def test_a_tag_finds_its_instances_and_leaves_out_one_already_asked_for(
+        bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack) -> None:
+    ids = sandbox_world.add_instances(world, 3, name="billing", tags={"app": "billing"})
+    bot.slack.command(DANA, CHANNEL, f"{ids[0]} isolate asked for on its own first")
+    (single,) = wait_for(lambda: fake_slack.channel_messages(CHANNEL), timeout=30)
+    bot.slack.command(DANA, CHANNEL, "tag:app=billing isolate worm in billing")
+    fleet_card = wait_for(lambda: fake_slack.channel_messages(CHANNEL)[1:], timeout=30)[0]
+    shown = str(fleet_card.blocks)
+    assert "2 instances" in shown and "Left out" in shown and ids[0] in shown
+    bot.slack.click_button(ALEX, CHANNEL, fleet_card.ts, "Approve")
+    fleet = settle_card(bot, fleet_card.ts, timeout=120)
+    assert fleet.status == CONTAINED
+    assert _all_sealed(world, ids[1:])
+    assert not _all_sealed(world, ids[:1])  # its own card is still waiting
+    assert single.ts != fleet_card.ts
+
+
+def test_an_unknown_group_is_said_and_nothing_is_made(
+        bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack) -> None:
+    bot.slack.command(DANA, CHANNEL, "asg=no-such-group isolate worm")
+    said = wait_for(lambda: fake_slack.ephemerals_for(DANA), timeout=20)
+    assert any("no Auto Scaling group" in t and "no-such-group" in t for t in said)
+    assert fake_slack.channel_messages(CHANNEL) == []
+    assert bot.deps.store.recent() == []
