@@ -230,6 +230,13 @@ def _plan_section(incident: Incident, cut: list[str]) -> SectionBlock:
             f"*Release of {escape(f.get('release_of', '?'))}* "
             f"({escape(f.get('release_of_status', '?'))}) — undo from the recorded prior "
             "state:", lines, SECTION_MAX, cut, "undo steps"))
+    if incident.kind == "fleet" and incident.playbook == "release":
+        return _section(f"*Release of {escape(f.get('release_of', '?'))}* "
+                        f"({escape(f.get('release_of_status', '?'))}) — each instance listed "
+                        "gets back what its containment changed, from its own recorded prior "
+                        "state (its groups, its profile, its protections, its Auto Scaling "
+                        "group). Snapshots, images and evidence files stay; revocations stay "
+                        "until the credentials they cover have expired.")
     base = PLAYBOOKS.get(incident.playbook)
     if base is None:
         return _section(f"*Playbook `{escape(incident.playbook)}`* — not known to this "
@@ -474,7 +481,8 @@ def _card(incident: Incident, approvals: Sequence[str] = (),
     if f.get("key_id"):
         title = title.replace("Containment", "Leaked key")
     if incident.kind == "fleet":
-        title = "Fleet containment request"
+        title = ("Fleet release request" if incident.playbook == "release"
+                 else "Fleet containment request")
         target = _fleet_blocks(incident, cut)
     elif f.get("key_id"):
         target = _key_blocks(incident, cut)
@@ -665,6 +673,9 @@ def render_member_finished(member: Incident) -> str:
 
 def render_fleet_started(fleet: Incident, members: Sequence[Incident]) -> str:
     who = f"<@{fleet.decided_by}>" if fleet.decided_by else "the approvers"
+    if fleet.playbook == "release":
+        return (f"▶️ Approved by {who}: releasing {len(members)} instances, each its own "
+                "release. One line here per instance as it ends; the card counts them.")
     return (f"▶️ Approved by {who}: `{fleet.playbook}` on {len(members)} instances, each its "
             "own incident — every cut first, at the rate AWS allows, then the evidence. One "
             "line here per instance as it ends; the card counts them.")
@@ -673,14 +684,18 @@ def render_fleet_started(fleet: Incident, members: Sequence[Incident]) -> str:
 def render_fleet_finished(fleet: Incident, members: Sequence[Incident]) -> str:
     icon = STATUS_ICON.get(fleet.status, "")
     label = FINAL_LABEL.get(fleet.status, fleet.status.capitalize())
-    not_done = [m for m in members if m.status != CONTAINED]
+    undoing = fleet.playbook == "release"
+    not_done = [m for m in members if m.status != (RELEASED if undoing else CONTAINED)]
     lines = [f"{icon} *Fleet {label.lower()}* — {fleet_progress(members)}."]
     if not_done:
-        lines.append(fit_lines("Not contained (see each with `/contain status ID`):", [
-            f"• `{escape(m.target_id)}` {m.id} — {escape(m.status)}" for m in not_done],
+        lines.append(fit_lines(
+            f"Not {'released' if undoing else 'contained'} (see each with "
+            "`/contain status ID`):",
+            [f"• `{escape(m.target_id)}` {m.id} — {escape(m.status)}" for m in not_done],
             THREAD_MAX - 400))
-    lines.append(f"Release one with `/contain release INSTANCE`, or every instance with "
-                 f"`/contain release {fleet.id}`.")
+    if not undoing:
+        lines.append(f"Release one with `/contain release INSTANCE`, or every instance with "
+                     f"`/contain release {fleet.id}`.")
     return "\n".join(lines)
 
 

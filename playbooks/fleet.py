@@ -130,3 +130,48 @@ def open_fleet_request(cordon: Cordon, ask: FleetAsk, playbook: str, reason: str
     log.info("fleet request opened", extra={"incident": fleet.id, "target": ask.label,
                                             "members": len(ready), "left_out": len(left_out)})
     return fleet
+
+
+def open_fleet_release(cordon: Cordon, fleet: Incident, reason: str, requester: str,
+                       channel_id: str) -> Incident:
+    """The release of a whole fleet: one card; each member that changed something gets a
+    release of its own (its undo plan from its own recorded prior state), started by the
+    card's approval. A member released already, or with its own release pending, is left
+    out and named."""
+    from playbooks.catalogue import RELEASE
+    from playbooks.status import RELEASABLE
+
+    members = cordon.store.members(fleet.id)
+    releasable, left_out = [], []
+    for m in members:
+        pending = cordon.store.open_release_for(m.id)
+        if m.status not in RELEASABLE:
+            left_out.append({"instance": m.target_id, "why": f"{m.id} is {m.status}"})
+        elif pending is not None:
+            left_out.append({"instance": m.target_id,
+                             "why": f"its own release {pending.id} is {pending.status}"})
+        else:
+            releasable.append(m)
+    if not releasable:
+        raise BadInput(f"no instance of {fleet.id} has anything to release")
+    listed = {m["instance"]: m for m in ((fleet.facts or {}).get("fleet") or {}).get(
+        "members", [])}
+    release = cordon.store.create_incident(
+        ttl_seconds=cordon.approval_ttl_seconds,
+        approvals_required=(cordon.wide_approvals if len(releasable) >= FLEET_TWO_APPROVERS
+                            else 1),
+        kind="fleet", parent_id=fleet.id, target_id=fleet.target_id, region=fleet.region,
+        account=fleet.account, playbook=RELEASE, reason=reason, requester=requester,
+        channel_id=channel_id,
+        facts={"release_of": fleet.id, "release_of_status": fleet.status,
+               "fleet": {"label": (fleet.facts or {}).get("fleet", {}).get("label",
+                                                                            fleet.target_id),
+                         "members": [listed.get(m.target_id, {"instance": m.target_id})
+                                     for m in releasable],
+                         "left_out": left_out,
+                         "regions": sorted({m.region for m in releasable})}})
+    for m in releasable:
+        cordon.release_request(m, reason, requester, channel_id, fleet_id=release.id)
+    log.info("fleet release requested", extra={"incident": release.id, "parent": fleet.id,
+                                               "members": len(releasable)})
+    return release

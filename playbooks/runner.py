@@ -35,7 +35,14 @@ from handlers.fanout import parallel
 from handlers.lease import LeaseLost, RunGuard, run_guard
 from handlers.registry import get_action
 from handlers.retry import describe_error
-from playbooks.catalogue import Playbook, Step, applied_change, get_playbook, release_playbook
+from playbooks.catalogue import (
+    RELEASE,
+    Playbook,
+    Step,
+    applied_change,
+    get_playbook,
+    release_playbook,
+)
 from playbooks.logctx import incident_context
 from playbooks.models import Incident, Message, StepRecord, utcnow
 from playbooks.store import (
@@ -498,11 +505,14 @@ class Runner:
         if fleet is None:
             return
 
+        undoing = fleet.playbook == RELEASE
+        done, part = (RELEASED, PARTIALLY_RELEASED) if undoing else (CONTAINED, PARTIAL)
+
         def outcome(members: list[Incident]) -> tuple[str, str, list[Message]]:
             counts = self.store.fleet_counts(members)
-            contained = counts.get(CONTAINED, 0)
-            status = (CONTAINED if contained == len(members)
-                      else PARTIAL if contained or counts.get(PARTIAL) else FAILED)
+            finished = counts.get(done, 0)
+            status = (done if finished == len(members)
+                      else part if finished or counts.get(part) else FAILED)
             summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
             final = self.store.transient(fleet, status=status, summary=summary)
             return status, summary, self._said(self.timeline.fleet_finished, final, members)
@@ -510,6 +520,10 @@ class Runner:
         if self.store.settle_fleet(fleet_id, outcome):
             with incident_context(fleet_id):
                 log.info("fleet finished")
+            settled = self.store.get(fleet_id)
+            if undoing and settled is not None and settled.status == RELEASED \
+                    and fleet.parent_id:
+                self.store.set_status(fleet.parent_id, RELEASED, RELEASABLE)
             self.timeline.wake(fleet_id)
 
     @staticmethod

@@ -253,6 +253,15 @@ class Cordon:
         if pending is not None:
             raise BadInput(f"{parent.id} already has a release request, {pending.id} "
                            f"({pending.status})")
+        if parent.kind == "fleet":
+            from playbooks.fleet import open_fleet_release
+
+            return open_fleet_release(self, parent, reason, requester, channel_id)
+        return self.release_request(parent, reason, requester, channel_id)
+
+    def release_request(self, parent: Incident, reason: str, requester: str, channel_id: str,
+                        fleet_id: str | None = None) -> Incident:
+        """The release of one containment: its undo plan from the recorded prior states."""
         steps = self.store.steps(parent.id)
         plan = release_playbook([(s.name, applied_change(s)) for s in steps],
                                 "key" if parent.kind == "key" else "instance")
@@ -268,6 +277,7 @@ class Cordon:
             playbook=RELEASE, reason=reason, requester=requester, channel_id=channel_id,
             facts={**(parent.facts or {}), "release_of": parent.id,
                    "release_of_status": parent.status, "undo": undo},
+            fleet_id=fleet_id,
         )
         log.info("release requested", extra={"incident": incident.id, "parent": parent.id})
         return incident

@@ -111,3 +111,31 @@ def test_an_unknown_group_is_said_and_nothing_is_made(
     assert any("no Auto Scaling group" in t and "no-such-group" in t for t in said)
     assert fake_slack.channel_messages(CHANNEL) == []
     assert bot.deps.store.recent() == []
+
+
+def test_a_fleet_is_released_from_one_card_each_instance_from_its_own_record(
+        bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack) -> None:
+    ids = [world.instance_id, *sandbox_world.add_instances(world, 2)]
+    before = {i: sandbox_world.groups_by_eni(i) for i in ids}
+    bot.slack.command(DANA, CHANNEL, " ".join(ids) + " isolate worm")
+    (card,) = wait_for(lambda: fake_slack.channel_messages(CHANNEL), timeout=30)
+    bot.slack.click_button(LEE, CHANNEL, card.ts, "Approve")
+    fleet = settle_card(bot, card.ts, timeout=120)
+    assert fleet.status == CONTAINED and _all_sealed(world, ids)
+    # One instance is released on its own first: the fleet's release leaves it out.
+    bot.slack.command(DANA, CHANNEL, f"release {ids[2]} false positive")
+    own = wait_for(lambda: fake_slack.channel_messages(CHANNEL)[1:], timeout=30)[0]
+    bot.slack.click_button(LEE, CHANNEL, own.ts, "Approve")
+    assert settle_card(bot, own.ts).status == "released"
+    bot.slack.command(DANA, CHANNEL, f"release {fleet.id} tabletop over")
+    release_card = wait_for(lambda: fake_slack.channel_messages(CHANNEL)[2:], timeout=30)[0]
+    shown = str(release_card.blocks)
+    assert "Fleet release request" in shown and "2 instances" in shown and "Left out" in shown
+    bot.slack.click_button(LEE, CHANNEL, release_card.ts, "Approve")
+    release = settle_card(bot, release_card.ts, timeout=120)
+    assert release.status == "released", release.summary
+    assert {i: sandbox_world.groups_by_eni(i) for i in ids} == before
+    assert bot.deps.store.get(fleet.id).status == "released"  # type: ignore[union-attr]
+    members = bot.deps.store.members(release.id)
+    assert sorted(m.parent_id or "" for m in members) == sorted(
+        m.id for m in bot.deps.store.members(fleet.id) if m.target_id != ids[2])
