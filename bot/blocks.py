@@ -386,6 +386,16 @@ def _fleet_blocks(incident: Incident, cut: list[str]) -> list[Block]:
                     "route or other instance is changed"),
         ]),
     ]
+    sever = fleet.get("sever") or {}
+    if sever.get("blocks"):
+        spare = int(sever.get("spare") or 0)
+        blocks.append(ContextBlock(elements=[_mrkdwn(
+            f"✂️ *Flows no security group ends* (through a NAT gateway and the like): "
+            f"{sever['addresses']} addresses denied on the carrying subnets' ACLs with "
+            f"{sever['blocks']} entr{'y' if sever['blocks'] == 1 else 'ies'} a direction — "
+            "blocks that hold no other instance's address"
+            + (f"; they also hold {spare} free address{'' if spare == 1 else 'es'}: an "
+               "instance launched into one meanwhile is cut there too" if spare else ""))]))
     left_out = fleet.get("left_out") or []
     if left_out:
         blocks.append(ContextBlock(elements=[_mrkdwn(fit_lines(

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from handlers.aws import Clients
 
-PERMISSIONS = ("ec2:DescribeInstances", "autoscaling:DescribeAutoScalingGroups")
+PERMISSIONS = ("ec2:DescribeInstances", "autoscaling:DescribeAutoScalingGroups",
+               "ec2:DescribeNetworkInterfaces")
 # Instances that can still be reached: a terminated one has nothing left to contain.
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]
 
@@ -30,3 +31,15 @@ def tagged(clients: Clients, key: str, value: str) -> list[str]:
             found.extend(str(i["InstanceId"]) for i in reservation.get("Instances", []))
     return sorted(found)
 
+
+
+def vpc_addresses(clients: Clients, vpc_id: str) -> list[str]:
+    """Every private IPv4 address of every network interface in the VPC."""
+    found: list[str] = []
+    pages = clients.ec2.get_paginator("describe_network_interfaces").paginate(
+        Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])
+    for page in pages:
+        for eni in page.get("NetworkInterfaces", []):
+            found.extend(str(a["PrivateIpAddress"]) for a in eni.get("PrivateIpAddresses", [])
+                         if a.get("PrivateIpAddress"))
+    return found

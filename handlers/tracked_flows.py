@@ -19,7 +19,15 @@ What the tests cannot show: moto keeps the entries but evaluates nothing and tra
 connection; the tests evaluate the stored ACLs as AWS does (lowest matching rule decides).
 A NAT gateway in the instance's own subnet cannot be cut this way (the ACL never sees
 that hop, and past the NAT the source is the NAT's address): that flow may live on, and
-the step says so. Default quota: 20 entries a direction per ACL."""
+the step says so. Default quota: 20 entries a direction per ACL.
+
+A fleet (many instances on one card) cannot have an entry per address: its addresses
+are covered by the fewest CIDR blocks that hold no other instance's address (`cover`),
+worked out at card time and shared by the members a block covers. The first member to
+reach a block adds its entries, the others find them; a block is deleted at release
+only once no other contained instance's address is inside it. A block may also hold
+free addresses of the subnet: an instance launched into one while the fleet is
+contained is cut at the NAT gateway too (the card says so)."""
 
 from __future__ import annotations
 
@@ -162,6 +170,58 @@ def _family(cidr: str) -> dict[str, str]:
     return {"Ipv6CidrBlock": cidr} if ":" in cidr else {"CidrBlock": cidr}
 
 
+def cover(wanted: list[str], others: list[str]) -> list[str]:
+    """The fewest CIDR blocks (aligned prefixes) that hold every IPv4 address of `wanted`
+    and none of `others` (addresses, or /32 CIDRs); IPv6 addresses stay one entry each."""
+    def v4(items: list[str]) -> set[ipaddress.IPv4Network]:
+        nets = {ipaddress.ip_network(a if "/" in a else f"{a}/32") for a in items}
+        return {n for n in nets if isinstance(n, ipaddress.IPv4Network)}
+
+    want = v4(wanted)
+    avoid = v4(others) - want
+    six = sorted(a for a in wanted if ":" in a)
+    if not want:
+        return six
+    blocks: list[str] = []
+
+    def walk(net: ipaddress.IPv4Network, inside: list[ipaddress.IPv4Network],
+             outside: list[ipaddress.IPv4Network]) -> None:
+        if not inside:
+            return
+        if not outside:
+            blocks.append(str(net))
+            return
+        for half in net.subnets():
+            walk(half, [a for a in inside if a.subnet_of(half)],
+                 [o for o in outside if o.subnet_of(half)])
+
+    # From the smallest block that holds them all.
+    net = min(want)
+    while not all(w.subnet_of(net) for w in want):
+        net = net.supernet()
+    walk(net, sorted(want), [o for o in avoid if o.subnet_of(net)])
+    return sorted(blocks, key=ipaddress.ip_network) + six
+
+
+_BLOCK_LOCKS: dict[tuple[str, bool | None, str], threading.Lock] = {}
+_BLOCK_LOCKS_LOCK = threading.Lock()
+
+
+def _block_lock(acl_id: str, egress: bool | None, cidr: str) -> threading.Lock:
+    with _BLOCK_LOCKS_LOCK:
+        return _BLOCK_LOCKS.setdefault((acl_id, egress, cidr), threading.Lock())
+
+
+def block_of(address: str, blocks: list[str]) -> str | None:
+    """The block of `blocks` that holds `address`."""
+    ip = ipaddress.ip_network(address if "/" in address else f"{address}/32")
+    for b in blocks:
+        net = ipaddress.ip_network(b)
+        if ip.version == net.version and ip.subnet_of(net):  # type: ignore[arg-type]
+            return b
+    return None
+
+
 def _cidr(entry: dict[str, Any]) -> str:
     return str(entry.get("CidrBlock") or entry.get("Ipv6CidrBlock") or "")
 
@@ -206,7 +266,8 @@ class SeverTrackedFlows(Action):
                    "subnets its always-tracked flows cross (NAT gateway, transit gateway, "
                    "NLB/GWLB, endpoints): ends what security groups cannot; only this "
                    "instance is affected")
-    permissions = (*LOOK_PERMISSIONS, "ec2:CreateNetworkAclEntry", "ec2:DeleteNetworkAclEntry")
+    permissions = (*LOOK_PERMISSIONS, "ec2:CreateNetworkAclEntry", "ec2:DeleteNetworkAclEntry",
+                   "ec2:DescribeNetworkInterfaces")
     # A failure part-way may leave entries: a release deletes those it recorded.
     partial_undo = True
 
@@ -232,8 +293,10 @@ class SeverTrackedFlows(Action):
                     acls[acl["NetworkAclId"]] = {"NetworkAclId": acl["NetworkAclId"],
                                                  "Entries": acl.get("Entries", [])}
                     why[acl["NetworkAclId"]] = vias
-        return {"addresses": addresses(facts), "acls": acls, "why": why,
-                "uncut": uncut, "entries": []}
+        mine = addresses(facts)
+        blocks = list(facts.get("sever_blocks") or [])
+        return {"addresses": blocks or mine, "own": mine, "shared": bool(blocks), "acls": acls,
+                "why": why, "uncut": uncut, "entries": []}
 
     def observe_early(self, ctx: StepContext) -> dict[str, Any] | None:
         """At card time: which ACLs, their entries (for the rule numbers) and the
@@ -274,8 +337,22 @@ class SeverTrackedFlows(Action):
                   for egress in (False, True) if (acl_id, egress, cidr) not in done]
         lock = threading.Lock()
 
+        covered: list[dict[str, Any]] = []
+
         def one(item: tuple[str, bool, str]) -> None:
             acl_id, egress, cidr = item
+            if captured.get("shared"):
+                # A fleet's block: the first member to reach it adds the entry.
+                with _block_lock(acl_id, egress, cidr):
+                    if self._denied(ctx, acl_id, egress, cidr):
+                        with lock:
+                            covered.append({"acl": acl_id, "egress": egress, "cidr": cidr})
+                        return
+                    create(acl_id, egress, cidr)
+                return
+            create(acl_id, egress, cidr)
+
+        def create(acl_id: str, egress: bool, cidr: str) -> None:
             while True:
                 rule = numbers.next(acl_id, egress)
                 try:
@@ -299,12 +376,18 @@ class SeverTrackedFlows(Action):
         except Exception as exc:
             failure = exc
         captured["entries"] = created
+        captured["covered"] = covered
         ctx.save(captured)  # for the record; a release deletes what it finds (`ours`)
         if failure is not None:
             err = describe_error(failure)
             raise StepFailed(err.code, f"not every deny entry was added: {err.message}",
                              _said(created))
         held = ctx.gate(None)
+        if held and captured.get("shared"):
+            # A fleet's blocks cover other members too: they stay (this instance's NAT
+            # traffic stays denied, the safe side) until the release.
+            raise StepHeld(f"{held} failed: not cut", "the fleet's deny entries stay (they "
+                           "cover other members); the release removes them")
         if held:
             # The cut is held (the detach failed): these entries go too, as the groups do.
             with fail_safe():
@@ -314,15 +397,22 @@ class SeverTrackedFlows(Action):
             raise StepHeld(f"{held} failed: not cut", "the deny entries were removed again")
         summary = _said(created) + ("; " + "; ".join(
             f"via {a}" for acl in acls for a in captured["why"][acl]) if acls else "")
+        if covered:
+            summary += (f"; {len(covered)} entr{'y' if len(covered) == 1 else 'ies'} another "
+                        "member of its fleet had added already")
         if captured["uncut"]:
             raise StepFailed("NotSeverable", "in the instance's own subnet, where no network "
                              "ACL sees them: flows through " + ", ".join(captured["uncut"])
                              + " may live on until idle", summary)
+        if captured.get("shared"):
+            return Outcome(summary + "; its fleet's blocks hold no other instance's address",
+                           {"entries": created, "covered": covered})
         return Outcome(summary + "; only this instance's addresses are matched",
                        {"entries": created})
 
     def verify(self, ctx: StepContext, captured: dict[str, Any], outcome: Outcome) -> str:
-        entries = outcome.details.get("entries") or []
+        entries = [*(outcome.details.get("entries") or []),
+                   *(outcome.details.get("covered") or [])]
         ids = sorted({e["acl"] for e in entries})
         if not ids:
             return "nothing to verify"
@@ -349,6 +439,47 @@ class SeverTrackedFlows(Action):
         return {"acl": acl_id, "rule": rule, "egress": egress, "cidr": cidr} in [
             e for e in self._present(ctx, captured) if e["acl"] == acl_id]
 
+    def _denied(self, ctx: StepContext, acl_id: str, egress: bool, cidr: str) -> bool:
+        """Whether the ACL already has a deny of everything for exactly `cidr` this way."""
+        (acl,) = ctx.clients.ec2.describe_network_acls(NetworkAclIds=[acl_id])["NetworkAcls"]
+        return any(e["Egress"] == egress and e["RuleAction"] == "deny"
+                   and str(e.get("Protocol")) == "-1" and _cidr(e) == cidr
+                   for e in acl.get("Entries", []))
+
+    def _release_blocks(self, ctx: StepContext, captured: dict[str, Any]) -> str:
+        """A fleet's blocks: each is deleted once no other contained instance's address
+        (on cordon-sealed, not released along with this one) is inside it."""
+        facts = ctx.target.facts
+        along = {*captured.get("own", []), *(facts.get("released_with") or [])}
+        enis = ctx.clients.ec2.describe_network_interfaces(Filters=[
+            {"Name": "vpc-id", "Values": [facts.get("vpc_id", "")]}])["NetworkInterfaces"]
+        sealed = [e for e in enis
+                  if any(g.get("GroupName") == "cordon-sealed" for g in e.get("Groups", []))]
+        still = [f"{a['PrivateIpAddress']}/32" for eni in sealed
+                 for a in eni.get("PrivateIpAddresses", [])
+                 if a.get("PrivateIpAddress") and f"{a['PrivateIpAddress']}/32" not in along]
+        kept = [b for b in captured["addresses"] if any(block_of(a, [b]) for a in still)]
+        gone = [b for b in captured["addresses"] if b not in kept]
+        deleted = 0
+        for acl_id in sorted(captured["acls"]):
+            for block in gone:
+                # Members released together reach a block at once: one deletes it.
+                with _block_lock(acl_id, None, block):
+                    (acl,) = ctx.clients.ec2.describe_network_acls(
+                        NetworkAclIds=[acl_id])["NetworkAcls"]
+                    entries = [e for e in acl.get("Entries", [])
+                               if e["RuleAction"] == "deny" and str(e.get("Protocol")) == "-1"
+                               and _cidr(e) == block and e["RuleNumber"] not in DEFAULT_RULES]
+                    for e in entries:
+                        delete_entry(ctx.clients.ec2, acl_id, e["RuleNumber"], e["Egress"])
+                    deleted += len(entries)
+        said = f"{deleted} deny entries of its fleet's blocks deleted"
+        if kept:
+            said += (f"; kept {', '.join(kept)}: still covering "
+                     f"{len([a for a in still if any(block_of(a, [b]) for b in kept)])} "
+                     "contained instances' addresses")
+        return said
+
     def _delete(self, ctx: StepContext, captured: dict[str, Any]) -> int:
         """Delete the entries Cordon added for this instance (`ours`): those recorded, and
         any whose answer or record was lost."""
@@ -367,6 +498,8 @@ class SeverTrackedFlows(Action):
     def undo(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
         if not captured.get("sent"):
             return Outcome("no deny entry was added")
+        if captured.get("shared"):
+            return Outcome(self._release_blocks(ctx, captured))
         return Outcome(f"{self._delete(ctx, captured)} deny entries deleted")
 
 

@@ -212,8 +212,8 @@ def units_for(names: list[str] | None = None) -> list[str]:
     """The declared units (actions and look-ups) running these playbooks takes —
     releasing them included. All playbooks when `names` is empty."""
     chosen = [PLAYBOOKS[n] for n in names] if names else list(PLAYBOOKS.values())
-    units = {"lookup-instance", "snapshot-follow-up", "prepare", "assume-role", "preflight",
-             "revocation-expiry", "findings-intake"}
+    units = {"lookup-instance", "lookup-fleet", "snapshot-follow-up", "prepare", "assume-role",
+             "preflight", "revocation-expiry", "findings-intake"}
     for playbook in chosen:
         units |= {s.action for s in playbook.steps}
         if playbook.wide:

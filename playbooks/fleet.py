@@ -5,9 +5,10 @@ the card's approval starts. Every configured account and region is searched unle
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from handlers import fleet_lookup
 from handlers.attribution import acting_as
@@ -16,9 +17,35 @@ from handlers.retry import describe_error
 from playbooks.catalogue import FLEET_PLAYBOOKS, FLEET_TWO_APPROVERS
 from playbooks.errors import AwsLookupFailed, BadInput, CordonError, TargetNotFound
 from playbooks.models import Incident
+from playbooks.requests import ContainRequest
 
 if TYPE_CHECKING:
-    from playbooks.service import Cordon
+    from collections.abc import Callable
+
+    from handlers.aws import Clients
+    from playbooks.store import Store
+
+
+class FleetHost(Protocol):
+    """What a fleet request needs of the service (playbooks.service.Cordon)."""
+
+    store: Store
+    approval_ttl_seconds: int
+    wide_approvals: int
+    clients_for: Callable[..., Clients]
+
+    def places(self, region: str | None, account: str | None
+               ) -> tuple[list[str], list[str | None]]: ...
+
+    def lookup_instance(self, instance_id: str, region: str | None = None,
+                        account: str | None = None) -> dict[str, Any]: ...
+
+    def open_request(self, req: ContainRequest, facts: dict[str, Any],
+                     fleet_id: str | None = None) -> Incident: ...
+
+    def release_request(self, parent: Incident, reason: str, requester: str,
+                        channel_id: str, fleet_id: str | None = None,
+                        extra_facts: dict[str, Any] | None = None) -> Incident: ...
 
 log = logging.getLogger("cordon.fleet")
 
@@ -44,7 +71,7 @@ class FleetAsk:
         return f"{len(self.instance_ids)} instances"
 
 
-def find_members(cordon: Cordon, ask: FleetAsk) -> list[tuple[str, str | None, str | None]]:
+def find_members(cordon: FleetHost, ask: FleetAsk) -> list[tuple[str, str | None, str | None]]:
     """(instance, region, account) of each instance asked for; ids are looked up where
     they are (every place), groups and tags in every place at once."""
     if ask.instance_ids:
@@ -77,13 +104,11 @@ def find_members(cordon: Cordon, ask: FleetAsk) -> list[tuple[str, str | None, s
     return found
 
 
-def open_fleet_request(cordon: Cordon, ask: FleetAsk, playbook: str, reason: str,
+def open_fleet_request(cordon: FleetHost, ask: FleetAsk, playbook: str, reason: str,
                        requester: str, channel_id: str) -> Incident:
     """The fleet's incident and one member incident per instance found, all pending on
     one card. An instance that cannot be looked up, or already has an open request, is
     left out and named on the card; none at all: nothing is made."""
-    from playbooks.service import ContainRequest
-
     if playbook not in FLEET_PLAYBOOKS:
         raise BadInput("a fleet takes the per-instance playbooks ("
                        + ", ".join(f"`{p}`" for p in FLEET_PLAYBOOKS) + ")")
@@ -107,6 +132,7 @@ def open_fleet_request(cordon: Cordon, ask: FleetAsk, playbook: str, reason: str
     if not ready:
         raise BadInput(f"none of the {len(asked)} instances of {ask.label} can be contained: "
                        + "; ".join(f"{x['instance']}: {x['why']}" for x in left_out[:5]))
+    sever = _shared_blocks(cordon, playbook, ready)
     members = [{"instance": i, "name": f.get("name") or "", "region": f["region"],
                 "account": f.get("account", ""), "enis": len(f.get("enis") or []),
                 "asg": f.get("asg") or ""} for i, f in ready]
@@ -118,7 +144,7 @@ def open_fleet_request(cordon: Cordon, ask: FleetAsk, playbook: str, reason: str
         account=members[0]["account"], playbook=playbook, reason=reason,
         requester=requester, channel_id=channel_id,
         facts={"fleet": {"label": ask.label, "members": members, "left_out": left_out,
-                         "regions": regions}})
+                         "regions": regions, "sever": sever}})
 
     def open_member(item: tuple[str, dict[str, Any]]) -> Incident:
         instance_id, facts = item
@@ -132,7 +158,43 @@ def open_fleet_request(cordon: Cordon, ask: FleetAsk, playbook: str, reason: str
     return fleet
 
 
-def open_fleet_release(cordon: Cordon, fleet: Incident, reason: str, requester: str,
+def _shared_blocks(cordon: FleetHost, playbook: str, ready: list[tuple[str, dict[str, Any]]]
+                   ) -> dict[str, Any]:
+    """Members whose flows cross a NAT gateway (or another always-tracked hop) are cut on
+    that subnet's ACL; one entry per address cannot cover a fleet (20 a direction by
+    default), so their addresses are covered by the fewest blocks that hold no other
+    address of their VPC. Each member's facts get the blocks that cover it; the fleet's,
+    what the card says."""
+    from handlers.tracked_flows import addresses, block_of, cover
+    from playbooks.catalogue import PLAYBOOKS
+
+    steps = {s.action for s in PLAYBOOKS[playbook].steps}
+    tracked = [(i, f) for i, f in ready if f.get("tracked_paths")]
+    if "sever-tracked-flows" not in steps or len(tracked) < 2:
+        return {}
+    mine = {a for _, f in ready for a in addresses(f)}
+    vpcs = sorted({(f.get("account_name"), f["region"], f.get("vpc_id", "")) for _, f in tracked})
+    summary = {"addresses": 0, "blocks": 0, "spare": 0}
+    with acting_as("lookup-fleet"):
+        for account, region, vpc in vpcs:
+            others = [a for a in fleet_lookup.vpc_addresses(
+                cordon.clients_for(region, account), vpc) if f"{a}/32" not in mine]
+            here = [(i, f) for i, f in tracked if (f.get("account_name"), f["region"],
+                                                    f.get("vpc_id", "")) == (account, region,
+                                                                             vpc)]
+            wanted = [a for _, f in here for a in addresses(f)]
+            blocks = cover(wanted, others)
+            for _, f in here:
+                f["sever_blocks"] = sorted({b for a in addresses(f)
+                                            if (b := block_of(a, blocks)) is not None})
+            summary["addresses"] += len(wanted)
+            summary["blocks"] += len(blocks)
+            summary["spare"] += sum(ipaddress.ip_network(b).num_addresses
+                                    for b in blocks) - len(wanted)
+    return summary
+
+
+def open_fleet_release(cordon: FleetHost, fleet: Incident, reason: str, requester: str,
                        channel_id: str) -> Incident:
     """The release of a whole fleet: one card; each member that changed something gets a
     release of its own (its undo plan from its own recorded prior state), started by the
@@ -170,8 +232,15 @@ def open_fleet_release(cordon: Cordon, fleet: Incident, reason: str, requester: 
                                      for m in releasable],
                          "left_out": left_out,
                          "regions": sorted({m.region for m in releasable})}})
+    # Released together: a block shared by these members goes with the last of them,
+    # whichever finishes last (a member's release keeps a block only for instances that
+    # stay contained).
+    from handlers.tracked_flows import addresses
+
+    along = sorted({a for m in releasable for a in addresses(m.facts or {})})
     for m in releasable:
-        cordon.release_request(m, reason, requester, channel_id, fleet_id=release.id)
+        cordon.release_request(m, reason, requester, channel_id, fleet_id=release.id,
+                               extra_facts={"released_with": along})
     log.info("fleet release requested", extra={"incident": release.id, "parent": fleet.id,
                                                "members": len(releasable)})
     return release

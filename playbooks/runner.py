@@ -116,14 +116,15 @@ def owner_is_dead(owner: str) -> bool:
     return False
 
 
-def target_of(incident: Incident, approver: str | None = None) -> Target:
+def target_of(incident: Incident, approver: str | None = None,
+              extra_facts: dict[str, Any] | None = None) -> Target:
     return Target(
         kind=incident.kind,
         resource_id=incident.target_id,
         region=incident.region,
         account=incident.account or None,
         incident_id=incident.id,
-        facts=incident.facts or {},
+        facts={**(incident.facts or {}), **(extra_facts or {})},
         requester=incident.requester,
         approver=approver or incident.decided_by or "",
         reason=incident.reason,
@@ -410,7 +411,10 @@ class Runner:
         # A release acts on the containment's target, in its name.
         subject = self.store.get(incident.parent_id) if incident.parent_id else incident
         assert subject is not None
-        target = target_of(subject, approver=incident.decided_by)
+        # A release within a fleet's release knows which addresses go with it.
+        along = {k: v for k, v in (incident.facts or {}).items() if k == "released_with"} \
+            if incident.kind == "release" else {}
+        target = target_of(subject, approver=incident.decided_by, extra_facts=along)
         # In the incident's account; with accounts configured, in a role session named
         # after the incident and the approver, who is also its SourceIdentity.
         clients = self.clients_for(incident.region, (subject.facts or {}).get("account_name"),

@@ -36,21 +36,13 @@ from playbooks.errors import (
     UnknownIncident,
 )
 from playbooks.findings import Proposal
+from playbooks.fleet import open_fleet_release
 from playbooks.models import CARD, THREAD, Decision, Incident, Message, StepRecord, utcnow
+from playbooks.requests import ContainRequest
 from playbooks.runner import Worker
 from playbooks.store import DENIED, EXPIRED, OPEN_STATES, PENDING, RELEASABLE, RELEASED, Store
 
 log = logging.getLogger("cordon.service")
-
-
-@dataclass(frozen=True)
-class ContainRequest:
-    instance_id: str
-    playbook: str
-    reason: str
-    requester: str
-    channel_id: str
-    options: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -254,13 +246,12 @@ class Cordon:
             raise BadInput(f"{parent.id} already has a release request, {pending.id} "
                            f"({pending.status})")
         if parent.kind == "fleet":
-            from playbooks.fleet import open_fleet_release
-
             return open_fleet_release(self, parent, reason, requester, channel_id)
         return self.release_request(parent, reason, requester, channel_id)
 
     def release_request(self, parent: Incident, reason: str, requester: str, channel_id: str,
-                        fleet_id: str | None = None) -> Incident:
+                        fleet_id: str | None = None,
+                        extra_facts: dict[str, Any] | None = None) -> Incident:
         """The release of one containment: its undo plan from the recorded prior states."""
         steps = self.store.steps(parent.id)
         plan = release_playbook([(s.name, applied_change(s)) for s in steps],
@@ -276,7 +267,7 @@ class Cordon:
             target_id=parent.target_id, region=parent.region, account=parent.account,
             playbook=RELEASE, reason=reason, requester=requester, channel_id=channel_id,
             facts={**(parent.facts or {}), "release_of": parent.id,
-                   "release_of_status": parent.status, "undo": undo},
+                   "release_of_status": parent.status, "undo": undo, **(extra_facts or {})},
             fleet_id=fleet_id,
         )
         log.info("release requested", extra={"incident": incident.id, "parent": parent.id})

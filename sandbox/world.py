@@ -4,6 +4,7 @@ bystander in the same subnet."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -183,20 +184,30 @@ def add_instances(world: World, count: int, name: str = "worker",
     ec2 = session.client("ec2", region_name=world.region)
     iam = session.client("iam", region_name=world.region)
     profile = iam.get_instance_profile(InstanceProfileName="web-prod")["InstanceProfile"]["Arn"]
+    # Addresses given, not left to moto, which may hand out one already in use (AWS never
+    # does): the next free ones from .100 of the subnet.
+    subnet = ec2.describe_subnets(SubnetIds=[world.subnet_id])["Subnets"][0]
+    net = ipaddress.ip_network(subnet["CidrBlock"])
+    used = {a["PrivateIpAddress"] for e in ec2.describe_network_interfaces(Filters=[
+        {"Name": "subnet-id", "Values": [world.subnet_id]}])["NetworkInterfaces"]
+        for a in e.get("PrivateIpAddresses", [])}
+    free = (str(ip) for ip in list(net.hosts())[99:] if str(ip) not in used)
     ids = []
     for n in range(count):
         # One launch each: moto gives the profile to the first instance of a launch only.
         instance = ec2.run_instances(
             ImageId=SANDBOX_IMAGE, MinCount=1, MaxCount=1, InstanceType="t3.small",
             NetworkInterfaces=[{"DeviceIndex": 0, "SubnetId": world.subnet_id,
-                                "Groups": [world.web_group, world.mgmt_group]}],
+                                "Groups": [world.web_group, world.mgmt_group],
+                                "PrivateIpAddress": next(free)}],
             IamInstanceProfile={"Arn": profile},
             TagSpecifications=[{"ResourceType": "instance", "Tags": [
                 {"Key": "Name", "Value": f"{name}-{n + 1}"},
                 *({"Key": k, "Value": v} for k, v in (tags or {}).items())]}],
         )["Instances"][0]["InstanceId"]
         eni = ec2.create_network_interface(SubnetId=world.subnet_id, Groups=[world.mgmt_group],
-                                           Description=f"{name}-{n + 1} admin")
+                                           Description=f"{name}-{n + 1} admin",
+                                           PrivateIpAddress=next(free))
         ec2.attach_network_interface(
             NetworkInterfaceId=eni["NetworkInterface"]["NetworkInterfaceId"],
             InstanceId=instance, DeviceIndex=1)

@@ -139,3 +139,51 @@ def test_a_fleet_is_released_from_one_card_each_instance_from_its_own_record(
     members = bot.deps.store.members(release.id)
     assert sorted(m.parent_id or "" for m in members) == sorted(
         m.id for m in bot.deps.store.members(fleet.id) if m.target_id != ids[2])
+
+
+def test_a_fleet_behind_a_nat_gateway_is_cut_with_few_blocks_and_released(
+        bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack) -> None:
+    """Six instances whose flows leave through the NAT gateway: their addresses are denied
+    on the NAT subnet's ACL with fewer entries than addresses, blocks that hold no other
+    instance's address (the bystander in their subnet stays allowed); the fleet's release
+    deletes every block."""
+    from handlers.tracked_flows import decides
+    from tests.test_tracked_flows import acl_of, address, nat_layout
+
+    layout = nat_layout(world)
+    before = acl_of(layout["public"])["Entries"]
+    ids = [world.instance_id, *sandbox_world.add_instances(world, 5)]
+    addresses = [a for i in ids for a in _private_addresses(i)]
+    bot.slack.command(DANA, CHANNEL, " ".join(ids) + " isolate reverse shells via the NAT")
+    (card,) = wait_for(lambda: fake_slack.channel_messages(CHANNEL), timeout=30)
+    assert "Flows no security group ends" in str(card.blocks)
+    bot.slack.click_button(LEE, CHANNEL, card.ts, "Approve")
+    bot.slack.click_button(ALEX, CHANNEL, card.ts, "Approve")  # six: two approvers
+    fleet = settle_card(bot, card.ts, timeout=120)
+    assert fleet.status == CONTAINED, fleet.summary
+    acl = acl_of(layout["public"])
+    added = [e for e in acl["Entries"] if e not in before]
+    inbound = [e for e in added if not e["Egress"]]
+    assert 0 < len(inbound) < len(addresses) and len(added) == 2 * len(inbound)
+    # Evaluated as AWS evaluates it: every member's address denied both ways, the
+    # bystander's allowed.
+    for a in addresses:
+        assert decides(acl, False, a) == decides(acl, True, a) == "deny", a
+    bystander = address(world.bystander_id)
+    assert decides(acl, False, bystander) == decides(acl, True, bystander) == "allow"
+    bot.slack.command(DANA, CHANNEL, f"release {fleet.id} over")
+    release_card = wait_for(lambda: fake_slack.channel_messages(CHANNEL)[1:], timeout=30)[0]
+    bot.slack.click_button(LEE, CHANNEL, release_card.ts, "Approve")
+    bot.slack.click_button(ALEX, CHANNEL, release_card.ts, "Approve")
+    released = settle_card(bot, release_card.ts, timeout=120)
+    assert released.status == "released", [
+        (m.summary, [(s.name, s.error_message) for s in bot.deps.store.steps(m.id)
+                     if s.status != "succeeded"]) for m in bot.deps.store.members(released.id)]
+    assert acl_of(layout["public"])["Entries"] == before
+
+
+def _private_addresses(instance_id: str) -> list[str]:
+    inst = aws_client("ec2").describe_instances(InstanceIds=[instance_id])[
+        "Reservations"][0]["Instances"][0]
+    return [f"{a['PrivateIpAddress']}/32" for e in inst["NetworkInterfaces"]
+            for a in e.get("PrivateIpAddresses", [])]

@@ -185,3 +185,26 @@ def test_an_entry_whose_answer_was_lost_is_not_made_twice_and_is_released(
     faulty_bot.slack.click_button(LEE, CHANNEL, release_card.ts, "Approve")
     assert settle_card(faulty_bot, release_card.ts).status == "released"
     assert acl_of(layout["public"])["Entries"] == before
+
+
+def test_a_fleets_addresses_are_covered_by_the_fewest_blocks_that_hold_no_other() -> None:
+    import ipaddress
+    import random
+
+    from handlers.tracked_flows import block_of, cover
+
+    assert cover(["10.0.0.4", "10.0.0.5", "10.0.0.6", "10.0.0.7"], ["10.0.0.8"]) == [
+        "10.0.0.4/30"]
+    assert cover(["10.0.0.1", "10.0.0.2"], ["10.0.0.3"]) == ["10.0.0.0/31", "10.0.0.2/32"]
+    rng = random.Random(7)
+    for _ in range(50):
+        pool = rng.sample(range(1, 255), 60)
+        wanted = [f"10.1.2.{n}" for n in pool[:30]]
+        others = [f"10.1.2.{n}" for n in pool[30:]]
+        blocks = cover(wanted, others)
+        assert all(block_of(a, blocks) for a in wanted)
+        assert not any(block_of(o, blocks) for o in others)
+        # Never more blocks than addresses; no block inside another.
+        nets = [ipaddress.ip_network(b) for b in blocks]
+        assert len(blocks) <= len(wanted)
+        assert not any(a != b and a.subnet_of(b) for a in nets for b in nets)  # type: ignore[arg-type]
