@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/time_to_isolate.py
 	$(BIN)/python benchmarks/open_window.py
 	$(BIN)/python benchmarks/status_scan.py
+	$(BIN)/python benchmarks/fleet.py
 
 serve: $(STAMP)
 	$(BIN)/python -m bot serve

@@ -67,7 +67,8 @@ def contain_modal(channel: str, target: str = "", playbook: str = DEFAULT_PLAYBO
         InputBlock(block_id=TARGET, label="Target", element=PlainTextInputElement(
             action_id="value", initial_value=clip(target, 300) or None, max_length=300,
             placeholder="i-0abc…, an instance ARN, a Name tag, a private IP, or AKIA…"),
-            hint="An access key id (AKIA…/ASIA…) opens the leaked-key playbook."),
+            hint="An access key id (AKIA…/ASIA…) opens the leaked-key playbook. Several "
+                 "instance ids, asg=NAME or tag:KEY=VALUE make one card for a fleet."),
         InputBlock(block_id=PLAYBOOK, label="Playbook", element=StaticSelectElement(
             action_id="value", options=options, initial_option=initial),
             hint="For an instance; an access key has its own."),

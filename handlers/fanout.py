@@ -19,7 +19,7 @@ class FanOut:
     steps, a step's ENIs) never wait for a thread that cannot come: no deadlock, and
     never fewer than one call making progress per caller."""
 
-    def __init__(self, threads: int = 256) -> None:
+    def __init__(self, threads: int = 1024) -> None:
         self._threads = threads
         self._slots = threading.BoundedSemaphore(threads)
         self._executor: ThreadPoolExecutor | None = None

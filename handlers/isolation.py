@@ -33,7 +33,7 @@ from handlers.ec2_lookup import describe_instance, interfaces, off_group
 from handlers.eni_cut import Do, EniCutMachine, Event, State
 from handlers.fanout import both, parallel
 from handlers.lease import LeaseLost, fail_safe, run_guard_check, taken_over_check
-from handlers.pacing import CUT_EXTRA, urgency
+from handlers.pacing import CUT_EXTRA, LEAVE_OPEN, pair, urgency
 from handlers.retry import Backoff, describe_error
 
 OPEN, SEALED = "isolation-open", "isolation-sealed"
@@ -307,9 +307,9 @@ class IsolateSecurityGroups(Action):
                 "sealed_group": ids[SEALED], "created_groups": created}
 
     def apply(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
-        """Each ENI on its own: to cordon-open (its connection-tracking timeouts lowered in
-        the same round trip), then at once to cordon-sealed, so that an ENI spends one
-        round trip on the allow-all group. The seal retries with backoff; an ENI that
+        """Each ENI on its own: to cordon-open, then at once to cordon-sealed, so that an
+        ENI spends one round trip on the allow-all group; its connection-tracking
+        timeouts are lowered once it is sealed. The seal retries with backoff; an ENI that
         still cannot be sealed goes back to its recorded groups. Whatever happens, no
         ENI is left on cordon-open, and a failure reports where each ENI is, from a
         describe made after the fact.
@@ -706,9 +706,9 @@ def _groups_at_click(enis: list[dict[str, Any]], seen: Any, ids: dict[str, str])
 
 def cut_eni(clients: Clients, eni: dict[str, Any], open_id: str, sealed_id: str,
             gate: Gate | None = None, machine: EniCutMachine | None = None) -> EniCut:
-    """One ENI, driven by its state machine (`handlers.eni_cut`): to the open group (its
-    timeouts lowered alongside), then to the sealed one once `gate` says the steps before
-    the cut have answered. Should one of them have failed, the ENI goes back to its own
+    """One ENI, driven by its state machine (`handlers.eni_cut`): to the open group, then
+    to the sealed one once `gate` says the steps before the cut have answered (its
+    timeouts lowered after). Should one of them have failed, the ENI goes back to its own
     groups instead; should they take longer than SEAL_WAIT (a throttled or settling
     detach), it goes back to wait there, and crosses again once they have answered: it
     never waits on the allow-all group."""
@@ -718,9 +718,7 @@ def cut_eni(clients: Clients, eni: dict[str, Any], open_id: str, sealed_id: str,
 
     def lower_conntrack() -> None:
         try:
-            # Paced behind every move and seal of the same bucket (handlers.pacing): under
-            # a burst it may land after the seal, where it still shortens how long an idle
-            # tracked flow is kept.
+            # Paced behind every move and seal of the same bucket (handlers.pacing).
             with urgency(CUT_EXTRA):
                 clients.ec2_cut.modify_network_interface_attribute(
                     NetworkInterfaceId=eni["id"],
@@ -799,16 +797,25 @@ def cut_eni(clients: Clients, eni: dict[str, Any], open_id: str, sealed_id: str,
             elif do is Do.ASK_LONG:
                 event = ask(None)
             elif do is Do.SEAL:
-                event = seal()
+                with urgency(LEAVE_OPEN):
+                    event = seal()
             else:
-                event = back()
+                with urgency(LEAVE_OPEN):
+                    event = back()
             if do in (Do.SEAL, Do.BACK) and opened_at is not None:
                 result.open_seconds += time.monotonic() - opened_at
                 opened_at = None
             do = machine.fire(event)
 
-    # The first crossing's timeouts go alongside its move.
-    both(lambda: run(machine.start()), lower_conntrack)
+    # The move to the open group takes the token of the move off it too (pacing.pair).
+    with pair("ModifyNetworkInterfaceAttribute"):
+        run(machine.start())
+    # The timeouts are lowered once it is sealed, off the path to the cut: the moves of
+    # every interface of a burst take the bucket's tokens first (they share
+    # ModifyNetworkInterfaceAttribute's), and the sealed interface's remaining tracked
+    # flows are what the shorter idle timeouts end.
+    if machine.cut:
+        lower_conntrack()
     result.sealed, result.restored = machine.cut, machine.state is State.BACK
     result.open_seconds = round(result.open_seconds, 3)
     if machine.state is State.STRANDED:

@@ -15,8 +15,11 @@ and the retries on the cut path remain.
 
 Each API call takes a token when it goes on the wire (every attempt: botocore's own
 retries included, as AWS counts them), waiting for one when the bucket is empty. Waiters
-of one bucket are served by urgency, then in arrival order: the moves of the cut (0),
-then the rest of the cut's calls (1), then everything else (2)."""
+of one bucket are served by urgency, then in arrival order: a move off the allow-all
+group (a seal, or a move back) first, then the rest of the cut's calls, then the cut's
+extras (the lowered conntrack timeouts), then everything else. An interface crosses to
+the open group only with the token of its move off it in hand (`pair`): under a burst no
+interface waits on the allow-all group for a token."""
 
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ from typing import Any
 
 from handlers.attribution import acting
 
-CUT, CUT_EXTRA, REST = 0, 1, 2
+LEAVE_OPEN, CUT, CUT_EXTRA, REST = 0, 1, 2, 3
 # The units whose calls are the network cut (the moves, the ACL entries, the detach that
 # must answer before the seal): their calls come first in every bucket.
 CUT_UNITS = frozenset({"isolate-security-groups", "sever-tracked-flows", "isolate-subnet-nacl",
@@ -59,6 +62,27 @@ def current_urgency() -> int:
     if level is not None:
         return level
     return CUT if acting.get() in CUT_UNITS else REST
+
+
+@dataclass
+class _Pair:
+    action: str
+    taken: bool = False   # the first call took two tokens
+    credit: int = 0       # calls already paid for
+
+
+_pair: contextvars.ContextVar[_Pair | None] = contextvars.ContextVar("pair", default=None)
+
+
+@contextmanager
+def pair(action: str) -> Iterator[None]:
+    """The first call of `action` inside takes two tokens; the next one is paid: a move to
+    the open group goes only with its move off it paid for."""
+    token = _pair.set(_Pair(action))
+    try:
+        yield
+    finally:
+        _pair.reset(token)
 
 
 @dataclass(frozen=True)
@@ -116,8 +140,8 @@ class Bucket:
         self.tokens = min(self.limit.size, self.tokens + (now - self.stamp) * self.limit.refill)
         self.stamp = now
 
-    def take(self, level: int) -> float:
-        """Take a token, waiting for it as long as it takes; the seconds waited."""
+    def take(self, level: int, count: int = 1) -> float:
+        """Take `count` tokens, waiting for them as long as it takes; the seconds waited."""
         start = self.clock()
         with self.cond:
             ticket = (level, next(self.order))
@@ -125,11 +149,11 @@ class Bucket:
             try:
                 while True:
                     self._refill()
-                    if self.queue[0] == ticket and self.tokens >= 1:
-                        self.tokens -= 1
+                    if self.queue[0] == ticket and self.tokens >= count:
+                        self.tokens -= count
                         return self.clock() - start
                     head = self.queue[0] == ticket
-                    wait = (1 - self.tokens) / self.limit.refill if head else None
+                    wait = (count - self.tokens) / self.limit.refill if head else None
                     self.cond.wait(timeout=wait)
             finally:
                 self.queue.remove(ticket)
@@ -171,7 +195,15 @@ class Pacer:
             return found
 
     def take(self, scope: str, region: str, action: str) -> None:
-        waited = self.bucket(scope, region, action).take(current_urgency())
+        paired = _pair.get()
+        count = 1
+        if paired is not None and paired.action == action:
+            if paired.credit > 0:
+                paired.credit -= 1
+                return
+            if not paired.taken:
+                paired.taken, paired.credit, count = True, 1, 2
+        waited = self.bucket(scope, region, action).take(current_urgency(), count)
         if waited > 0:
             with self._lock:
                 self.waited[action] = self.waited.get(action, 0.0) + waited

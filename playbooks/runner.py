@@ -33,6 +33,7 @@ from handlers.base import (
 )
 from handlers.fanout import parallel
 from handlers.lease import LeaseLost, RunGuard, run_guard
+from handlers.pacing import CUT_UNITS
 from handlers.registry import get_action
 from handlers.retry import describe_error
 from playbooks.catalogue import (
@@ -576,11 +577,25 @@ class Runner:
         def end(pending: _Pending) -> bool:
             return self._end(pending, incident)
 
+        # Should the shared thread pool be full (a fleet's calls waiting for EC2's
+        # tokens hold its threads), the caller runs the steps itself, in this order: the
+        # critical ones the gate waits for, then the cut (its seal waits on the gate,
+        # open by its turn), then the rest — evidence never ahead of a cut.
+        def rank(step: Step) -> int:
+            if step.critical and step not in ahead:
+                return 0
+            return 1 if step in ahead or step.action in CUT_UNITS else 2
+
+        order = sorted(range(len(batch)), key=lambda n: rank(batch[n]))
+        ranked = [batch[n] for n in order]
         if not ahead:
-            return parallel(lambda step: end(start(step)), batch)
-        # The steps that wait on the gate come last: should the shared thread pool be
-        # full, the caller runs the rest in order, and the gate is open by their turn.
-        return parallel(end, parallel(start, batch))
+            done = parallel(lambda step: end(start(step)), ranked)
+        else:
+            done = parallel(end, parallel(start, ranked))
+        results = [False] * len(batch)
+        for n, ok in zip(order, done, strict=True):
+            results[n] = ok
+        return results
 
     def _start(self, ctx: StepContext, step: Step, record: StepRecord,
                undo_captured: dict[str, Any] | None, prior: dict[str, Any] | None

@@ -54,6 +54,12 @@ def error_xml(service: str, code: str, message: str) -> bytes:
     return template.format(code=code, message=message).encode()
 
 
+class _Server(ThreadingHTTPServer):
+    # A fleet's calls arrive by the hundred at once: the default backlog (5) would refuse
+    # connections that AWS would take.
+    request_queue_size = 256
+
+
 @dataclass
 class Rule:
     action: str
@@ -92,7 +98,7 @@ class FaultyAws:
         self._released = threading.Event()
         self._held = threading.Condition(self._lock)
         self.holding = 0
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd = _Server(("127.0.0.1", 0), self._handler())
         self.httpd.daemon_threads = True
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True,
                                         name="faulty-aws")

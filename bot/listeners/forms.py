@@ -33,7 +33,12 @@ def parse_form(values: dict[str, str]) -> grammar.Command:
         raise FieldError(views.REASON, f"Keep the reason under {views.MAX_REASON} characters.")
     if grammar.KEY_ID.match(target.upper()):
         return grammar.parse(f"key {target.upper()}").model_copy(update={"reason": reason})
-    if len(target.split()) > 1 or target.lower() in grammar.VERBS:
+    words = target.replace(",", " ").split()
+    fleet = (target.startswith(("asg=", "tag:")) or (len(words) > 1
+             and all(grammar.INSTANCE_ID.match(w.lower()) for w in words)))
+    if fleet:
+        typed = " ".join(words)  # a fleet: several ids, an Auto Scaling group, a tag
+    elif len(words) > 1 or target.lower() in grammar.VERBS:
         typed = f'"{target}"' if '"' not in target else target
     else:
         typed = target
@@ -47,6 +52,9 @@ def parse_form(values: dict[str, str]) -> grammar.Command:
     playbook = values[views.PLAYBOOK]
     if playbook not in grammar.PLAYBOOKS:
         raise FieldError(views.PLAYBOOK, f"Unknown playbook {playbook}.")
+    if cmd.is_fleet and playbook not in grammar.FLEET_PLAYBOOKS:
+        raise FieldError(views.PLAYBOOK, "A fleet takes " + " or ".join(
+            grammar.FLEET_PLAYBOOKS) + ": the subnet-wide playbooks are per instance.")
     return cmd.model_copy(update={"playbook": playbook, "reason": reason})
 
 
