@@ -4,6 +4,7 @@ one line per instance, not one per step. Through the real endpoint against moto.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from playbooks.store import CONTAINED, DENIED
@@ -187,3 +188,22 @@ def _private_addresses(instance_id: str) -> list[str]:
         "Reservations"][0]["Instances"][0]
     return [f"{a['PrivateIpAddress']}/32" for e in inst["NetworkInterfaces"]
             for a in e.get("PrivateIpAddresses", [])]
+
+
+def test_the_form_takes_a_fleet_and_refuses_a_subnet_wide_playbook_for_it(
+        bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack) -> None:
+    from tests.test_slack_surfaces import open_form
+
+    ids = [world.instance_id, *sandbox_world.add_instances(world, 1)]
+    view_id = open_form(bot, fake_slack)
+    _, body = bot.slack.submit_view(DANA, view_id, {
+        "target": ", ".join(ids), "playbook": "nacl", "reason": "worm"})
+    assert "subnet-wide" in json.loads(body)["errors"]["playbook"]
+    status, body = bot.slack.submit_view(DANA, view_id, {
+        "target": ", ".join(ids), "playbook": "isolate", "reason": "worm"})
+    assert status == 200 and json.loads(body)["response_action"] == "update"
+    (card,) = wait_for(lambda: fake_slack.channel_messages(CHANNEL), timeout=30)
+    assert "2 instances" in str(card.blocks)
+    fleet = wait_for(lambda: next((i for i in bot.deps.store.recent(5)
+                                   if i.card_ts == card.ts), None))
+    assert fleet.kind == "fleet" and fleet.requester == DANA
