@@ -101,6 +101,10 @@ def measure(aws: sandbox_world.LocalAws, playbook: str, count: int, latency: flo
             done = wait_for(lambda: (i := bot.deps.store.get(fleet.id)) is not None
                             and i.status in FINAL_STATES and i, timeout=1800, every=0.5)
             members = bot.deps.store.members(fleet.id)
+            failures = Counter(f"{s.name}: {s.error_code}" for m in members
+                               if m.status != "contained"
+                               for s in bot.deps.store.steps(m.id)
+                               if s.status not in ("succeeded", "skipped"))
         finally:
             bot.stop()
         sealed_group = sandbox_world.client("ec2").describe_security_groups(Filters=[
@@ -155,6 +159,7 @@ def measure(aws: sandbox_world.LocalAws, playbook: str, count: int, latency: flo
             "playbook": playbook, "instances": len(ids), "enis": len(final),
             "fleet_status": done.status,
             "members": dict(Counter(m.status for m in members)),
+            "not_contained_because": dict(failures),
             "seconds_to_last_seal": round(last_seal - clicked, 2),
             "cut_floor_seconds": round(cut_floor, 2),
             "ratio_to_floor": round((last_seal - clicked) / cut_floor, 2) if cut_floor else None,

@@ -34,7 +34,7 @@ def _account(ctx: StepContext) -> str:
     return str(ctx.target.account or ctx.target.facts.get("account", ""))
 
 
-def _instance_arn(ctx: StepContext) -> str:
+def instance_arn_of(ctx: StepContext) -> str:
     return instance_arn(ctx.target.region, _account(ctx), ctx.target.resource_id)
 
 
@@ -87,7 +87,7 @@ class RemoveInstanceProfile(Action):
         if role is None:
             return True
         doc = revocation.get_role_policy(ctx.clients, role)
-        return revocation.statement_for(doc, ctx.target.resource_id) is not None
+        return revocation.covering(doc, instance_arn_of(ctx)) is not None
 
     def capture(self, ctx: StepContext) -> dict[str, Any]:
         assoc = ctx.memo.get("association") or profile_association(ctx)
@@ -119,15 +119,25 @@ class RemoveInstanceProfile(Action):
             return Outcome(parts[0] + "; its profile has no role", {"revoked": False})
         # Then every credential it was handed before that moment is denied.
         cutoff = datetime.now(UTC).replace(microsecond=0) + CUTOFF_MARGIN
-        statement = revocation.instance_statement(ctx.target.resource_id, _instance_arn(ctx),
-                                                  cutoff)
+        arn = instance_arn_of(ctx)
+        fleet = ctx.target.facts.get("fleet_id")
+        statement = revocation.instance_statement(ctx.target.resource_id, arn, cutoff)
+
+        def build(current: dict[str, Any] | None, others: int) -> dict[str, Any]:
+            nonlocal statement
+            if not fleet:
+                return revocation.merged(current, ctx.target.resource_id, statement,
+                                         datetime.now(UTC), others)
+            document = revocation.merged_fleet(current, fleet, arn, cutoff,
+                                               datetime.now(UTC), others)
+            statement = revocation.covering(document, arn) or statement
+            return document
+
         try:
             revocation.write_policy(
                 ctx.clients, ctx.lock, "role", role, role_arn(ctx, role), revocation.ROLE_POLICY,
-                lambda current, others: revocation.merged(
-                    current, ctx.target.resource_id, statement, datetime.now(UTC), others),
-                lambda seen: revocation.statement_for(seen, ctx.target.resource_id)
-                == statement)
+                build, lambda seen: revocation.cutoff_of(revocation.covering(seen, arn))
+                >= revocation.stamp(cutoff))
         except StepFailed as exc:
             raise StepFailed(exc.code, exc.message + ". Credentials the instance already holds "
                              "stay valid until they expire (up to 12 h)",
@@ -144,9 +154,11 @@ class RemoveInstanceProfile(Action):
                              ) from exc
         until = revocation.until_of("instance", cutoff)
         parts.append(
-            f"credentials issued to this instance before {revocation.stamp(cutoff)} revoked: "
-            f"role {role} denies * to them ({revocation.ROLE_POLICY}, statement "
-            f"{statement['Sid']}: ec2:SourceInstanceARN + aws:TokenIssueTime); other "
+            f"credentials issued to this instance before {revocation.cutoff_of(statement)} "
+            f"revoked: role {role} denies * to them ({revocation.ROLE_POLICY}, statement "
+            f"{statement['Sid']}"
+            + (" — its fleet's one statement" if fleet else "")
+            + ": ec2:SourceInstanceARN + aws:TokenIssueTime); other "
             f"instances using the role keep working. The revocation stays until "
             f"{revocation.stamp(until)}, when every credential it could hit has expired "
             "— a release does not remove it")
@@ -164,8 +176,8 @@ class RemoveInstanceProfile(Action):
             raise VerificationFailed("the instance profile is still associated")
         if outcome.details.get("revoked"):
             doc = revocation.get_role_policy(ctx.clients, captured["role"])
-            if revocation.statement_for(doc, ctx.target.resource_id) != \
-                    outcome.details["statement"]:
+            held = revocation.covering(doc, instance_arn_of(ctx))
+            if revocation.cutoff_of(held) < outcome.details["issued_before"]:
                 raise VerificationFailed(f"{revocation.ROLE_POLICY} does not hold the "
                                          "revocation")
             return "no profile associated; revocation in place"
@@ -191,7 +203,7 @@ class RemoveInstanceProfile(Action):
         said = f"{assoc['profile_arn'].rsplit('/', 1)[-1]} re-associated (new credentials work)"
         if captured.get("role"):
             doc = revocation.get_role_policy(ctx.clients, captured["role"])
-            until = revocation.until_in(revocation.statement_for(doc, ctx.target.resource_id))
+            until = revocation.until_in(revocation.covering(doc, instance_arn_of(ctx)))
             if until is not None:
                 said += ("; the credentials it held before the containment stay revoked "
                          f"until {revocation.stamp(until)}, when every one of them has expired")

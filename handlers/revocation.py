@@ -51,7 +51,8 @@ ROLE_POLICY = "cordon-revocations"
 # IAM's limit on all the inline policies of one role (or user), whitespace excluded.
 ROLE_INLINE_LIMIT = 10240
 INLINE_LIMIT = {"role": ROLE_INLINE_LIMIT, "user": 2048}
-_SID = re.compile(r"^CordonRevoke(?P<instance>i[0-9a-f]+)Until(?P<until>\d{12})$")
+_SID = re.compile(r"^CordonRevoke(?P<instance>i[0-9a-f]+|Fleet[A-Z0-9]+)"
+                  r"Until(?P<until>\d{12})$")
 _TIME = "%Y-%m-%dT%H:%M:%SZ"
 
 PERMISSIONS = ("iam:GetRolePolicy", "iam:PutRolePolicy", "iam:DeleteRolePolicy",
@@ -92,6 +93,57 @@ def instance_statement(instance_id: str, instance_arn: str, cutoff: datetime) ->
     }
 
 
+def fleet_prefix(fleet_id: str) -> str:
+    return f"CordonRevokeFleet{fleet_id.replace('-', '')}Until"
+
+
+def fleet_statement(fleet_id: str, instance_arns: list[str], cutoff: datetime
+                    ) -> dict[str, Any]:
+    """One statement for a fleet's instances: a statement each would not fit fifty
+    instances of one role in IAM's 10,240 characters. Its cut-off is the latest of its
+    members' (they are contained together, within a minute: none was given credentials
+    between its own cut-off and the latest, its profile being gone)."""
+    return {
+        "Sid": fleet_prefix(fleet_id) + until_of("instance", cutoff).strftime("%Y%m%d%H%M"),
+        "Effect": "Deny",
+        "Action": "*",
+        "Resource": "*",
+        "Condition": {
+            "StringEquals": {"ec2:SourceInstanceARN": sorted(instance_arns)},
+            "DateLessThan": {"aws:TokenIssueTime": stamp(cutoff)},
+        },
+    }
+
+
+def covering(doc: dict[str, Any] | None, instance_arn: str) -> dict[str, Any] | None:
+    """The statement that denies this instance's older credentials (its own, or its
+    fleet's)."""
+    for s in statements(doc):
+        arns = (s.get("Condition") or {}).get("StringEquals", {}).get("ec2:SourceInstanceARN")
+        if arns == instance_arn or (isinstance(arns, list) and instance_arn in arns):
+            return s
+    return None
+
+
+def cutoff_of(statement: dict[str, Any] | None) -> str:
+    return str(((statement or {}).get("Condition") or {}).get("DateLessThan", {}).get(
+        "aws:TokenIssueTime", ""))
+
+
+def merged_fleet(doc: dict[str, Any] | None, fleet_id: str, instance_arn: str,
+                 cutoff: datetime, now: datetime, others: int = 0) -> dict[str, Any]:
+    """The role's Cordon policy with this instance added to its fleet's statement."""
+    prefix = fleet_prefix(fleet_id)
+    current = next((s for s in statements(doc) if str(s.get("Sid", "")).startswith(prefix)),
+                   None)
+    arns = {instance_arn}
+    if current is not None:
+        listed = current["Condition"]["StringEquals"]["ec2:SourceInstanceARN"]
+        arns |= set(listed if isinstance(listed, list) else [listed])
+        cutoff = max(cutoff, datetime.strptime(cutoff_of(current), _TIME).replace(tzinfo=UTC))
+    return _merged(doc, prefix, fleet_statement(fleet_id, sorted(arns), cutoff), now, others)
+
+
 def statements(doc: dict[str, Any] | None) -> list[dict[str, Any]]:
     if not doc:
         return []
@@ -123,7 +175,12 @@ def merged(doc: dict[str, Any] | None, instance_id: str, statement: dict[str, An
     one of the same instance only if the new one reaches further), without statements
     whose tokens have all expired. `others`: the characters the role's other inline
     policies already take of IAM's limit."""
-    prefix = f"CordonRevoke{instance_id.replace('-', '')}Until"
+    return _merged(doc, f"CordonRevoke{instance_id.replace('-', '')}Until", statement, now,
+                   others)
+
+
+def _merged(doc: dict[str, Any] | None, prefix: str, statement: dict[str, Any],
+            now: datetime, others: int) -> dict[str, Any]:
     kept = []
     for s in statements(doc):
         until = _until(s)

@@ -16,7 +16,7 @@ from handlers.base import (
 )
 from handlers.ec2_lookup import describe_instance, off_group
 from handlers.fanout import parallel
-from handlers.instance_profile import profile_association
+from handlers.instance_profile import instance_arn_of, profile_association
 from handlers.isolation import SEALED, find_group_pair, is_sealed
 from handlers.tagging import set_status_tag
 
@@ -50,7 +50,7 @@ class VerifyContainment(Observation):
             if not role:
                 return None
             doc = revocation.get_role_policy(ctx.clients, role)
-            return revocation.statement_for(doc, ctx.target.resource_id) is not None
+            return revocation.covering(doc, instance_arn_of(ctx)) is not None
 
         inst, group, assoc, held = parallel(lambda f: f(), [
             lambda: describe_instance(ctx.clients, ctx.target.resource_id),

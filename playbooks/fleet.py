@@ -150,7 +150,7 @@ def open_fleet_request(cordon: FleetHost, ask: FleetAsk, playbook: str, reason: 
         instance_id, facts = item
         return cordon.open_request(ContainRequest(
             instance_id=instance_id, playbook=playbook, reason=reason, requester=requester,
-            channel_id=channel_id), facts, fleet_id=fleet.id)
+            channel_id=channel_id), {**facts, "fleet_id": fleet.id}, fleet_id=fleet.id)
 
     parallel(open_member, ready)
     log.info("fleet request opened", extra={"incident": fleet.id, "target": ask.label,

@@ -207,3 +207,29 @@ def test_the_form_takes_a_fleet_and_refuses_a_subnet_wide_playbook_for_it(
     fleet = wait_for(lambda: next((i for i in bot.deps.store.recent(5)
                                    if i.card_ts == card.ts), None))
     assert fleet.kind == "fleet" and fleet.requester == DANA
+
+
+def test_a_fleet_on_one_role_shares_one_revocation_statement(
+        bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack) -> None:
+    """Fifty instances of one role would need fifty statements, more than IAM's 10,240
+    characters hold: a fleet's members write one, each adding its ARN (under the role's
+    lock), its cut-off the latest of theirs."""
+    ids = [world.instance_id, *sandbox_world.add_instances(world, 4)]
+    bot.slack.command(DANA, CHANNEL, " ".join(ids) + " full stolen deploy key")
+    (card,) = wait_for(lambda: fake_slack.channel_messages(CHANNEL), timeout=30)
+    bot.slack.click_button(LEE, CHANNEL, card.ts, "Approve")
+    bot.slack.click_button(ALEX, CHANNEL, card.ts, "Approve")
+    fleet = settle_card(bot, card.ts, timeout=180)
+    assert fleet.status == CONTAINED, [(s.name, s.error_code, s.error_message)
+                                       for m in bot.deps.store.members(fleet.id)
+                                       for s in bot.deps.store.steps(m.id)
+                                       if s.status == "failed"][:3]
+    document = aws_client("iam").get_role_policy(
+        RoleName="web-prod", PolicyName="cordon-revocations")["PolicyDocument"]
+    (statement,) = document["Statement"]
+    assert statement["Sid"].startswith("CordonRevokeFleet")
+    assert statement["Condition"]["StringEquals"]["ec2:SourceInstanceARN"] == sorted(
+        f"arn:aws:ec2:us-east-1:123456789012:instance/{i}" for i in ids)
+    cutoffs = [(s.details or {}).get("issued_before") for m in bot.deps.store.members(fleet.id)
+               for s in bot.deps.store.steps(m.id) if s.name == "remove-instance-profile"]
+    assert statement["Condition"]["DateLessThan"]["aws:TokenIssueTime"] == max(cutoffs)
