@@ -7,6 +7,7 @@ when missing and reused by every containment in that VPC."""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -400,8 +401,12 @@ class IsolateSecurityGroups(Action):
             " → cordon-sealed" for e in captured["enis"]
         )
         summary = moves
+        later = [c.eni_id for c in cuts if c.conntrack_later]
         if conntrack_notes:
             summary += f"; conntrack timeouts not lowered ({', '.join(conntrack_notes)})"
+        elif later:
+            summary += ("; conntrack timeouts being lowered to 60/60/30 s behind the other "
+                        "containments' moves (EC2's request bucket is busy)")
         else:
             summary += "; conntrack timeouts 60/60/30 s"
         if created:
@@ -633,6 +638,7 @@ class EniCut:
     error_code: str = ""
     open_error: str = ""
     conntrack_error: str = ""
+    conntrack_later: bool = False  # lowered in the background (a burst holds the bucket)
     open_seconds: float = 0.0
     # The critical step before the cut that failed: moved back instead of sealed.
     held: str = ""
@@ -730,6 +736,16 @@ def cut_eni(clients: Clients, eni: dict[str, Any], open_id: str, sealed_id: str,
 
     lost: list[LeaseLost] = []
 
+    def lower_conntrack_later() -> None:
+        try:
+            with urgency(CUT_EXTRA):
+                clients.ec2_cut.modify_network_interface_attribute(
+                    NetworkInterfaceId=eni["id"],
+                    ConnectionTrackingSpecification=CONNTRACK_MINIMUM)
+        except Exception as exc:
+            log.warning("conntrack timeouts not lowered", extra={
+                "eni": eni["id"], "error": describe_error(exc).code})
+
     def open_move() -> Event:
         sent = []
 
@@ -813,9 +829,18 @@ def cut_eni(clients: Clients, eni: dict[str, Any], open_id: str, sealed_id: str,
     # The timeouts are lowered once it is sealed, off the path to the cut: the moves of
     # every interface of a burst take the bucket's tokens first (they share
     # ModifyNetworkInterfaceAttribute's), and the sealed interface's remaining tracked
-    # flows are what the shorter idle timeouts end.
+    # flows are what the shorter idle timeouts end. Under a burst they wait for the
+    # bucket in the background, so that the evidence of this run does not wait for them.
     if machine.cut:
-        lower_conntrack()
+        pacer = clients.pacer
+        if pacer is not None and pacer.busy(clients.scope, clients.region,
+                                            "ModifyNetworkInterfaceAttribute"):
+            result.conntrack_later = True
+            ctx = contextvars.copy_context()
+            threading.Thread(target=ctx.run, args=(lower_conntrack_later,), daemon=True,
+                             name=f"cordon-conntrack-{eni['id']}").start()
+        else:
+            lower_conntrack()
     result.sealed, result.restored = machine.cut, machine.state is State.BACK
     result.open_seconds = round(result.open_seconds, 3)
     if machine.state is State.STRANDED:

@@ -140,6 +140,12 @@ class Bucket:
         self.tokens = min(self.limit.size, self.tokens + (now - self.stamp) * self.limit.refill)
         self.stamp = now
 
+    def busy(self) -> bool:
+        """Someone waiting, or less than half the bucket left."""
+        with self.cond:
+            self._refill()
+            return bool(self.queue) or self.tokens < self.limit.size / 2
+
     def take(self, level: int, count: int = 1) -> float:
         """Take `count` tokens, waiting for them as long as it takes; the seconds waited."""
         start = self.clock()
@@ -193,6 +199,10 @@ class Pacer:
             if found is None:
                 found = self._buckets[key] = Bucket(self.limit_for(action))
             return found
+
+    def busy(self, scope: str, region: str, action: str) -> bool:
+        """Whether a burst is drawing on this bucket now."""
+        return self.bucket(scope, region, action).busy()
 
     def take(self, scope: str, region: str, action: str) -> None:
         paired = _pair.get()
