@@ -320,6 +320,12 @@ class IsolateSecurityGroups(Action):
         alongside it, and what changed since the card (an ENI attached, a group with a
         rule added or deleted) is dealt with after the cut.
 
+        Under a burst (EC2's request bucket for ModifyNetworkInterfaceAttribute busy, see
+        handlers.pacing) the lowering of the timeouts waits for tokens in the background
+        once the interface is sealed, and is not taken up again should the process die
+        meanwhile: the cut itself is done and recorded; only the shorter idle timeouts of
+        the flows the seal cannot end are lost.
+
         What real AWS does that moto does not show: tracked connections (those not
         allowed by an all-traffic 0.0.0.0/0 rule in both directions) survive a change
         of rules; moving to the open group first makes them untracked, and the sealed

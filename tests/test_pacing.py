@@ -84,10 +84,10 @@ def _burst(bot: RunningBot, ids: list[str], playbook: str) -> list[Any]:
 
 def test_a_burst_of_containments_meets_no_throttling_on_the_path_to_the_cut(
         paced_bot: RunningBot, world: sandbox_world.World, throttling: FaultyAws) -> None:
-    """Eight instances with two ENIs each, approved at once, against buckets that hold
+    """Six instances with two ENIs each, approved at once, against buckets that hold
     fewer tokens than the cut needs: every ENI sealed, every incident contained, and not
     one `RequestLimitExceeded` on a call of the cut — Cordon waited for tokens instead."""
-    ids = [world.instance_id, *sandbox_world.add_instances(world, 7)]
+    ids = [world.instance_id, *sandbox_world.add_instances(world, 5)]
     incidents = _burst(paced_bot, ids, "isolate")
     assert [i.status for i in incidents] == ["contained"] * len(ids), [
         i.summary for i in incidents]
@@ -110,7 +110,7 @@ def test_unpaced_the_same_burst_is_throttled(
     `RequestLimitExceeded` on the cut's own calls (what the test above rules out)."""
     bot = _bot(fake_slack, throttling, tmp_path, aws_trace, CORDON_EC2_PACING="false")
     try:
-        ids = [world.instance_id, *sandbox_world.add_instances(world, 7)]
+        ids = [world.instance_id, *sandbox_world.add_instances(world, 5)]
         _burst(bot, ids, "isolate")
     finally:
         bot.stop()
