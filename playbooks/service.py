@@ -40,7 +40,16 @@ from playbooks.fleet import open_fleet_release
 from playbooks.models import CARD, THREAD, Decision, Incident, Message, StepRecord, utcnow
 from playbooks.requests import ContainRequest
 from playbooks.runner import Worker
-from playbooks.store import DENIED, EXPIRED, OPEN_STATES, PENDING, RELEASABLE, RELEASED, Store
+from playbooks.store import (
+    DENIED,
+    EXPIRED,
+    OPEN_STATES,
+    PENDING,
+    RELEASABLE,
+    RELEASED,
+    RETRYABLE,
+    Store,
+)
 
 log = logging.getLogger("cordon.service")
 
@@ -275,7 +284,14 @@ class Cordon:
 
     def retry(self, incident_id: str, user_id: str, messages: Sequence[Message] = ()
               ) -> Incident:
-        """failed / partial → approved, with its messages, in one write."""
+        """failed / partial → approved, with its messages, in one write. A fleet's retry
+        retries each member that failed or is partially contained (first: should the
+        process die between, those members still run), then starts the fleet again."""
+        current = self.get(incident_id)
+        if current.kind == "fleet" and current.status in RETRYABLE:
+            for member in self.store.members(incident_id):
+                if member.status in RETRYABLE and self.store.open_release_for(member.id) is None:
+                    self.store.retry(member.id, user_id)
         if not self.store.retry(incident_id, user_id, messages):
             incident = self.get(incident_id)
             release = self.store.open_release_for(incident_id)

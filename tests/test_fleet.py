@@ -233,3 +233,22 @@ def test_a_fleet_on_one_role_shares_one_revocation_statement(
     cutoffs = [(s.details or {}).get("issued_before") for m in bot.deps.store.members(fleet.id)
                for s in bot.deps.store.steps(m.id) if s.name == "remove-instance-profile"]
     assert statement["Condition"]["DateLessThan"]["aws:TokenIssueTime"] == max(cutoffs)
+
+
+def test_a_fleet_that_ends_partially_is_retried_from_its_card(
+        bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack,
+        aws_trace: Any) -> None:
+    ids = [world.instance_id, *sandbox_world.add_instances(world, 1)]
+    aws_trace.faults["CreateTags"] = [(400, "UnauthorizedOperation", "not now")]
+    bot.slack.command(DANA, CHANNEL, " ".join(ids) + " isolate worm")
+    (card,) = wait_for(lambda: fake_slack.channel_messages(CHANNEL), timeout=30)
+    bot.slack.click_button(LEE, CHANNEL, card.ts, "Approve")
+    fleet = settle_card(bot, card.ts, timeout=120)
+    assert fleet.status == "partially contained"
+    (failed,) = [m for m in bot.deps.store.members(fleet.id) if m.status != CONTAINED]
+    assert "Retry" in str(wait_for(lambda: fake_slack.channel_messages(CHANNEL))[0].blocks)
+    bot.slack.click_button(LEE, CHANNEL, card.ts, "Retry")
+    wait_for(lambda: bot.deps.store.get(fleet.id).status == CONTAINED,  # type: ignore[union-attr]
+             timeout=60)
+    assert bot.deps.store.get(failed.id).status == CONTAINED  # type: ignore[union-attr]
+    assert _all_sealed(world, ids)
