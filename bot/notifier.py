@@ -28,6 +28,7 @@ from playbooks.store import Store
 log = logging.getLogger("cordon.notifier")
 
 METADATA_TYPE = "cordon_timeline"
+LINES_MAX = 3500  # characters of fleet lines sent as one reply
 UNCERTAIN = "uncertain: "
 
 
@@ -145,22 +146,45 @@ class SlackTimeline:
             if msg.kind == CARD and last_card.get(msg.incident_id) != msg.id:
                 self.store.mark_superseded(msg.id)
                 continue
+            batch = [msg, *self._lines_after(msg, pending)]
             with incident_context(incident.id):
                 try:
-                    self._deliver(incident, msg)
+                    self._deliver(incident, msg, batch)
                 except Exception as exc:
                     uncertain, retry_in = _classify(exc, msg.attempts + 1)
                     log.warning("slack send failed; will retry",
                                 extra={"kind": msg.kind, "uncertain": uncertain,
                                        "retry_in": retry_in, "error": str(exc)[:200]})
-                    self.store.mark_failed(msg.id, (UNCERTAIN if uncertain else "")
-                                           + str(exc), retry_in)
+                    for one in batch:
+                        self.store.mark_failed(one.id, (UNCERTAIN if uncertain else "")
+                                               + str(exc), retry_in)
                     blocked.add(msg.incident_id)
                     self._wake_later(incident.id, retry_in)
                     continue
-            self.store.mark_sent(msg.id)
-            sent += 1
+            for one in batch:
+                self.store.mark_sent(one.id)
+            sent += len(batch)
         return sent
+
+    def _lines_after(self, msg: OutboxMessage, pending: list[OutboxMessage]
+                     ) -> list[OutboxMessage]:
+        """A fleet's member lines waiting together go out as one reply (Slack takes about
+        one message a second per channel; fifty instances end within seconds): those
+        queued right after `msg`, card updates between them aside, within one reply's
+        length; each is claimed like any message."""
+        if msg.kind != THREAD or not msg.payload.get("for_incident"):
+            return []
+        joined, size = [], len(msg.payload.get("text", ""))
+        for later in pending[pending.index(msg) + 1:]:
+            if later.incident_id != msg.incident_id or later.kind == CARD:
+                continue
+            if later.kind != THREAD or not later.payload.get("for_incident"):
+                break
+            size += 1 + len(later.payload.get("text", ""))
+            if size > LINES_MAX or not self.store.claim_message(later.id, owner=self.owner):
+                break
+            joined.append(later)
+        return joined
 
     def _wake_later(self, incident_id: str, seconds: float) -> None:
         """Try again once the wait is over (the sweep remains the backstop)."""
@@ -168,7 +192,8 @@ class SlackTimeline:
         timer.daemon = True
         timer.start()
 
-    def _deliver(self, incident: Incident, msg: OutboxMessage) -> None:
+    def _deliver(self, incident: Incident, msg: OutboxMessage,
+                 batch: list[OutboxMessage] | None = None) -> None:
         assert incident.card_ts is not None
         if msg.kind == CARD:
             # An update in place: sending it twice shows the same card.
@@ -195,16 +220,21 @@ class SlackTimeline:
                 content=item.content, filename=item.name, title=item.name,
                 initial_comment=blocks.render_evidence(item))
             return
+        batch = batch or [msg]
+        ids = [one.id for one in batch]
         if maybe_sent and self._in_thread(incident, lambda m: (
                 (m.get("metadata") or {}).get("event_type") == METADATA_TYPE
-                and (m["metadata"].get("event_payload") or {}).get("outbox_id") == msg.id)):
+                and msg.id in _outbox_ids(m["metadata"].get("event_payload") or {}))):
             log.info("message had landed; not sent again", extra={"outbox": msg.id})
         else:
+            payload: dict[str, Any] = {"outbox_id": msg.id, "incident": incident.id}
+            if len(ids) > 1:
+                payload["outbox_ids"] = ids
             self.client.chat_postMessage(
                 channel=incident.channel_id, thread_ts=incident.card_ts,
-                text=msg.payload["text"], unfurl_links=False, unfurl_media=False,
-                metadata={"event_type": METADATA_TYPE,
-                          "event_payload": {"outbox_id": msg.id, "incident": incident.id}},
+                text="\n".join(one.payload["text"] for one in batch), unfurl_links=False,
+                unfurl_media=False,
+                metadata={"event_type": METADATA_TYPE, "event_payload": payload},
             )
         if msg.payload.get("plan_done"):
             # The full plan is in the thread: the card's buttons may now appear.
@@ -224,6 +254,11 @@ class SlackTimeline:
             cursor = (resp.get("response_metadata") or {}).get("next_cursor")
             if not resp.get("has_more") or not cursor:
                 return False
+
+
+def _outbox_ids(payload: dict[str, Any]) -> list[Any]:
+    """The outbox messages a reply carries (several fleet lines go as one)."""
+    return list(payload.get("outbox_ids") or [payload.get("outbox_id")])
 
 
 def _classify(exc: Exception, attempt: int) -> tuple[bool, float]:

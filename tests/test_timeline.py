@@ -272,3 +272,26 @@ def test_a_message_queued_while_another_replica_sends_goes_out_in_that_flush(
     assert stood_aside == [0]
     assert texts(fake_slack, card.ts)[-2:] == ["queued by replica A", "queued by replica B"]
     assert store.unsent(incident.id) == []
+
+
+def test_fleet_lines_waiting_together_go_as_one_reply_and_once_after_a_lost_answer(
+        bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack) -> None:
+    """Fifty instances end within seconds, and Slack takes about one message a second per
+    channel: member lines queued together go as one reply; when that reply's answer is
+    lost, none of its lines is posted again."""
+    assert bot.slack.command(DANA, CHANNEL, f"{world.instance_id} isolate miner")[0] == 200
+    card = wait_for(lambda: fake_slack.channel_messages(CHANNEL))[0]
+    (incident,) = wait_for(lambda: [i for i in bot.deps.store.recent() if i.card_ts])
+    store = bot.deps.store
+    for n in range(3):
+        store.enqueue(incident.id, THREAD, {"text": f"line {n}", "for_incident": incident.id})
+        store.enqueue(incident.id, CARD, {})
+    fake_slack.fail_http("chat.postMessage", 500, applied=True)
+    bot.deps.timeline.flush(incident.id)
+    wait_for(lambda: (sweep(bot.deps), not store.unsent(incident.id))[1], timeout=30,
+             every=0.25)
+    replies = [m for m in fake_slack.thread(CHANNEL, card.ts) if "line 0" in m.text]
+    assert len(replies) == 1 and replies[0].text == "line 0\nline 1\nline 2"
+    ids = (replies[0].metadata or {}).get("event_payload", {}).get("outbox_ids")
+    assert ids is not None and len(ids) == 3
+    assert sum(t.count("line ") for t in texts(fake_slack, card.ts)) == 3
