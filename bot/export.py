@@ -101,3 +101,12 @@ def files(report: IncidentReport, evidence: list[Evidence]) -> list[tuple[str, s
     base = f"{data['incident']}-record"
     return [(f"{base}.md", markdown(data)),
             (f"{base}.json", json.dumps(data, indent=2, sort_keys=True, default=str))]
+
+
+def fleet_files(reports: list[tuple[IncidentReport, list[Evidence]]]) -> list[tuple[str, str]]:
+    """A fleet's record: the fleet's own, then every member's, as one Markdown timeline
+    and one JSON list."""
+    records = [record(report, evidence) for report, evidence in reports]
+    base = f"{records[0]['incident']}-fleet-record"
+    return [(f"{base}.md", "\n\n---\n\n".join(markdown(r) for r in records)),
+            (f"{base}.json", json.dumps(records, indent=2, sort_keys=True, default=str))]

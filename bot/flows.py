@@ -110,13 +110,22 @@ def find_incident(deps: Deps, query: str) -> Incident:
 def post_export(deps: Deps, client: WebClient, query: str) -> str:
     """The incident's record, as Markdown and JSON, in its thread. Returns what was done."""
     incident = find_incident(deps, query)
-    if not incident.card_ts:
+    # A fleet member's record goes to its fleet's thread; a fleet's holds every member's.
+    anchor = incident if incident.card_ts or not incident.fleet_id else \
+        deps.store.get(incident.fleet_id)
+    if anchor is None or not anchor.card_ts:
         raise BadInput(f"{incident.id} has no card to post its record under")
     with incident_context(incident.id):
-        files = export.files(deps.cordon.report(incident.id), deps.store.evidence(incident.id))
+        if incident.kind == "fleet":
+            files = export.fleet_files([
+                (deps.cordon.report(i.id), deps.store.evidence(i.id))
+                for i in [incident, *deps.store.members(incident.id)]])
+        else:
+            files = export.files(deps.cordon.report(incident.id),
+                                 deps.store.evidence(incident.id))
         try:
             client.files_upload_v2(
-                channel=incident.channel_id, thread_ts=incident.card_ts,
+                channel=anchor.channel_id, thread_ts=anchor.card_ts,
                 initial_comment=f"📚 The record of {incident.id} (Markdown timeline and JSON)",
                 file_uploads=[{"content": content, "filename": name, "title": name}
                               for name, content in files])
@@ -124,4 +133,4 @@ def post_export(deps: Deps, client: WebClient, query: str) -> str:
             raise BadInput(f"could not post the record of {incident.id} "
                            f"(`{exc.response.get('error')}`)") from exc
     return (f"📚 The record of {incident.id} is in its thread: "
-            f"<{views.card_link(incident)}|{', '.join(name for name, _ in files)}>")
+            f"<{views.card_link(anchor)}|{', '.join(name for name, _ in files)}>")

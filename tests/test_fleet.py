@@ -253,3 +253,26 @@ def test_a_fleet_that_ends_partially_is_retried_from_its_card(
              timeout=60)
     assert bot.deps.store.get(failed.id).status == CONTAINED  # type: ignore[union-attr]
     assert _all_sealed(world, ids)
+
+
+def test_a_member_and_its_fleet_export_into_the_fleets_thread(
+        bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack) -> None:
+    ids = [world.instance_id, *sandbox_world.add_instances(world, 1)]
+    bot.slack.command(DANA, CHANNEL, " ".join(ids) + " isolate worm")
+    (card,) = wait_for(lambda: fake_slack.channel_messages(CHANNEL), timeout=30)
+    bot.slack.click_button(LEE, CHANNEL, card.ts, "Approve")
+    fleet = settle_card(bot, card.ts, timeout=120)
+    member = bot.deps.store.members(fleet.id)[0]
+    bot.slack.command(DANA, CHANNEL, f"export {member.target_id}")
+    bot.slack.command(DANA, CHANNEL, f"export {fleet.id}")
+
+    def files() -> dict[str, str]:
+        return {f["name"]: f["content"] for m in fake_slack.thread(CHANNEL, card.ts)
+                for f in m.files if "-record" in f["name"]}
+
+    found = wait_for(lambda: len(files()) == 4 and files(), timeout=30)
+    assert json.loads(found[f"{member.id}-record.json"])["incident"] == member.id
+    records = json.loads(found[f"{fleet.id}-fleet-record.json"])
+    assert records[0]["incident"] == fleet.id
+    assert sorted(r["incident"] for r in records[1:]) == sorted(
+        m.id for m in bot.deps.store.members(fleet.id))
