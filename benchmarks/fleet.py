@@ -85,6 +85,7 @@ def measure(aws: sandbox_world.LocalAws, playbook: str, count: int, latency: flo
         faulty.throttle_like_ec2(scale=scale)
         limits = dict(faulty.ec2_limits)
         bot = start_bot(fake, f"sqlite:///{tmp}/cordon.db", approvers=",".join(APPROVERS),
+                        warm=True,
                         session_factory=lambda: sandbox_world.proxied_session(faulty.url),
                         CORDON_EC2_BUCKETS=",".join(f"{k}={s:g}/{r:g}"
                                                     for k, (s, r) in limits.items()))

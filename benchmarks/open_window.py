@@ -82,7 +82,7 @@ def normal(aws: sandbox_world.LocalAws, latency: float) -> dict[str, Any]:
     fake.usergroups["S0ONCALL"] = ["U0LEE"]
 
     bot = start_bot(fake, f"sqlite:///{tempfile.mkdtemp()}/cordon.db",
-                    session_factory=lambda: sandbox_world.proxied_session(proxy.url))
+                    session_factory=lambda: sandbox_world.proxied_session(proxy.url), warm=True)
     try:
         bot.slack.command("U0DANA", "C1", f"{world.instance_id} isolate benchmark")
         card = wait_for(lambda: fake.channel_messages("C1"), timeout=60)[0]

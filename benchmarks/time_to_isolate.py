@@ -143,7 +143,7 @@ def _drop_schemas() -> None:
 def _bot(recorder: Recorder) -> tuple[RunningBot, FakeSlack]:
     fake = FakeSlack().start()
     fake.usergroups["S0ONCALL"] = [APPROVER]
-    bot = start_bot(fake, _database(), session_factory=recorder.session)
+    bot = start_bot(fake, _database(), session_factory=recorder.session, warm=True)
     # A running bot has its AWS clients and approver cache warm; a fresh one may not.
     bot.deps.warmed.wait(30)
     bot.deps.approvers.is_approver(APPROVER)

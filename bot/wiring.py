@@ -36,20 +36,27 @@ def make_web_client(settings: Settings) -> WebClient:
     return WebClient(**kwargs)
 
 
-def build_deps(settings: Settings, session_factory: Callable[[], Any] | None = None) -> Deps:
+def build_deps(settings: Settings, session_factory: Callable[[], Any] | None = None,
+               warm: bool = True) -> Deps:
+    """Everything `serve` runs on. `warm`: create the AWS clients ahead of the first
+    incident, in the background (as `serve` does; a test that does not time the cut can
+    leave them to be made when first used)."""
     store = Store.from_url(settings.database_url)
     pool = client_pool(session_factory, settings.accounts,
                        parse_ec2_buckets(settings.ec2_buckets) if settings.ec2_pacing else None)
     warmed = threading.Event()
 
-    def warm() -> None:
+    def warm_up() -> None:
         try:
             warm_clients(pool, settings.regions)
         except Exception:
             log.exception("could not create AWS clients ahead of time")
         warmed.set()
 
-    threading.Thread(target=warm, name="cordon-warm", daemon=True).start()
+    if warm:
+        threading.Thread(target=warm_up, name="cordon-warm", daemon=True).start()
+    else:
+        warmed.set()
     client = make_web_client(settings)
     timeline = SlackTimeline(store, client)
     runner = Runner(store, pool.for_region, timeline, lease_seconds=settings.lease_seconds,

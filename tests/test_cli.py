@@ -176,11 +176,14 @@ def test_the_sandbox_contains_the_instance_and_says_so(tmp_path: Path) -> None:
     assert "✅ every ENI back on its own groups" in out and "release verified" in out
 
 
-def test_the_sandbox_plays_a_wide_playbook_and_a_key(tmp_path: Path) -> None:
+def test_the_sandbox_plays_a_wide_playbook(tmp_path: Path) -> None:
     out = _sandbox(tmp_path, "--playbook", "nacl")
     assert "confirms the dialog naming the blast radius" in out
     assert "✅ the subnet on Cordon's deny-all network ACL" in out
     assert "✅ the subnet's ACL, route table and internet routes as before" in out
+
+
+def test_the_sandbox_plays_a_leaked_key(tmp_path: Path) -> None:
     out = _sandbox(tmp_path, "--playbook", "key")
     assert "✅ the leaked key is inactive" in out and "release verified" in out
 

@@ -36,7 +36,7 @@ def recorder() -> Recorder:
 def timed_bot(fake_slack: FakeSlack, world: sandbox_world.World, e2e_database_url: str,
               aws_trace: AwsTrace, recorder: Recorder) -> Iterator[RunningBot]:
     running = start_bot(fake_slack, e2e_database_url, approvers="S0ONCALL",
-                        session_factory=recorder.factory(aws_trace.session))
+                        session_factory=recorder.factory(aws_trace.session), warm=True)
     running.deps.warmed.wait(30)
     yield running
     running.stop()
