@@ -41,7 +41,7 @@ from handlers.isolation import prepare_vpcs
 from sandbox import world as sandbox_world
 from sandbox.fake_slack import FakeSlack
 from sandbox.faulty_aws import FaultyAws
-from sandbox.harness import start_bot, stop_process, wait_for
+from sandbox.harness import SECRET, start_bot, stop_process, wait_for
 from sandbox.signed import SignedSlack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,7 +117,7 @@ def _serve(proxy: FaultyAws, fake: FakeSlack, db: str, port: int, worker: str,
            workdir: str) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "CORDON_"))}
     env.update(sandbox_world.SANDBOX_ENV, AWS_ENDPOINT_URL=proxy.url, PYTHONPATH=str(ROOT),
-               SLACK_BOT_TOKEN="xoxb-bench", SLACK_SIGNING_SECRET="bench",
+               SLACK_BOT_TOKEN="xoxb-bench", SLACK_SIGNING_SECRET=SECRET,
                SLACK_API_URL=fake.api_url, CORDON_APPROVERS="S0ONCALL",
                CORDON_DATABASE_URL=db, PORT=str(port), CORDON_WORKER_ID=worker,
                CORDON_LOG_LEVEL="ERROR")

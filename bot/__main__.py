@@ -16,12 +16,19 @@ from bot.settings import RegionSettings, SettingsError, load_settings
 log = logging.getLogger("cordon")
 
 
+
+def _port(text: str) -> int:
+    """A TCP port, 1–65535 (argparse says which was wrong, in one line)."""
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return int(text)
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bot", description="Cordon")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the bot (HTTP, or Socket Mode with SLACK_APP_TOKEN)")
     serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=None, help="default: $PORT or 3000")
+    serve.add_argument("--port", type=_port, default=None, help="default: $PORT or 3000")
     sandbox = sub.add_parser("sandbox", help="play an incident against a local AWS and Slack")
     sandbox.add_argument("--quiet", action="store_true", help="only the transcript")
     sandbox.add_argument("--playbook", default="full",

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
         if not value.startswith("xoxb-"):
             raise ValueError("a bot token starts with xoxb- (OAuth & Permissions → Bot User "
                              "OAuth Token)")
+        if "your" in value.lower():
+            raise ValueError("still the .env.example placeholder: paste the Bot User OAuth "
+                             "Token (OAuth & Permissions)")
         return value
 
     @field_validator("slack_app_token")
@@ -90,6 +93,15 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not a channel ID (C… or G…: the channel's "
                              "details, at the bottom)")
         return value
+
+    @model_validator(mode="after")
+    def _signing_secret(self) -> Settings:
+        # Socket Mode (an app token) verifies nothing with it.
+        if not self.slack_app_token and not re.fullmatch(r"[0-9A-Za-z]{32}",
+                                                         self.slack_signing_secret):
+            raise ValueError("SLACK_SIGNING_SECRET: a signing secret is 32 letters and digits "
+                             "(Basic Information → App Credentials → Signing Secret)")
+        return self
 
     @model_validator(mode="after")
     def _intake(self) -> Settings:
@@ -145,7 +157,7 @@ class Settings(BaseSettings):
         if not regions:
             regions = [os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
                        or "us-east-1"]
-        return regions
+        return _known_regions(regions)
 
     @field_validator("key_lookback_days", mode="before")
     @classmethod
@@ -160,6 +172,17 @@ class Settings(BaseSettings):
     @classmethod
     def _duration(cls, value: object) -> int:
         return parse_duration(value)
+
+
+def _known_regions(regions: list[str]) -> list[str]:
+    """Every name must be an EC2 region of some partition (botocore's endpoint data)."""
+    from playbooks.operations import aws_regions
+
+    unknown = [r for r in regions if r not in aws_regions()]
+    if unknown:
+        raise ValueError(f"not AWS regions: {', '.join(unknown)} (e.g. us-east-1, "
+                         "eu-west-1)")
+    return regions
 
 
 class RegionSettings(BaseSettings):

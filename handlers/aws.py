@@ -3,6 +3,7 @@ the path to the cut. Created on demand, never at import time."""
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections import OrderedDict
@@ -262,3 +263,11 @@ def make_clients(session: boto3.session.Session, region: str, scope: str = "",
     return Clients(region=region, session=session, scope=scope, pacer=pacer)
 
 
+
+
+@functools.cache
+def known_regions() -> frozenset[str]:
+    """Every EC2 region of every partition, from botocore's endpoint data."""
+    session = botocore.session.get_session()
+    return frozenset(r for partition in session.get_available_partitions()
+                     for r in session.get_available_regions("ec2", partition))

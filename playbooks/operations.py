@@ -26,6 +26,13 @@ def client_pool(session_factory: Callable[[], Any] | None = None,
     return ClientPool(accounts=accounts, pacer=pacer)
 
 
+def aws_regions() -> frozenset[str]:
+    """The names of AWS's regions (every partition)."""
+    from handlers.aws import known_regions
+
+    return known_regions()
+
+
 def parse_ec2_buckets(text: str) -> dict[str, Limit]:
     """CORDON_EC2_BUCKETS → the limits that differ from AWS's defaults."""
     return parse_limits(text)

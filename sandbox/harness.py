@@ -40,6 +40,11 @@ class RunningBot:
         self.deps.store.engine.dispose()
 
 
+# A signing secret of the shape Slack gives (32 letters and digits), for the tests'
+# own servers; the bots started here each get a random one.
+SECRET = "5ec7e7c0ffee5ec7e7c0ffee5ec7e7c0"
+
+
 def start_bot(fake: FakeSlack, database_url: str, approvers: str = "S0ONCALL",
               regions: str = "us-east-1", session_factory: Callable[[], Any] | None = None,
               warm: bool = False, **overrides: Any) -> RunningBot:

@@ -136,9 +136,15 @@ def run_sandbox(quiet: bool = False, playbook: str = "full") -> int:
         say("")
         checks = _contained_checks(world, fleet, incident, playbook, before, user, key,
                                    bot.deps.store.steps(incident.id))
-        checks["bystander billing-api-1 untouched"] = (
-            sandbox_world.groups_by_eni(world.bystander_id) == bystander_before
-            or playbook in ("nacl", "route", "igw"))  # those cut the subnet on purpose
+        if playbook in ("nacl", "route", "igw"):
+            # These cut the whole subnet on purpose: what is checked is that the card
+            # named the bystander among what it would hit.
+            others = ((incident.facts or {}).get("blast") or {}).get("others", [])
+            checks["bystander billing-api-1 named in the blast radius on the card"] = any(
+                o.get("id") == world.bystander_id for o in others)
+        else:
+            checks["bystander billing-api-1 untouched"] = (
+                sandbox_world.groups_by_eni(world.bystander_id) == bystander_before)
         for name, ok in checks.items():
             say(f"  {'✅' if ok else '❌'} {name}")
         contained = all(checks.values())

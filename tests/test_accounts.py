@@ -17,7 +17,7 @@ from handlers.aws import Clients
 from handlers.ec2_lookup import AmbiguousTarget, find_instance
 from sandbox import world as sandbox_world
 from sandbox.fake_slack import FakeSlack
-from sandbox.harness import RunningBot, start_bot, wait_for
+from sandbox.harness import SECRET, RunningBot, start_bot, wait_for
 from tests.conftest import AwsTrace, aws_client, settle
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,7 +115,7 @@ def _preflight(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[st
 def test_preflight_passes_against_moto_and_the_fake_slack(
         tmp_path: Path, prod_world: sandbox_world.World, fake_slack: FakeSlack) -> None:
     db = f"sqlite:///{tmp_path}/cordon.db"  # a fresh database: preflight runs before serve
-    env = {"SLACK_BOT_TOKEN": "xoxb-test", "SLACK_SIGNING_SECRET": "0123456789abcdef0123",
+    env = {"SLACK_BOT_TOKEN": "xoxb-test", "SLACK_SIGNING_SECRET": SECRET,
            "SLACK_API_URL": fake_slack.api_url, "CORDON_DATABASE_URL": db,
            "CORDON_REGIONS": "us-east-1,eu-west-1",
            "CORDON_ACCOUNTS": f"own={OWN_ROLE},prod={PROD_ROLE}"}
@@ -180,7 +180,7 @@ def test_preflight_checks_the_findings_queue_and_its_dead_letter_queue(
         "Attributes"]["QueueArn"]
     good = sqs.create_queue(QueueName="findings", Attributes={"RedrivePolicy": json.dumps(
         {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "5"})})["QueueUrl"]
-    env = {"SLACK_BOT_TOKEN": "xoxb-test", "SLACK_SIGNING_SECRET": "0123456789abcdef0123",
+    env = {"SLACK_BOT_TOKEN": "xoxb-test", "SLACK_SIGNING_SECRET": SECRET,
            "SLACK_API_URL": fake_slack.api_url, "CORDON_DATABASE_URL":
            f"sqlite:///{tmp_path}/cordon.db", "CORDON_FINDINGS_CHANNEL": "C0FINDINGS"}
     ok = _preflight({**env, "CORDON_FINDINGS_QUEUE_URL": good}, tmp_path)

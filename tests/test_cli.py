@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sandbox import world as sandbox_world
 from sandbox.fake_slack import FakeSlack
-from sandbox.harness import wait_for
+from sandbox.harness import SECRET, wait_for
 from sandbox.signed import SignedSlack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +45,7 @@ def test_serve_runs_an_incident_logs_it_and_stops_on_sigterm(
         tmp_path: Path, local_aws: sandbox_world.LocalAws, world: sandbox_world.World,
         fake_slack: FakeSlack) -> None:
     port = free_port()
-    env = env_for(local_aws, SLACK_BOT_TOKEN="xoxb-test", SLACK_SIGNING_SECRET="s3cret",
+    env = env_for(local_aws, SLACK_BOT_TOKEN="xoxb-test", SLACK_SIGNING_SECRET=SECRET,
                   SLACK_API_URL=fake_slack.api_url, CORDON_APPROVERS="S0ONCALL",
                   CORDON_DATABASE_URL=f"sqlite:///{tmp_path}/cordon.db", PORT=str(port))
     log = (tmp_path / "stderr.log").open("w+")
@@ -53,7 +53,7 @@ def test_serve_runs_an_incident_logs_it_and_stops_on_sigterm(
                             stdout=subprocess.DEVNULL, stderr=log)
     try:
         wait_for(lambda: health(port) == 200, timeout=30)
-        slack = SignedSlack(f"http://127.0.0.1:{port}/slack/events", "s3cret", fake_slack)
+        slack = SignedSlack(f"http://127.0.0.1:{port}/slack/events", SECRET, fake_slack)
         assert slack.command("U0DANA", "C1", f"{world.instance_id} isolate miner")[0] == 200
         card = wait_for(lambda: fake_slack.channel_messages("C1"))[0]
         slack.click_button("U0LEE", "C1", card.ts, "Approve")
@@ -77,7 +77,7 @@ def test_serve_runs_an_incident_logs_it_and_stops_on_sigterm(
 def test_serve_will_not_start_without_its_database(
         tmp_path: Path, local_aws: sandbox_world.LocalAws, fake_slack: FakeSlack) -> None:
     port = free_port()
-    env = env_for(local_aws, SLACK_BOT_TOKEN="xoxb-test", SLACK_SIGNING_SECRET="s",
+    env = env_for(local_aws, SLACK_BOT_TOKEN="xoxb-test", SLACK_SIGNING_SECRET=SECRET,
                   SLACK_API_URL=fake_slack.api_url,
                   CORDON_DATABASE_URL="postgresql+psycopg://nobody@127.0.0.1:1/none",
                   PORT=str(port))
@@ -91,7 +91,7 @@ def test_serve_will_not_start_without_its_database(
 
 
 def _serve_fails(tmp_path: Path, local_aws: sandbox_world.LocalAws, **env: str) -> str:
-    settings = {"SLACK_BOT_TOKEN": "xoxb-test", "SLACK_SIGNING_SECRET": "s",
+    settings = {"SLACK_BOT_TOKEN": "xoxb-test", "SLACK_SIGNING_SECRET": SECRET,
                 "CORDON_DATABASE_URL": f"sqlite:///{tmp_path}/cordon.db", **env}
     proc = subprocess.run([sys.executable, "-m", "bot", "serve"], cwd=tmp_path,
                           env=env_for(local_aws, **settings), capture_output=True, text=True,
@@ -125,7 +125,7 @@ def test_serve_starts_and_resumes_runs_while_slack_is_down(
         tmp_path: Path, local_aws: sandbox_world.LocalAws) -> None:
     """Nothing answers at SLACK_API_URL: serve starts all the same (HTTP mode), healthy."""
     port, dead = free_port(), free_port()
-    env = env_for(local_aws, SLACK_BOT_TOKEN="xoxb-test", SLACK_SIGNING_SECRET="s",
+    env = env_for(local_aws, SLACK_BOT_TOKEN="xoxb-test", SLACK_SIGNING_SECRET=SECRET,
                   SLACK_API_URL=f"http://127.0.0.1:{dead}/api/", PORT=str(port),
                   CORDON_DATABASE_URL=f"sqlite:///{tmp_path}/cordon.db")
     proc = subprocess.Popen([sys.executable, "-m", "bot", "serve"], cwd=tmp_path, env=env,
@@ -181,6 +181,9 @@ def test_the_sandbox_plays_a_wide_playbook(tmp_path: Path) -> None:
     assert "confirms the dialog naming the blast radius" in out
     assert "✅ the subnet on Cordon's deny-all network ACL" in out
     assert "✅ the subnet's ACL, route table and internet routes as before" in out
+    # Never a ✅ for what was not checked: the bystander is hit, and the card said so.
+    assert "✅ bystander billing-api-1 named in the blast radius on the card" in out
+    assert "bystander billing-api-1 untouched" not in out
 
 
 def test_the_sandbox_plays_a_leaked_key(tmp_path: Path) -> None:
@@ -206,7 +209,7 @@ def test_the_container_command_serves_and_its_healthcheck_passes(
                                    + 4:].splitlines()[0])
     assert "USER cordon" in dockerfile and "FROM python:3.11-slim AS build" in dockerfile
     port = free_port()
-    env = env_for(local_aws, SLACK_BOT_TOKEN="xoxb-test", SLACK_SIGNING_SECRET="s",
+    env = env_for(local_aws, SLACK_BOT_TOKEN="xoxb-test", SLACK_SIGNING_SECRET=SECRET,
                   SLACK_API_URL=fake_slack.api_url, PORT=str(port),
                   CORDON_DATABASE_URL=f"sqlite:///{tmp_path}/cordon.db")
     proc = subprocess.Popen([sys.executable, *cmd[1:]],

@@ -27,7 +27,7 @@ from playbooks.store import FAILED, RUNNING
 from sandbox import world as sandbox_world
 from sandbox.fake_slack import FakeSlack
 from sandbox.faulty_aws import FaultyAws
-from sandbox.harness import RunningBot, stop_process, wait_for
+from sandbox.harness import SECRET, RunningBot, stop_process, wait_for
 from sandbox.signed import SignedSlack
 from tests.conftest import AwsTrace, aws_client, settle, settle_card
 from tests.test_cli import env_for, free_port, health
@@ -150,7 +150,7 @@ def test_an_open_move_that_fails_still_seals_the_eni_and_says_it_is_not_severed(
 def _serve(tmp_path: Path, local_aws: sandbox_world.LocalAws, faulty: FaultyAws,
            fake_slack: FakeSlack, port: int, db: str, name: str, **extra: str
            ) -> subprocess.Popen[bytes]:
-    env = env_for(local_aws, SLACK_BOT_TOKEN="xoxb-test", SLACK_SIGNING_SECRET="s3cret",
+    env = env_for(local_aws, SLACK_BOT_TOKEN="xoxb-test", SLACK_SIGNING_SECRET=SECRET,
                   SLACK_API_URL=fake_slack.api_url, CORDON_APPROVERS="S0ONCALL",
                   CORDON_DATABASE_URL=db, PORT=str(port), **extra)
     env["AWS_ENDPOINT_URL"] = faulty.url
@@ -187,7 +187,7 @@ def test_kill_9_while_enis_are_on_the_open_group_and_restart_seals_them_first(
     first = _serve(tmp_path, local_aws, faulty, fake_slack, port, db, "first",
                    CORDON_LEASE_SECONDS="300")
     try:
-        slack = SignedSlack(f"http://127.0.0.1:{port}/slack/events", "s3cret", fake_slack)
+        slack = SignedSlack(f"http://127.0.0.1:{port}/slack/events", SECRET, fake_slack)
         card_ts = _approve_and_hold_the_seal(slack, fake_slack, faulty, world,
                                              groups["sealed"])
         assert eni_groups(world.instance_id) == {eni: [groups["open"]] for eni in before}
@@ -385,7 +385,7 @@ def test_kill_9_after_the_snapshots_resumes_with_every_message_once_and_one_imag
     first = _serve(tmp_path, local_aws, faulty, fake_slack, port, db, "first",
                    CORDON_LEASE_SECONDS="300")
     try:
-        slack = SignedSlack(f"http://127.0.0.1:{port}/slack/events", "s3cret", fake_slack)
+        slack = SignedSlack(f"http://127.0.0.1:{port}/slack/events", SECRET, fake_slack)
         faulty.add("CreateImage", "hold", times=-1)
         assert slack.command(DANA, CHANNEL, f"{world.instance_id} full miner")[0] == 200
         card = wait_for(lambda: fake_slack.channel_messages(CHANNEL), timeout=30)[0]
@@ -460,7 +460,7 @@ def test_kill_9_before_the_detach_answered_puts_the_enis_back_and_seals_only_aft
     try:
         faulty.add("DetachInstances", "hold", times=-1)
         faulty.add(MODIFY, "hold", times=-1, where=own)
-        slack = SignedSlack(f"http://127.0.0.1:{port}/slack/events", "s3cret", fake_slack)
+        slack = SignedSlack(f"http://127.0.0.1:{port}/slack/events", SECRET, fake_slack)
         assert slack.command(DANA, CHANNEL, f"{world.instance_id} full miner")[0] == 200
         card = wait_for(lambda: fake_slack.channel_messages(CHANNEL), timeout=30)[0]
         slack.click_button(LEE, CHANNEL, card.ts, "Approve")

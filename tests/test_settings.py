@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bot.settings import Settings, SettingsError, load_settings, parse_duration
+from sandbox.harness import SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,16 +35,18 @@ def test_missing_required_settings_stop_with_one_line(tmp_path: Path) -> None:
 
 def test_bad_values_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SettingsError, match=r"CORDON_APPROVERS: .*alice"):
-        load_settings(SLACK_BOT_TOKEN="xoxb-x", SLACK_SIGNING_SECRET="y", CORDON_APPROVERS="alice")
+        load_settings(SLACK_BOT_TOKEN="xoxb-x", SLACK_SIGNING_SECRET=SECRET,
+                      CORDON_APPROVERS="alice")
     with pytest.raises(SettingsError, match="CORDON_APPROVAL_TTL"):
-        load_settings(SLACK_BOT_TOKEN="xoxb-x", SLACK_SIGNING_SECRET="y",
+        load_settings(SLACK_BOT_TOKEN="xoxb-x", SLACK_SIGNING_SECRET=SECRET,
                       CORDON_APPROVAL_TTL="soon")
 
 
 def test_lists_and_durations_parse(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CORDON_REGIONS", "us-east-1, eu-west-1")
     monkeypatch.setenv("CORDON_APPROVERS", "S0ONCALL,U0LEAD")
-    s = load_settings(SLACK_BOT_TOKEN="xoxb-x", SLACK_SIGNING_SECRET="y", CORDON_APPROVAL_TTL="30m")
+    s = load_settings(SLACK_BOT_TOKEN="xoxb-x", SLACK_SIGNING_SECRET=SECRET,
+                      CORDON_APPROVAL_TTL="30m")
     assert s.regions == ["us-east-1", "eu-west-1"]
     assert s.approvers == ["S0ONCALL", "U0LEAD"]
     assert s.approval_ttl == 1800
@@ -87,3 +90,26 @@ def test_the_manifest_keeps_to_the_schema_rules_it_relies_on() -> None:
     events = manifest["settings"]["event_subscriptions"]["bot_events"]
     assert events == ["app_home_opened"] and len(events) <= 100
     assert len(manifest["oauth_config"]["scopes"]["bot"]) <= 255
+
+
+@pytest.mark.parametrize(("env", "said"), [
+    ({"SLACK_BOT_TOKEN": "xoxb-your-bot-token"}, "placeholder"),
+    ({"SLACK_SIGNING_SECRET": "abc"}, "32 letters and digits"),
+    ({"SLACK_SIGNING_SECRET": "your-signing-secret"}, "32 letters and digits"),
+    ({"CORDON_REGIONS": "us-east-1,mars-1"}, "not AWS regions: mars-1"),
+])
+def test_placeholders_a_misshapen_secret_and_unknown_regions_are_refused(
+        env: dict[str, str], said: str) -> None:
+    good = {"SLACK_BOT_TOKEN": "xoxb-1-2-abc",
+            "SLACK_SIGNING_SECRET": SECRET}
+    with pytest.raises(SettingsError, match=said):
+        load_settings(**{**good, **env})
+    assert load_settings(**good).regions  # the good ones pass
+
+
+def test_serve_refuses_a_port_out_of_range_in_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "bot", "serve", "--port", "99999"],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].endswith("'99999' is not a port (1-65535)")
