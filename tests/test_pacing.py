@@ -31,6 +31,12 @@ SMALL = {"ModifyNetworkInterfaceAttribute": (6, 8), "describe": (12, 20), "mutat
 CUT_PATH = ("ModifyNetworkInterfaceAttribute", "CreateNetworkAclEntry")
 
 
+def on_the_cut(action: str, params: dict[str, str]) -> bool:
+    """A call the cut waits for: the moves (not the conntrack timeouts lowered after the
+    seal, which may meet a throttle when calls granted apart land together)."""
+    return action in CUT_PATH and not any(k.startswith("ConnectionTracking") for k in params)
+
+
 def _buckets_setting() -> str:
     return ",".join(f"{k}={s}/{r}" for k, (s, r) in SMALL.items())
 
@@ -97,7 +103,7 @@ def test_a_burst_of_containments_meets_no_throttling_on_the_path_to_the_cut(
         assert len(groups) == 2 and all(g == [f"cordon-sealed ({sealed})"]
                                         for g in groups.values()), groups
     throttled = [(s.action, s.params) for s in throttling.seen if s.answered == "throttle"]
-    assert [a for a in throttled if a[0] in CUT_PATH] == []
+    assert [a for a in throttled if on_the_cut(*a)] == []
     # The buckets were the limit: the cut needed more tokens than they held at the start.
     moves = throttling.calls(MODIFY)
     assert len(moves) > SMALL[MODIFY][0]
@@ -114,8 +120,8 @@ def test_unpaced_the_same_burst_is_throttled(
         _burst(bot, ids, "isolate")
     finally:
         bot.stop()
-    throttled = [s.action for s in throttling.seen if s.answered == "throttle"]
-    assert MODIFY in throttled
+    throttled = [(s.action, s.params) for s in throttling.seen if s.answered == "throttle"]
+    assert any(on_the_cut(*a) for a in throttled)
 
 
 def test_a_cut_call_is_served_before_the_calls_waiting_ahead_of_it() -> None:
