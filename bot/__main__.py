@@ -197,10 +197,15 @@ def run_policy(playbooks: list[str] | None, template: str | None = None,
 
 def run_prepare(regions: list[str] | None, vpcs: list[str] | None) -> int:
     setup_logging("text", "WARNING")
+    from playbooks.errors import CordonError
     from playbooks.operations import client_pool, prepare_isolation
 
     regions = regions or RegionSettings().regions
-    rows = prepare_isolation(client_pool(), regions, vpcs)
+    try:
+        rows = prepare_isolation(client_pool(), regions, vpcs)
+    except CordonError as exc:
+        print(f"cordon prepare: nothing made — {exc}", file=sys.stderr)
+        return 1
     for row in rows:
         made = f" (created {', '.join(row['created'])})" if row["created"] else " (existed)"
         print(f"{row['region']} {row['vpc_id']} cordon-open={row['open']} "

@@ -42,12 +42,16 @@ def prepare_isolation(pool: ClientPool, regions: Sequence[str],
                       vpc_ids: list[str] | None = None) -> list[dict[str, Any]]:
     """Create every VPC's isolation groups ahead of an incident."""
     from handlers.isolation import prepare_vpcs
+    from playbooks.errors import AwsLookupFailed
 
     results = []
     with acting_as("prepare"):
         for region in regions:
-            for row in prepare_vpcs(pool.for_region(region), vpc_ids):
-                results.append({"region": region, **row})
+            try:
+                rows = prepare_vpcs(pool.for_region(region), vpc_ids)
+            except Exception as exc:  # no credentials, no network, no permission
+                raise AwsLookupFailed(f"{region}: {describe_error(exc)}") from exc
+            results += [{"region": region, **row} for row in rows]
     return results
 
 

@@ -225,3 +225,15 @@ def test_the_container_command_serves_and_its_healthcheck_passes(
     # With nothing listening, the health check fails.
     assert subprocess.run([sys.executable, *probe[1:]], env=env, timeout=30,
                           capture_output=True).returncode != 0
+
+
+def test_prepare_without_credentials_fails_in_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(PYTHONPATH=str(ROOT), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+               AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_EC2_METADATA_DISABLED="true",
+               CORDON_REGIONS="us-east-1")
+    proc = subprocess.run([sys.executable, "-m", "bot", "prepare"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert "nothing made" in line and "us-east-1" in line and "credentials" in line
