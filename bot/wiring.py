@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from slack_bolt import App
+from slack_bolt.authorization import AuthorizeResult
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
@@ -74,6 +76,35 @@ def build_deps(settings: Settings, session_factory: Callable[[], Any] | None = N
                 warmed=warmed)
 
 
+def _authorize(settings: Settings, client: WebClient) -> Callable[..., AuthorizeResult]:
+    """Never a network call on the path to the ack: the bot's own ids are looked up in the
+    background (auth.test, again every 30 s until Slack answers)."""
+    known: dict[str, str] = {}
+
+    def look_up() -> None:
+        while True:
+            try:
+                found = client.auth_test()
+                known.update(user_id=str(found.get("user_id") or ""),
+                             bot_id=str(found.get("bot_id") or ""))
+                return
+            except Exception as exc:
+                log.warning("auth.test failed; trying again in 30 s",
+                            extra={"error": str(exc)[:200]})
+                time.sleep(30)
+
+    threading.Thread(target=look_up, name="cordon-auth-test", daemon=True).start()
+
+    def authorize(enterprise_id: str | None, team_id: str | None, **_: Any
+                  ) -> AuthorizeResult:
+        return AuthorizeResult(enterprise_id=enterprise_id, team_id=team_id,
+                               bot_token=settings.slack_bot_token,
+                               bot_user_id=known.get("user_id") or None,
+                               bot_id=known.get("bot_id") or None)
+
+    return authorize
+
+
 def build_app(settings: Settings, deps: Deps) -> App:
     app = App(
         client=deps.client,
@@ -83,6 +114,10 @@ def build_app(settings: Settings, deps: Deps) -> App:
         # Cordon starts (and resumes interrupted runs) while Slack is unreachable;
         # `preflight` is where the token is checked.
         token_verification_enabled=False,
+        # Every request is acked while Slack's Web API is down (Bolt's own single-team
+        # authorization would call auth.test first and answer 500): the token is this
+        # app's; the bot's user id comes from auth.test once Slack answers.
+        authorize=_authorize(settings, deps.client),
     )
     commands.register(app, deps)
     actions.register(app, deps)

@@ -99,3 +99,19 @@ def test_malformed_requests_get_a_400_and_change_nothing(bot: RunningBot) -> Non
     assert bot.deps.store.recent() == []
     # The server is still there.
     assert get_health(bot)[0] == 200
+
+
+def test_requests_are_acked_while_slacks_web_api_is_down(
+        tmp_path: Any, world: sandbox_world.World) -> None:
+    """Bolt would call auth.test before each request's listeners and answer 500 while
+    Slack's Web API is unreachable; Cordon's authorize never goes to the network."""
+    fake = FakeSlack().start()
+    bot = start_bot(fake, f"sqlite:///{tmp_path}/cordon.db")
+    fake.stop()  # Slack's Web API is gone; its signed requests still arrive
+    try:
+        status, body = bot.slack.command("U0DANA", "C1", f"{world.instance_id} isolate x")
+        assert status == 200 and "Looking up" in body
+        status, body = bot.slack.command("U0DANA", "C1", "help")
+        assert status == 200 and "/contain" in body
+    finally:
+        bot.stop()
