@@ -728,29 +728,28 @@ def cut_eni(clients: Clients, eni: dict[str, Any], open_id: str, sealed_id: str,
     machine = machine or EniCutMachine()
     result.machine = machine
 
+    def send_conntrack() -> None:
+        # Paced behind every move and seal of the same bucket (handlers.pacing).
+        with urgency(CUT_EXTRA):
+            clients.ec2_cut.modify_network_interface_attribute(
+                NetworkInterfaceId=eni["id"], ConnectionTrackingSpecification=CONNTRACK_MINIMUM)
+
     def lower_conntrack() -> None:
         try:
-            # Paced behind every move and seal of the same bucket (handlers.pacing).
-            with urgency(CUT_EXTRA):
-                clients.ec2_cut.modify_network_interface_attribute(
-                    NetworkInterfaceId=eni["id"],
-                    ConnectionTrackingSpecification=CONNTRACK_MINIMUM)
+            send_conntrack()
         except LeaseLost:
             raise
         except Exception as exc:  # not every instance type supports it: note and go on
             result.conntrack_error = describe_error(exc).code
 
-    lost: list[LeaseLost] = []
-
     def lower_conntrack_later() -> None:
         try:
-            with urgency(CUT_EXTRA):
-                clients.ec2_cut.modify_network_interface_attribute(
-                    NetworkInterfaceId=eni["id"],
-                    ConnectionTrackingSpecification=CONNTRACK_MINIMUM)
-        except Exception as exc:
+            send_conntrack()
+        except Exception as exc:  # after the step: a log line is all that is left to say
             log.warning("conntrack timeouts not lowered", extra={
                 "eni": eni["id"], "error": describe_error(exc).code})
+
+    lost: list[LeaseLost] = []
 
     def open_move() -> Event:
         sent = []

@@ -206,14 +206,16 @@ class Pacer:
 
     def take(self, scope: str, region: str, action: str) -> None:
         paired = _pair.get()
+        bucket = self.bucket(scope, region, action)
         count = 1
         if paired is not None and paired.action == action:
             if paired.credit > 0:
                 paired.credit -= 1
                 return
-            if not paired.taken:
+            # A bucket that holds fewer than two tokens could never hand out both.
+            if not paired.taken and bucket.limit.size >= 2:
                 paired.taken, paired.credit, count = True, 1, 2
-        waited = self.bucket(scope, region, action).take(current_urgency(), count)
+        waited = bucket.take(current_urgency(), count)
         if waited > 0:
             with self._lock:
                 self.waited[action] = self.waited.get(action, 0.0) + waited

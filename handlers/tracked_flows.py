@@ -203,6 +203,8 @@ def cover(wanted: list[str], others: list[str]) -> list[str]:
     return sorted(blocks, key=ipaddress.ip_network) + six
 
 
+# A fleet's blocks this process has added: (fleet, ACL, egress, CIDR).
+_ADDED: set[tuple[str, str, bool, str]] = set()
 _BLOCK_LOCKS: dict[tuple[str, bool | None, str], threading.Lock] = {}
 _BLOCK_LOCKS_LOCK = threading.Lock()
 
@@ -342,13 +344,16 @@ class SeverTrackedFlows(Action):
         def one(item: tuple[str, bool, str]) -> None:
             acl_id, egress, cidr = item
             if captured.get("shared"):
-                # A fleet's block: the first member to reach it adds the entry.
+                # A fleet's block: the first member to reach it adds the entry; the others
+                # of this process know it without a describe on the path to the cut.
+                added = (ctx.target.facts.get("fleet_id") or "", acl_id, egress, cidr)
                 with _block_lock(acl_id, egress, cidr):
-                    if self._denied(ctx, acl_id, egress, cidr):
+                    if added in _ADDED or self._denied(ctx, acl_id, egress, cidr):
                         with lock:
                             covered.append({"acl": acl_id, "egress": egress, "cidr": cidr})
                         return
                     create(acl_id, egress, cidr)
+                    _ADDED.add(added)
                 return
             create(acl_id, egress, cidr)
 
@@ -440,10 +445,12 @@ class SeverTrackedFlows(Action):
             e for e in self._present(ctx, captured) if e["acl"] == acl_id]
 
     def _denied(self, ctx: StepContext, acl_id: str, egress: bool, cidr: str) -> bool:
-        """Whether the ACL already has a deny of everything for exactly `cidr` this way."""
+        """Whether the ACL already has a deny of everything for exactly `cidr` this way,
+        below every allow (so that it decides)."""
         (acl,) = ctx.clients.ec2.describe_network_acls(NetworkAclIds=[acl_id])["NetworkAcls"]
         return any(e["Egress"] == egress and e["RuleAction"] == "deny"
                    and str(e.get("Protocol")) == "-1" and _cidr(e) == cidr
+                   and e["RuleNumber"] < lowest_allow(acl, egress)
                    for e in acl.get("Entries", []))
 
     def _release_blocks(self, ctx: StepContext, captured: dict[str, Any]) -> str:
@@ -461,7 +468,11 @@ class SeverTrackedFlows(Action):
         kept = [b for b in captured["addresses"] if any(block_of(a, [b]) for a in still)]
         gone = [b for b in captured["addresses"] if b not in kept]
         deleted = 0
+        fleet = facts.get("fleet_id") or ""
         for acl_id in sorted(captured["acls"]):
+            # What the ACL held when the card was made is not Cordon's to delete.
+            before = {(e["Egress"], e["RuleNumber"])
+                      for e in captured["acls"][acl_id].get("Entries", [])}
             for block in gone:
                 # Members released together reach a block at once: one deletes it.
                 with _block_lock(acl_id, None, block):
@@ -469,9 +480,11 @@ class SeverTrackedFlows(Action):
                         NetworkAclIds=[acl_id])["NetworkAcls"]
                     entries = [e for e in acl.get("Entries", [])
                                if e["RuleAction"] == "deny" and str(e.get("Protocol")) == "-1"
-                               and _cidr(e) == block and e["RuleNumber"] not in DEFAULT_RULES]
+                               and _cidr(e) == block
+                               and (e["Egress"], e["RuleNumber"]) not in before]
                     for e in entries:
                         delete_entry(ctx.clients.ec2, acl_id, e["RuleNumber"], e["Egress"])
+                        _ADDED.discard((fleet, acl_id, e["Egress"], block))
                     deleted += len(entries)
         said = f"{deleted} deny entries of its fleet's blocks deleted"
         if kept:

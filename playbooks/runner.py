@@ -766,7 +766,11 @@ class Worker:
         store = self.runner.store
         store.release_claims([c for c in store.claimants() if owner_is_dead(c)])
         ids = self.runner.store.runs_to_resume(tuple(self.runner.dead_owners))
-        return [i for i in ids if self.submit(i) is not None]
+        resumed = [i for i in ids if self.submit(i) is not None]
+        # A fleet whose last member ended in a process that died before saying so.
+        for fleet_id in store.running_fleets():
+            self.runner.settle_fleet(fleet_id)
+        return resumed
 
     def shutdown(self, wait: bool = True) -> None:
         self._pool.shutdown(wait=wait)

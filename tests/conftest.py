@@ -263,3 +263,28 @@ def settle_card(bot: RunningBot, card_ts: str, timeout: float = 60) -> Any:
     incident = wait_for(lambda: next((i for i in bot.deps.store.recent()
                                       if i.card_ts == card_ts), None), timeout=timeout)
     return settle(bot, incident.id, timeout)
+
+
+def approve_at_once(bot: RunningBot, ids: list[str], text: str, channel: str = "C0INCIDENT",
+                    requester: str = "U0DANA", approver: str = "U0LEE") -> list[Any]:
+    """One card per instance (`/contain <id> <text>`), then every card approved at once
+    (threads clicking together); each incident once it has settled, in the cards' order."""
+    import threading
+
+    from sandbox.harness import wait_for
+
+    for instance_id in ids:
+        assert bot.slack.command(requester, channel, f"{instance_id} {text}")[0] == 200
+    cards = wait_for(lambda: len(m := bot.slack.fake.channel_messages(channel)) == len(ids)
+                     and m, timeout=90)
+    # The cards are approvable once each has its full plan in the thread.
+    wait_for(lambda: all((i.facts or {}).get("plan") != "pending"
+                         for i in bot.deps.store.recent(len(ids))), timeout=60)
+    clicks = [threading.Thread(target=bot.slack.click_button,
+                               args=(approver, channel, card.ts, "Approve")) for card in cards]
+    for t in clicks:
+        t.start()
+    for t in clicks:
+        t.join()
+    by_card = {i.card_ts: i.id for i in bot.deps.store.recent(len(ids))}
+    return [settle(bot, by_card[card.ts], timeout=180) for card in cards]

@@ -276,3 +276,23 @@ def test_a_member_and_its_fleet_export_into_the_fleets_thread(
     assert records[0]["incident"] == fleet.id
     assert sorted(r["incident"] for r in records[1:]) == sorted(
         m.id for m in bot.deps.store.members(fleet.id))
+
+
+def test_a_fleet_whose_last_member_ended_unsaid_is_settled_by_the_next_sweep(
+        bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack) -> None:
+    """The process died between the last member's end and the fleet's: the fleet stays
+    running until the next takeover pass looks, then ends as its members did."""
+    from sqlalchemy import update
+
+    from playbooks.models import Incident
+
+    ids = [world.instance_id, *sandbox_world.add_instances(world, 1)]
+    bot.slack.command(DANA, CHANNEL, " ".join(ids) + " isolate worm")
+    (card,) = wait_for(lambda: fake_slack.channel_messages(CHANNEL), timeout=30)
+    bot.slack.click_button(LEE, CHANNEL, card.ts, "Approve")
+    fleet = settle_card(bot, card.ts, timeout=120)
+    with bot.deps.store.session() as s:  # as it was before the fleet's end was written
+        s.execute(update(Incident).where(Incident.id == fleet.id).values(
+            status="running", finished_at=None))
+    bot.deps.worker.resume_interrupted()
+    assert bot.deps.store.get(fleet.id).status == CONTAINED  # type: ignore[union-attr]

@@ -18,7 +18,7 @@ from sandbox import world as sandbox_world
 from sandbox.fake_slack import FakeSlack
 from sandbox.faulty_aws import FaultyAws
 from sandbox.harness import RunningBot, start_bot, wait_for
-from tests.conftest import AwsTrace, settle
+from tests.conftest import AwsTrace, approve_at_once
 from tests.test_failsafe import MODIFY
 from tests.test_tracked_flows import sealed_group
 
@@ -71,22 +71,7 @@ def paced_bot(fake_slack: FakeSlack, world: sandbox_world.World, throttling: Fau
 
 
 def _burst(bot: RunningBot, ids: list[str], playbook: str) -> list[Any]:
-    """One card per instance, then every card approved at once."""
-    for instance_id in ids:
-        assert bot.slack.command(DANA, CHANNEL, f"{instance_id} {playbook} worm")[0] == 200
-    cards = wait_for(lambda: len(m := bot.slack.fake.channel_messages(CHANNEL)) == len(ids)
-                     and m, timeout=90)
-    wait_for(lambda: all((i.facts or {}).get("plan") != "pending"
-                         for i in bot.deps.store.recent(len(ids))), timeout=60)
-    clicks = [threading.Thread(target=bot.slack.click_button,
-                               args=(LEE, CHANNEL, card.ts, "Approve")) for card in cards]
-    for t in clicks:
-        t.start()
-    for t in clicks:
-        t.join()
-    by_card = {i.card_ts: i.id for i in bot.deps.store.recent(len(ids))}
-    return [settle(bot, by_card[card.ts], timeout=180) for card in cards]
-
+    return approve_at_once(bot, ids, f"{playbook} worm")
 
 def test_a_burst_of_containments_meets_no_throttling_on_the_path_to_the_cut(
         paced_bot: RunningBot, world: sandbox_world.World, throttling: FaultyAws) -> None:
@@ -177,3 +162,21 @@ def test_bucket_refill_is_bounded_by_its_size() -> None:
     for _ in range(3):
         assert bucket.take(REST) == pytest.approx(0, abs=0.05)
     assert bucket.tokens < 1
+
+
+def test_a_pair_on_a_bucket_of_one_token_does_not_wait_for_ever() -> None:
+    """A bucket too small to hold a move and its seal's token: the pair pays one by one."""
+    from handlers.pacing import pair
+
+    pacer = Pacer({MODIFY: Limit(2, 1000)})  # one token, after the spare
+    assert pacer.limit_for(MODIFY).size == 1
+    done = threading.Event()
+
+    def moves() -> None:
+        with pair(MODIFY):
+            pacer.take("", "us-east-1", MODIFY)
+            pacer.take("", "us-east-1", MODIFY)
+        done.set()
+
+    threading.Thread(target=moves, daemon=True).start()
+    assert done.wait(5)

@@ -6,11 +6,9 @@ reads the stored document, as a responder would in the console."""
 
 from __future__ import annotations
 
-import threading
-
 from sandbox import world as sandbox_world
-from sandbox.harness import RunningBot, wait_for
-from tests.conftest import AwsTrace, aws_client, settle
+from sandbox.harness import RunningBot
+from tests.conftest import AwsTrace, approve_at_once, aws_client
 
 CHANNEL = "C0INCIDENT"
 DANA, LEE = "U0DANA", "U0LEE"
@@ -32,21 +30,7 @@ def test_eight_containments_on_one_role_keep_eight_statements(
         '"Resource":"*"}]}'))
     # Every read-merge-write of the policy is slow enough for the others to overlap it.
     aws_trace.delay["PutRolePolicy"] = 0.15
-    for instance_id in ids:
-        bot.slack.command(DANA, CHANNEL, f"{instance_id} full worm across the fleet")
-    cards = wait_for(lambda: len(m := bot.slack.fake.channel_messages(CHANNEL)) == 8 and m,
-                     timeout=60)
-    # The cards are approvable once each has its full plan in the thread.
-    wait_for(lambda: all((i.facts or {}).get("plan") != "pending"
-                         for i in bot.deps.store.recent(20)), timeout=60)
-    clicks = [threading.Thread(target=bot.slack.click_button,
-                               args=(LEE, CHANNEL, card.ts, "Approve")) for card in cards]
-    for t in clicks:
-        t.start()
-    for t in clicks:
-        t.join()
-    by_card = {i.card_ts: i.id for i in bot.deps.store.recent(20)}
-    incidents = [settle(bot, by_card[card.ts], timeout=180) for card in cards]
+    incidents = approve_at_once(bot, ids, "full worm across the fleet")
     assert [i.status for i in incidents] == ["contained"] * 8, [i.summary for i in incidents]
     document = iam.get_role_policy(RoleName="web-prod",
                                    PolicyName="cordon-revocations")["PolicyDocument"]

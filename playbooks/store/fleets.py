@@ -19,6 +19,11 @@ class Fleets(Repository):
             return list(s.scalars(select(Incident).where(Incident.fleet_id == fleet_id)
                                   .order_by(Incident.created_at, Incident.id)))
 
+    def running_fleets(self) -> list[str]:
+        with self.session() as s:
+            return list(s.scalars(select(Incident.id).where(Incident.kind == "fleet",
+                                                            Incident.status == RUNNING)))
+
     def hand_decision_to_members(self, fleet_id: str, approve: bool) -> list[str]:
         """The fleet's decision, made once on its card, becomes each pending member's
         (the same person, the same time). Returns the members it approved or denied now;
