@@ -31,7 +31,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m bot sandbox
 
-test: lint typecheck unit
+# The type check runs beside the tests (each prints its output when it has finished).
+test: lint
+	@$(MAKE) --no-print-directory -j2 --output-sync=target typecheck unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check bot playbooks handlers sandbox tests benchmarks

@@ -107,6 +107,7 @@ def _authorize(settings: Settings, client: WebClient) -> Callable[..., Authorize
 
 def build_app(settings: Settings, deps: Deps) -> App:
     app = App(
+        name="cordon",  # named: Bolt would otherwise walk the call stack for a name
         client=deps.client,
         signing_secret=settings.slack_signing_secret,
         process_before_response=False,

@@ -16,6 +16,7 @@ import boto3
 import botocore.session
 from botocore.config import Config
 from botocore.credentials import RefreshableCredentials
+from botocore.loaders import create_loader
 
 from handlers.attribution import acting
 from handlers.lease import guard_call
@@ -267,7 +268,8 @@ def make_clients(session: boto3.session.Session, region: str, scope: str = "",
 
 @functools.cache
 def known_regions() -> frozenset[str]:
-    """Every EC2 region of every partition, from botocore's endpoint data."""
-    session = botocore.session.get_session()
-    return frozenset(r for partition in session.get_available_partitions()
-                     for r in session.get_available_regions("ec2", partition))
+    """Every region of every partition, from botocore's endpoint data (EC2 is in all of
+    them); read without loading any service's model."""
+    endpoints = create_loader().load_data("endpoints")
+    return frozenset(region for partition in endpoints["partitions"]
+                     for region in partition["regions"])

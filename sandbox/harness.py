@@ -72,15 +72,22 @@ def start_bot(fake: FakeSlack, database_url: str, approvers: str = "S0ONCALL",
     return RunningBot(settings, deps, server, slack, thread)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, every: float = 0.02) -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0,
+             every: float | None = None) -> Any:
+    """Poll `predicate` until it is true. Without `every` the polls back off from 20 ms
+    to a quarter of a second: a predicate that asks the database or moto costs CPU the
+    run being waited for needs."""
     deadline = time.monotonic() + timeout
+    pause = every if every is not None else 0.02
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met in time")
-        time.sleep(every)
+        time.sleep(pause)
+        if every is None:
+            pause = min(pause * 1.5, 0.25)
 
 
 def stop_process(proc: subprocess.Popen[Any]) -> None:

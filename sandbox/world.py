@@ -4,6 +4,7 @@ bystander in the same subnet."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import logging
@@ -61,6 +62,19 @@ def client(service: str, region: str = "us-east-1") -> Any:
 
 
 
+def _cache_moto_lookups() -> None:
+    """moto's server lists its package directory and inspects a response class's methods
+    on every request (a tenth of its CPU in the tests); neither changes while it runs."""
+    import moto.backends
+    import moto.core.responses
+
+    modules = tuple(moto.backends.list_of_moto_modules())
+    moto.backends.list_of_moto_modules = lambda: modules
+    inspect_methods = moto.core.responses.method_names_from_class
+    moto.core.responses.method_names_from_class = functools.cache(  # type: ignore[assignment]
+        lambda clazz: frozenset(inspect_methods(clazz)))
+
+
 class LocalAws:
     """moto's server in a thread. boto3 reaches it through AWS_ENDPOINT_URL."""
 
@@ -68,6 +82,7 @@ class LocalAws:
         os.environ.setdefault("MOTO_AMIS_PATH", AMIS_PATH)
         from moto.server import ThreadedMotoServer
 
+        _cache_moto_lookups()
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.url = ""
 
@@ -124,10 +139,15 @@ class World:
     second_eni: str
 
 
+def _clients(session: boto3.session.Session | None, region: str, *services: str) -> list[Any]:
+    """The session's clients, or (no session) the shared ones of `client`."""
+    if session is None:
+        return [client(s, region) for s in services]
+    return [session.client(s, region_name=region) for s in services]
+
+
 def seed(region: str = "us-east-1", session: boto3.session.Session | None = None) -> World:
-    session = session or new_session()
-    ec2 = session.client("ec2", region_name=region)
-    iam = session.client("iam", region_name=region)
+    ec2, iam = _clients(session, region, "ec2", "iam")
     vpc = ec2.create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]
     ec2.create_tags(Resources=[vpc], Tags=[{"Key": "Name", "Value": "prod"}])
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.20.1.0/24")["Subnet"]["SubnetId"]
@@ -180,9 +200,7 @@ def add_instances(world: World, count: int, name: str = "worker",
                   tags: dict[str, str] | None = None) -> list[str]:
     """`count` more instances like the compromised one (its subnet, its role, two ENIs:
     web+mgmt, and mgmt) — a worm's reach."""
-    session = session or new_session()
-    ec2 = session.client("ec2", region_name=world.region)
-    iam = session.client("iam", region_name=world.region)
+    ec2, iam = _clients(session, world.region, "ec2", "iam")
     profile = iam.get_instance_profile(InstanceProfileName="web-prod")["InstanceProfile"]["Arn"]
     # Addresses given, not left to moto, which may hand out one already in use (AWS never
     # does): the next free ones from .100 of the subnet.
@@ -242,12 +260,9 @@ class Fleet:
 def join_fleet(world: World, session: boto3.session.Session | None = None) -> Fleet:
     """Put the compromised instance where production instances live: an Auto Scaling
     group, an ALB target group and a classic load balancer."""
-    session = session or new_session()
     region = world.region
-    ec2 = session.client("ec2", region_name=region)
-    autoscaling = session.client("autoscaling", region_name=region)
-    elbv2 = session.client("elbv2", region_name=region)
-    elb = session.client("elb", region_name=region)
+    ec2, autoscaling, elbv2, elb = _clients(session, region, "ec2", "autoscaling", "elbv2",
+                                            "elb")
     ec2.create_launch_template(LaunchTemplateName="web-prod", LaunchTemplateData={
         "ImageId": SANDBOX_IMAGE, "InstanceType": "t3.large"})
     autoscaling.create_auto_scaling_group(
@@ -270,16 +285,14 @@ def join_fleet(world: World, session: boto3.session.Session | None = None) -> Fl
 
 def describe_containment(world: World, fleet: Fleet, incident_id: str) -> dict[str, Any]:
     """What the sandbox checks after a containment, read back from AWS."""
-    session = new_session()
-    ec2 = session.client("ec2", region_name=world.region)
+    ec2, asg, elbv2, elb = _clients(None, world.region, "ec2", "autoscaling", "elbv2", "elb")
     inst = ec2.describe_instances(InstanceIds=[world.instance_id])[
         "Reservations"][0]["Instances"][0]
-    asg = session.client("autoscaling", region_name=world.region)
     in_asg = asg.describe_auto_scaling_instances(InstanceIds=[world.instance_id])[
         "AutoScalingInstances"]
-    health = session.client("elbv2", region_name=world.region).describe_target_health(
+    health = elbv2.describe_target_health(
         TargetGroupArn=fleet.target_group)["TargetHealthDescriptions"]
-    clb = session.client("elb", region_name=world.region).describe_load_balancers(
+    clb = elb.describe_load_balancers(
         LoadBalancerNames=[fleet.classic_elb])["LoadBalancerDescriptions"][0]["Instances"]
     assoc = ec2.describe_iam_instance_profile_associations(Filters=[
         {"Name": "instance-id", "Values": [world.instance_id]},
@@ -313,8 +326,7 @@ class Network:
 def add_network(world: World, session: boto3.session.Session | None = None) -> Network:
     """An internet gateway with default routes, a second subnet with its own instance,
     and one more instance beside the compromised one."""
-    session = session or new_session()
-    ec2 = session.client("ec2", region_name=world.region)
+    (ec2,) = _clients(session, world.region, "ec2")
     igw = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
     ec2.attach_internet_gateway(InternetGatewayId=igw, VpcId=world.vpc_id)
     public = ec2.create_route_table(VpcId=world.vpc_id)["RouteTable"]["RouteTableId"]
@@ -345,7 +357,7 @@ def add_nat_gateway(world: World, session: boto3.session.Session | None = None
     """The commonest production layout: the instance's subnet routes 0.0.0.0/0 to a NAT
     gateway in a public subnet. Every subnet keeps the VPC's default ACL. Returns the
     public subnet, the NAT gateway and that subnet's ACL."""
-    ec2 = (session or new_session()).client("ec2", region_name=world.region)
+    (ec2,) = _clients(session, world.region, "ec2")
     public = ec2.create_subnet(VpcId=world.vpc_id, CidrBlock="10.20.9.0/24")["Subnet"]["SubnetId"]
     igw = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
     ec2.attach_internet_gateway(InternetGatewayId=igw, VpcId=world.vpc_id)
@@ -363,7 +375,7 @@ def seed_leaked_key(world: World, session: boto3.session.Session | None = None
                     ) -> tuple[str, str]:
     """An IAM user with console access, a policy and two access keys, the first of
     which leaked: (user, leaked key id)."""
-    iam = (session or new_session()).client("iam", region_name=world.region)
+    (iam,) = _clients(session, world.region, "iam")
     iam.create_user(UserName="deploy-bot")
     iam.create_login_profile(UserName="deploy-bot", Password="Correct-Horse-9!")
     iam.put_user_policy(UserName="deploy-bot", PolicyName="s3-deploy", PolicyDocument=json.dumps(

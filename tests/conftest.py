@@ -3,6 +3,7 @@ fake Slack Web API over HTTP, and both databases."""
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import uuid
@@ -25,6 +26,11 @@ from sandbox import world as sandbox_world
 from sandbox.fake_slack import FakeSlack
 from sandbox.faulty_aws import FaultyAws, error_xml
 from sandbox.harness import RunningBot, start_bot
+
+# Everything imported so far lives as long as the test process: the cyclic collector
+# need not walk it again, and runs less often (botocore's models are large).
+gc.freeze()
+gc.set_threshold(200_000, 50, 50)
 
 POSTGRES_URL = os.environ.get("CORDON_TEST_POSTGRES_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/test")
