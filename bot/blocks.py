@@ -121,7 +121,10 @@ def _finding_blocks(incident: Incident) -> list[Block]:
     severity = (f"{f['severity']:g} ({escape(f['severity_label'])})"
                 if f.get("severity") is not None else "— (a person set the tag)")
     more = len((incident.facts or {}).get("findings") or []) - 1
-    text = (f"🚨 *Proposed by {escape(f['source'])}* — {escape(clip(f.get('title', ''), 500))}\n"
+    sample = ("🧪 *Sample finding* — generated to try the pipeline, not seen in the account\n"
+              if f.get("sample") else "")
+    text = (f"{sample}🚨 *Proposed by {escape(f['source'])}* — "
+            f"{escape(clip(f.get('title', ''), 500))}\n"
             f"Type `{escape(clip(f.get('type', ''), 200))}` · severity {severity} · account "
             f"{escape(f.get('account') or '?')} · region {escape(f.get('region') or '?')}\n"
             f"First seen {escape(f.get('first_seen') or '?')} · last seen "
@@ -132,13 +135,18 @@ def _finding_blocks(incident: Incident) -> list[Block]:
     return [SectionBlock(text=_mrkdwn(clip(text, SECTION_MAX)))]
 
 
-def render_finding_note(p: Any) -> str:
-    """A further finding about a resource that already has an open card."""
+def render_finding_note(p: Any, own: bool = False) -> str:
+    """A finding about a resource whose containment is open or holds: another finding, or
+    (`own`) the card's own finding seen again. Kept up to date in place as its count
+    changes."""
     severity = f"{p.severity:g} ({p.severity_label})" if p.severity is not None else "—"
-    return (f"🚨 Another {escape(p.source)} finding about `{escape(p.resource_id)}`: "
-            f"{escape(clip(p.title, 500))} — `{escape(clip(p.type, 200))}`, severity "
-            f"{escape(severity)}, last seen {escape(p.last_seen or '?')} · "
-            f"{link(p.console_url, 'open the finding')}")
+    seen = f"seen {p.count} times, " if p.count is not None else ""
+    head = (f"🔁 The finding behind this card again (`{escape(clip(p.type, 200))}`)" if own
+            else f"🚨 Another {escape(p.source)} finding about `{escape(p.resource_id)}`"
+            f"{' (sample)' if p.sample else ''}: {escape(clip(p.title, 500))} — "
+            f"`{escape(clip(p.type, 200))}`")
+    return (f"{head}: severity {escape(severity)}, {seen}last seen "
+            f"{escape(p.last_seen or '?')} · {link(p.console_url, 'open the finding')}")
 
 
 def render_not_proposed(p: Any, error: Exception) -> str:

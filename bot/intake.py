@@ -29,8 +29,11 @@ def build_intake(settings: Settings, deps: Deps) -> Intake | None:
     def card(incident: Incident) -> None:
         post_card(deps, incident, deps.client)
 
-    def note(incident: Incident, p: Proposal) -> list[Message]:
-        return [(THREAD, {"text": blocks.render_finding_note(p)})]
+    def note(incident: Incident, p: Proposal, again: bool) -> Message:
+        # Keyed by the finding: a later count of it updates this note in place.
+        own = (incident.facts or {}).get("finding", {}).get("finding_id") == p.finding_id
+        return (THREAD, {"text": blocks.render_finding_note(p, own), "finding_note": p.finding_id,
+                         "update": again or own})
 
     def say(p: Proposal, error: CordonError) -> None:
         deps.client.chat_postMessage(channel=settings.findings_channel,
@@ -39,7 +42,8 @@ def build_intake(settings: Settings, deps: Deps) -> Intake | None:
 
     return Intake(deps.cordon, deps.cordon.clients_for, settings.findings_queue_url,
                   settings.findings_channel, settings.findings_min_severity, card, note, say,
-                  settings.key_lookback_days, wake=deps.timeline.wake)
+                  settings.key_lookback_days, wake=deps.timeline.wake,
+                  products=tuple(settings.findings_products))
 
 
 class IntakeThread:

@@ -222,12 +222,24 @@ class SlackTimeline:
             return
         batch = batch or [msg]
         ids = [one.id for one in batch]
+        note = msg.payload.get("finding_note")
+        if note and msg.payload.get("update"):
+            # A finding's note kept current: its earlier message updated in place.
+            earlier = self._find_in_thread(incident, lambda m: (
+                (m.get("metadata") or {}).get("event_type") == METADATA_TYPE
+                and (m["metadata"].get("event_payload") or {}).get("finding_note") == note))
+            if earlier is not None:
+                self.client.chat_update(channel=incident.channel_id, ts=earlier["ts"],
+                                        text=msg.payload["text"])
+                return
         if maybe_sent and self._in_thread(incident, lambda m: (
                 (m.get("metadata") or {}).get("event_type") == METADATA_TYPE
                 and msg.id in _outbox_ids(m["metadata"].get("event_payload") or {}))):
             log.info("message had landed; not sent again", extra={"outbox": msg.id})
         else:
             payload: dict[str, Any] = {"outbox_id": msg.id, "incident": incident.id}
+            if note:
+                payload["finding_note"] = note
             if len(ids) > 1:
                 payload["outbox_ids"] = ids
             self.client.chat_postMessage(
@@ -242,6 +254,11 @@ class SlackTimeline:
 
     def _in_thread(self, incident: Incident, match: Callable[[dict[str, Any]], bool]) -> bool:
         """Whether the incident's thread holds a message that `match`es."""
+        return self._find_in_thread(incident, match) is not None
+
+    def _find_in_thread(self, incident: Incident, match: Callable[[dict[str, Any]], bool]
+                        ) -> dict[str, Any] | None:
+        """The first message of the incident's thread that `match`es, if any."""
         assert incident.card_ts is not None
         cursor = None
         while True:
@@ -249,11 +266,12 @@ class SlackTimeline:
                 channel=incident.channel_id, ts=incident.card_ts, include_all_metadata=True,
                 limit=200, **({"cursor": cursor} if cursor else {}))
             messages: list[dict[str, Any]] = resp.get("messages", [])
-            if any(match(m) for m in messages):
-                return True
+            found = next((m for m in messages if match(m)), None)
+            if found is not None:
+                return found
             cursor = (resp.get("response_metadata") or {}).get("next_cursor")
             if not resp.get("has_more") or not cursor:
-                return False
+                return None
 
 
 def _outbox_ids(payload: dict[str, Any]) -> list[Any]:

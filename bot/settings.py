@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     findings_channel: str = Field(default="", alias="CORDON_FINDINGS_CHANNEL")
     findings_min_severity: float = Field(default=4.0, alias="CORDON_FINDINGS_MIN_SEVERITY",
                                          ge=0, le=10)
+    # Security Hub findings are proposed only from these products (ProductName).
+    findings_products: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["GuardDuty"], alias="CORDON_FINDINGS_PRODUCTS")
     log_format: str = Field(default="json", alias="CORDON_LOG_FORMAT")
     log_level: str = Field(default="INFO", alias="CORDON_LOG_LEVEL")
 
@@ -132,6 +135,14 @@ class Settings(BaseSettings):
         if bad:
             raise ValueError(f"not Slack user (U…) or user-group (S…) IDs: {', '.join(bad)}")
         return ids
+
+    @field_validator("findings_products", mode="before")
+    @classmethod
+    def _products(cls, value: object) -> list[str]:
+        products = _split(value)
+        if not products:
+            raise ValueError("name at least one product (e.g. GuardDuty)")
+        return products
 
     @field_validator("accounts", mode="before")
     @classmethod

@@ -41,6 +41,10 @@ class Proposal:
     last_seen: str
     console_url: str
     reason: str
+    product: str = ""          # the product that found it (Security Hub's ProductName)
+    count: int | None = None   # how many times the finding has been seen (GuardDuty)
+    sample: bool = False       # a sample finding (generated to try the pipeline)
+    state: str = ""            # why it is closed: archived, SUPPRESSED, RESOLVED…; "" open
 
     def facts(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,6 +102,7 @@ def _guardduty(event: dict[str, Any]) -> list[Proposal]:
     _check(kind, rid)
     severity = float(d["severity"])
     service = d.get("service") or {}
+    count = service.get("count")
     return [Proposal(
         source=GUARDDUTY, kind=kind, resource_id=rid,
         playbook="full" if kind == "instance" else "key", finding_id=str(d["id"]),
@@ -109,7 +114,26 @@ def _guardduty(event: dict[str, Any]) -> list[Proposal]:
         console_url=(f"https://{region}.console.aws.amazon.com/guardduty/home?region={region}"
                      f"#/findings?macros=current&fId={d['id']}"),
         reason=f"GuardDuty: {d.get('type', '')} — {d.get('title', '')}",
+        product="GuardDuty", count=int(count) if count is not None else None,
+        sample=_true((service.get("additionalInfo") or {}).get("sample")),
+        state="archived" if _true(service.get("archived")) else "",
     )]
+
+
+def _true(value: Any) -> bool:
+    """A boolean as findings carry it (true, or the string "true")."""
+    return value is True or str(value).lower() == "true"
+
+
+def closed_reason(p: Proposal, products: tuple[str, ...]) -> str:
+    """Why a finding should make no card ("" when it should): a Security Hub finding from
+    a product not in `products` (names as Security Hub's ProductName gives them, compared
+    without case), or a finding already archived, suppressed or resolved."""
+    if p.source == SECURITY_HUB and p.product.lower() not in {x.lower() for x in products}:
+        return f"from {p.product or 'an unnamed product'}, not in CORDON_FINDINGS_PRODUCTS"
+    if p.state:
+        return f"the finding is {p.state.lower()}"
+    return ""
 
 
 EXFILTRATION = "InstanceCredentialExfiltration"
@@ -139,6 +163,13 @@ def _security_hub(event: dict[str, Any]) -> list[Proposal]:
         else:
             raise ValueError("Severity")
         region = str(finding.get("Region") or event.get("region", ""))
+        product = _product(finding)
+        workflow = str((finding.get("Workflow") or {}).get("Status")
+                       or finding.get("WorkflowState") or "").upper()
+        state = ("ARCHIVED" if str(finding.get("RecordState", "")).upper() == "ARCHIVED"
+                 else workflow if workflow in ("SUPPRESSED", "RESOLVED") else "")
+        fields = finding.get("ProductFields") or {}
+        count = fields.get("aws/guardduty/service/count")
         for resource in finding.get("Resources", []):
             if resource.get("Type") == "AwsEc2Instance":
                 match = INSTANCE_ID.search(str(resource["Id"]))
@@ -155,7 +186,7 @@ def _security_hub(event: dict[str, Any]) -> list[Proposal]:
             out.append(Proposal(
                 source=SECURITY_HUB, kind=kind, resource_id=match.group(0),
                 playbook="full" if kind == "instance" else "key",
-                finding_id=str(finding["Id"]), title=str(finding.get("Title", "")),
+                finding_id=_finding_id(finding, product), title=str(finding.get("Title", "")),
                 type=str(types[0] if types else finding.get("GeneratorId", "")),
                 severity=severity, severity_label=label,
                 account=str(finding.get("AwsAccountId") or event.get("account", "")),
@@ -166,8 +197,29 @@ def _security_hub(event: dict[str, Any]) -> list[Proposal]:
                              f"region={region}#/findings?search=Id%3D%255Coperator%255C"
                              f"%253AEQUALS%255C%253A{finding['Id']}"),
                 reason=f"Security Hub: {finding.get('Title', '')}",
+                product=product, count=int(str(count)) if str(count or "").isdigit() else None,
+                sample=_true(finding.get("Sample")), state=state,
             ))
     return out
+
+
+def _product(finding: dict[str, Any]) -> str:
+    """The product behind a Security Hub finding: its ProductName, else the last part of
+    its ProductArn (`…:product/aws/guardduty` → guardduty)."""
+    name = finding.get("ProductName") or (finding.get("ProductFields") or {}).get(
+        "aws/securityhub/ProductName")
+    if name:
+        return str(name)
+    return str(finding.get("ProductArn", "")).rsplit("/", 1)[-1]
+
+
+def _finding_id(finding: dict[str, Any], product: str) -> str:
+    """A GuardDuty finding forwarded by Security Hub is the GuardDuty finding (its id the
+    last part of `…:detector/…/finding/<id>`): one finding, however it arrives."""
+    fid = str(finding["Id"])
+    if product.lower() == "guardduty" and "/finding/" in fid:
+        return fid.rsplit("/finding/", 1)[1]
+    return fid
 
 
 def _tag_change(event: dict[str, Any]) -> list[Proposal]:

@@ -21,7 +21,7 @@ from handlers.aws import Clients
 from handlers.findings_queue import FindingsQueue, QueueMessage, queue_region
 from handlers.retry import Backoff, describe_error
 from playbooks.errors import CordonError
-from playbooks.findings import Malformed, Proposal, parse_event
+from playbooks.findings import Malformed, Proposal, closed_reason, parse_event
 from playbooks.models import Incident, Message
 from playbooks.service import Cordon
 
@@ -34,9 +34,10 @@ ERROR_BACKOFF = Backoff(attempts=8, base=1.0, cap=60.0)
 class Intake:
     def __init__(self, cordon: Cordon, clients_for: Callable[..., Clients], queue_url: str,
                  channel: str, min_severity: float, post_card: Callable[[Incident], None],
-                 note: Callable[[Incident, Proposal], list[Message]],
+                 note: Callable[[Incident, Proposal, bool], Message],
                  say: Callable[[Proposal, CordonError], None], lookback_days: int = 7,
-                 wake: Callable[[str], None] = lambda _incident_id: None) -> None:
+                 wake: Callable[[str], None] = lambda _incident_id: None,
+                 products: tuple[str, ...] = ("GuardDuty",)) -> None:
         self.cordon = cordon
         self.queue = FindingsQueue(clients_for(queue_region(queue_url, cordon.regions[0])),
                                    queue_url)
@@ -44,6 +45,7 @@ class Intake:
         self.min_severity = min_severity
         self.post_card, self.note, self.say = post_card, note, say
         self.lookback_days = lookback_days
+        self.products = products  # Security Hub findings from these products only
         self.wake = wake  # sends what was queued for a thread
 
     def poll(self, wait_seconds: int = 20) -> int:
@@ -75,6 +77,10 @@ class Intake:
             if p.severity is not None and p.severity < self.min_severity:
                 log.info("finding below the minimum severity: dropped", extra=about)
                 continue
+            closed = closed_reason(p, self.products)
+            if closed:
+                log.info("finding dropped", extra={**about, "why": closed})
+                continue
             try:
                 outcome, incident = self.cordon.propose(p, self.channel, self.post_card,
                                                         self.note, self.lookback_days)
@@ -86,8 +92,10 @@ class Intake:
                 log.exception("finding not handled; the queue will deliver it again",
                               extra={**about, "error": describe_error(exc).code})
                 return False
-            log.info("finding proposed", extra={**about, "outcome": outcome,
-                                                "incident": incident.id})
+            log.info("finding proposed" if outcome == "card" else
+                     "finding decided before, its severity not risen: no card"
+                     if outcome == "decided" else "finding joined an incident",
+                     extra={**about, "outcome": outcome, "incident": incident.id})
             if outcome == "noted":
                 self.wake(incident.id)
         return True

@@ -360,22 +360,33 @@ class Cordon:
         return done
 
     def propose(self, p: Proposal, channel: str, post_card: Callable[[Incident], None],
-                note: Callable[[Incident, Proposal], list[Message]],
+                note: Callable[[Incident, Proposal, bool], Message],
                 lookback_days: int = 7) -> tuple[str, Incident]:
-        """An alert's proposal: a new card in `channel` ("card") — or, while the resource
-        has an open request, a note in that card's thread ("noted"), once per finding
-        ("seen" when that finding was recorded already). The requester is the alert's
-        source, so any approver may approve. Nothing changes in AWS before approval
-        (but for the isolation groups made ready, as for any card). A target that cannot
-        be found raises CordonError."""
+        """An alert's proposal: a new card in `channel` ("card") — or, while a
+        containment of the resource is open or holds (contained, even partly, or failed),
+        a note in that card's thread ("noted"), once per finding; a later update of that
+        finding whose count changed updates its note ("updated"); "seen" when nothing
+        changed. After a containment was decided (released, denied) or left to expire,
+        the same finding proposes again only when its severity rose ("decided"). The
+        requester is the alert's source, so any approver may approve. Nothing changes in
+        AWS before approval (but for the isolation groups made ready, as for any card). A
+        target that cannot be found raises CordonError."""
         with self._propose_lock, self.store.target_lock(p.resource_id):
-            existing = self.store.open_for_target(p.resource_id)
+            existing = self.store.in_force_for_target(p.resource_id)
             if existing is not None:
                 if existing.card_ts is None and (existing.facts or {}).get("source"):
                     post_card(existing)  # made by an intake that stopped before posting it
-                added = self.store.add_finding(existing.id, p.finding_id, note(existing, p))
-                return ("noted" if added else "seen"), existing
-            alert = {"source": p.source, "finding": p.facts(), "findings": [p.finding_id]}
+                outcome = self.store.add_finding(
+                    existing.id, p.finding_id, lambda again: note(existing, p, again),
+                    p.count, p.severity)
+                return ("seen" if outcome == "seen" else "noted"), existing
+            decided = self._decided_before(p)
+            if decided is not None:
+                return "decided", decided
+            alert = {"source": p.source, "finding": p.facts(), "findings": [p.finding_id],
+                     "finding_counts": {p.finding_id: p.count} if p.count is not None else {},
+                     "finding_severities": ({p.finding_id: p.severity}
+                                            if p.severity is not None else {})}
             if p.kind == "key":
                 incident = self.open_key_request(p.resource_id, p.reason, p.source, channel,
                                                  {}, lookback_days, extra_facts=alert)
@@ -387,6 +398,21 @@ class Cordon:
                     requester=p.source, channel_id=channel), {**facts, **alert})
             post_card(incident)
             return "card", incident
+
+    def _decided_before(self, p: Proposal) -> Incident | None:
+        """The earlier containment of the resource this very finding was decided in
+        (released, denied, expired), unless the finding's severity has risen since."""
+        for earlier in self.store.for_target(p.resource_id, limit=20):
+            facts = earlier.facts or {}
+            if earlier.kind in ("release", "fleet") or p.finding_id not in (
+                    facts.get("findings") or []):
+                continue
+            known = (facts.get("finding_severities") or {}).get(p.finding_id)
+            if known is None and (facts.get("finding") or {}).get("finding_id") == p.finding_id:
+                known = facts["finding"].get("severity")
+            rose = p.severity is not None and known is not None and p.severity > known
+            return None if rose else earlier
+        return None
 
     def _account_of(self, account_id: str) -> str | None:
         """The configured account name of an account id (None: Cordon's own account)."""

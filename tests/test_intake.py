@@ -23,7 +23,8 @@ ACCOUNT = "123456789012"
 
 
 def guardduty(instance_id: str, severity: float = 8, finding_id: str = "6ab0a9c8e2b4c1d7",
-              kind: str = "Instance", key_id: str = "") -> dict[str, Any]:
+              kind: str = "Instance", key_id: str = "", count: int = 3,
+              archived: bool = False, sample: bool = False) -> dict[str, Any]:
     """The shape of a GuardDuty finding as EventBridge delivers it (AWS's sample
     findings: Backdoor:EC2/C&CActivity.B!DNS, and an IAM user's key used from outside)."""
     resource: dict[str, Any] = {"resourceType": kind}
@@ -53,8 +54,9 @@ def guardduty(instance_id: str, severity: float = 8, finding_id: str = "6ab0a9c8
             "arn": f"arn:aws:guardduty:us-east-1:{ACCOUNT}:detector/12abc34d/finding/"
                    f"{finding_id}",
             "type": ftype, "resource": resource, "severity": severity,
-            "service": {"serviceName": "guardduty", "detectorId": "12abc34d", "count": 3,
-                        "archived": False, "eventFirstSeen": "2026-11-27T09:41:02.000Z",
+            "service": {"serviceName": "guardduty", "detectorId": "12abc34d", "count": count,
+                        "archived": archived, "eventFirstSeen": "2026-11-27T09:41:02.000Z",
+                        **({"additionalInfo": {"sample": True}} if sample else {}),
                         "eventLastSeen": "2026-11-27T09:58:40.000Z",
                         "action": {"actionType": "DNS_REQUEST",
                                    "dnsRequestAction": {"domain": "c2.example.com"}}},
@@ -62,19 +64,33 @@ def guardduty(instance_id: str, severity: float = 8, finding_id: str = "6ab0a9c8
             "title": title, "description": title}}
 
 
-def security_hub(instance_id: str, label: str = "HIGH", finding_id: str = "") -> dict[str, Any]:
-    """A Security Hub finding (ASFF) as EventBridge delivers it."""
-    fid = finding_id or (f"arn:aws:securityhub:us-east-1:{ACCOUNT}:subscription/"
-                         "aws-foundational-security-best-practices/v/1.0.0/EC2.8/finding/"
-                         "3c1e1b7a-0c3f-4b8e-9d35-6b3a3f0b9e21")
+PRODUCTS = {
+    # Security Hub's ProductName and ProductArn suffix, and a finding id of each product.
+    "GuardDuty": ("aws/guardduty", f"arn:aws:guardduty:us-east-1:{ACCOUNT}:detector/12abc34d/"
+                                   "finding/{id}"),
+    "Inspector": ("aws/inspector", f"arn:aws:inspector2:us-east-1:{ACCOUNT}:finding/{{id}}"),
+    "Security Hub": ("aws/securityhub", f"arn:aws:securityhub:us-east-1:{ACCOUNT}:subscription/"
+                                        "aws-foundational-security-best-practices/v/1.0.0/"
+                                        "EC2.8/finding/{id}"),
+}
+
+
+def security_hub(instance_id: str, label: str = "HIGH", finding_id: str = "9e1b2c3d4e5f6a7b",
+                 product: str = "GuardDuty", workflow: str = "NEW", record: str = "ACTIVE",
+                 sample: bool = False) -> dict[str, Any]:
+    """A Security Hub finding (ASFF) as EventBridge delivers it; from GuardDuty unless
+    `product` says otherwise."""
+    arn_suffix, id_format = PRODUCTS[product]
+    fid = id_format.replace("{id}", finding_id)
     return {
         "version": "0", "id": "evt-sh-1", "detail-type": "Security Hub Findings - Imported",
         "source": "aws.securityhub", "account": ACCOUNT, "time": "2026-11-27T10:05:00Z",
         "region": "us-east-1", "resources": [fid],
         "detail": {"findings": [{
             "SchemaVersion": "2018-10-08", "Id": fid,
-            "ProductArn": "arn:aws:securityhub:us-east-1::product/aws/securityhub",
-            "GeneratorId": "aws-foundational-security-best-practices/v/1.0.0/EC2.8",
+            "ProductArn": f"arn:aws:securityhub:us-east-1::product/{arn_suffix}",
+            "ProductName": product, "CompanyName": "AWS",
+            "GeneratorId": f"{product} generator",
             "AwsAccountId": ACCOUNT, "Region": "us-east-1",
             "Types": ["TTPs/Command and Control/Backdoor:EC2-C&CActivity.B!DNS"],
             "FirstObservedAt": "2026-11-27T09:41:02.000Z",
@@ -86,7 +102,8 @@ def security_hub(instance_id: str, label: str = "HIGH", finding_id: str = "") ->
             "Resources": [{"Type": "AwsEc2Instance", "Partition": "aws",
                            "Region": "us-east-1",
                            "Id": f"arn:aws:ec2:us-east-1:{ACCOUNT}:instance/{instance_id}"}],
-            "RecordState": "ACTIVE", "Workflow": {"Status": "NEW"}}]}}
+            "RecordState": record, "Workflow": {"Status": workflow},
+            **({"Sample": True} if sample else {})}]}}
 
 
 def tag_change(instance_id: str, value: str) -> dict[str, Any]:
@@ -344,3 +361,106 @@ def test_kill_9_after_the_card_and_before_the_delete_still_makes_one_card(
     receipts = faulty.calls("ReceiveMessage")
     deletes = faulty.calls("DeleteMessage")
     assert len(deletes) == 2 and len(receipts) >= 2  # one held and lost, one that landed
+
+
+def _handled(bot: RunningBot, queue: str) -> None:
+    """Every message sent so far read, handled and deleted (what the consumer does last)."""
+    wait_for(lambda: empty(queue), timeout=30)
+
+
+def test_findings_from_other_products_or_closed_make_no_card(
+        intake_bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack,
+        queue: str) -> None:
+    """An Inspector CVE, a Security Hub control's HIGH finding, suppressed, resolved and
+    archived findings, an archived GuardDuty finding: none is a decision for a person.
+    Then an active GuardDuty finding: it makes the one card (the consumer was reading)."""
+    for event in (security_hub(world.instance_id, product="Inspector", finding_id="cve-1"),
+                  security_hub(world.instance_id, product="Security Hub", finding_id="ec2-8"),
+                  security_hub(world.instance_id, workflow="SUPPRESSED", finding_id="s1"),
+                  security_hub(world.instance_id, workflow="RESOLVED", finding_id="s2"),
+                  security_hub(world.instance_id, record="ARCHIVED", finding_id="s3"),
+                  guardduty(world.instance_id, finding_id="gd-archived", archived=True)):
+        send(queue, event)
+    _handled(intake_bot, queue)
+    send(queue, guardduty(world.instance_id, finding_id="gd-active"))
+    wait_for(lambda: cards(fake_slack), timeout=30)
+    _handled(intake_bot, queue)
+    (incident,) = intake_bot.deps.store.recent()
+    assert incident.facts["findings"] == ["gd-active"]
+    assert len(cards(fake_slack)) == 1
+
+
+def test_the_products_are_a_setting(
+        fake_slack: FakeSlack, world: sandbox_world.World, e2e_database_url: str,
+        aws_trace: AwsTrace, queue: str) -> None:
+    bot = start_bot(fake_slack, e2e_database_url, approvers="S0ONCALL",
+                    session_factory=aws_trace.session, CORDON_FINDINGS_QUEUE_URL=queue,
+                    CORDON_FINDINGS_CHANNEL=FINDINGS,
+                    CORDON_FINDINGS_PRODUCTS="GuardDuty, inspector")
+    try:
+        send(queue, security_hub(world.instance_id, product="Inspector", finding_id="cve-1"))
+        (card,) = wait_for(lambda: cards(fake_slack), timeout=30)
+        assert "Proposed by Security Hub" in text_of(card.blocks)
+    finally:
+        bot.stop()
+
+
+def test_updates_of_a_finding_about_a_contained_instance_make_one_note_and_no_card(
+        intake_bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack,
+        queue: str) -> None:
+    """GuardDuty keeps updating a finding about an instance already contained (its DNS
+    goes through the resolver): five updates are one note in the thread, kept current,
+    never a second card with new snapshots. The same finding forwarded by Security Hub is
+    the same finding."""
+    send(queue, guardduty(world.instance_id, count=3))
+    (card,) = wait_for(lambda: cards(fake_slack), timeout=30)
+    intake_bot.slack.click_button(LEE, FINDINGS, card.ts, "Approve")
+    assert settle_card(intake_bot, card.ts).status == "contained"
+    for count in range(4, 9):
+        send(queue, guardduty(world.instance_id, count=count))
+    send(queue, security_hub(world.instance_id, finding_id="6ab0a9c8e2b4c1d7"))
+
+    def notes() -> list[str]:
+        return [m.text for m in fake_slack.thread(FINDINGS, card.ts)
+                if "finding behind this card" in m.text or "Another" in m.text]
+
+    wait_for(lambda: any("seen 8 times" in n for n in notes()), timeout=60)
+    _handled(intake_bot, queue)
+    intake_bot.deps.timeline.flush()
+    assert len(notes()) == 1 and "seen 8 times" in notes()[0]
+    assert len(cards(fake_slack)) == 1
+    (incident,) = intake_bot.deps.store.recent()
+    assert incident.facts["findings"] == ["6ab0a9c8e2b4c1d7"]
+    assert incident.facts["finding_counts"] == {"6ab0a9c8e2b4c1d7": 8}
+    images = aws_client("ec2").describe_images(Owners=["self"], Filters=[
+        {"Name": "tag:cordon:incident", "Values": [incident.id]}])["Images"]
+    assert len(images) == 1
+
+
+def test_after_a_release_the_same_finding_proposes_again_only_if_its_severity_rose(
+        intake_bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack,
+        queue: str) -> None:
+    send(queue, guardduty(world.instance_id, severity=5, count=3))
+    (card,) = wait_for(lambda: cards(fake_slack), timeout=30)
+    intake_bot.slack.click_button(LEE, FINDINGS, card.ts, "Approve")
+    contained = settle_card(intake_bot, card.ts)
+    intake_bot.slack.command(DANA, FINDINGS, f"release {contained.id} false positive")
+    release_card = wait_for(lambda: cards(fake_slack)[1:], timeout=30)[0]
+    intake_bot.slack.click_button(LEE, FINDINGS, release_card.ts, "Approve")
+    assert settle_card(intake_bot, release_card.ts).status == "released"
+    send(queue, guardduty(world.instance_id, severity=5, count=9))  # an update, same severity
+    _handled(intake_bot, queue)
+    assert len(cards(fake_slack)) == 2
+    assert [i.kind for i in intake_bot.deps.store.recent()] == ["release", "instance"]
+    send(queue, guardduty(world.instance_id, severity=8, count=12))  # it rose
+    third = wait_for(lambda: cards(fake_slack)[2:], timeout=30)[0]
+    assert "Proposed by GuardDuty" in text_of(third.blocks) and "severity 8" in text_of(
+        third.blocks)
+
+
+def test_a_sample_finding_is_marked_on_its_card(
+        intake_bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack,
+        queue: str) -> None:
+    send(queue, guardduty(world.instance_id, sample=True))
+    (card,) = wait_for(lambda: cards(fake_slack), timeout=30)
+    assert "Sample finding" in text_of(card.blocks)

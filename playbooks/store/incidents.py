@@ -3,7 +3,7 @@ target and one writer per revocation policy."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
@@ -20,8 +20,14 @@ from playbooks.models import (
     new_incident_id,
     utcnow,
 )
-from playbooks.status import OPEN_STATES
+from playbooks.status import OPEN_STATES, IncidentStatus
 from playbooks.store.base import PENDING, Repository, changed_one
+
+# What a new finding about the same target joins rather than opening another request:
+# a request still open, or a containment that holds (even partly, or failed and
+# retryable) until it is released.
+IN_FORCE = (*OPEN_STATES, IncidentStatus.CONTAINED, IncidentStatus.PARTIAL,
+            IncidentStatus.FAILED)
 
 
 class Incidents(Repository):
@@ -43,6 +49,16 @@ class Incidents(Repository):
             return s.scalars(
                 select(Incident)
                 .where(Incident.target_id == target_id, Incident.status.in_(OPEN_STATES))
+                .order_by(Incident.created_at.desc())
+            ).first()
+
+    def in_force_for_target(self, target_id: str) -> Incident | None:
+        """The newest containment of `target_id` that is open or holds (IN_FORCE)."""
+        with self.session() as s:
+            return s.scalars(
+                select(Incident)
+                .where(Incident.target_id == target_id, Incident.status.in_(IN_FORCE),
+                       Incident.kind.not_in(("release", "fleet")))
                 .order_by(Incident.created_at.desc())
             ).first()
 
@@ -76,23 +92,36 @@ class Incidents(Repository):
                 inc.facts = {**(inc.facts or {}), **extra}
             self._add_messages(s, incident_id, messages)
 
-    def add_finding(self, incident_id: str, finding_id: str,
-                    messages: Sequence[Message] = ()) -> bool:
-        """Record one more finding about an open incident's target, with its thread note,
-        once: False (nothing written) when that finding was recorded already — a message
-        delivered again after a crash adds nothing."""
+    def add_finding(self, incident_id: str, finding_id: str, note: Callable[[bool], Message],
+                    count: int | None = None, severity: float | None = None) -> str:
+        """Record a finding about an incident's target with its thread note, once:
+        "added" (a finding new to the incident, its note queued), "updated" (a finding
+        recorded before whose count changed: a note queued that updates its earlier one)
+        or "seen" (nothing written — a message delivered again after a crash, or an
+        update that changes nothing). `note(again)` makes the note."""
         with self.session() as s:
             inc = s.get(Incident, incident_id)
             if inc is None:
-                return False
+                return "seen"
             facts = dict(inc.facts or {})
             seen = list(facts.get("findings") or [])
+            counts = dict(facts.get("finding_counts") or {})
+            severities = dict(facts.get("finding_severities") or {})
             if finding_id in seen:
-                return False
-            facts["findings"] = [*seen, finding_id]
+                if count is None or counts.get(finding_id) in (None, count):
+                    return "seen"
+                outcome = "updated"
+            else:
+                seen.append(finding_id)
+                outcome = "added"
+            if count is not None:
+                counts[finding_id] = count
+            if severity is not None:
+                severities[finding_id] = max(severity, severities.get(finding_id, severity))
+            facts.update(findings=seen, finding_counts=counts, finding_severities=severities)
             inc.facts = facts
-            self._add_messages(s, incident_id, messages)
-            return True
+            self._add_messages(s, incident_id, [note(outcome == "updated")])
+            return outcome
 
     @contextmanager
     def target_lock(self, target_id: str) -> Iterator[None]:
