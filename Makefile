@@ -5,15 +5,19 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit bench serve prepare clean lock
+.PHONY: install demo test lint typecheck unit bench serve prepare preflight template policy clean lock
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements.lock requirements-checkov.lock
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps -e '.[dev]'
 	$(BIN)/python -m pip check
+	# checkov lints the generated templates in the tests; its pins need a venv of its own.
+	$(PYTHON) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/python -m pip install --quiet -r requirements-checkov.lock
+	$(VENV)/checkov/bin/python -m pip check
 	touch $(STAMP)
 
 # Re-resolve pyproject.toml's dependencies and write the exact versions to the lock.
@@ -57,6 +61,16 @@ serve: $(STAMP)
 
 prepare: $(STAMP)
 	$(BIN)/python -m bot prepare
+
+preflight: $(STAMP)
+	@$(BIN)/python -m bot preflight
+
+# The central stack's template on stdout (`make -s template > cordon.json`).
+template: $(STAMP)
+	@$(BIN)/python -m bot template
+
+policy: $(STAMP)
+	@$(BIN)/python -m bot policy
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

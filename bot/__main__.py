@@ -41,8 +41,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="the partition its ARNs name (default: aws)")
     template = sub.add_parser("template", help="print the CloudFormation template of the AWS "
                               "side: the role, the findings queue and its EventBridge rules")
-    template.add_argument("--member", action="store_true",
-                          help="the role for member accounts instead (for a StackSet)")
+    kind = template.add_mutually_exclusive_group()
+    kind.add_argument("--member", action="store_true",
+                      help="the role for member accounts instead (for a StackSet)")
+    kind.add_argument("--forwarding", action="store_true",
+                      help="the rules of another region, sending to the central region")
+    template.add_argument("--product", action="append", metavar="NAME",
+                          help="Security Hub products whose findings the rules pass "
+                               "(default: $CORDON_FINDINGS_PRODUCTS or GuardDuty)")
     template.add_argument("--playbook", action="append", metavar="NAME",
                           help="only what these playbooks need (default: all)")
     sub.add_parser("preflight", help="check Slack, the database and AWS; exit 0 when all pass")
@@ -57,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "policy":
             return run_policy(args.playbook, partition=args.partition)
         if args.command == "template":
-            return run_policy(args.playbook, "member" if args.member else "central")
+            return run_policy(args.playbook, "member" if args.member else "forwarding"
+                              if args.forwarding else "central", products=args.product)
         if args.command == "preflight":
             from bot.preflight import run_preflight
 
@@ -171,15 +178,17 @@ def database_error(exc: Exception) -> str:
 
 
 def run_policy(playbooks: list[str] | None, template: str | None = None,
-               partition: str = "aws") -> int:
-    """The IAM policy (JSON); with `template`, the CloudFormation template ("central" or
-    "member") that deploys it."""
+               partition: str = "aws", products: list[str] | None = None) -> int:
+    """The IAM policy (JSON); with `template`, the CloudFormation template ("central",
+    "forwarding" or "member") that deploys it."""
     import json
 
     from playbooks.catalogue import PLAYBOOKS
     from playbooks.operations import iam_policy
-    from playbooks.template import central_template, member_template
+    from playbooks.template import central_template, forwarding_template, member_template
 
+    chosen = tuple(products or [p.strip() for p in os.environ.get(
+        "CORDON_FINDINGS_PRODUCTS", "GuardDuty").split(",") if p.strip()] or ["GuardDuty"])
     unknown = [p for p in playbooks or [] if p not in PLAYBOOKS]
     if unknown:
         print(f"unknown playbook(s): {', '.join(unknown)}; playbooks: {', '.join(PLAYBOOKS)}",
@@ -187,8 +196,10 @@ def run_policy(playbooks: list[str] | None, template: str | None = None,
         return 2
     if template == "member":
         document = member_template(playbooks)
+    elif template == "forwarding":
+        document = forwarding_template(chosen)
     elif template == "central":
-        document = central_template(playbooks)
+        document = central_template(playbooks, chosen)
     else:
         document = iam_policy(playbooks, partition)
     print(json.dumps(document, indent=2))

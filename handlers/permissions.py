@@ -54,6 +54,8 @@ def iam_action(signing_name: str, operation: str) -> str:
 EC2 = "arn:aws:ec2:*:*"
 INSTANCE = f"{EC2}:instance/*"
 QUEUES = "arn:aws:sqs:*:*:*"  # the template narrows it to the findings queue
+# The role Cordon assumes in each account of CORDON_ACCOUNTS: the only role it may assume.
+RESPONDER_ROLE = "CordonResponder"
 # Where an action that acts on a resource may act: everything Cordon contains lives in
 # some account of the organisation, so these are resource types, not names.
 SCOPES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
@@ -86,9 +88,18 @@ SCOPES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
                     "iam:PutRolePolicy", "iam:PutUserPolicy", "iam:UpdateAccessKey"),
      ("arn:aws:iam::*:role/*", "arn:aws:iam::*:user/*", "arn:aws:iam::*:instance-profile/*")),
     ("AssumeAccountRoles", ("sts:AssumeRole", "sts:SetSourceIdentity"),
-     ("arn:aws:iam::*:role/*",)),
+     (f"arn:aws:iam::*:role/{RESPONDER_ROLE}",)),
     ("FindingsQueue", FINDINGS_INTAKE, (QUEUES,)),
 )
+# Every IAM write that could widen a role or user: what Cordon is denied on its own.
+SELF_WRITES = ("iam:AddRoleToInstanceProfile", "iam:AttachRolePolicy", "iam:AttachUserPolicy",
+               "iam:CreatePolicyVersion", "iam:DeleteRolePermissionsBoundary",
+               "iam:DeleteRolePolicy", "iam:DeleteUserPermissionsBoundary",
+               "iam:DeleteUserPolicy", "iam:DetachRolePolicy", "iam:DetachUserPolicy",
+               "iam:PassRole", "iam:PutRolePermissionsBoundary", "iam:PutRolePolicy",
+               "iam:PutUserPermissionsBoundary", "iam:PutUserPolicy", "iam:SetDefaultPolicyVersion",
+               "iam:TagRole", "iam:UntagRole", "iam:UpdateAssumeRolePolicy", "iam:UpdateRole")
+
 # The tags a created resource gets, only in the call that creates it.
 CREATE_ACTIONS = ("CreateSecurityGroup", "CreateNetworkAcl", "CreateRouteTable",
                   "CreateSnapshots", "CreateImage")
@@ -141,4 +152,15 @@ def build_policy(units: list[str] | None = None) -> dict[str, Any]:
         "arn:aws:iam::*:role/*",
         {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}})
     add("Contain", [a for a in actions if a not in placed], "*")
+    if any(a.startswith("iam:") for a in actions):
+        statements.append(self_protection([f"arn:aws:iam::*:role/{RESPONDER_ROLE}*"]))
     return {"Version": "2012-10-17", "Statement": statements}
+
+
+def self_protection(own: list[Any]) -> dict[str, Any]:
+    """The explicit deny that keeps Cordon from widening its own roles (`own`: their
+    ARNs): no inline or managed policy, boundary, trust policy, tag or instance profile
+    of theirs changes through Cordon, and none is passed to a service. A deny wins over
+    every allow, including one someone adds later."""
+    return {"Sid": "NeverItsOwnRoles", "Effect": "Deny", "Action": list(SELF_WRITES),
+            "Resource": own}
