@@ -16,6 +16,26 @@ REQUIRED_SCOPES = ("commands", "chat:write", "files:write", "usergroups:read",
                    "channels:history", "groups:history")
 
 
+# Slack's answers that mean the token itself is wrong.
+TOKEN_ERRORS = ("invalid_auth", "not_authed", "token_revoked", "token_expired",
+                "account_inactive", "no_permission", "missing_scope")
+
+
+def _slack_failure(exc: Exception, base_url: str) -> str:
+    """Whose fault a failed auth.test is: the network (Slack never answered) or the token
+    (Slack answered and refused it)."""
+    response = getattr(exc, "response", None)
+    error = response.get("error") if response is not None else None
+    if error in TOKEN_ERRORS:
+        return (f"Slack token: Slack refused it ({error}) — set SLACK_BOT_TOKEN to the app's "
+                "Bot User OAuth Token (xoxb-…)")
+    if error:
+        return f"Slack: auth.test answered {error} — the token was not confirmed"
+    reason = getattr(exc, "reason", None) or exc
+    return (f"Slack: unreachable at {base_url} ({reason}) — check the network, proxy or "
+            "SLACK_API_URL; the token was not checked")
+
+
 def run_preflight() -> int:
     settings = load_settings()
     lines: list[tuple[bool, str]] = []
@@ -37,9 +57,7 @@ def run_preflight() -> int:
         else:
             lines.append((True, f"Slack scopes: {', '.join(REQUIRED_SCOPES)}"))
     except Exception as exc:
-        error = getattr(getattr(exc, "response", None), "get", lambda _k: None)("error") or exc
-        lines.append((False, f"Slack token: {error} — set SLACK_BOT_TOKEN to the app's Bot "
-                             "User OAuth Token (xoxb-…)"))
+        lines.append((False, _slack_failure(exc, client.base_url)))
 
     secret = settings.slack_signing_secret
     lines.append((len(secret) >= 16, "Signing secret: set" if len(secret) >= 16 else

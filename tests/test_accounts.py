@@ -193,3 +193,20 @@ def test_preflight_checks_the_findings_queue_and_its_dead_letter_queue(
     no_channel = _preflight({k: v for k, v in env.items() if k != "CORDON_FINDINGS_CHANNEL"}
                             | {"CORDON_FINDINGS_QUEUE_URL": good}, tmp_path)
     assert no_channel.returncode == 2 and "CORDON_FINDINGS_CHANNEL must" in no_channel.stderr
+
+
+def test_preflight_tells_a_network_failure_from_a_refused_token(
+        tmp_path: Path, prod_world: sandbox_world.World, fake_slack: FakeSlack) -> None:
+    from tests.test_cli import free_port
+
+    env = {"SLACK_SIGNING_SECRET": SECRET, "CORDON_DATABASE_URL":
+           f"sqlite:///{tmp_path}/cordon.db"}
+    closed = f"http://127.0.0.1:{free_port()}/api/"  # nothing listens there
+    down = _preflight({**env, "SLACK_BOT_TOKEN": "xoxb-test", "SLACK_API_URL": closed},
+                      tmp_path)
+    (slack,) = [line for line in down.stdout.splitlines() if "Slack" in line]
+    assert slack.startswith("❌ Slack: unreachable at " + closed) and "token was not" in slack
+    refused = _preflight({**env, "SLACK_BOT_TOKEN": "xoxb-test-revoked",
+                          "SLACK_API_URL": fake_slack.api_url}, tmp_path)
+    (slack,) = [line for line in refused.stdout.splitlines() if "Slack" in line]
+    assert slack.startswith("❌ Slack token: Slack refused it (invalid_auth)")
