@@ -67,8 +67,9 @@ def start_bot(fake: FakeSlack, database_url: str, approvers: str = "S0ONCALL",
     server.start()
     slack = SignedSlack(server.url + "/slack/events", secret, fake)
     intake = build_intake(settings, deps)
-    # As `serve` runs it, with a short long-poll so that a test's bot stops quickly.
-    thread = IntakeThread(intake, wait_seconds=1).start() if intake is not None else None
+    # As `serve` runs it, but short-polling (paused between empty polls) so that a
+    # test's bot stops at once.
+    thread = IntakeThread(intake, wait_seconds=0).start() if intake is not None else None
     return RunningBot(settings, deps, server, slack, thread)
 
 
