@@ -4,6 +4,7 @@ call these; no listener module imports another."""
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from slack_sdk import WebClient
@@ -15,12 +16,15 @@ from bot.text import escape
 from playbooks.errors import BadInput, UnknownIncident
 from playbooks.fleet import FleetAsk, open_fleet_request
 from playbooks.logctx import incident_context
-from playbooks.models import Incident
+from playbooks.models import POST_CARD, Incident
 from playbooks.service import ContainRequest
 from playbooks.store import APPROVED, FINAL_STATES, PENDING, RUNNING
 
 if TYPE_CHECKING:
     from bot.deps import Deps
+
+
+log = logging.getLogger("cordon.flows")
 
 
 def open_form(client: WebClient, trigger_id: str, channel: str, **prefill: Any) -> None:
@@ -65,12 +69,28 @@ def open_containment(deps: Deps, cmd: grammar.ContainCommand, command: dict[str,
     return incident
 
 
-def post_card(deps: Deps, incident: Incident, client: WebClient, team_id: str = "") -> None:
+def post_card(deps: Deps, incident: Incident, client: WebClient, team_id: str = "",
+              queue_if_down: bool = True) -> None:
+    """Post the approval card. Slack refusing it (not in the channel…) is said to the
+    requester and the request dropped. Slack's Web API unreachable (no answer, a 5xx, a
+    429 after the client's own retries) with `queue_if_down`: the card waits in the
+    outbox and goes out when Slack answers again — the request is kept, nothing lost."""
     text, card = blocks.render_card(incident)
     try:
         resp = client.chat_postMessage(channel=incident.channel_id, text=text, blocks=card,
                                        unfurl_links=False)
-    except SlackApiError as exc:
+    except Exception as exc:
+        down = not isinstance(exc, SlackApiError) or exc.response.status_code >= 500 \
+            or exc.response.status_code == 429
+        if down and queue_if_down:
+            deps.store.enqueue(incident.id, POST_CARD, {"team_id": team_id})
+            log.warning("card queued: Slack's Web API did not answer",
+                        extra={"incident": incident.id, "error": str(exc)[:200]})
+            deps.timeline.wake(incident.id)  # tried again, backing off, until Slack answers
+            return
+        if down:
+            raise
+        assert isinstance(exc, SlackApiError)
         deps.cordon.card_failed(incident.id)
         error = exc.response.get("error")
         hint = " Invite the Cordon app to this channel first." if error in (

@@ -21,7 +21,16 @@ from slack_sdk.errors import SlackApiError
 
 from bot import blocks
 from playbooks.logctx import incident_context
-from playbooks.models import CARD, FILE, THREAD, Incident, Message, OutboxMessage, StepRecord
+from playbooks.models import (
+    CARD,
+    FILE,
+    POST_CARD,
+    THREAD,
+    Incident,
+    Message,
+    OutboxMessage,
+    StepRecord,
+)
 from playbooks.runner import process_owner
 from playbooks.store import Store
 
@@ -41,6 +50,9 @@ class SlackTimeline:
         self.client = client
         self.owner = process_owner()  # named in each claim, for this process's next life
         self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cordon-slack")
+        # Posts a card queued while Slack was unreachable (set by the wiring); raises when
+        # Slack still does not answer.
+        self.post_card: Callable[[Incident, str], None] | None = None
 
     # Timeline protocol (the runner writes what these return, with the change) --------
 
@@ -136,6 +148,26 @@ class SlackTimeline:
                 # A fleet member's own message (an evidence file, a note of the sweep): it
                 # has no thread; its record is in the export.
                 self.store.mark_superseded(msg.id)
+                continue
+            if incident is not None and incident.card_ts is None and msg.kind == POST_CARD \
+                    and self.post_card is not None:
+                if not self.store.claim_message(msg.id, owner=self.owner):
+                    blocked.add(msg.incident_id)
+                    continue
+                try:
+                    self.post_card(incident, str(msg.payload.get("team_id", "")))
+                except Exception as exc:
+                    _, retry_in = _classify(exc, msg.attempts + 1)
+                    log.warning("queued card not posted; will retry",
+                                extra={"incident": incident.id, "retry_in": retry_in,
+                                       "error": str(exc)[:200]})
+                    self.store.mark_failed(msg.id, str(exc), retry_in)
+                    blocked.add(msg.incident_id)
+                    self._wake_later(incident.id, retry_in)
+                    continue
+                self.store.mark_sent(msg.id)
+                sent += 1
+                blocked.add(msg.incident_id)  # its thread goes out in the next pass
                 continue
             if incident is None or incident.card_ts is None:
                 blocked.add(msg.incident_id)  # no card yet: its posting wakes the thread

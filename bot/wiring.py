@@ -16,9 +16,11 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from bot.approvers import ApproverPolicy
 from bot.deps import Deps
+from bot.flows import post_card
 from bot.listeners import actions, commands, forms, home
 from bot.notifier import SlackTimeline
 from bot.settings import Settings
+from playbooks.models import Incident
 from playbooks.operations import client_pool, parse_ec2_buckets, warm_clients
 from playbooks.runner import Runner, Worker
 from playbooks.service import Cordon
@@ -71,9 +73,15 @@ def build_deps(settings: Settings, session_factory: Callable[[], Any] | None = N
     cordon = Cordon(store, pool.for_region, settings.regions, settings.approval_ttl, worker,
                     wide_approvals=settings.wide_approvals, accounts=settings.accounts,
                     is_approver=approvers.is_approver)
-    return Deps(cordon=cordon, approvers=approvers, timeline=timeline, client=client,
+    deps = Deps(cordon=cordon, approvers=approvers, timeline=timeline, client=client,
                 store=store, worker=worker, key_lookback_days=settings.key_lookback_days,
                 warmed=warmed)
+
+    def post_queued_card(incident: Incident, team_id: str) -> None:
+        post_card(deps, incident, client, team_id, queue_if_down=False)
+
+    timeline.post_card = post_queued_card
+    return deps
 
 
 def _authorize(settings: Settings, client: WebClient) -> Callable[..., AuthorizeResult]:

@@ -31,6 +31,8 @@ _ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 # evidence file to upload. A message is written in the transaction of the change that
 # implies it, so that no crash can separate the two.
 THREAD, CARD, FILE = "thread", "card", "file"
+# A card that could not be posted while Slack's Web API was unreachable: posted when it is.
+POST_CARD = "post_card"
 Message = tuple[str, dict[str, Any]]
 
 

@@ -14,7 +14,8 @@ from sqlalchemy import create_engine, text
 
 from sandbox import world as sandbox_world
 from sandbox.fake_slack import FakeSlack
-from sandbox.harness import RunningBot, start_bot
+from sandbox.harness import RunningBot, start_bot, wait_for
+from tests.conftest import settle
 
 
 def get_health(bot: RunningBot) -> tuple[int, dict[str, Any]]:
@@ -115,3 +116,18 @@ def test_requests_are_acked_while_slacks_web_api_is_down(
         assert status == 200 and "/contain" in body
     finally:
         bot.stop()
+
+
+def test_a_card_slack_did_not_take_goes_out_when_slack_answers_and_can_be_approved(
+        bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack) -> None:
+    """Slack's Web API answers 503 to the card and to the outbox's first retry: the
+    request is kept, the card posted once Slack answers, and an approver runs it."""
+    fake_slack.fail_http("chat.postMessage", 503, times=2)
+    status, _ = bot.slack.command("U0DANA", "C0INCIDENT", f"{world.instance_id} isolate shell")
+    assert status == 200
+    (card,) = wait_for(lambda: fake_slack.channel_messages("C0INCIDENT"), timeout=60)
+    (incident,) = bot.deps.store.recent()
+    assert incident.card_ts == card.ts and incident.status == "pending"
+    bot.slack.click_button("U0LEE", "C0INCIDENT", card.ts, "Approve")
+    assert settle(bot, incident.id).status == "contained"
+    assert len(fake_slack.channel_messages("C0INCIDENT")) == 1
