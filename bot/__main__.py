@@ -183,12 +183,13 @@ def run_policy(playbooks: list[str] | None, template: str | None = None,
     "forwarding" or "member") that deploys it."""
     import json
 
+    from bot.settings import split_list
     from playbooks.catalogue import PLAYBOOKS
     from playbooks.operations import iam_policy
     from playbooks.template import central_template, forwarding_template, member_template
 
-    chosen = tuple(products or [p.strip() for p in os.environ.get(
-        "CORDON_FINDINGS_PRODUCTS", "GuardDuty").split(",") if p.strip()] or ["GuardDuty"])
+    chosen = tuple(products or split_list(os.environ.get("CORDON_FINDINGS_PRODUCTS"))
+                   or ["GuardDuty"])
     unknown = [p for p in playbooks or [] if p not in PLAYBOOKS]
     if unknown:
         print(f"unknown playbook(s): {', '.join(unknown)}; playbooks: {', '.join(PLAYBOOKS)}",

@@ -79,30 +79,38 @@ def post_card(deps: Deps, incident: Incident, client: WebClient, team_id: str = 
     try:
         resp = client.chat_postMessage(channel=incident.channel_id, text=text, blocks=card,
                                        unfurl_links=False)
-    except Exception as exc:
-        down = not isinstance(exc, SlackApiError) or exc.response.status_code >= 500 \
-            or exc.response.status_code == 429
-        if down and queue_if_down:
-            deps.store.enqueue(incident.id, POST_CARD, {"team_id": team_id})
-            log.warning("card queued: Slack's Web API did not answer",
-                        extra={"incident": incident.id, "error": str(exc)[:200]})
-            deps.timeline.wake(incident.id)  # tried again, backing off, until Slack answers
+    except SlackApiError as exc:
+        if exc.response.status_code >= 500 or exc.response.status_code == 429:
+            _card_unanswered(deps, incident, team_id, exc, queue_if_down)
             return
-        if down:
-            raise
-        assert isinstance(exc, SlackApiError)
         deps.cordon.card_failed(incident.id)
         error = exc.response.get("error")
         hint = " Invite the Cordon app to this channel first." if error in (
             "not_in_channel", "channel_not_found") else ""
         raise BadInput(f"could not post the approval card (`{error}`).{hint} "
                        "Nothing was changed.") from exc
+    except Exception as exc:  # no answer at all
+        _card_unanswered(deps, incident, team_id, exc, queue_if_down)
+        return
     # What the card cannot show goes to its thread, before its buttons appear.
     full_plan = blocks.render_full_plan(incident) if blocks.card_hides(incident) else []
     deps.cordon.card_posted(incident.id, incident.channel_id, str(resp["ts"]), team_id,
                             full_plan)
     if full_plan:
         deps.timeline.wake(incident.id)
+
+
+def _card_unanswered(deps: Deps, incident: Incident, team_id: str, exc: Exception,
+                     queue: bool) -> None:
+    """Slack did not take the card: queued (`queue`) or raised again. Should it have
+    landed with its answer lost, the one posted later is the card: only a click on the
+    message recorded as the card decides."""
+    if not queue:
+        raise exc
+    deps.store.enqueue(incident.id, POST_CARD, {"team_id": team_id})
+    log.warning("card queued: Slack's Web API did not answer",
+                extra={"incident": incident.id, "error": str(exc)[:200]})
+    deps.timeline.wake(incident.id)  # tried again, backing off, until Slack answers
 
 
 def publish_home(deps: Deps, client: WebClient, user: str, note: str = "") -> None:

@@ -32,8 +32,11 @@ def build_intake(settings: Settings, deps: Deps) -> Intake | None:
     def note(incident: Incident, p: Proposal, again: bool) -> Message:
         # Keyed by the finding: a later count of it updates this note in place.
         own = (incident.facts or {}).get("finding", {}).get("finding_id") == p.finding_id
-        return (THREAD, {"text": blocks.render_finding_note(p, own), "finding_note": p.finding_id,
-                         "update": again or own})
+        payload = {"text": blocks.render_finding_note(p, own), "finding_note": p.finding_id,
+                   "update": again or own}
+        if incident.fleet_id:
+            payload["for_incident"] = incident.fleet_id  # a member's note: its fleet's thread
+        return (THREAD, payload)
 
     def say(p: Proposal, error: CordonError) -> None:
         deps.client.chat_postMessage(channel=settings.findings_channel,

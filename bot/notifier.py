@@ -149,6 +149,10 @@ class SlackTimeline:
                 # has no thread; its record is in the export.
                 self.store.mark_superseded(msg.id)
                 continue
+            if msg.kind == POST_CARD and incident is not None and incident.card_ts is not None:
+                # The card went out another way meanwhile (a later finding posted it).
+                self.store.mark_superseded(msg.id)
+                continue
             if incident is not None and incident.card_ts is None and msg.kind == POST_CARD \
                     and self.post_card is not None:
                 if not self.store.claim_message(msg.id, owner=self.owner):
@@ -204,13 +208,13 @@ class SlackTimeline:
         one message a second per channel; fifty instances end within seconds): those
         queued right after `msg`, card updates between them aside, within one reply's
         length; each is claimed like any message."""
-        if msg.kind != THREAD or not msg.payload.get("for_incident"):
+        if not _member_line(msg):
             return []
         joined, size = [], len(msg.payload.get("text", ""))
         for later in pending[pending.index(msg) + 1:]:
             if later.incident_id != msg.incident_id or later.kind == CARD:
                 continue
-            if later.kind != THREAD or not later.payload.get("for_incident"):
+            if not _member_line(later):
                 break
             size += 1 + len(later.payload.get("text", ""))
             if size > LINES_MAX or not self.store.claim_message(later.id, owner=self.owner):
@@ -304,6 +308,13 @@ class SlackTimeline:
             cursor = (resp.get("response_metadata") or {}).get("next_cursor")
             if not resp.get("has_more") or not cursor:
                 return None
+
+
+def _member_line(msg: OutboxMessage) -> bool:
+    """A fleet member's line in its fleet's thread; a finding's note (kept current in
+    place, so a message of its own) is not one."""
+    return (msg.kind == THREAD and bool(msg.payload.get("for_incident"))
+            and not msg.payload.get("finding_note"))
 
 
 def _outbox_ids(payload: dict[str, Any]) -> list[Any]:

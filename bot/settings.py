@@ -22,7 +22,8 @@ def parse_duration(value: object) -> int:
     return int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
-def _split(value: object) -> list[str]:
+def split_list(value: object) -> list[str]:
+    """A comma-separated setting (or a list) as its non-empty, stripped parts."""
     if isinstance(value, list):
         return [str(v).strip() for v in value if str(v).strip()]
     return [part.strip() for part in str(value or "").split(",") if part.strip()]
@@ -130,7 +131,7 @@ class Settings(BaseSettings):
     @field_validator("approvers", mode="before")
     @classmethod
     def _approvers(cls, value: object) -> list[str]:
-        ids = _split(value)
+        ids = split_list(value)
         bad = [i for i in ids if not re.fullmatch(r"[US][A-Z0-9]{2,}", i)]
         if bad:
             raise ValueError(f"not Slack user (U…) or user-group (S…) IDs: {', '.join(bad)}")
@@ -139,7 +140,7 @@ class Settings(BaseSettings):
     @field_validator("findings_products", mode="before")
     @classmethod
     def _products(cls, value: object) -> list[str]:
-        products = _split(value)
+        products = split_list(value)
         if not products:
             raise ValueError("name at least one product (e.g. GuardDuty)")
         return products
@@ -164,7 +165,7 @@ class Settings(BaseSettings):
     @field_validator("regions", mode="before")
     @classmethod
     def _regions(cls, value: object) -> list[str]:
-        regions = _split(value)
+        regions = split_list(value)
         if not regions:
             regions = [os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
                        or "us-east-1"]

@@ -97,7 +97,7 @@ class Intake:
                      if outcome == "decided" else "finding joined an incident",
                      extra={**about, "outcome": outcome, "incident": incident.id})
             if outcome == "noted":
-                self.wake(incident.id)
+                self.wake(incident.fleet_id or incident.id)  # a member notes in its fleet
         return True
 
     def run(self, stop: threading.Event, wait_seconds: int = 20) -> None:

@@ -125,9 +125,31 @@ def test_a_card_slack_did_not_take_goes_out_when_slack_answers_and_can_be_approv
     fake_slack.fail_http("chat.postMessage", 503, times=2)
     status, _ = bot.slack.command("U0DANA", "C0INCIDENT", f"{world.instance_id} isolate shell")
     assert status == 200
-    (card,) = wait_for(lambda: fake_slack.channel_messages("C0INCIDENT"), timeout=60)
-    (incident,) = bot.deps.store.recent()
+    # Posted, and recorded as the card (the record follows Slack's answer).
+    (incident,) = wait_for(lambda: [i for i in bot.deps.store.recent() if i.card_ts],
+                           timeout=60)
+    (card,) = fake_slack.channel_messages("C0INCIDENT")
     assert incident.card_ts == card.ts and incident.status == "pending"
     bot.slack.click_button("U0LEE", "C0INCIDENT", card.ts, "Approve")
     assert settle(bot, incident.id).status == "contained"
+    assert len(fake_slack.channel_messages("C0INCIDENT")) == 1
+
+
+def test_a_queued_card_whose_card_went_out_another_way_is_closed_and_its_thread_goes_on(
+        bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack) -> None:
+    """A card queued while Slack was down, posted meanwhile by another path (a later
+    finding about the same instance): the queued one is closed, never posted a second
+    time, and what follows it in the thread is not held behind it."""
+    from playbooks.models import POST_CARD, THREAD
+
+    assert bot.slack.command("U0DANA", "C0INCIDENT", f"{world.instance_id} isolate x")[0] == 200
+    (incident,) = wait_for(lambda: [i for i in bot.deps.store.recent() if i.card_ts],
+                           timeout=60)
+    (card,) = fake_slack.channel_messages("C0INCIDENT")
+    wait_for(lambda: not bot.deps.store.unsent(), timeout=30)
+    bot.deps.store.enqueue(incident.id, POST_CARD, {"team_id": ""})
+    bot.deps.store.enqueue(incident.id, THREAD, {"text": "a note after it"})
+    bot.deps.timeline.flush(incident.id)
+    assert bot.deps.store.unsent() == []
+    assert [m.text for m in fake_slack.thread("C0INCIDENT", card.ts)][-1] == "a note after it"
     assert len(fake_slack.channel_messages("C0INCIDENT")) == 1

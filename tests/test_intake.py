@@ -157,6 +157,13 @@ def cards(fake: FakeSlack) -> list[Any]:
     return [m for m in fake.channel_messages(FINDINGS) if m.blocks]
 
 
+def approve(bot: RunningBot, card: Any) -> None:
+    """An approver's click, once the message is recorded as the card (the record follows
+    Slack's answer to the post; a click before it would rightly be refused)."""
+    wait_for(lambda: any(i.card_ts == card.ts for i in bot.deps.store.recent()), timeout=30)
+    bot.slack.click_button(LEE, FINDINGS, card.ts, "Approve")
+
+
 def text_of(blocks: list[dict[str, Any]]) -> str:
     return json.dumps(blocks, ensure_ascii=False)
 
@@ -177,7 +184,7 @@ def test_a_guardduty_finding_becomes_one_proposed_card_that_an_approver_runs(
     assert incident.requester == "GuardDuty" and incident.status == "pending"
     assert sandbox_world.groups_by_eni(world.instance_id) == before  # nothing before approval
     # Any approver may approve it.
-    intake_bot.slack.click_button(LEE, FINDINGS, card.ts, "Approve")
+    approve(intake_bot, card)
     done = settle_card(intake_bot, card.ts)
     assert done.status == "contained"
     assert all(v[0].startswith("cordon-sealed") and len(v) == 1
@@ -256,7 +263,7 @@ def test_a_guardduty_key_finding_proposes_the_key_playbook(
     (incident,) = intake_bot.deps.store.recent()
     assert incident.kind == "key" and incident.target_id == key
     assert "Proposed by GuardDuty" in text_of(card.blocks)
-    intake_bot.slack.click_button(LEE, FINDINGS, card.ts, "Approve")
+    approve(intake_bot, card)
     assert settle_card(intake_bot, card.ts).status == "contained"
     assert sandbox_world.key_status(user, key) == "Inactive"
 
@@ -279,7 +286,7 @@ def test_an_instance_credential_exfiltration_finding_proposes_full_on_that_insta
     assert incident.kind == "instance" and incident.target_id == world.instance_id
     assert incident.playbook == "full"
     assert "InstanceCredentialExfiltration" in text_of(card.blocks)
-    intake_bot.slack.click_button(LEE, FINDINGS, card.ts, "Approve")
+    approve(intake_bot, card)
     assert settle_card(intake_bot, card.ts).status == "contained"
     (statement,) = aws_client("iam").get_role_policy(
         RoleName="web-prod", PolicyName="cordon-revocations")["PolicyDocument"]["Statement"]
@@ -414,7 +421,7 @@ def test_updates_of_a_finding_about_a_contained_instance_make_one_note_and_no_ca
     the same finding."""
     send(queue, guardduty(world.instance_id, count=3))
     (card,) = wait_for(lambda: cards(fake_slack), timeout=30)
-    intake_bot.slack.click_button(LEE, FINDINGS, card.ts, "Approve")
+    approve(intake_bot, card)
     assert settle_card(intake_bot, card.ts).status == "contained"
     for count in range(4, 9):
         send(queue, guardduty(world.instance_id, count=count))
@@ -442,11 +449,11 @@ def test_after_a_release_the_same_finding_proposes_again_only_if_its_severity_ro
         queue: str) -> None:
     send(queue, guardduty(world.instance_id, severity=5, count=3))
     (card,) = wait_for(lambda: cards(fake_slack), timeout=30)
-    intake_bot.slack.click_button(LEE, FINDINGS, card.ts, "Approve")
+    approve(intake_bot, card)
     contained = settle_card(intake_bot, card.ts)
     intake_bot.slack.command(DANA, FINDINGS, f"release {contained.id} false positive")
     release_card = wait_for(lambda: cards(fake_slack)[1:], timeout=30)[0]
-    intake_bot.slack.click_button(LEE, FINDINGS, release_card.ts, "Approve")
+    approve(intake_bot, release_card)
     assert settle_card(intake_bot, release_card.ts).status == "released"
     send(queue, guardduty(world.instance_id, severity=5, count=9))  # an update, same severity
     _handled(intake_bot, queue)
@@ -464,3 +471,28 @@ def test_a_sample_finding_is_marked_on_its_card(
     send(queue, guardduty(world.instance_id, sample=True))
     (card,) = wait_for(lambda: cards(fake_slack), timeout=30)
     assert "Sample finding" in text_of(card.blocks)
+
+
+def test_a_finding_about_a_contained_fleet_member_is_a_note_in_its_fleets_thread(
+        intake_bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack,
+        queue: str) -> None:
+    """A fleet member has no card of its own: a finding about it, once it is contained,
+    goes to its fleet's thread (kept current there), never a new card."""
+    more = sandbox_world.add_instances(world, 1, name="web-prod")
+    assert intake_bot.slack.command(DANA, FINDINGS, f"{world.instance_id} {more[0]} isolate "
+                                                    "worm")[0] == 200
+    (card,) = wait_for(lambda: cards(fake_slack), timeout=30)
+    approve(intake_bot, card)
+    assert settle_card(intake_bot, card.ts, timeout=120).status == "contained"
+    send(queue, guardduty(more[0], finding_id="member-1", count=4))
+    send(queue, guardduty(more[0], finding_id="member-1", count=5))
+
+    def notes() -> list[str]:
+        return [m.text for m in fake_slack.thread(FINDINGS, card.ts) if "Another" in m.text]
+
+    wait_for(lambda: any("seen 5 times" in n for n in notes()), timeout=60)
+    _handled(intake_bot, queue)
+    intake_bot.deps.timeline.flush()
+    assert len(notes()) == 1 and more[0] in notes()[0]
+    assert len(cards(fake_slack)) == 1
+    assert intake_bot.deps.store.unsent() == []
