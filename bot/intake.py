@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from bot import blocks
@@ -64,6 +65,15 @@ class IntakeThread:
         log.info("findings intake on", extra={"queue": self.intake.queue.url})
         return self
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop at once when the consumer is in a long poll (up to 20 s of waiting on
+        SQS): the messages that poll returns are left for the queue to deliver again. A
+        message being handled is finished first."""
         self.stop_event.set()
-        self.thread.join(timeout=30)
+        deadline = time.monotonic() + timeout
+        while self.thread.is_alive() and time.monotonic() < deadline:
+            # `handling` is set before the consumer looks at the stop event: read after
+            # the event was set, False means it will handle nothing more.
+            if not self.intake.handling:
+                return
+            self.thread.join(timeout=0.05)

@@ -80,13 +80,20 @@ def check_aws(pool: ClientPool, regions: list[str]) -> list[Check]:
                                 " — check the role's trust policy"))
             places = [p for p in places if p[0] != account]
 
+    def clients(place: tuple[str | None, str]) -> Clients:
+        return pool.for_region(place[1], place[0], identity="cordon-preflight",
+                               session_name="cordon-preflight")
+
     def one(place: tuple[str | None, str]) -> list[Check]:
         account, region = place
         label = f"{account}/{region}" if account else region
         with acting_as("preflight"):
-            return check_place(pool.for_region(region, account, identity="cordon-preflight",
-                                               session_name="cordon-preflight"), label)
+            return check_place(clients(place), label)
 
+    if places:
+        # The service models load once here, not in every thread at the same time.
+        first = clients(places[0])
+        _ = first.sts, first.ec2
     for result in parallel(one, places):
         checks += result
     return checks

@@ -47,17 +47,28 @@ class Intake:
         self.lookback_days = lookback_days
         self.products = products  # Security Hub findings from these products only
         self.wake = wake  # sends what was queued for a thread
+        # True while received messages are handled: a stop waits for that, never for a
+        # long poll (see IntakeThread.stop).
+        self.handling = False
 
-    def poll(self, wait_seconds: int = 20) -> int:
-        """One long poll; returns how many messages were handled and deleted."""
+    def poll(self, wait_seconds: int = 20, stop: threading.Event | None = None) -> int:
+        """One long poll; returns how many messages were handled and deleted. Messages
+        received once `stop` is set are left alone: the queue delivers them again after
+        its visibility timeout, to this replica's next life or another replica."""
         with acting_as(UNIT):
             messages = self.queue.receive(wait_seconds)
         done = 0
-        for message in messages:
-            if self.handle(message):
-                with acting_as(UNIT):
-                    self.queue.delete(message)
-                done += 1
+        self.handling = True
+        try:
+            if stop is not None and stop.is_set():
+                return 0
+            for message in messages:
+                if self.handle(message):
+                    with acting_as(UNIT):
+                        self.queue.delete(message)
+                    done += 1
+        finally:
+            self.handling = False
         return done
 
     def handle(self, message: QueueMessage) -> bool:
@@ -105,7 +116,7 @@ class Intake:
         failures = 0
         while not stop.is_set():
             try:
-                handled = self.poll(wait_seconds)
+                handled = self.poll(wait_seconds, stop)
                 failures = 0
                 if wait_seconds == 0 and not handled:
                     # Short polling (a test's bot, which must stop at once): a pause a

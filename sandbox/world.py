@@ -41,6 +41,7 @@ def new_session(cls: type[boto3.session.Session] = boto3.session.Session
     """A boto3 session of its own (credentials, event hooks) that shares the loaded
     service models."""
     global _LOADER
+    share_service_models()
     core = botocore.session.Session()
     with _LOCK:
         if _LOADER is None:
@@ -75,14 +76,65 @@ def _cache_moto_lookups() -> None:
         lambda clazz: frozenset(inspect_methods(clazz)))
 
 
+def share_service_models() -> None:
+    """Every boto3 client botocore makes builds its own ServiceModel from the (shared)
+    JSON, and the first error a new EC2 client parses indexes every shape of EC2's model
+    (70 ms). The tests and the sandbox make a few hundred clients, one bot after another:
+    here they share one ServiceModel per service's model. Cordon itself makes its clients
+    once (ClientPool.warm) and needs none of this."""
+    import botocore.client
+    from botocore.model import ServiceModel
+
+    creator: Any = botocore.client.ClientCreator
+    if getattr(creator, "_cordon_shared", False):
+        return
+    made: dict[tuple[str, int], tuple[Any, ServiceModel]] = {}
+
+    def load(self: Any, service_name: str, api_version: str | None = None) -> ServiceModel:
+        document = self._loader.load_service_model(service_name, "service-2",
+                                                   api_version=api_version)
+        key = (service_name, id(document))
+        with _LOCK:
+            found = made.get(key)
+            if found is None or found[0] is not document:
+                found = made[key] = (document, ServiceModel(document,
+                                                             service_name=service_name))
+        return found[1]
+
+    creator._load_service_model = load
+    creator._cordon_shared = True
+
+
+def _one_at_a_time(app: Any) -> Any:
+    """moto's backends are plain dicts, not made for concurrent requests: a describe while
+    another thread adds a tag can fail with an HTML 500 that AWS never sends. Requests
+    are served one at a time, except SQS's, whose long polls wait inside the request."""
+    lock = threading.Lock()
+
+    def serve(environ: dict[str, Any], start_response: Any) -> Any:
+        if str(environ.get("HTTP_X_AMZ_TARGET", "")).startswith("AmazonSQS."):
+            return app(environ, start_response)
+        with lock:
+            return list(app(environ, start_response))
+
+    return serve
+
+
 class LocalAws:
     """moto's server in a thread. boto3 reaches it through AWS_ENDPOINT_URL."""
 
     def __init__(self) -> None:
         os.environ.setdefault("MOTO_AMIS_PATH", AMIS_PATH)
+        from moto.moto_server import threaded_moto_server
         from moto.server import ThreadedMotoServer
 
         _cache_moto_lookups()
+        share_service_models()
+        if not getattr(threaded_moto_server, "_cordon_serialised", False):
+            dispatcher = threaded_moto_server.DomainDispatcherApplication
+            setattr(threaded_moto_server, "DomainDispatcherApplication",  # noqa: B010
+                    lambda create: _one_at_a_time(dispatcher(create)))
+            setattr(threaded_moto_server, "_cordon_serialised", True)  # noqa: B010
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.url = ""
 

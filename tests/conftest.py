@@ -3,6 +3,7 @@ fake Slack Web API over HTTP, and both databases."""
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import threading
@@ -13,7 +14,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from handlers import autoscaling, evidence, isolation
 from handlers.attribution import acting
@@ -66,6 +67,7 @@ def fake_slack(_fake_slack: FakeSlack) -> Iterator[FakeSlack]:
     assert _fake_slack.violations == []
 
 
+@functools.cache
 def _postgres_available() -> bool:
     try:
         engine = create_engine(POSTGRES_URL)
@@ -77,7 +79,41 @@ def _postgres_available() -> bool:
         return False
 
 
-def _database(kind: str, tmp_path: Any) -> Iterator[str]:
+@functools.cache
+def _admin() -> Engine:
+    return create_engine(POSTGRES_URL)
+
+
+# Schemas an earlier test of this process migrated and that were emptied after it: the
+# bots' tests take one instead of migrating a new schema each (Alembic's six revisions
+# cost more than the test's own queries). Dropped when the process ends.
+_EMPTIED: list[str] = []
+_MADE: list[str] = []
+
+
+def _empty(schema: str) -> bool:
+    """Every row of the schema gone, its migrations kept; False if it could not be (a
+    lock still held by a connection the test left behind)."""
+    try:
+        with _admin().begin() as conn:
+            conn.execute(text("SET LOCAL lock_timeout = '2s'"))
+            tables = [row[0] for row in conn.execute(text(
+                "SELECT tablename FROM pg_tables WHERE schemaname = :schema "
+                "AND tablename <> 'alembic_version'"), {"schema": schema})]
+            if tables:
+                conn.execute(text("TRUNCATE " + ", ".join(f"{schema}.{t}" for t in tables)
+                                  + " RESTART IDENTITY CASCADE"))
+        return True
+    except Exception:
+        return False
+
+
+def _drop(schema: str) -> None:
+    with _admin().begin() as conn:
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+
+
+def _database(kind: str, tmp_path: Any, reuse: bool = False) -> Iterator[str]:
     if kind == "sqlite":
         yield f"sqlite:///{tmp_path}/cordon.db"
         return
@@ -85,15 +121,30 @@ def _database(kind: str, tmp_path: Any) -> Iterator[str]:
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_URL}")
         pytest.skip("PostgreSQL is not reachable")
-    # A schema of its own per test: tests never see each other's rows.
-    schema = "t_" + uuid.uuid4().hex[:12]
-    admin = create_engine(POSTGRES_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    # A schema of its own per test (`reuse`: one emptied after an earlier test): tests
+    # never see each other's rows.
+    if reuse and _EMPTIED:
+        schema = _EMPTIED.pop()
+    else:
+        schema = "t_" + uuid.uuid4().hex[:12]
+        with _admin().begin() as conn:
+            conn.execute(text(f"CREATE SCHEMA {schema}"))
+        _MADE.append(schema)
     yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+    if reuse and _empty(schema):
+        _EMPTIED.append(schema)
+    else:
+        _drop(schema)
+        _MADE.remove(schema)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _schemas_dropped() -> Iterator[None]:
+    yield
+    for schema in list(_MADE):
+        _drop(schema)
+    if _postgres_available():
+        _admin().dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -107,7 +158,7 @@ def e2e_database_url(tmp_path: Any) -> Iterator[str]:
     """One database for the end-to-end flows: PostgreSQL, which replicas use (SQLite,
     the default, runs the `serve` subprocess tests and the fault-layer ones)."""
     yield from _database("postgresql" if os.environ.get("CI") or _postgres_available()
-                         else "sqlite", tmp_path)
+                         else "sqlite", tmp_path, reuse=True)
 
 
 @pytest.fixture

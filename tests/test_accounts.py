@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -106,14 +107,38 @@ def test_an_instance_id_found_in_two_places_is_refused_with_the_list() -> None:
 
 
 def _preflight(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m bot preflight` as a user runs it, in a process of its own."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "CORDON_"))}
     return subprocess.run([sys.executable, "-m", "bot", "preflight"], cwd=cwd,
                           env={**base, "PYTHONPATH": str(ROOT), **env},
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.fixture
+def preflight_here(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+                   ) -> Callable[[dict[str, str], Path], subprocess.CompletedProcess[str]]:
+    """The same command through its entry point in this process (what the process adds
+    is checked once, above): the environment exactly `env`, as for the process."""
+    from bot.__main__ import main
+
+    def run(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+        with monkeypatch.context() as patch:
+            patch.chdir(cwd)
+            for name in [k for k in os.environ if k.startswith(("SLACK_", "CORDON_"))]:
+                patch.delenv(name)
+            for name, value in env.items():
+                patch.setenv(name, value)
+            code = main(["preflight"])
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(["preflight"], code, out.out, out.err)
+
+    return run
+
+
 def test_preflight_passes_against_moto_and_the_fake_slack(
-        tmp_path: Path, prod_world: sandbox_world.World, fake_slack: FakeSlack) -> None:
+        tmp_path: Path, prod_world: sandbox_world.World, fake_slack: FakeSlack,
+        preflight_here: Callable[[dict[str, str], Path], subprocess.CompletedProcess[str]]
+        ) -> None:
     db = f"sqlite:///{tmp_path}/cordon.db"  # a fresh database: preflight runs before serve
     env = {"SLACK_BOT_TOKEN": "xoxb-test", "SLACK_SIGNING_SECRET": SECRET,
            "SLACK_API_URL": fake_slack.api_url, "CORDON_DATABASE_URL": db,
@@ -127,14 +152,14 @@ def test_preflight_passes_against_moto_and_the_fake_slack(
                      "account prod: role assumed", "prod/eu-west-1 ec2:CreateSecurityGroup"):
         assert any(expected in line for line in lines), expected
     assert any(line.startswith("✅ Database: reachable, created tables") for line in lines)
-    again = _preflight(env, tmp_path).stdout.splitlines()
+    again = preflight_here(env, tmp_path).stdout.splitlines()
     assert any(line.startswith("✅ Database: reachable, tables up to date") for line in again)
     # A bad token fails, with the fix; a missing one stops with one line.
-    bad = _preflight({**env, "SLACK_BOT_TOKEN": "xoxb-revoked"}, tmp_path)
+    bad = preflight_here({**env, "SLACK_BOT_TOKEN": "xoxb-revoked"}, tmp_path)
     assert bad.returncode == 1
     assert any(line.startswith("❌ Slack token: Slack refused it (invalid_auth)")
                for line in bad.stdout.splitlines())
-    missing = _preflight({k: v for k, v in env.items() if k != "SLACK_BOT_TOKEN"}, tmp_path)
+    missing = preflight_here({k: v for k, v in env.items() if k != "SLACK_BOT_TOKEN"}, tmp_path)
     assert missing.returncode == 2 and "SLACK_BOT_TOKEN is not set" in missing.stderr
 
 
@@ -169,7 +194,9 @@ def test_an_assumed_role_renews_itself_with_the_same_name_and_identity(
 
 
 def test_preflight_checks_the_findings_queue_and_its_dead_letter_queue(
-        tmp_path: Path, prod_world: sandbox_world.World, fake_slack: FakeSlack) -> None:
+        tmp_path: Path, prod_world: sandbox_world.World, fake_slack: FakeSlack,
+        preflight_here: Callable[[dict[str, str], Path], subprocess.CompletedProcess[str]]
+        ) -> None:
     import json
 
     from tests.conftest import aws_client
@@ -184,25 +211,28 @@ def test_preflight_checks_the_findings_queue_and_its_dead_letter_queue(
     env = {"SLACK_BOT_TOKEN": "xoxb-test", "SLACK_SIGNING_SECRET": SECRET,
            "SLACK_API_URL": fake_slack.api_url, "CORDON_DATABASE_URL":
            f"sqlite:///{tmp_path}/cordon.db", "CORDON_FINDINGS_CHANNEL": "C0FINDINGS"}
-    ok = _preflight({**env, "CORDON_FINDINGS_QUEUE_URL": good}, tmp_path)
+    ok = preflight_here({**env, "CORDON_FINDINGS_QUEUE_URL": good}, tmp_path)
     assert any(line.startswith("✅ Findings queue:") and "dead-letter" in line
                for line in ok.stdout.splitlines()), ok.stdout
-    bad = _preflight({**env, "CORDON_FINDINGS_QUEUE_URL": bare}, tmp_path)
+    bad = preflight_here({**env, "CORDON_FINDINGS_QUEUE_URL": bare}, tmp_path)
     assert bad.returncode == 1
     assert any(line.startswith("❌ Findings queue:") and "no dead-letter queue" in line
                for line in bad.stdout.splitlines()), bad.stdout
-    no_channel = _preflight({k: v for k, v in env.items() if k != "CORDON_FINDINGS_CHANNEL"}
-                            | {"CORDON_FINDINGS_QUEUE_URL": good}, tmp_path)
+    no_channel = preflight_here({k: v for k, v in env.items()
+                                 if k != "CORDON_FINDINGS_CHANNEL"}
+                                | {"CORDON_FINDINGS_QUEUE_URL": good}, tmp_path)
     assert no_channel.returncode == 2 and "CORDON_FINDINGS_CHANNEL must" in no_channel.stderr
 
 
 def test_preflight_tells_a_network_failure_from_a_refused_token(
-        tmp_path: Path, prod_world: sandbox_world.World) -> None:
+        tmp_path: Path, prod_world: sandbox_world.World,
+        preflight_here: Callable[[dict[str, str], Path], subprocess.CompletedProcess[str]]
+        ) -> None:
     """Slack unreachable: said so, and the token not blamed (a refused token: above)."""
     from tests.test_cli import free_port
 
     closed = f"http://127.0.0.1:{free_port()}/api/"  # nothing listens there
-    down = _preflight({"SLACK_SIGNING_SECRET": SECRET, "SLACK_BOT_TOKEN": "xoxb-test",
+    down = preflight_here({"SLACK_SIGNING_SECRET": SECRET, "SLACK_BOT_TOKEN": "xoxb-test",
                        "SLACK_API_URL": closed,
                        "CORDON_DATABASE_URL": f"sqlite:///{tmp_path}/cordon.db"}, tmp_path)
     (slack,) = [line for line in down.stdout.splitlines() if "Slack" in line]

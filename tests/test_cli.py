@@ -12,6 +12,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from sandbox import world as sandbox_world
 from sandbox.fake_slack import FakeSlack
 from sandbox.harness import SECRET, wait_for
@@ -102,15 +104,46 @@ def _serve_fails(tmp_path: Path, local_aws: sandbox_world.LocalAws, **env: str) 
     return proc.stderr.strip().splitlines()[-1]
 
 
-def test_each_start_up_failure_is_one_clear_line(tmp_path: Path,
-                                                 local_aws: sandbox_world.LocalAws) -> None:
-    assert "a bot token starts with xoxb-" in _serve_fails(
-        tmp_path, local_aws, SLACK_BOT_TOKEN="xapp-wrong-one")
-    assert "an app-level token starts with xapp-" in _serve_fails(
-        tmp_path, local_aws, SLACK_APP_TOKEN="xoxb-wrong-one")
-    assert "CORDON_APPROVAL_TTL" in _serve_fails(tmp_path, local_aws, CORDON_APPROVAL_TTL="0")
-    assert "CORDON_LOG_LEVEL" in _serve_fails(tmp_path, local_aws, CORDON_LOG_LEVEL="LOUD")
-    assert "CORDON_LOG_FORMAT" in _serve_fails(tmp_path, local_aws, CORDON_LOG_FORMAT="xml")
+def _settings_refused(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                      tmp_path: Path, **env: str) -> str:
+    """`serve`'s entry point with these settings: it must stop before opening anything
+    (a bot built from them would fail this test, not serve)."""
+    import bot.wiring
+    from bot.__main__ import main
+
+    def built(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("serve accepted the settings")
+
+    monkeypatch.setattr(bot.wiring, "build_deps", built)
+    monkeypatch.chdir(tmp_path)  # no .env from the checkout
+    for name in [k for k in os.environ if k.startswith(("SLACK_", "CORDON_"))]:
+        monkeypatch.delenv(name)
+    for name, value in {"SLACK_BOT_TOKEN": "xoxb-test", "SLACK_SIGNING_SECRET": SECRET,
+                        "CORDON_DATABASE_URL": f"sqlite:///{tmp_path}/cordon.db",
+                        **env}.items():
+        monkeypatch.setenv(name, value)
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    (line,) = err.strip().splitlines()
+    return line
+
+
+def test_each_settings_failure_is_one_clear_line(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        tmp_path: Path) -> None:
+    def refused(**env: str) -> str:
+        return _settings_refused(monkeypatch, capsys, tmp_path, **env)
+
+    assert "a bot token starts with xoxb-" in refused(SLACK_BOT_TOKEN="xapp-wrong-one")
+    assert "an app-level token starts with xapp-" in refused(SLACK_APP_TOKEN="xoxb-wrong-one")
+    assert "CORDON_APPROVAL_TTL" in refused(CORDON_APPROVAL_TTL="0")
+    assert "CORDON_LOG_LEVEL" in refused(CORDON_LOG_LEVEL="LOUD")
+    assert "CORDON_LOG_FORMAT" in refused(CORDON_LOG_FORMAT="xml")
+
+
+def test_each_start_up_failure_is_one_clear_line(
+        tmp_path: Path, local_aws: sandbox_world.LocalAws) -> None:
+    """The whole process, as a user meets it: the database's URL, a taken port."""
     assert "write it as postgresql+psycopg://" in _serve_fails(
         tmp_path, local_aws, CORDON_DATABASE_URL="postgres://u@127.0.0.1/db")
     with socket.socket() as taken:

@@ -496,3 +496,32 @@ def test_a_finding_about_a_contained_fleet_member_is_a_note_in_its_fleets_thread
     assert len(notes()) == 1 and more[0] in notes()[0]
     assert len(cards(fake_slack)) == 1
     assert intake_bot.deps.store.unsent() == []
+
+
+def test_a_stop_during_a_long_poll_does_not_wait_for_it_and_handles_nothing_after(
+        fake_slack: FakeSlack, world: sandbox_world.World, e2e_database_url: str,
+        aws_trace: AwsTrace, queue: str) -> None:
+    """`serve` stopping while its consumer waits on SQS's 20-second long poll: the stop
+    returns with the poll still open, and a message that poll then returns is left in
+    the queue (delivered again after its visibility timeout), not turned into a card by
+    a process that is going away."""
+    from bot.intake import IntakeThread
+
+    running = start_bot(fake_slack, e2e_database_url, session_factory=aws_trace.session,
+                        CORDON_FINDINGS_QUEUE_URL=queue, CORDON_FINDINGS_CHANNEL=FINDINGS)
+    try:
+        assert running.intake is not None
+        running.intake.stop()  # the test's short-polling consumer
+        polls = len([c for c in aws_trace.calls if c[0] == "ReceiveMessage"])
+        consumer = IntakeThread(running.intake.intake, wait_seconds=20).start()
+        wait_for(lambda: len([c for c in aws_trace.calls if c[0] == "ReceiveMessage"])
+                 > polls)
+        consumer.stop()
+        assert consumer.thread.is_alive()  # still in the poll: the stop did not wait
+        send(queue, guardduty(world.instance_id))
+        wait_for(lambda: not consumer.thread.is_alive(), timeout=30)  # the poll returned
+        assert not empty(queue)
+        assert [c for c in aws_trace.calls if c[0] == "DeleteMessage"] == []
+        assert cards(fake_slack) == []
+    finally:
+        running.stop()

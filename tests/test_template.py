@@ -4,7 +4,11 @@ the intake and the role need."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +19,29 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@functools.cache
+def _printed(*args: str) -> str:
+    """What `python -m bot template ARGS` prints, from the CLI's own entry point."""
+    from bot.__main__ import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["template", *args]) == 0
+    return out.getvalue()
+
+
 def template(*args: str) -> tuple[str, dict[str, Any]]:
-    out = subprocess.run([sys.executable, "-m", "bot", "template", *args], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout
+    out = _printed(*args)
     return out, json.loads(out)
+
+
+def test_the_command_prints_the_template() -> None:
+    """The command a user runs (its own process) prints what the tests below check."""
+    out = subprocess.run([sys.executable, "-m", "bot", "template", "--forwarding"], cwd=ROOT,
+                         capture_output=True, text=True, check=True,
+                         env={k: v for k, v in os.environ.items()
+                              if k != "CORDON_FINDINGS_PRODUCTS"}).stdout
+    assert json.loads(out) == template("--forwarding")[1]
 
 
 @pytest.mark.parametrize("args", [(), ("--member",), ("--forwarding",), ("--playbook", "isolate")])
@@ -243,6 +266,10 @@ def test_the_rules_filter_what_eventbridge_can() -> None:
 CHECKOV = ROOT / ".venv" / "checkov" / "bin" / "checkov"
 
 
+# The checkov tests share one run of it: one worker runs them all.
+CHECKOV_RUN = pytest.mark.xdist_group("checkov")
+
+
 @pytest.fixture(scope="module")
 def checkov_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """checkov (from its own environment: its pins conflict with the tests') run once on
@@ -271,6 +298,7 @@ def checkov_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return by_file
 
 
+@CHECKOV_RUN
 @pytest.mark.parametrize("name", ["central", "member", "forwarding"])
 def test_checkov_passes_every_template_and_each_skip_says_why(
         checkov_results: dict[str, Any], name: str) -> None:
@@ -285,6 +313,7 @@ def test_checkov_passes_every_template_and_each_skip_says_why(
             "suppress_comment", "")
 
 
+@CHECKOV_RUN
 def test_checkov_would_find_an_unencrypted_queue(checkov_results: dict[str, Any]) -> None:
     failed = checkov_results["worse"]["failed_checks"]
     assert ("CKV_AWS_27", "AWS::SQS::Queue.FindingsQueue") in [
