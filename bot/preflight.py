@@ -9,7 +9,8 @@ from bot.settings import load_settings
 from bot.wiring import make_web_client
 from playbooks.database import make_engine
 from playbooks.models import Base
-from playbooks.operations import client_pool, preflight_aws, preflight_queue
+from playbooks.operations import client_pool, preflight_aws, preflight_queue, preflight_rules
+from playbooks.template import rules
 from playbooks.store import Store
 
 REQUIRED_SCOPES = ("commands", "chat:write", "files:write", "usergroups:read",
@@ -83,8 +84,13 @@ def run_preflight() -> int:
     for check in preflight_aws(pool, settings.regions):
         lines.append((check.ok, f"AWS {check.what}: {check.detail}"))
     if settings.findings_queue_url:
-        ok, said = preflight_queue(pool, settings.findings_queue_url, settings.regions[0])
+        ok, said, queue_arn = preflight_queue(pool, settings.findings_queue_url,
+                                              settings.regions[0])
         lines.append((ok, f"Findings queue: {said}"))
+        if queue_arn:
+            expected = len(rules(tuple(settings.findings_products)))
+            for check in preflight_rules(pool, queue_arn, settings.regions, expected):
+                lines.append((check.ok, f"EventBridge {check.what}: {check.detail}"))
 
     for ok, text in lines:
         print(f"{'✅' if ok else '❌'} {text}")

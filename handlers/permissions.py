@@ -10,6 +10,7 @@ from handlers.ec2_lookup import PERMISSIONS as INSTANCE_LOOKUP
 from handlers.findings_queue import PERMISSIONS as FINDINGS_INTAKE
 from handlers.fleet_lookup import PERMISSIONS as FLEET_LOOKUP
 from handlers.isolation import PREPARE_PERMISSIONS, IsolateSecurityGroups
+from handlers.preflight import RULE_PERMISSIONS
 from handlers.registry import all_actions
 from handlers.revocation import PERMISSIONS as REVOCATION_EXPIRY
 
@@ -25,7 +26,7 @@ LOOKUPS: dict[str, tuple[str, ...]] = {
     "prepare": PREPARE_PERMISSIONS + IsolateSecurityGroups.permissions,
     "assume-role": ("sts:AssumeRole", "sts:SetSourceIdentity"),
     "preflight": ("sts:GetCallerIdentity", "ec2:DescribeInstances", "ec2:DescribeSecurityGroups",
-                  "ec2:DescribeVpcs", "ec2:DescribeRegions"),
+                  "ec2:DescribeVpcs", "ec2:DescribeRegions", *RULE_PERMISSIONS),
 }
 
 # Created only with the tag cordon:managed=true, so the policy can require it.

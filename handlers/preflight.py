@@ -97,3 +97,53 @@ def check_aws(pool: ClientPool, regions: list[str]) -> list[Check]:
     for result in parallel(one, places):
         checks += result
     return checks
+
+
+# Reading the EventBridge rules that feed the findings queue (preflight only).
+RULE_PERMISSIONS = ("events:ListRules", "events:ListTargetsByRule")
+RULE_PREFIX = "Cordon: "  # every rule `python -m bot template` makes is described so
+
+
+def _rules_sending_to(clients: Clients, target_arn: str) -> tuple[int, int]:
+    """(enabled, disabled) rules described as Cordon's whose targets include `target_arn`."""
+    events = clients.client("events")
+    enabled = disabled = 0
+    for page in events.get_paginator("list_rules").paginate():
+        for rule in page.get("Rules", []):
+            if not str(rule.get("Description", "")).startswith(RULE_PREFIX):
+                continue
+            targets = events.list_targets_by_rule(Rule=rule["Name"]).get("Targets", [])
+            if any(t.get("Arn") == target_arn for t in targets):
+                if rule.get("State") == "ENABLED":
+                    enabled += 1
+                else:
+                    disabled += 1
+    return enabled, disabled
+
+
+def check_rules(pool: ClientPool, queue_arn: str, regions: list[str], expected: int
+                ) -> list[Check]:
+    """The central stack's rules in the queue's region send to the queue; each other
+    region's forwarding stack sends the same events to that region's default event bus
+    (GuardDuty and Security Hub findings stay in the region they are found in)."""
+    _, partition, _, central, account, _ = queue_arn.split(":", 5)
+    bus = f"arn:{partition}:events:{central}:{account}:event-bus/default"
+
+    def one(region: str) -> Check:
+        where, target = (("the queue", queue_arn) if region == central else
+                         (f"{central}'s event bus", bus))
+        try:
+            with acting_as("preflight"):
+                enabled, disabled = _rules_sending_to(pool.for_region(region), target)
+        except Exception as exc:
+            return Check(False, f"rules {region}", f"not read: {describe_error(exc)}")
+        fix = ("deploy the central stack (`make template`) here" if region == central else
+               f"deploy the forwarding stack (`make template ARGS=--forwarding`) here, "
+               f"CentralRegion={central}")
+        said = f"{enabled} of Cordon's {expected} rules send findings to {where}"
+        if disabled:
+            said += f" ({disabled} more disabled)"
+        return Check(enabled >= expected, f"rules {region}",
+                     said if enabled >= expected else f"{said} — {fix}")
+
+    return parallel(one, list(dict.fromkeys([central, *regions])))

@@ -61,8 +61,19 @@ def preflight_aws(pool: ClientPool, regions: Sequence[str]) -> list[Any]:
     return check_aws(pool, list(regions))
 
 
-def preflight_queue(pool: ClientPool, url: str, default_region: str) -> tuple[bool, str]:
-    """Whether the findings queue can be read, and what its dead-letter queue is."""
+def preflight_rules(pool: ClientPool, queue_arn: str, regions: Sequence[str],
+                    expected: int) -> list[Any]:
+    """Whether the central stack's `expected` rules feed the queue, and each other
+    region's forwarding stack feeds the central region."""
+    from handlers.preflight import check_rules
+
+    return check_rules(pool, queue_arn, list(regions), expected)
+
+
+def preflight_queue(pool: ClientPool, url: str, default_region: str
+                    ) -> tuple[bool, str, str | None]:
+    """Whether the findings queue can be read, what its dead-letter queue is, and its
+    ARN (None when it could not be read)."""
     from handlers.findings_queue import FindingsQueue, queue_region
 
     try:
@@ -71,12 +82,12 @@ def preflight_queue(pool: ClientPool, url: str, default_region: str) -> tuple[bo
                                   url).check()
     except Exception as exc:
         return False, (f"cannot read {url} ({describe_error(exc)}) — check "
-                       "CORDON_FINDINGS_QUEUE_URL and the role's sqs:GetQueueAttributes")
+                       "CORDON_FINDINGS_QUEUE_URL and the role's sqs:GetQueueAttributes"), None
+    arn = attrs.get("QueueArn")
     if not attrs.get("RedrivePolicy"):
-        return False, (f"{attrs.get('QueueArn', url)} has no dead-letter queue: a message that "
-                       "keeps failing would come back for ever (python -m bot template "
-                       "sets one)")
-    return True, f"{attrs.get('QueueArn', url)} readable, with a dead-letter queue"
+        return False, (f"{arn or url} has no dead-letter queue: a message that keeps failing "
+                       "would come back for ever (python -m bot template sets one)"), arn
+    return True, f"{arn or url} readable, with a dead-letter queue", arn
 
 
 def warm_clients(pool: ClientPool, regions: Sequence[str]) -> None:

@@ -193,13 +193,30 @@ def test_an_assumed_role_renews_itself_with_the_same_name_and_identity(
     assert pool._assumed.limit and pool._clients.limit
 
 
+def _deploy_rules(template: dict[str, Any], region: str, target: str) -> None:
+    """What CloudFormation makes of a template's EventBridge rules (moto has no stack
+    deployment of rules with these targets): each rule, described and patterned as the
+    template says, sending to `target`."""
+    import json
+
+    events = aws_client("events", region)
+    for name, resource in template["Resources"].items():
+        if resource["Type"] != "AWS::Events::Rule":
+            continue
+        props = resource["Properties"]
+        events.put_rule(Name=f"stack-{name}", Description=props["Description"],
+                        EventPattern=json.dumps(props["EventPattern"]), State=props["State"])
+        events.put_targets(Rule=f"stack-{name}", Targets=[{"Id": "target", "Arn": target}])
+
+
 def test_preflight_checks_the_findings_queue_and_its_dead_letter_queue(
         tmp_path: Path, prod_world: sandbox_world.World, fake_slack: FakeSlack,
         preflight_here: Callable[[dict[str, str], Path], subprocess.CompletedProcess[str]]
         ) -> None:
+    """The queue, its dead-letter queue, and the rules of every region that feed it."""
     import json
 
-    from tests.conftest import aws_client
+    from playbooks.template import central_template, forwarding_template
 
     sqs = aws_client("sqs")
     bare = sqs.create_queue(QueueName="findings-bare")["QueueUrl"]
@@ -210,10 +227,29 @@ def test_preflight_checks_the_findings_queue_and_its_dead_letter_queue(
         {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "5"})})["QueueUrl"]
     env = {"SLACK_BOT_TOKEN": "xoxb-test", "SLACK_SIGNING_SECRET": SECRET,
            "SLACK_API_URL": fake_slack.api_url, "CORDON_DATABASE_URL":
-           f"sqlite:///{tmp_path}/cordon.db", "CORDON_FINDINGS_CHANNEL": "C0FINDINGS"}
+           f"sqlite:///{tmp_path}/cordon.db", "CORDON_FINDINGS_CHANNEL": "C0FINDINGS",
+           "CORDON_REGIONS": "us-east-1,eu-west-1"}
     ok = preflight_here({**env, "CORDON_FINDINGS_QUEUE_URL": good}, tmp_path)
     assert any(line.startswith("✅ Findings queue:") and "dead-letter" in line
                for line in ok.stdout.splitlines()), ok.stdout
+    # No stack's rules yet: neither region feeds the queue, and each is told what to deploy.
+    lines = ok.stdout.splitlines()
+    assert "❌ EventBridge rules us-east-1: 0 of Cordon's 3 rules send findings to the " \
+           "queue — deploy the central stack (`make template`) here" in lines, ok.stdout
+    assert any(line.startswith("❌ EventBridge rules eu-west-1: 0 of Cordon's 3 rules send "
+                               "findings to us-east-1's event bus — deploy the forwarding "
+                               "stack") and "CentralRegion=us-east-1" in line for line in lines)
+    queue_arn = sqs.get_queue_attributes(QueueUrl=good, AttributeNames=["QueueArn"])[
+        "Attributes"]["QueueArn"]
+    _deploy_rules(central_template(), "us-east-1", queue_arn)
+    _deploy_rules(forwarding_template(), "eu-west-1",
+                  "arn:aws:events:us-east-1:123456789012:event-bus/default")
+    fed = preflight_here({**env, "CORDON_FINDINGS_QUEUE_URL": good}, tmp_path)
+    assert fed.returncode == 0, fed.stdout
+    assert "✅ EventBridge rules us-east-1: 3 of Cordon's 3 rules send findings to the " \
+           "queue" in fed.stdout.splitlines()
+    assert "✅ EventBridge rules eu-west-1: 3 of Cordon's 3 rules send findings to " \
+           "us-east-1's event bus" in fed.stdout.splitlines()
     bad = preflight_here({**env, "CORDON_FINDINGS_QUEUE_URL": bare}, tmp_path)
     assert bad.returncode == 1
     assert any(line.startswith("❌ Findings queue:") and "no dead-letter queue" in line
