@@ -10,8 +10,8 @@ from bot.wiring import make_web_client
 from playbooks.database import make_engine
 from playbooks.models import Base
 from playbooks.operations import client_pool, preflight_aws, preflight_queue, preflight_rules
-from playbooks.template import rules
 from playbooks.store import Store
+from playbooks.template import rules
 
 REQUIRED_SCOPES = ("commands", "chat:write", "files:write", "usergroups:read",
                    "channels:history", "groups:history")
