@@ -472,6 +472,35 @@ def _key_blocks(incident: Incident, cut: list[str]) -> list[Block]:
     ]
 
 
+def _user_blocks(incident: Incident, cut: list[str]) -> list[Block]:
+    f = incident.facts or {}
+    unread = f.get("unreadable") or {}
+    blocks: list[Block] = [
+        _section(f"*IAM user* *{escape(f.get('user', '?'))}* in account {_account(f)} "
+                 f"(`{escape(f.get('user_arn', '?'))}`)"),
+        SectionBlock(fields=[
+            _mrkdwn(f"*Console access*\n{'yes' if f.get('console') else 'no'}"),
+            _mrkdwn(_field("MFA devices", [f"`{escape(d)}`" for d in f.get("mfa_devices", [])],
+                           cut)),
+            _mrkdwn(_field("Groups", [escape(g) for g in f.get("groups", [])], cut)),
+            _mrkdwn(_field("Attached policies",
+                           [escape(p) for p in f.get("attached_policies", [])], cut)),
+            _mrkdwn(_field("Inline policies",
+                           [escape(p) for p in f.get("inline_policies", [])], cut)),
+            _mrkdwn(f"*Requested by*\n{requester(incident)}"),
+        ]),
+    ]
+    if incident.kind != "release":
+        blocks.append(_section(fit_lines(
+            "*Dry run* — each change, now → after (MFA devices, groups and policies are "
+            "listed, not changed):", [f"• {escape(line)}" for line in f.get("plan_lines", [])],
+            SECTION_MAX, cut, "changes")))
+    if unread:
+        blocks.append(ContextBlock(elements=[_mrkdwn("⚠️ Not readable now: " + "; ".join(
+            f"{escape(k)} ({escape(v)})" for k, v in unread.items()))]))
+    return blocks
+
+
 def render_card(incident: Incident, approvals: Sequence[str] = (),
                 steps: Sequence[StepRecord] = (), members: Sequence[Incident] = ()
                 ) -> tuple[str, list[dict[str, Any]]]:
@@ -498,12 +527,16 @@ def _card(incident: Incident, approvals: Sequence[str] = (),
     title = "Release request" if incident.kind == "release" else "Containment request"
     if f.get("key_id"):
         title = title.replace("Containment", "Leaked key")
+    elif f.get("user_arn"):
+        title = title.replace("Containment", "IAM user")
     if incident.kind == "fleet":
         title = ("Fleet release request" if incident.playbook == "release"
                  else "Fleet containment request")
         target = _fleet_blocks(incident, cut)
     elif f.get("key_id"):
         target = _key_blocks(incident, cut)
+    elif f.get("user_arn"):
+        target = _user_blocks(incident, cut)
     else:
         target = _instance_blocks(incident, cut)
     if f.get("key_id") and f.get("user"):
@@ -573,6 +606,13 @@ def render_full_plan(incident: Incident) -> list[str]:
         lines.append(f"*Other keys* ({len(f.get('other_keys', []))})")
         lines += [f"• `{escape(k['id'])}` ({escape(k['status'])})"
                   for k in f.get("other_keys", [])]
+    if f.get("user_arn") and incident.kind != "release":
+        lines.append(f"*Dry run* ({len(f.get('plan_lines', []))} changes)")
+        lines += [f"• {escape(line)}" for line in f.get("plan_lines", [])]
+        for label, key in (("Groups", "groups"), ("Attached policies", "attached_policies"),
+                           ("Inline policies", "inline_policies")):
+            lines.append(f"*{label}* ({len(f.get(key, []))})")
+            lines += [f"• {escape(p)}" for p in f.get(key, [])]
     if f.get("undo"):
         lines.append("*Undo steps*")
         lines += [f"{n}. `{escape(name)}` — {escape(what)}"

@@ -93,6 +93,20 @@ class KeyCommand(BaseModel):
         return {**opts, **({"role": self.role} if self.role else {})}
 
 
+class UserCommand(BaseModel):
+    """An IAM user, by name (in Cordon's own account, or `account=`) or by ARN."""
+
+    verb: Literal["user"] = "user"
+    user: str
+    account_id: str | None = None  # from an ARN: the account it names
+    account: str | None = None  # account=NAME (one of CORDON_ACCOUNTS)
+    reason: str = ""
+
+    @property
+    def options(self) -> dict[str, str]:
+        return {}
+
+
 class ReleaseCommand(BaseModel):
     verb: Literal["release"] = "release"
     query: str
@@ -105,14 +119,18 @@ class ExportCommand(BaseModel):
 
 
 Command = (HelpCommand | StatusCommand | ContainCommand | ReleaseCommand | KeyCommand
-           | ExportCommand)
+           | UserCommand | ExportCommand)
 
 
 ARN = re.compile(r"^arn:aws(?:-cn|-us-gov|-iso[a-z]?)?:ec2:([a-z0-9-]+):(\d{12}):instance/"
                  r"(i-(?:[0-9a-f]{8}|[0-9a-f]{17}))$")
 IPV4 = re.compile(r"^(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)$")
 NAME_TAG = re.compile(r"^[\w .:/=+@-]{1,255}$")
-VERBS = ("help", "-h", "--help", "?", "status", "release", "key", "export")
+VERBS = ("help", "-h", "--help", "?", "status", "release", "key", "user", "export")
+# IAM user names: letters, digits and +=,.@_- (up to 64); an ARN's path is kept apart.
+USER_NAME = re.compile(r"^[\w+=,.@-]{1,64}$")
+USER_ARN = re.compile(r"^arn:aws(?:-cn|-us-gov|-iso[a-z]?)?:iam::(\d{12}):user/(?:[\w+=,.@/-]*/)?"
+                      r"([\w+=,.@-]{1,64})$")
 
 
 def parse(text: str) -> Command:
@@ -128,6 +146,8 @@ def parse(text: str) -> Command:
         return _release(tokens[1:])
     if verb == "key":
         return _key(tokens[1:])
+    if verb == "user":
+        return _user(tokens[1:])
     if verb == "export":
         if len(tokens) == 2 and (query := _target_id(tokens[1])):
             return ExportCommand(query=query)
@@ -159,6 +179,8 @@ def parse(text: str) -> Command:
     if verb.startswith("i-"):
         raise BadInput(f"`{tokens[0]}` is not an instance id: it is `i-` and 8 or 17 "
                        f"hex digits, e.g. `i-0abc123def4567890`. Usage: {USAGE}")
+    if verb.startswith("arn:") and ":iam::" in verb and ":user/" in verb:
+        return _user(tokens)
     if verb.startswith("arn:"):
         m = ARN.match(tokens[0])
         if not m:
@@ -219,6 +241,8 @@ def _target_id(query: str) -> str | None:
         return query.lower()
     if INCIDENT_ID.match(query.upper()) or KEY_ID.match(query.upper()):
         return query.upper()
+    if m := USER_ARN.match(query):  # a user's requests are kept under its ARN, path-less
+        return f"{query.split(':user/')[0]}:user/{m.group(2)}"
     return None
 
 
@@ -227,7 +251,8 @@ def _release(args: list[str]) -> ReleaseCommand:
         return ReleaseCommand(query=query, reason=" ".join(args[1:]))
     got = _clip(" ".join(args)) if args else "nothing"
     raise BadInput("`/contain release` takes an instance id (`i-…`), an access key id "
-                   f"(`AKIA…`) or an incident id (`CRD-…`), then an optional reason; "
+                   f"(`AKIA…`), an IAM user's ARN or an incident id (`CRD-…`), then an "
+                   f"optional reason; "
                    f"got `{got}`.")
 
 
@@ -251,6 +276,31 @@ def _key(args: list[str]) -> KeyCommand:
     if "role" in fields and not fields["key_id"].startswith("ASIA"):
         raise BadInput("`role=` is for temporary (`ASIA…`) keys only.")
     return KeyCommand(reason=" ".join(rest), **fields)
+
+
+def _user(args: list[str]) -> UserCommand:
+    """`user NAME|ARN [account=NAME] reason…`."""
+    if not args:
+        raise BadInput("`/contain user` takes an IAM user's name or ARN, e.g. "
+                       "`/contain user deploy-bot key found in a public repository`.")
+    fields: dict[str, Any] = {}
+    if m := USER_ARN.match(args[0]):
+        fields.update(account_id=m.group(1), user=m.group(2))
+    elif USER_NAME.match(args[0]) and not args[0].lower().startswith("arn:"):
+        fields["user"] = args[0]
+    else:
+        raise BadInput(f"`{_clip(args[0])}` is not an IAM user name (letters, digits and "
+                       "`+=,.@_-`, at most 64) or user ARN (`arn:aws:iam::ACCOUNT:user/NAME`).")
+    rest = args[1:]
+    while rest and (m := OPTION.match(rest[0])):
+        if m.group(1) != "account" or not ACCOUNT.match(m.group(2)) or "account" in fields:
+            raise BadInput(f"`{_clip(rest[0])}`: for a user the one option is "
+                           "`account=NAME` (one of CORDON_ACCOUNTS); an ARN names its own.")
+        fields["account"] = m.group(2)
+        rest.pop(0)
+    if fields.get("account") and fields.get("account_id"):
+        raise BadInput("the ARN names the account already: leave out `account=`.")
+    return UserCommand(reason=" ".join(rest), **fields)
 
 
 def _contain(instance_id: str, args: list[str]) -> ContainCommand:

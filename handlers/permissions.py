@@ -9,6 +9,7 @@ from handlers.access_keys import LOOKUP_PERMISSIONS as KEY_LOOKUP
 from handlers.ec2_lookup import PERMISSIONS as INSTANCE_LOOKUP
 from handlers.findings_queue import PERMISSIONS as FINDINGS_INTAKE
 from handlers.fleet_lookup import PERMISSIONS as FLEET_LOOKUP
+from handlers.iam_users import LOOKUP_PERMISSIONS as USER_LOOKUP
 from handlers.isolation import PREPARE_PERMISSIONS, IsolateSecurityGroups
 from handlers.preflight import RULE_PERMISSIONS
 from handlers.registry import all_actions
@@ -20,6 +21,7 @@ LOOKUPS: dict[str, tuple[str, ...]] = {
     "blast-radius": ("ec2:DescribeInstances", "ec2:DescribeNetworkAcls",
                      "ec2:DescribeRouteTables"),
     "lookup-key": KEY_LOOKUP,
+    "lookup-user": USER_LOOKUP,
     "snapshot-follow-up": ("ec2:DescribeSnapshots",),
     "revocation-expiry": REVOCATION_EXPIRY,
     "findings-intake": FINDINGS_INTAKE,
@@ -86,7 +88,12 @@ SCOPES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
                     "iam:GetRolePolicy", "iam:GetUserPolicy", "iam:ListAccessKeys",
                     "iam:ListAttachedUserPolicies", "iam:ListUserPolicies", "iam:ListRolePolicies",
                     "iam:DeleteLoginProfile", "iam:DeleteRolePolicy", "iam:DeleteUserPolicy",
-                    "iam:PutRolePolicy", "iam:PutUserPolicy", "iam:UpdateAccessKey"),
+                    "iam:PutRolePolicy", "iam:PutUserPolicy", "iam:UpdateAccessKey",
+                    "iam:UpdateSigningCertificate", "iam:UpdateSSHPublicKey",
+                    "iam:UpdateServiceSpecificCredential", "iam:GetUser",
+                    "iam:ListSigningCertificates", "iam:ListSSHPublicKeys",
+                    "iam:ListServiceSpecificCredentials", "iam:ListMFADevices",
+                    "iam:ListGroupsForUser"),
      ("arn:aws:iam::*:role/*", "arn:aws:iam::*:user/*", "arn:aws:iam::*:instance-profile/*")),
     ("AssumeAccountRoles", ("sts:AssumeRole", "sts:SetSourceIdentity"),
      (f"arn:aws:iam::*:role/{RESPONDER_ROLE}",)),

@@ -14,6 +14,7 @@ from handlers.access_keys import (
 from handlers.autoscaling import DetachFromAutoScaling
 from handlers.base import Action, check_declared
 from handlers.evidence import CaptureEvidence, CreateImage, SnapshotVolumes
+from handlers.iam_users import DeactivateUserCredentials, DeactivateUserKeys
 from handlers.instance_profile import RemoveInstanceProfile
 from handlers.isolation import IsolateSecurityGroups
 from handlers.network_acl import IsolateSubnetNacl
@@ -28,7 +29,7 @@ ALL: tuple[type[Action], ...] = (
     RemoveInstanceProfile, CaptureEvidence, SnapshotVolumes, CreateImage, VerifyContainment,
     MarkReleased, IsolateSubnetNacl, IsolateSubnetRoutes, RemoveInternetRoutes,
     DeactivateAccessKey, RevokeSessions, DisableConsole, ReviewActivity, ListOtherKeys,
-    RevokeRoleSessions, SeverTrackedFlows,
+    RevokeRoleSessions, SeverTrackedFlows, DeactivateUserKeys, DeactivateUserCredentials,
 )
 
 ACTIONS: dict[str, type[Action]] = {}

@@ -48,7 +48,7 @@ class Playbook:
     # radius and more approvers must agree.
     wide: str | None = None
     options: tuple[str, ...] = ()
-    # What it contains: an EC2 "instance" or an access "key".
+    # What it contains: an EC2 "instance", an access "key" or an IAM "user".
     target: str = "instance"
 
     @property
@@ -160,6 +160,17 @@ PLAYBOOKS["key-temporary"] = Playbook(
     ),
     options=("role",), target="key",
 )
+PLAYBOOKS["user"] = Playbook(
+    name="user",
+    summary="cut every credential of an IAM user and deny its sessions issued before now",
+    steps=(
+        Step("deactivate-user-keys", phase=1, critical=True),
+        Step("revoke-sessions", phase=1),
+        Step("disable-console", phase=1, options={"console": "off"}),
+        Step("deactivate-user-credentials", phase=1),
+    ),
+    target="user",
+)
 INSTANCE_PLAYBOOKS = {n: p for n, p in PLAYBOOKS.items() if p.target == "instance"}
 # What one card may run on many instances: the playbooks that change only the instance
 # (the wide ones change a whole subnet, which two members may share).
@@ -220,6 +231,8 @@ def units_for(names: list[str] | None = None) -> list[str]:
             units.add("blast-radius")
         if playbook.target == "key":
             units.add("lookup-key")
+        elif playbook.target == "user":
+            units.add("lookup-user")
         elif any(s.action in ("isolate-security-groups", "tag-instance") for s in playbook.steps):
             units.add("mark-released")
     return sorted(units)

@@ -243,7 +243,8 @@ class Runner:
         if incident.kind == "release":
             parent = self.store.steps(incident.parent_id or "")
             contained = self.store.get(incident.parent_id or "")
-            target = "key" if contained is not None and contained.kind == "key" else "instance"
+            target = (contained.kind if contained is not None
+                      and contained.kind in ("key", "user") else "instance")
             return release_playbook([(s.name, applied_change(s)) for s in parent], target)
         playbook = get_playbook(incident.playbook)
         if playbook is None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from handlers import access_keys, ec2_lookup
+from handlers import access_keys, ec2_lookup, iam_users
 from handlers.attribution import acting_as
 from handlers.aws import Clients, account_id_of
 from handlers.base import StepContext, Target
@@ -482,6 +482,47 @@ class Cordon:
             options={k: v for k, v in options.items() if k == "console"},
         )
         log.info("key request opened", extra={"incident": incident.id, "playbook": playbook})
+        return incident
+
+    def open_user_request(self, user: str, reason: str, requester: str, channel_id: str,
+                          account: str | None = None, account_id: str | None = None,
+                          extra_facts: dict[str, Any] | None = None) -> Incident:
+        """A compromised IAM user: its credentials and what it may do, for the card's dry
+        run. `account` names one of CORDON_ACCOUNTS; an ARN's `account_id` finds it."""
+        if account is not None and account not in self.accounts:
+            known = ", ".join(self.accounts) or "none (Cordon acts in its own account)"
+            raise BadInput(f"unknown account `{account}`; accounts: {known}.")
+        if account_id is not None and self.accounts:
+            account = next((n for n, arn in self.accounts.items()
+                            if account_id_of(arn) == account_id), None)
+            if account is None:
+                raise TargetNotFound(f"account {account_id} is not in CORDON_ACCOUNTS")
+        clients = self.clients_for(self.regions[0], account)
+        try:
+            with acting_as("lookup-user"):
+                owner = clients.sts.get_caller_identity()["Account"]
+                if account_id is not None and account_id != owner:
+                    raise iam_users.UserNotFound(
+                        f"the ARN names account {account_id}; Cordon acts in {owner}")
+                facts = iam_users.describe_user(clients, user, owner)
+        except iam_users.UserNotFound as exc:
+            raise TargetNotFound(str(exc)) from exc
+        except Exception as exc:
+            raise AwsLookupFailed(f"could not look up IAM user {user}: "
+                                  f"{describe_error(exc)}") from exc
+        # Kept without the user's path: the ARN a finding or a person gives may have none.
+        target = f"{facts['user_arn'].split(':user/')[0]}:user/{user}"
+        existing = self.store.open_for_target(target)
+        if existing is not None:
+            raise BadInput(f"{user} already has an open request, {existing.id} "
+                           f"({existing.status}); see `/contain status {existing.id}`")
+        facts.update(account_name=account, region=self.regions[0], **(extra_facts or {}))
+        facts["plan_lines"] = iam_users.plan_lines(facts)
+        incident = self.store.create_incident(
+            ttl_seconds=self.approval_ttl_seconds, kind="user", target_id=target,
+            region=self.regions[0], account=owner, playbook="user", reason=reason,
+            requester=requester, channel_id=channel_id, facts=facts, options={})
+        log.info("user request opened", extra={"incident": incident.id})
         return incident
 
     def card_posted(self, incident_id: str, channel_id: str, ts: str, team_id: str = "",

@@ -45,6 +45,8 @@ def register(app: App, deps: Deps) -> None:
             ack(text=f"🔎 Looking up what was done to `{escape(cmd.query)}`…")
         elif isinstance(cmd, grammar.KeyCommand):
             ack(text=f"🔎 Looking up access key `{escape(cmd.key_id)}`…")
+        elif isinstance(cmd, grammar.UserCommand):
+            ack(text=f"🔎 Looking up IAM user `{escape(cmd.user)}`…")
         elif isinstance(cmd, grammar.ExportCommand):
             ack(text=f"📚 Exporting the record of `{escape(cmd.query)}`…")
         else:
@@ -70,6 +72,11 @@ def register(app: App, deps: Deps) -> None:
             incident = deps.cordon.open_key_request(
                 cmd.key_id, cmd.reason, command["user_id"], command["channel_id"],
                 cmd.options, deps.key_lookback_days)
+            post_card(deps, incident, client, command.get("team_id", ""))
+        elif isinstance(cmd, grammar.UserCommand):
+            incident = deps.cordon.open_user_request(
+                cmd.user, cmd.reason, command["user_id"], command["channel_id"],
+                account=cmd.account, account_id=cmd.account_id)
             post_card(deps, incident, client, command.get("team_id", ""))
 
     app.command(COMMAND)(ack=ack_contain, lazy=[process_contain])
