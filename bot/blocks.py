@@ -805,7 +805,11 @@ def render_help() -> str:
         "`/contain key <access-key-id> [console=off] [reason…]` — a leaked access key: "
         "deactivate it, revoke its sessions, review what it did",
         "  e.g. `/contain key AKIAIOSFODNN7EXAMPLE found in a public repository`",
-        "`/contain release <instance-id|key-id|incident-id> [reason…]` — undo a containment "
+        "`/contain user <name|user-arn> [account=A] [reason…]` — a compromised IAM user: "
+        "every credential deactivated, the console password deleted, older sessions denied",
+        "  e.g. `/contain user build-agent credentials in a build log`",
+        "`/contain release <instance-id|key-id|user-arn|incident-id> [reason…]` — undo a "
+        "containment "
         "(approval required)",
         "`/contain status [instance-id|incident-id]` — what happened, who did what, when",
         "  e.g. `/contain status CRD-7Q2M4K`",
