@@ -11,6 +11,9 @@ from typing import Any
 
 INSTANCE_ID = re.compile(r"\bi-(?:[0-9a-f]{8}|[0-9a-f]{17})\b")
 KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b")
+# An IAM user as a target: its ARN, path left out.
+USER_TARGET = re.compile(r"arn:aws(?:-cn|-us-gov|-iso[a-z]?)?:iam::\d{12}:user/[\w+=,.@-]{1,64}")
+PLAYBOOK_OF = {"instance": "full", "key": "key", "user": "user"}
 # Security Hub's severity labels on GuardDuty's numeric scale.
 LABELS = {"INFORMATIONAL": 0.0, "LOW": 1.0, "MEDIUM": 4.0, "HIGH": 7.0, "CRITICAL": 9.0}
 CONTAIN_TAG = "cordon:contain"
@@ -90,13 +93,22 @@ def _guardduty(event: dict[str, Any]) -> list[Proposal]:
     if resource["resourceType"] == "Instance":
         kind, rid = "instance", resource["instanceDetails"]["instanceId"]
     elif resource["resourceType"] == "AccessKey":
-        kind, rid = "key", resource["accessKeyDetails"]["accessKeyId"]
-        thief = _exfiltrating_instance(d, resource["accessKeyDetails"])
+        details = resource["accessKeyDetails"]
+        kind, rid = "key", str(details.get("accessKeyId") or "")
+        thief = _exfiltrating_instance(d, details)
         if thief:
             # The instance's role credentials used from elsewhere: contain the instance
             # (its profile goes, and only its own credentials are revoked). Revoking the
             # role would deny every instance sharing it, while this one fetched new ones.
             kind, rid = "instance", thief
+        elif not KEY_ID.fullmatch(rid):
+            if details.get("userType") != "IAMUser" or not details.get("userName"):
+                return []  # a role's session, the root user…: not (yet) Cordon's to contain
+            # An IAM user's finding that names no long-term key (a console sign-in, say):
+            # the user is what to contain.
+            kind, rid = "user", user_arn(str(d.get("partition") or "aws"),
+                                         str(d.get("accountId") or event.get("account", "")),
+                                         str(details["userName"]))
     else:
         return []  # S3, EKS, RDS…: not Cordon's to contain
     _check(kind, rid)
@@ -105,7 +117,7 @@ def _guardduty(event: dict[str, Any]) -> list[Proposal]:
     count = service.get("count")
     return [Proposal(
         source=GUARDDUTY, kind=kind, resource_id=rid,
-        playbook="full" if kind == "instance" else "key", finding_id=str(d["id"]),
+        playbook=PLAYBOOK_OF[kind], finding_id=str(d["id"]),
         title=str(d.get("title", "")), type=str(d.get("type", "")), severity=severity,
         severity_label=severity_label(severity),
         account=str(d.get("accountId") or event.get("account", "")), region=region,
@@ -174,6 +186,10 @@ def _security_hub(event: dict[str, Any]) -> list[Proposal]:
             if resource.get("Type") == "AwsEc2Instance":
                 match = INSTANCE_ID.search(str(resource["Id"]))
                 kind = "instance"
+            elif resource.get("Type") == "AwsIamUser":
+                match = USER_TARGET.search(re.sub(r":user/.*/", ":user/",
+                                                  str(resource["Id"])))
+                kind = "user"
             elif resource.get("Type") == "AwsIamAccessKey":
                 details = (resource.get("Details") or {}).get("AwsIamAccessKey") or {}
                 match = KEY_ID.search(str(details.get("AccessKeyId") or resource["Id"]))
@@ -185,7 +201,7 @@ def _security_hub(event: dict[str, Any]) -> list[Proposal]:
             types = finding.get("Types") or []
             out.append(Proposal(
                 source=SECURITY_HUB, kind=kind, resource_id=match.group(0),
-                playbook="full" if kind == "instance" else "key",
+                playbook=PLAYBOOK_OF[kind],
                 finding_id=_finding_id(finding, product), title=str(finding.get("Title", "")),
                 type=str(types[0] if types else finding.get("GeneratorId", "")),
                 severity=severity, severity_label=label,
@@ -250,7 +266,12 @@ def _tag_change(event: dict[str, Any]) -> list[Proposal]:
     return out
 
 
+def user_arn(partition: str, account: str, name: str) -> str:
+    """How a user is named as a target: its ARN without the user's path."""
+    return f"arn:{partition}:iam::{account}:user/{name}"
+
+
 def _check(kind: str, rid: str) -> None:
-    pattern = INSTANCE_ID if kind == "instance" else KEY_ID
+    pattern = {"instance": INSTANCE_ID, "key": KEY_ID, "user": USER_TARGET}[kind]
     if not pattern.fullmatch(str(rid)):
         raise ValueError(f"resource id {rid!r}")

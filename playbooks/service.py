@@ -390,6 +390,11 @@ class Cordon:
             if p.kind == "key":
                 incident = self.open_key_request(p.resource_id, p.reason, p.source, channel,
                                                  {}, lookback_days, extra_facts=alert)
+            elif p.kind == "user":
+                prefix, _, name = p.resource_id.partition(":user/")
+                incident = self.open_user_request(name, p.reason, p.source, channel,
+                                                  account_id=prefix.split(":")[4],
+                                                  extra_facts=alert)
             else:
                 region = p.region if p.region in self.regions else None
                 facts = self.lookup_instance(p.resource_id, region, self._account_of(p.account))

@@ -47,11 +47,11 @@ def rules(products: tuple[str, ...] = ("GuardDuty",)) -> dict[str, tuple[str, di
             "detail": {"resource": {"resourceType": ["Instance", "AccessKey"]},
                        "service": {"archived": [False]}}}),
         "SecurityHubFindingsRule": (f"Active Security Hub findings from {', '.join(products)} "
-                                    "about an instance or a key", {
+                                    "about an instance, a key or a user", {
             "source": ["aws.securityhub"], "detail-type": ["Security Hub Findings - Imported"],
             "detail": {"findings": {
                 "ProductName": list(products),
-                "Resources": {"Type": ["AwsEc2Instance", "AwsIamAccessKey"]},
+                "Resources": {"Type": ["AwsEc2Instance", "AwsIamAccessKey", "AwsIamUser"]},
                 "RecordState": ["ACTIVE"], "Workflow": {"Status": ["NEW", "NOTIFIED"]}}}}),
         "ContainTagRule": (f"The {CONTAIN_TAG} tag set on an EC2 instance", {
             "source": ["aws.tag"], "detail-type": ["Tag Change on Resource"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import json
 import os
 import threading
 import uuid
@@ -345,3 +346,30 @@ def approve_at_once(bot: RunningBot, ids: list[str], text: str, channel: str = "
         t.join()
     by_card = {i.card_ts: i.id for i in bot.deps.store.recent(len(ids))}
     return [settle(bot, by_card[card.ts], timeout=180) for card in cards]
+
+
+FINDINGS = "C0FINDINGS"  # the alerts channel of the intake tests
+
+
+@pytest.fixture
+def queue(world: sandbox_world.World) -> str:
+    sqs = aws_client("sqs")
+    dlq = sqs.create_queue(QueueName="cordon-findings-dlq")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])[
+        "Attributes"]["QueueArn"]
+    # A message not deleted comes back after 2 s here (120 s as the template deploys it).
+    return str(sqs.create_queue(QueueName="cordon-findings", Attributes={
+        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "5"}),
+        "VisibilityTimeout": "2",
+    })["QueueUrl"])
+
+
+@pytest.fixture
+def intake_bot(fake_slack: FakeSlack, world: sandbox_world.World, e2e_database_url: str,
+               aws_trace: AwsTrace, queue: str) -> Iterator[RunningBot]:
+    running = start_bot(fake_slack, e2e_database_url, approvers="S0ONCALL",
+                        session_factory=aws_trace.session, CORDON_FINDINGS_QUEUE_URL=queue,
+                        CORDON_FINDINGS_CHANNEL=FINDINGS)
+    yield running
+    running.stop()
+    assert aws_trace.undeclared() == []

@@ -6,7 +6,6 @@ the queue, the channel, the thread and the database."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,10 +13,9 @@ import pytest
 from sandbox import world as sandbox_world
 from sandbox.fake_slack import FakeSlack
 from sandbox.harness import RunningBot, start_bot, wait_for
-from tests.conftest import AwsTrace, aws_client, settle_card
+from tests.conftest import FINDINGS, AwsTrace, aws_client, settle_card
 from tests.test_cli import free_port
 
-FINDINGS = "C0FINDINGS"
 LEE, DANA = "U0LEE", "U0DANA"
 ACCOUNT = "123456789012"
 
@@ -115,30 +113,6 @@ def tag_change(instance_id: str, value: str) -> dict[str, Any]:
         "detail": {"changed-tag-keys": ["cordon:contain"], "service": "ec2",
                    "resource-type": "instance", "version": 3,
                    "tags": {"Name": "web-prod-3", "cordon:contain": value}}}
-
-
-@pytest.fixture
-def queue(world: sandbox_world.World) -> str:
-    sqs = aws_client("sqs")
-    dlq = sqs.create_queue(QueueName="cordon-findings-dlq")["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])[
-        "Attributes"]["QueueArn"]
-    # A message not deleted comes back after 2 s here (120 s as the template deploys it).
-    return str(sqs.create_queue(QueueName="cordon-findings", Attributes={
-        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "5"}),
-        "VisibilityTimeout": "2",
-    })["QueueUrl"])
-
-
-@pytest.fixture
-def intake_bot(fake_slack: FakeSlack, world: sandbox_world.World, e2e_database_url: str,
-               aws_trace: AwsTrace, queue: str) -> Iterator[RunningBot]:
-    running = start_bot(fake_slack, e2e_database_url, approvers="S0ONCALL",
-                        session_factory=aws_trace.session, CORDON_FINDINGS_QUEUE_URL=queue,
-                        CORDON_FINDINGS_CHANNEL=FINDINGS)
-    yield running
-    running.stop()
-    assert aws_trace.undeclared() == []
 
 
 def send(queue: str, event: dict[str, Any] | str) -> None:

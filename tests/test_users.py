@@ -13,6 +13,8 @@ from botocore.exceptions import ClientError
 from sandbox.fake_slack import FakeSlack
 from sandbox.harness import RunningBot, wait_for
 from tests.conftest import aws_client
+from tests.test_intake import approve as approve_finding
+from tests.test_intake import cards, guardduty, send, text_of
 from tests.test_keys import CHANNEL, DANA, approve, request, thread
 
 USER = "build-agent"
@@ -128,3 +130,24 @@ def test_a_user_that_does_not_exist_is_told_and_nothing_is_made(
     assert "no IAM user nobody-here" in reply
     assert bot.deps.store.recent() == []
     assert fake_slack.channel_messages(CHANNEL) == []
+
+
+def test_a_guardduty_finding_about_a_user_with_no_key_proposes_the_user_playbook(
+        intake_bot: RunningBot, user: dict[str, str], fake_slack: FakeSlack,
+        queue: str) -> None:
+    """An IAM user's console sign-in finding names no access key: the user is proposed,
+    through the real consumer on moto SQS; approved, its credentials are cut."""
+    event = guardduty("", kind="AccessKey", finding_id="user-console-1")
+    details = event["detail"]["resource"]["accessKeyDetails"]
+    details.update(userName=USER, accessKeyId="")
+    event["detail"]["type"] = "UnauthorizedAccess:IAMUser/ConsoleLoginSuccess.B"
+    send(queue, event)
+    (card,) = wait_for(lambda: cards(fake_slack), timeout=30)
+    assert "IAM user proposed" in text_of(card.blocks)
+    (incident,) = intake_bot.deps.store.recent()
+    assert incident.playbook == "user" and incident.target_id == \
+        f"arn:aws:iam::123456789012:user/{USER}"
+    approve_finding(intake_bot, card)
+    wait_for(lambda: intake_bot.deps.store.get(incident.id).status  # type: ignore[union-attr]
+             in ("contained", "partially contained"), timeout=60)
+    assert statuses()[user["active"]] == "Inactive"
