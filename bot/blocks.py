@@ -501,6 +501,35 @@ def _user_blocks(incident: Incident, cut: list[str]) -> list[Block]:
     return blocks
 
 
+def _role_blocks(incident: Incident, cut: list[str]) -> list[Block]:
+    f = incident.facts or {}
+    instances = [f"`{escape(i['id'])}` ({escape(i['region'])}, {escape(i['profile'])})"
+                 for i in f.get("role_instances", [])]
+    trusted = [f"{escape(kind)}: {escape(', '.join(who))}"
+               for kind, who in (f.get("trusted") or {}).items()]
+    blocks: list[Block] = [
+        _section(f"*IAM role* *{escape(f.get('role', '?'))}* in account {_account(f)} "
+                 f"(`{escape(f.get('role_arn', '?'))}`)"),
+        SectionBlock(fields=[
+            _mrkdwn(_field("Who may assume it", trusted, cut)),
+            _mrkdwn(_field("Instance profiles",
+                           [escape(p) for p in f.get("instance_profiles", [])], cut)),
+            _mrkdwn(_field("Running instances using it", instances, cut)),
+            _mrkdwn(_field("Attached policies",
+                           [escape(p) for p in f.get("attached_policies", [])], cut)),
+            _mrkdwn(_field("Inline policies",
+                           [escape(p) for p in f.get("inline_policies", [])], cut)),
+            _mrkdwn(f"*Requested by*\n{requester(incident)}"),
+        ]),
+    ]
+    if incident.kind != "release":
+        blocks.append(_section(fit_lines(
+            "*Dry run* — each change, now → after. ⚠️ Every session of the role is hit, "
+            "legitimate ones too:", [f"• {escape(line)}" for line in f.get("plan_lines", [])],
+            SECTION_MAX, cut, "changes")))
+    return blocks
+
+
 def render_card(incident: Incident, approvals: Sequence[str] = (),
                 steps: Sequence[StepRecord] = (), members: Sequence[Incident] = ()
                 ) -> tuple[str, list[dict[str, Any]]]:
@@ -529,6 +558,8 @@ def _card(incident: Incident, approvals: Sequence[str] = (),
         title = title.replace("Containment", "Leaked key")
     elif f.get("user_arn"):
         title = title.replace("Containment", "IAM user")
+    elif f.get("role_arn"):
+        title = title.replace("Containment", "IAM role")
     if incident.kind == "fleet":
         title = ("Fleet release request" if incident.playbook == "release"
                  else "Fleet containment request")
@@ -537,6 +568,8 @@ def _card(incident: Incident, approvals: Sequence[str] = (),
         target = _key_blocks(incident, cut)
     elif f.get("user_arn"):
         target = _user_blocks(incident, cut)
+    elif f.get("role_arn"):
+        target = _role_blocks(incident, cut)
     else:
         target = _instance_blocks(incident, cut)
     if f.get("key_id") and f.get("user"):
@@ -606,6 +639,12 @@ def render_full_plan(incident: Incident) -> list[str]:
         lines.append(f"*Other keys* ({len(f.get('other_keys', []))})")
         lines += [f"• `{escape(k['id'])}` ({escape(k['status'])})"
                   for k in f.get("other_keys", [])]
+    if f.get("role_arn") and incident.kind != "release":
+        lines.append(f"*Dry run* ({len(f.get('plan_lines', []))} changes)")
+        lines += [f"• {escape(line)}" for line in f.get("plan_lines", [])]
+        lines.append(f"*Running instances using it* ({len(f.get('role_instances', []))})")
+        lines += [f"• `{escape(i['id'])}` ({escape(i['region'])})"
+                  for i in f.get("role_instances", [])]
     if f.get("user_arn") and incident.kind != "release":
         lines.append(f"*Dry run* ({len(f.get('plan_lines', []))} changes)")
         lines += [f"• {escape(line)}" for line in f.get("plan_lines", [])]
@@ -808,6 +847,8 @@ def render_help() -> str:
         "`/contain user <name|user-arn> [account=A] [reason…]` — a compromised IAM user: "
         "every credential deactivated, the console password deleted, older sessions denied",
         "  e.g. `/contain user build-agent credentials in a build log`",
+        "`/contain role <name|role-arn> [trust=deny] [account=A] [reason…]` — a compromised "
+        "IAM role: every session issued before now denied; trust=deny: nobody may assume it",
         "`/contain release <instance-id|key-id|user-arn|incident-id> [reason…]` — undo a "
         "containment "
         "(approval required)",

@@ -107,6 +107,21 @@ class UserCommand(BaseModel):
         return {}
 
 
+class RoleCommand(BaseModel):
+    """An IAM role, by name (in Cordon's own account, or `account=`) or by ARN."""
+
+    verb: Literal["role"] = "role"
+    role: str
+    account_id: str | None = None
+    account: str | None = None
+    trust_deny: bool = False
+    reason: str = ""
+
+    @property
+    def options(self) -> dict[str, str]:
+        return {"trust": "deny"} if self.trust_deny else {}
+
+
 class ReleaseCommand(BaseModel):
     verb: Literal["release"] = "release"
     query: str
@@ -119,17 +134,19 @@ class ExportCommand(BaseModel):
 
 
 Command = (HelpCommand | StatusCommand | ContainCommand | ReleaseCommand | KeyCommand
-           | UserCommand | ExportCommand)
+           | UserCommand | RoleCommand | ExportCommand)
 
 
 ARN = re.compile(r"^arn:aws(?:-cn|-us-gov|-iso[a-z]?)?:ec2:([a-z0-9-]+):(\d{12}):instance/"
                  r"(i-(?:[0-9a-f]{8}|[0-9a-f]{17}))$")
 IPV4 = re.compile(r"^(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)$")
 NAME_TAG = re.compile(r"^[\w .:/=+@-]{1,255}$")
-VERBS = ("help", "-h", "--help", "?", "status", "release", "key", "user", "export")
+VERBS = ("help", "-h", "--help", "?", "status", "release", "key", "user", "role", "export")
 # IAM user names: letters, digits and +=,.@_- (up to 64); an ARN's path is kept apart.
 USER_NAME = re.compile(r"^[\w+=,.@-]{1,64}$")
 USER_ARN = re.compile(r"^arn:aws(?:-cn|-us-gov|-iso[a-z]?)?:iam::(\d{12}):user/(?:[\w+=,.@/-]*/)?"
+                      r"([\w+=,.@-]{1,64})$")
+ROLE_ARN = re.compile(r"^arn:aws(?:-cn|-us-gov|-iso[a-z]?)?:iam::(\d{12}):role/(?:[\w+=,.@/-]*/)?"
                       r"([\w+=,.@-]{1,64})$")
 
 
@@ -148,6 +165,8 @@ def parse(text: str) -> Command:
         return _key(tokens[1:])
     if verb == "user":
         return _user(tokens[1:])
+    if verb == "role":
+        return _role(tokens[1:])
     if verb == "export":
         if len(tokens) == 2 and (query := _target_id(tokens[1])):
             return ExportCommand(query=query)
@@ -181,6 +200,8 @@ def parse(text: str) -> Command:
                        f"hex digits, e.g. `i-0abc123def4567890`. Usage: {USAGE}")
     if verb.startswith("arn:") and ":iam::" in verb and ":user/" in verb:
         return _user(tokens)
+    if verb.startswith("arn:") and ":iam::" in verb and ":role/" in verb:
+        return _role(tokens)
     if verb.startswith("arn:"):
         m = ARN.match(tokens[0])
         if not m:
@@ -243,6 +264,8 @@ def _target_id(query: str) -> str | None:
         return query.upper()
     if m := USER_ARN.match(query):  # a user's requests are kept under its ARN, path-less
         return f"{query.split(':user/')[0]}:user/{m.group(2)}"
+    if m := ROLE_ARN.match(query):
+        return f"{query.split(':role/')[0]}:role/{m.group(2)}"
     return None
 
 
@@ -301,6 +324,34 @@ def _user(args: list[str]) -> UserCommand:
     if fields.get("account") and fields.get("account_id"):
         raise BadInput("the ARN names the account already: leave out `account=`.")
     return UserCommand(reason=" ".join(rest), **fields)
+
+
+def _role(args: list[str]) -> RoleCommand:
+    """`role NAME|ARN [trust=deny] [account=NAME] reason…`."""
+    if not args:
+        raise BadInput("`/contain role` takes an IAM role's name or ARN, e.g. "
+                       "`/contain role web-prod trust=deny credentials used from outside`.")
+    fields: dict[str, Any] = {}
+    if m := ROLE_ARN.match(args[0]):
+        fields.update(account_id=m.group(1), role=m.group(2))
+    elif ROLE_NAME.match(args[0]) and not args[0].lower().startswith("arn:"):
+        fields["role"] = args[0]
+    else:
+        raise BadInput(f"`{_clip(args[0])}` is not an IAM role name (letters, digits and "
+                       "`+=,.@_-`, at most 64) or role ARN (`arn:aws:iam::ACCOUNT:role/NAME`).")
+    rest = args[1:]
+    while rest and (m := OPTION.match(rest[0])):
+        key, value = m.group(1), m.group(2)
+        if key == "trust" and value == "deny" and "trust_deny" not in fields:
+            fields["trust_deny"] = True
+        elif key == "account" and ACCOUNT.match(value) and "account" not in fields \
+                and "account_id" not in fields:
+            fields["account"] = value
+        else:
+            raise BadInput(f"`{_clip(rest[0])}`: for a role the options are `trust=deny` and "
+                           "`account=NAME` (an ARN names its own account).")
+        rest.pop(0)
+    return RoleCommand(reason=" ".join(rest), **fields)
 
 
 def _contain(instance_id: str, args: list[str]) -> ContainCommand:

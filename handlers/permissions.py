@@ -9,6 +9,7 @@ from handlers.access_keys import LOOKUP_PERMISSIONS as KEY_LOOKUP
 from handlers.ec2_lookup import PERMISSIONS as INSTANCE_LOOKUP
 from handlers.findings_queue import PERMISSIONS as FINDINGS_INTAKE
 from handlers.fleet_lookup import PERMISSIONS as FLEET_LOOKUP
+from handlers.iam_roles import LOOKUP_PERMISSIONS as ROLE_LOOKUP
 from handlers.iam_users import LOOKUP_PERMISSIONS as USER_LOOKUP
 from handlers.isolation import PREPARE_PERMISSIONS, IsolateSecurityGroups
 from handlers.preflight import RULE_PERMISSIONS
@@ -22,6 +23,7 @@ LOOKUPS: dict[str, tuple[str, ...]] = {
                      "ec2:DescribeRouteTables"),
     "lookup-key": KEY_LOOKUP,
     "lookup-user": USER_LOOKUP,
+    "lookup-role": ROLE_LOOKUP,
     "snapshot-follow-up": ("ec2:DescribeSnapshots",),
     "revocation-expiry": REVOCATION_EXPIRY,
     "findings-intake": FINDINGS_INTAKE,
@@ -93,7 +95,8 @@ SCOPES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
                     "iam:UpdateServiceSpecificCredential", "iam:GetUser",
                     "iam:ListSigningCertificates", "iam:ListSSHPublicKeys",
                     "iam:ListServiceSpecificCredentials", "iam:ListMFADevices",
-                    "iam:ListGroupsForUser"),
+                    "iam:ListGroupsForUser", "iam:GetRole", "iam:ListInstanceProfilesForRole",
+                    "iam:ListAttachedRolePolicies", "iam:UpdateAssumeRolePolicy"),
      ("arn:aws:iam::*:role/*", "arn:aws:iam::*:user/*", "arn:aws:iam::*:instance-profile/*")),
     ("AssumeAccountRoles", ("sts:AssumeRole", "sts:SetSourceIdentity"),
      (f"arn:aws:iam::*:role/{RESPONDER_ROLE}",)),

@@ -14,6 +14,7 @@ from handlers.access_keys import (
 from handlers.autoscaling import DetachFromAutoScaling
 from handlers.base import Action, check_declared
 from handlers.evidence import CaptureEvidence, CreateImage, SnapshotVolumes
+from handlers.iam_roles import DenyRoleTrust
 from handlers.iam_users import DeactivateUserCredentials, DeactivateUserKeys
 from handlers.instance_profile import RemoveInstanceProfile
 from handlers.isolation import IsolateSecurityGroups
@@ -30,6 +31,7 @@ ALL: tuple[type[Action], ...] = (
     MarkReleased, IsolateSubnetNacl, IsolateSubnetRoutes, RemoveInternetRoutes,
     DeactivateAccessKey, RevokeSessions, DisableConsole, ReviewActivity, ListOtherKeys,
     RevokeRoleSessions, SeverTrackedFlows, DeactivateUserKeys, DeactivateUserCredentials,
+    DenyRoleTrust,
 )
 
 ACTIONS: dict[str, type[Action]] = {}

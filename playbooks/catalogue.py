@@ -48,7 +48,7 @@ class Playbook:
     # radius and more approvers must agree.
     wide: str | None = None
     options: tuple[str, ...] = ()
-    # What it contains: an EC2 "instance", an access "key" or an IAM "user".
+    # What it contains: an EC2 "instance", an access "key", an IAM "user" or "role".
     target: str = "instance"
 
     @property
@@ -171,6 +171,16 @@ PLAYBOOKS["user"] = Playbook(
     ),
     target="user",
 )
+PLAYBOOKS["role"] = Playbook(
+    name="role",
+    summary="deny every session of an IAM role issued before now; trust=deny: nobody may "
+            "assume it again until the release",
+    steps=(
+        Step("revoke-role-sessions", phase=1, critical=True),
+        Step("deny-role-trust", phase=1),
+    ),
+    options=("trust",), target="role",
+)
 INSTANCE_PLAYBOOKS = {n: p for n, p in PLAYBOOKS.items() if p.target == "instance"}
 # What one card may run on many instances: the playbooks that change only the instance
 # (the wide ones change a whole subnet, which two members may share).
@@ -233,6 +243,8 @@ def units_for(names: list[str] | None = None) -> list[str]:
             units.add("lookup-key")
         elif playbook.target == "user":
             units.add("lookup-user")
+        elif playbook.target == "role":
+            units.add("lookup-role")
         elif any(s.action in ("isolate-security-groups", "tag-instance") for s in playbook.steps):
             units.add("mark-released")
     return sorted(units)

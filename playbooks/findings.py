@@ -13,7 +13,8 @@ INSTANCE_ID = re.compile(r"\bi-(?:[0-9a-f]{8}|[0-9a-f]{17})\b")
 KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b")
 # An IAM user as a target: its ARN, path left out.
 USER_TARGET = re.compile(r"arn:aws(?:-cn|-us-gov|-iso[a-z]?)?:iam::\d{12}:user/[\w+=,.@-]{1,64}")
-PLAYBOOK_OF = {"instance": "full", "key": "key", "user": "user"}
+ROLE_TARGET = re.compile(r"arn:aws(?:-cn|-us-gov|-iso[a-z]?)?:iam::\d{12}:role/[\w+=,.@-]{1,64}")
+PLAYBOOK_OF = {"instance": "full", "key": "key", "user": "user", "role": "role"}
 # Security Hub's severity labels on GuardDuty's numeric scale.
 LABELS = {"INFORMATIONAL": 0.0, "LOW": 1.0, "MEDIUM": 4.0, "HIGH": 7.0, "CRITICAL": 9.0}
 CONTAIN_TAG = "cordon:contain"
@@ -101,14 +102,20 @@ def _guardduty(event: dict[str, Any]) -> list[Proposal]:
             # (its profile goes, and only its own credentials are revoked). Revoking the
             # role would deny every instance sharing it, while this one fetched new ones.
             kind, rid = "instance", thief
+        elif details.get("userType") == "AssumedRole" and details.get("userName"):
+            # A role's session used where it should not be, no instance named: the role
+            # (every session of it issued before the cut) is what to contain.
+            kind, rid = "role", principal_arn(
+                "role", str(d.get("partition") or "aws"),
+                str(d.get("accountId") or event.get("account", "")), str(details["userName"]))
         elif not KEY_ID.fullmatch(rid):
             if details.get("userType") != "IAMUser" or not details.get("userName"):
                 return []  # a role's session, the root user…: not (yet) Cordon's to contain
             # An IAM user's finding that names no long-term key (a console sign-in, say):
             # the user is what to contain.
-            kind, rid = "user", user_arn(str(d.get("partition") or "aws"),
-                                         str(d.get("accountId") or event.get("account", "")),
-                                         str(details["userName"]))
+            kind, rid = "user", principal_arn(
+                "user", str(d.get("partition") or "aws"),
+                str(d.get("accountId") or event.get("account", "")), str(details["userName"]))
     else:
         return []  # S3, EKS, RDS…: not Cordon's to contain
     _check(kind, rid)
@@ -186,10 +193,10 @@ def _security_hub(event: dict[str, Any]) -> list[Proposal]:
             if resource.get("Type") == "AwsEc2Instance":
                 match = INSTANCE_ID.search(str(resource["Id"]))
                 kind = "instance"
-            elif resource.get("Type") == "AwsIamUser":
-                match = USER_TARGET.search(re.sub(r":user/.*/", ":user/",
-                                                  str(resource["Id"])))
-                kind = "user"
+            elif resource.get("Type") in ("AwsIamUser", "AwsIamRole"):
+                kind = "user" if resource["Type"] == "AwsIamUser" else "role"
+                match = (USER_TARGET if kind == "user" else ROLE_TARGET).search(
+                    re.sub(rf":{kind}/.*/", f":{kind}/", str(resource["Id"])))
             elif resource.get("Type") == "AwsIamAccessKey":
                 details = (resource.get("Details") or {}).get("AwsIamAccessKey") or {}
                 match = KEY_ID.search(str(details.get("AccessKeyId") or resource["Id"]))
@@ -266,12 +273,13 @@ def _tag_change(event: dict[str, Any]) -> list[Proposal]:
     return out
 
 
-def user_arn(partition: str, account: str, name: str) -> str:
-    """How a user is named as a target: its ARN without the user's path."""
-    return f"arn:{partition}:iam::{account}:user/{name}"
+def principal_arn(kind: str, partition: str, account: str, name: str) -> str:
+    """How a user or role is named as a target: its ARN without the path."""
+    return f"arn:{partition}:iam::{account}:{kind}/{name}"
 
 
 def _check(kind: str, rid: str) -> None:
-    pattern = {"instance": INSTANCE_ID, "key": KEY_ID, "user": USER_TARGET}[kind]
+    pattern = {"instance": INSTANCE_ID, "key": KEY_ID, "user": USER_TARGET,
+               "role": ROLE_TARGET}[kind]
     if not pattern.fullmatch(str(rid)):
         raise ValueError(f"resource id {rid!r}")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from handlers import access_keys, ec2_lookup, iam_users
+from handlers import access_keys, ec2_lookup, iam_roles, iam_users
 from handlers.attribution import acting_as
 from handlers.aws import Clients, account_id_of
 from handlers.base import StepContext, Target
@@ -390,11 +390,11 @@ class Cordon:
             if p.kind == "key":
                 incident = self.open_key_request(p.resource_id, p.reason, p.source, channel,
                                                  {}, lookback_days, extra_facts=alert)
-            elif p.kind == "user":
-                prefix, _, name = p.resource_id.partition(":user/")
-                incident = self.open_user_request(name, p.reason, p.source, channel,
-                                                  account_id=prefix.split(":")[4],
-                                                  extra_facts=alert)
+            elif p.kind in ("user", "role"):
+                prefix, _, name = p.resource_id.partition(f":{p.kind}/")
+                opener = self.open_user_request if p.kind == "user" else self.open_role_request
+                incident = opener(name, p.reason, p.source, channel,
+                                  account_id=prefix.split(":")[4], extra_facts=alert)
             else:
                 region = p.region if p.region in self.regions else None
                 facts = self.lookup_instance(p.resource_id, region, self._account_of(p.account))
@@ -489,11 +489,10 @@ class Cordon:
         log.info("key request opened", extra={"incident": incident.id, "playbook": playbook})
         return incident
 
-    def open_user_request(self, user: str, reason: str, requester: str, channel_id: str,
-                          account: str | None = None, account_id: str | None = None,
-                          extra_facts: dict[str, Any] | None = None) -> Incident:
-        """A compromised IAM user: its credentials and what it may do, for the card's dry
-        run. `account` names one of CORDON_ACCOUNTS; an ARN's `account_id` finds it."""
+    def _iam_place(self, account: str | None, account_id: str | None
+                   ) -> tuple[Clients, str | None]:
+        """The clients for an IAM principal named by `account=` or by its ARN's account
+        id (one of CORDON_ACCOUNTS, when any is configured), and that account's name."""
         if account is not None and account not in self.accounts:
             known = ", ".join(self.accounts) or "none (Cordon acts in its own account)"
             raise BadInput(f"unknown account `{account}`; accounts: {known}.")
@@ -502,7 +501,34 @@ class Cordon:
                             if account_id_of(arn) == account_id), None)
             if account is None:
                 raise TargetNotFound(f"account {account_id} is not in CORDON_ACCOUNTS")
-        clients = self.clients_for(self.regions[0], account)
+        return self.clients_for(self.regions[0], account), account
+
+    def _open_principal(self, kind: str, name: str, facts: dict[str, Any], owner: str,
+                        account: str | None, reason: str, requester: str, channel_id: str,
+                        options: dict[str, str], extra_facts: dict[str, Any] | None
+                        ) -> Incident:
+        # Kept without the principal's path: the ARN a finding or a person gives may
+        # have none.
+        arn = facts[f"{kind}_arn"]
+        target = f"{arn.split(f':{kind}/')[0]}:{kind}/{name}"
+        existing = self.store.open_for_target(target)
+        if existing is not None:
+            raise BadInput(f"{name} already has an open request, {existing.id} "
+                           f"({existing.status}); see `/contain status {existing.id}`")
+        facts.update(account_name=account, region=self.regions[0], **(extra_facts or {}))
+        incident = self.store.create_incident(
+            ttl_seconds=self.approval_ttl_seconds, kind=kind, target_id=target,
+            region=self.regions[0], account=owner, playbook=kind, reason=reason,
+            requester=requester, channel_id=channel_id, facts=facts, options=options)
+        log.info(f"{kind} request opened", extra={"incident": incident.id})
+        return incident
+
+    def open_user_request(self, user: str, reason: str, requester: str, channel_id: str,
+                          account: str | None = None, account_id: str | None = None,
+                          extra_facts: dict[str, Any] | None = None) -> Incident:
+        """A compromised IAM user: its credentials and what it may do, for the card's dry
+        run. `account` names one of CORDON_ACCOUNTS; an ARN's `account_id` finds it."""
+        clients, account = self._iam_place(account, account_id)
         try:
             with acting_as("lookup-user"):
                 owner = clients.sts.get_caller_identity()["Account"]
@@ -515,20 +541,33 @@ class Cordon:
         except Exception as exc:
             raise AwsLookupFailed(f"could not look up IAM user {user}: "
                                   f"{describe_error(exc)}") from exc
-        # Kept without the user's path: the ARN a finding or a person gives may have none.
-        target = f"{facts['user_arn'].split(':user/')[0]}:user/{user}"
-        existing = self.store.open_for_target(target)
-        if existing is not None:
-            raise BadInput(f"{user} already has an open request, {existing.id} "
-                           f"({existing.status}); see `/contain status {existing.id}`")
-        facts.update(account_name=account, region=self.regions[0], **(extra_facts or {}))
         facts["plan_lines"] = iam_users.plan_lines(facts)
-        incident = self.store.create_incident(
-            ttl_seconds=self.approval_ttl_seconds, kind="user", target_id=target,
-            region=self.regions[0], account=owner, playbook="user", reason=reason,
-            requester=requester, channel_id=channel_id, facts=facts, options={})
-        log.info("user request opened", extra={"incident": incident.id})
-        return incident
+        return self._open_principal("user", user, facts, owner, account, reason, requester,
+                                    channel_id, {}, extra_facts)
+
+    def open_role_request(self, role: str, reason: str, requester: str, channel_id: str,
+                          account: str | None = None, account_id: str | None = None,
+                          options: dict[str, str] | None = None,
+                          extra_facts: dict[str, Any] | None = None) -> Incident:
+        """A compromised IAM role: who may assume it and what uses it now (its instance
+        profiles' running instances lose their current sessions too)."""
+        clients, account = self._iam_place(account, account_id)
+        try:
+            with acting_as("lookup-role"):
+                owner = clients.sts.get_caller_identity()["Account"]
+                if account_id is not None and account_id != owner:
+                    raise iam_roles.RoleNotFound(
+                        f"the ARN names account {account_id}; Cordon acts in {owner}")
+                facts = iam_roles.describe_role(clients, role, owner, list(self.regions))
+        except iam_roles.RoleNotFound as exc:
+            raise TargetNotFound(str(exc)) from exc
+        except Exception as exc:
+            raise AwsLookupFailed(f"could not look up IAM role {role}: "
+                                  f"{describe_error(exc)}") from exc
+        chosen = dict(options or {})
+        facts["plan_lines"] = iam_roles.plan_lines(facts, chosen.get("trust") == "deny")
+        return self._open_principal("role", role, facts, owner, account, reason, requester,
+                                    channel_id, chosen, extra_facts)
 
     def card_posted(self, incident_id: str, channel_id: str, ts: str, team_id: str = "",
                     full_plan: Sequence[str] = ()) -> None:

@@ -47,11 +47,12 @@ def rules(products: tuple[str, ...] = ("GuardDuty",)) -> dict[str, tuple[str, di
             "detail": {"resource": {"resourceType": ["Instance", "AccessKey"]},
                        "service": {"archived": [False]}}}),
         "SecurityHubFindingsRule": (f"Active Security Hub findings from {', '.join(products)} "
-                                    "about an instance, a key or a user", {
+                                    "about an instance, a key, a user or a role", {
             "source": ["aws.securityhub"], "detail-type": ["Security Hub Findings - Imported"],
             "detail": {"findings": {
                 "ProductName": list(products),
-                "Resources": {"Type": ["AwsEc2Instance", "AwsIamAccessKey", "AwsIamUser"]},
+                "Resources": {"Type": ["AwsEc2Instance", "AwsIamAccessKey", "AwsIamUser",
+                                       "AwsIamRole"]},
                 "RecordState": ["ACTIVE"], "Workflow": {"Status": ["NEW", "NOTIFIED"]}}}}),
         "ContainTagRule": (f"The {CONTAIN_TAG} tag set on an EC2 instance", {
             "source": ["aws.tag"], "detail-type": ["Tag Change on Resource"],

@@ -151,3 +151,52 @@ def test_a_guardduty_finding_about_a_user_with_no_key_proposes_the_user_playbook
     wait_for(lambda: intake_bot.deps.store.get(incident.id).status  # type: ignore[union-attr]
              in ("contained", "partially contained"), timeout=60)
     assert statuses()[user["active"]] == "Inactive"
+
+
+def test_a_role_used_by_two_instance_profiles_is_cut_and_its_trust_put_back_equal(
+        bot: RunningBot, world: Any, fake_slack: FakeSlack) -> None:
+    """`trust=deny`: nobody may assume the role; the card names every user of it (both
+    instance profiles, the instance that has one, the service its trust names); the
+    release puts the trust policy back equal, and the deny on older sessions stays."""
+    from handlers.iam_roles import DENY_TRUST
+
+    client = iam()
+    client.create_instance_profile(InstanceProfileName="web-prod-batch")
+    client.add_role_to_instance_profile(InstanceProfileName="web-prod-batch",
+                                        RoleName="web-prod")
+    before = client.get_role(RoleName="web-prod")["Role"]["AssumeRolePolicyDocument"]
+    card = request(bot, "role web-prod trust=deny its sessions used from a VPN exit")
+    shown = json.dumps(card.blocks, ensure_ascii=False)
+    for expected in ("web-prod-batch", world.instance_id, "ec2.amazonaws.com",
+                     "trust policy: as now → deny sts:AssumeRole",
+                     "sessions of the role issued before the cut: allowed → denied"):
+        assert expected in shown, expected
+    incident = approve(bot, card)
+    assert incident.kind == "role" and incident.status == "contained", incident.summary
+    assert client.get_role(RoleName="web-prod")["Role"]["AssumeRolePolicyDocument"] \
+        == DENY_TRUST
+    assert "AWSRevokeOlderSessions" in client.list_role_policies(RoleName="web-prod")[
+        "PolicyNames"]
+
+    release_card = request(bot, "release arn:aws:iam::123456789012:role/web-prod done")
+    released = approve(bot, release_card)
+    assert released.status == "released", released.summary
+    assert client.get_role(RoleName="web-prod")["Role"]["AssumeRolePolicyDocument"] == before
+    assert "AWSRevokeOlderSessions" in client.list_role_policies(RoleName="web-prod")[
+        "PolicyNames"]
+    assert "put back as it was" in " ".join(thread(fake_slack, release_card))
+
+
+def test_an_assumed_role_finding_that_names_no_instance_proposes_the_role_playbook(
+        intake_bot: RunningBot, world: Any, fake_slack: FakeSlack, queue: str) -> None:
+    event = guardduty("", kind="AccessKey", key_id="ASIAQROLESESSION0001", finding_id="role-1")
+    event["detail"]["resource"]["accessKeyDetails"].update(
+        principalId="AROAEXAMPLEROLEID0001:deploy-pipeline", userName="web-prod",
+        userType="AssumedRole")
+    send(queue, event)
+    (card,) = wait_for(lambda: cards(fake_slack), timeout=30)
+    assert "IAM role proposed" in text_of(card.blocks)
+    (incident,) = intake_bot.deps.store.recent()
+    assert (incident.kind, incident.playbook, incident.target_id) == (
+        "role", "role", "arn:aws:iam::123456789012:role/web-prod")
+    assert world.instance_id in text_of(card.blocks)  # what loses its sessions too

@@ -47,6 +47,8 @@ def register(app: App, deps: Deps) -> None:
             ack(text=f"🔎 Looking up access key `{escape(cmd.key_id)}`…")
         elif isinstance(cmd, grammar.UserCommand):
             ack(text=f"🔎 Looking up IAM user `{escape(cmd.user)}`…")
+        elif isinstance(cmd, grammar.RoleCommand):
+            ack(text=f"🔎 Looking up IAM role `{escape(cmd.role)}` and what uses it…")
         elif isinstance(cmd, grammar.ExportCommand):
             ack(text=f"📚 Exporting the record of `{escape(cmd.query)}`…")
         else:
@@ -77,6 +79,11 @@ def register(app: App, deps: Deps) -> None:
             incident = deps.cordon.open_user_request(
                 cmd.user, cmd.reason, command["user_id"], command["channel_id"],
                 account=cmd.account, account_id=cmd.account_id)
+            post_card(deps, incident, client, command.get("team_id", ""))
+        elif isinstance(cmd, grammar.RoleCommand):
+            incident = deps.cordon.open_role_request(
+                cmd.role, cmd.reason, command["user_id"], command["channel_id"],
+                account=cmd.account, account_id=cmd.account_id, options=cmd.options)
             post_card(deps, incident, client, command.get("team_id", ""))
 
     app.command(COMMAND)(ack=ack_contain, lazy=[process_contain])
