@@ -530,6 +530,29 @@ def _role_blocks(incident: Incident, cut: list[str]) -> list[Block]:
     return blocks
 
 
+def _bucket_blocks(incident: Incident, cut: list[str]) -> list[Block]:
+    f = incident.facts or {}
+    state = f.get("state") or {}
+    blocks: list[Block] = [
+        _section(f"*S3 bucket* *{escape(f.get('bucket', '?'))}* in account {_account(f)}, "
+                 f"{escape(incident.region)}"),
+        SectionBlock(fields=[
+            _mrkdwn(f"*Website hosting*\n{'on' if state.get('website') else 'off'}"),
+            _mrkdwn(f"*Replication*\n{'configured' if state.get('replication') else 'none'}"),
+            _mrkdwn(_field("Still allowed in", [f"`{escape(a)}`" for a in f.get("allowed", [])],
+                           cut)),
+            _mrkdwn(f"*Requested by*\n{requester(incident)}"),
+        ]),
+    ]
+    if incident.kind != "release":
+        blocks.append(_section(fit_lines(
+            "*Dry run* — each change, now → after (the prior state is recorded, with its "
+            "SHA-256, for the release):",
+            [f"• {escape(line)}" for line in f.get("plan_lines", [])], SECTION_MAX, cut,
+            "changes")))
+    return blocks
+
+
 def render_card(incident: Incident, approvals: Sequence[str] = (),
                 steps: Sequence[StepRecord] = (), members: Sequence[Incident] = ()
                 ) -> tuple[str, list[dict[str, Any]]]:
@@ -560,6 +583,8 @@ def _card(incident: Incident, approvals: Sequence[str] = (),
         title = title.replace("Containment", "IAM user")
     elif f.get("role_arn"):
         title = title.replace("Containment", "IAM role")
+    elif f.get("bucket_arn"):
+        title = title.replace("Containment", "S3 bucket")
     if incident.kind == "fleet":
         title = ("Fleet release request" if incident.playbook == "release"
                  else "Fleet containment request")
@@ -570,6 +595,8 @@ def _card(incident: Incident, approvals: Sequence[str] = (),
         target = _user_blocks(incident, cut)
     elif f.get("role_arn"):
         target = _role_blocks(incident, cut)
+    elif f.get("bucket_arn"):
+        target = _bucket_blocks(incident, cut)
     else:
         target = _instance_blocks(incident, cut)
     if f.get("key_id") and f.get("user"):
@@ -849,6 +876,8 @@ def render_help() -> str:
         "  e.g. `/contain user build-agent credentials in a build log`",
         "`/contain role <name|role-arn> [trust=deny] [account=A] [reason…]` — a compromised "
         "IAM role: every session issued before now denied; trust=deny: nobody may assume it",
+        "`/contain bucket <name|bucket-arn> [account=A] [reason…]` — an exposed S3 bucket: "
+        "public access blocked, ACLs off, everyone but the allow-list denied",
         "`/contain release <instance-id|key-id|user-arn|incident-id> [reason…]` — undo a "
         "containment "
         "(approval required)",

@@ -122,6 +122,15 @@ class RoleCommand(BaseModel):
         return {"trust": "deny"} if self.trust_deny else {}
 
 
+class BucketCommand(BaseModel):
+    """An S3 bucket, by name or `arn:aws:s3:::NAME` (`account=` when not Cordon's own)."""
+
+    verb: Literal["bucket"] = "bucket"
+    bucket: str
+    account: str | None = None
+    reason: str = ""
+
+
 class ReleaseCommand(BaseModel):
     verb: Literal["release"] = "release"
     query: str
@@ -134,14 +143,19 @@ class ExportCommand(BaseModel):
 
 
 Command = (HelpCommand | StatusCommand | ContainCommand | ReleaseCommand | KeyCommand
-           | UserCommand | RoleCommand | ExportCommand)
+           | UserCommand | RoleCommand | BucketCommand | ExportCommand)
 
 
 ARN = re.compile(r"^arn:aws(?:-cn|-us-gov|-iso[a-z]?)?:ec2:([a-z0-9-]+):(\d{12}):instance/"
                  r"(i-(?:[0-9a-f]{8}|[0-9a-f]{17}))$")
 IPV4 = re.compile(r"^(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)$")
 NAME_TAG = re.compile(r"^[\w .:/=+@-]{1,255}$")
-VERBS = ("help", "-h", "--help", "?", "status", "release", "key", "user", "role", "export")
+VERBS = ("help", "-h", "--help", "?", "status", "release", "key", "user", "role", "bucket",
+         "export")
+# S3 bucket names: 3-63 lower-case letters, digits, dots and hyphens.
+BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+BUCKET_ARN = re.compile(r"^arn:aws(?:-cn|-us-gov|-iso[a-z]?)?:s3:::([a-z0-9][a-z0-9.-]{1,61}"
+                        r"[a-z0-9])$")
 # IAM user names: letters, digits and +=,.@_- (up to 64); an ARN's path is kept apart.
 USER_NAME = re.compile(r"^[\w+=,.@-]{1,64}$")
 USER_ARN = re.compile(r"^arn:aws(?:-cn|-us-gov|-iso[a-z]?)?:iam::(\d{12}):user/(?:[\w+=,.@/-]*/)?"
@@ -167,6 +181,10 @@ def parse(text: str) -> Command:
         return _user(tokens[1:])
     if verb == "role":
         return _role(tokens[1:])
+    if verb == "bucket":
+        return _bucket(tokens[1:])
+    if BUCKET_ARN.match(tokens[0]):
+        return _bucket(tokens)
     if verb == "export":
         if len(tokens) == 2 and (query := _target_id(tokens[1])):
             return ExportCommand(query=query)
@@ -266,6 +284,8 @@ def _target_id(query: str) -> str | None:
         return f"{query.split(':user/')[0]}:user/{m.group(2)}"
     if m := ROLE_ARN.match(query):
         return f"{query.split(':role/')[0]}:role/{m.group(2)}"
+    if BUCKET_ARN.match(query):
+        return query
     return None
 
 
@@ -352,6 +372,27 @@ def _role(args: list[str]) -> RoleCommand:
                            "`account=NAME` (an ARN names its own account).")
         rest.pop(0)
     return RoleCommand(reason=" ".join(rest), **fields)
+
+
+def _bucket(args: list[str]) -> BucketCommand:
+    """`bucket NAME|ARN [account=NAME] reason…`."""
+    if not args:
+        raise BadInput("`/contain bucket` takes an S3 bucket's name or ARN, e.g. "
+                       "`/contain bucket billing-exports public listing seen`.")
+    m = BUCKET_ARN.match(args[0])
+    name = m.group(1) if m else args[0]
+    if not BUCKET_NAME.match(name) or ".." in name:
+        raise BadInput(f"`{_clip(args[0])}` is not an S3 bucket name (3-63 lower-case "
+                       "letters, digits, dots and hyphens) or ARN (`arn:aws:s3:::NAME`).")
+    fields: dict[str, Any] = {"bucket": name}
+    rest = args[1:]
+    while rest and (o := OPTION.match(rest[0])):
+        if o.group(1) != "account" or not ACCOUNT.match(o.group(2)) or "account" in fields:
+            raise BadInput(f"`{_clip(rest[0])}`: for a bucket the one option is "
+                           "`account=NAME` (one of CORDON_ACCOUNTS).")
+        fields["account"] = o.group(2)
+        rest.pop(0)
+    return BucketCommand(reason=" ".join(rest), **fields)
 
 
 def _contain(instance_id: str, args: list[str]) -> ContainCommand:

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     # Security Hub findings are proposed only from these products (ProductName).
     findings_products: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["GuardDuty"], alias="CORDON_FINDINGS_PRODUCTS")
+    # Who a contained bucket's deny policy still lets in (besides Cordon's own role).
+    break_glass_arns: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, alias="CORDON_BREAK_GLASS_ARNS")
     log_format: str = Field(default="json", alias="CORDON_LOG_FORMAT")
     log_level: str = Field(default="INFO", alias="CORDON_LOG_LEVEL")
 
@@ -144,6 +147,16 @@ class Settings(BaseSettings):
         if not products:
             raise ValueError("name at least one product (e.g. GuardDuty)")
         return products
+
+    @field_validator("break_glass_arns", mode="before")
+    @classmethod
+    def _break_glass(cls, value: object) -> list[str]:
+        arns = split_list(value)
+        bad = [a for a in arns if not re.fullmatch(
+            r"arn:aws(?:-cn|-us-gov|-iso[a-z]?)?:iam::\d{12}:(?:role|user)/[\w+=,.@/*-]+", a)]
+        if bad:
+            raise ValueError(f"not IAM role or user ARNs: {', '.join(bad)}")
+        return arns
 
     @field_validator("accounts", mode="before")
     @classmethod

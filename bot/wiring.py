@@ -72,7 +72,7 @@ def build_deps(settings: Settings, session_factory: Callable[[], Any] | None = N
     approvers = ApproverPolicy(settings.approvers, client, settings.usergroup_cache_ttl)
     cordon = Cordon(store, pool.for_region, settings.regions, settings.approval_ttl, worker,
                     wide_approvals=settings.wide_approvals, accounts=settings.accounts,
-                    is_approver=approvers.is_approver)
+                    is_approver=approvers.is_approver, break_glass=settings.break_glass_arns)
     deps = Deps(cordon=cordon, approvers=approvers, timeline=timeline, client=client,
                 store=store, worker=worker, key_lookback_days=settings.key_lookback_days,
                 warmed=warmed)

@@ -15,6 +15,8 @@ from handlers.isolation import PREPARE_PERMISSIONS, IsolateSecurityGroups
 from handlers.preflight import RULE_PERMISSIONS
 from handlers.registry import all_actions
 from handlers.revocation import PERMISSIONS as REVOCATION_EXPIRY
+from handlers.s3_buckets import LOOKUP_PERMISSIONS as BUCKET_LOOKUP
+from handlers.s3_buckets import SealBucket
 
 LOOKUPS: dict[str, tuple[str, ...]] = {
     "lookup-instance": INSTANCE_LOOKUP,
@@ -24,6 +26,7 @@ LOOKUPS: dict[str, tuple[str, ...]] = {
     "lookup-key": KEY_LOOKUP,
     "lookup-user": USER_LOOKUP,
     "lookup-role": ROLE_LOOKUP,
+    "lookup-bucket": BUCKET_LOOKUP,
     "snapshot-follow-up": ("ec2:DescribeSnapshots",),
     "revocation-expiry": REVOCATION_EXPIRY,
     "findings-intake": FINDINGS_INTAKE,
@@ -51,8 +54,21 @@ def declared(units: list[str] | None = None) -> dict[str, tuple[str, ...]]:
     return {name: table[name] for name in units}
 
 
+# S3 operations whose IAM action has another name (S3's "Actions, resources, and
+# condition keys" reference).
+S3_OPERATION_ACTIONS = {
+    "GetPublicAccessBlock": "GetBucketPublicAccessBlock",
+    "PutPublicAccessBlock": "PutBucketPublicAccessBlock",
+    "DeletePublicAccessBlock": "PutBucketPublicAccessBlock",
+    "DeleteBucketOwnershipControls": "PutBucketOwnershipControls",
+    "GetBucketReplication": "GetReplicationConfiguration",
+}
+
+
 def iam_action(signing_name: str, operation: str) -> str:
     """The IAM action for a botocore operation (e.g. elasticloadbalancing:DeregisterTargets)."""
+    if signing_name == "s3":
+        operation = S3_OPERATION_ACTIONS.get(operation, operation)
     return f"{signing_name}:{operation}"
 
 
@@ -101,6 +117,8 @@ SCOPES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("AssumeAccountRoles", ("sts:AssumeRole", "sts:SetSourceIdentity"),
      (f"arn:aws:iam::*:role/{RESPONDER_ROLE}",)),
     ("FindingsQueue", FINDINGS_INTAKE, (QUEUES,)),
+    ("Buckets", tuple(sorted({*SealBucket.permissions, *(
+        a for a in BUCKET_LOOKUP if a.startswith("s3:"))})), ("arn:aws:s3:::*",)),
 )
 # Every IAM write that could widen a role or user: what Cordon is denied on its own.
 SELF_WRITES = ("iam:AddRoleToInstanceProfile", "iam:AttachRolePolicy", "iam:AttachUserPolicy",

@@ -21,6 +21,7 @@ from handlers.isolation import IsolateSecurityGroups
 from handlers.network_acl import IsolateSubnetNacl
 from handlers.protection import ProtectEvidence
 from handlers.route_table import IsolateSubnetRoutes, RemoveInternetRoutes
+from handlers.s3_buckets import SealBucket
 from handlers.summary import VerifyContainment
 from handlers.tagging import MarkReleased, TagInstance
 from handlers.tracked_flows import SeverTrackedFlows
@@ -31,7 +32,7 @@ ALL: tuple[type[Action], ...] = (
     MarkReleased, IsolateSubnetNacl, IsolateSubnetRoutes, RemoveInternetRoutes,
     DeactivateAccessKey, RevokeSessions, DisableConsole, ReviewActivity, ListOtherKeys,
     RevokeRoleSessions, SeverTrackedFlows, DeactivateUserKeys, DeactivateUserCredentials,
-    DenyRoleTrust,
+    DenyRoleTrust, SealBucket,
 )
 
 ACTIONS: dict[str, type[Action]] = {}

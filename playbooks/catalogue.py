@@ -181,6 +181,13 @@ PLAYBOOKS["role"] = Playbook(
     ),
     options=("trust",), target="role",
 )
+PLAYBOOKS["bucket"] = Playbook(
+    name="bucket",
+    summary="record an S3 bucket's access settings, then block public access, turn ACLs "
+            "off and deny everyone but the allow-list",
+    steps=(Step("seal-bucket", phase=1, critical=True),),
+    target="bucket",
+)
 INSTANCE_PLAYBOOKS = {n: p for n, p in PLAYBOOKS.items() if p.target == "instance"}
 # What one card may run on many instances: the playbooks that change only the instance
 # (the wide ones change a whole subnet, which two members may share).
@@ -245,6 +252,8 @@ def units_for(names: list[str] | None = None) -> list[str]:
             units.add("lookup-user")
         elif playbook.target == "role":
             units.add("lookup-role")
+        elif playbook.target == "bucket":
+            units.add("lookup-bucket")
         elif any(s.action in ("isolate-security-groups", "tag-instance") for s in playbook.steps):
             units.add("mark-released")
     return sorted(units)

@@ -244,7 +244,7 @@ class Runner:
             parent = self.store.steps(incident.parent_id or "")
             contained = self.store.get(incident.parent_id or "")
             target = (contained.kind if contained is not None
-                      and contained.kind in ("key", "user", "role") else "instance")
+                      and contained.kind in ("key", "user", "role", "bucket") else "instance")
             return release_playbook([(s.name, applied_change(s)) for s in parent], target)
         playbook = get_playbook(incident.playbook)
         if playbook is None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from handlers import access_keys, ec2_lookup, iam_roles, iam_users
+from handlers import access_keys, ec2_lookup, iam_roles, iam_users, s3_buckets
 from handlers.attribution import acting_as
 from handlers.aws import Clients, account_id_of
 from handlers.base import StepContext, Target
@@ -82,7 +82,10 @@ class Cordon:
         wide_approvals: int = 2,
         accounts: dict[str, str] | None = None,
         is_approver: Callable[[str], bool] | None = None,
+        break_glass: Sequence[str] = (),
     ) -> None:
+        # Who a contained bucket's deny still lets in, besides Cordon's own role.
+        self.break_glass = list(break_glass)
         self.accounts = dict(accounts or {})
         # Who may decide; every entry point (button, modal, API) goes through here.
         self.is_approver = is_approver or (lambda _user: True)
@@ -390,6 +393,10 @@ class Cordon:
             if p.kind == "key":
                 incident = self.open_key_request(p.resource_id, p.reason, p.source, channel,
                                                  {}, lookback_days, extra_facts=alert)
+            elif p.kind == "bucket":
+                incident = self.open_bucket_request(
+                    p.resource_id.rpartition(":")[2], p.reason, p.source, channel,
+                    account_id=p.account or None, extra_facts=alert)
             elif p.kind in ("user", "role"):
                 prefix, _, name = p.resource_id.partition(f":{p.kind}/")
                 opener = self.open_user_request if p.kind == "user" else self.open_role_request
@@ -568,6 +575,51 @@ class Cordon:
         facts["plan_lines"] = iam_roles.plan_lines(facts, chosen.get("trust") == "deny")
         return self._open_principal("role", role, facts, owner, account, reason, requester,
                                     channel_id, chosen, extra_facts)
+
+    def open_bucket_request(self, bucket: str, reason: str, requester: str, channel_id: str,
+                            account: str | None = None, account_id: str | None = None,
+                            extra_facts: dict[str, Any] | None = None) -> Incident:
+        """An S3 bucket: its access settings now and after, for the card's dry run; who
+        the deny will still let in (CORDON_BREAK_GLASS_ARNS and Cordon's own role)."""
+        clients, account = self._iam_place(account, account_id)
+        try:
+            with acting_as("lookup-bucket"):
+                caller = clients.sts.get_caller_identity()
+                owner = caller["Account"]
+                if account_id and account_id != owner:
+                    raise s3_buckets.BucketNotFound(
+                        f"the finding names account {account_id}; Cordon acts in {owner}")
+                s3 = clients.client("s3")
+                try:
+                    where = s3.get_bucket_location(Bucket=bucket).get("LocationConstraint")
+                except Exception as exc:
+                    if describe_error(exc).code == "NoSuchBucket":
+                        raise s3_buckets.BucketNotFound(f"no S3 bucket {bucket}") from exc
+                    raise
+                region = where or "us-east-1"
+                state = s3_buckets.prior_state(clients.in_region(region).client("s3"), bucket)
+        except s3_buckets.BucketNotFound as exc:
+            raise TargetNotFound(str(exc)) from exc
+        except Exception as exc:
+            raise AwsLookupFailed(f"could not read S3 bucket {bucket}: "
+                                  f"{describe_error(exc)}") from exc
+        partition = caller["Arn"].split(":")[1]
+        target = f"arn:{partition}:s3:::{bucket}"
+        existing = self.store.open_for_target(target)
+        if existing is not None:
+            raise BadInput(f"{bucket} already has an open request, {existing.id} "
+                           f"({existing.status}); see `/contain status {existing.id}`")
+        allowed = sorted({*self.break_glass, s3_buckets.role_of(caller["Arn"])})
+        facts = {"bucket": bucket, "bucket_arn": target, "partition": partition,
+                 "account": owner, "account_name": account, "region": region,
+                 "state": state, "allowed": allowed,
+                 "plan_lines": s3_buckets.plan_lines(state, allowed), **(extra_facts or {})}
+        incident = self.store.create_incident(
+            ttl_seconds=self.approval_ttl_seconds, kind="bucket", target_id=target,
+            region=region, account=owner, playbook="bucket", reason=reason,
+            requester=requester, channel_id=channel_id, facts=facts, options={})
+        log.info("bucket request opened", extra={"incident": incident.id})
+        return incident
 
     def card_posted(self, incident_id: str, channel_id: str, ts: str, team_id: str = "",
                     full_plan: Sequence[str] = ()) -> None:

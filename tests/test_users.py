@@ -200,3 +200,57 @@ def test_an_assumed_role_finding_that_names_no_instance_proposes_the_role_playbo
     assert (incident.kind, incident.playbook, incident.target_id) == (
         "role", "role", "arn:aws:iam::123456789012:role/web-prod")
     assert world.instance_id in text_of(card.blocks)  # what loses its sessions too
+
+
+def test_a_bucket_is_sealed_and_every_recorded_setting_put_back_equal(
+        bot: RunningBot, world: Any, fake_slack: FakeSlack) -> None:
+    """A bucket with a policy, a partial Public Access Block and ACL grants: sealed, the
+    prior state an evidence file with its SHA-256, then released to equal settings."""
+    s3 = aws_client("s3")
+    bucket = "billing-exports-2231"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_ownership_controls(Bucket=bucket, OwnershipControls={
+        "Rules": [{"ObjectOwnership": "ObjectWriter"}]})
+    s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration={
+        "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": False,
+        "RestrictPublicBuckets": False})
+    s3.put_bucket_acl(Bucket=bucket, ACL="public-read")
+    policy = {"Version": "2012-10-17", "Statement": [{
+        "Sid": "Partner", "Effect": "Allow",
+        "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
+        "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{bucket}/*"}]}
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+
+    def settings() -> dict[str, Any]:
+        acl = s3.get_bucket_acl(Bucket=bucket)
+        return {"policy": json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"]),
+                "pab": s3.get_public_access_block(Bucket=bucket)[
+                    "PublicAccessBlockConfiguration"],
+                "ownership": s3.get_bucket_ownership_controls(Bucket=bucket)[
+                    "OwnershipControls"],
+                "grants": sorted(json.dumps(g, sort_keys=True) for g in acl["Grants"])}
+
+    before = settings()
+    card = request(bot, f"arn:aws:s3:::{bucket} listed publicly by a scanner")
+    shown = json.dumps(card.blocks, ensure_ascii=False)
+    for expected in ("Block Public Access: 2 of 4 on → all 4 on",
+                     "bucket ACL: 1 grant(s) beyond the owner → private",
+                     "object ownership: ObjectWriter → BucketOwnerEnforced",
+                     "bucket policy: 1 statement(s) → the same, plus a deny"):
+        assert expected in shown, expected
+    incident = approve(bot, card)
+    assert incident.kind == "bucket" and incident.status == "contained", incident.summary
+    now = settings()
+    assert set(now["pab"].values()) == {True}
+    assert now["ownership"]["Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
+    deny = next(st for st in now["policy"]["Statement"] if st["Sid"] == "CordonContainment")
+    assert deny["Effect"] == "Deny" and deny["Principal"] == "*"
+    assert deny["Condition"]["ArnNotLike"]["aws:PrincipalArn"]  # Cordon itself stays in
+    (evidence,) = bot.deps.store.evidence(incident.id)
+    recorded = json.loads(evidence.content)
+    assert recorded["policy"] == policy and evidence.sha256
+
+    release_card = request(bot, f"release {incident.id} scanner false positive")
+    released = approve(bot, release_card)
+    assert released.status == "released", released.summary
+    assert settings() == before

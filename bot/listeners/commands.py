@@ -49,6 +49,8 @@ def register(app: App, deps: Deps) -> None:
             ack(text=f"🔎 Looking up IAM user `{escape(cmd.user)}`…")
         elif isinstance(cmd, grammar.RoleCommand):
             ack(text=f"🔎 Looking up IAM role `{escape(cmd.role)}` and what uses it…")
+        elif isinstance(cmd, grammar.BucketCommand):
+            ack(text=f"🔎 Reading S3 bucket `{escape(cmd.bucket)}`'s access settings…")
         elif isinstance(cmd, grammar.ExportCommand):
             ack(text=f"📚 Exporting the record of `{escape(cmd.query)}`…")
         else:
@@ -84,6 +86,11 @@ def register(app: App, deps: Deps) -> None:
             incident = deps.cordon.open_role_request(
                 cmd.role, cmd.reason, command["user_id"], command["channel_id"],
                 account=cmd.account, account_id=cmd.account_id, options=cmd.options)
+            post_card(deps, incident, client, command.get("team_id", ""))
+        elif isinstance(cmd, grammar.BucketCommand):
+            incident = deps.cordon.open_bucket_request(
+                cmd.bucket, cmd.reason, command["user_id"], command["channel_id"],
+                account=cmd.account)
             post_card(deps, incident, client, command.get("team_id", ""))
 
     app.command(COMMAND)(ack=ack_contain, lazy=[process_contain])
