@@ -183,7 +183,19 @@ def build_policy(units: list[str] | None = None) -> dict[str, Any]:
     add("Contain", [a for a in actions if a not in placed], "*")
     if any(a.startswith("iam:") for a in actions):
         statements.append(self_protection([f"arn:aws:iam::*:role/{RESPONDER_ROLE}*"]))
+    if "s3:PutBucketPolicy" in actions:
+        statements.append(NEVER_THE_DATA)
     return {"Version": "2012-10-17", "Statement": statements}
+
+
+# Cordon writes bucket policies and ACLs: it could write one that lets itself in. Its
+# own policy denies it every object and listing action, which no bucket policy or ACL
+# can override.
+BUCKET_DATA = ("s3:GetObject", "s3:GetObjectVersion", "s3:GetObjectAcl", "s3:PutObject",
+               "s3:PutObjectAcl", "s3:DeleteObject", "s3:DeleteObjectVersion",
+               "s3:ListBucket", "s3:ListBucketVersions", "s3:RestoreObject")
+NEVER_THE_DATA = {"Sid": "NeverTheBucketsData", "Effect": "Deny", "Action": list(BUCKET_DATA),
+                  "Resource": "*"}
 
 
 def self_protection(own: list[Any]) -> dict[str, Any]:

@@ -14,7 +14,10 @@ KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b")
 # An IAM user as a target: its ARN, path left out.
 USER_TARGET = re.compile(r"arn:aws(?:-cn|-us-gov|-iso[a-z]?)?:iam::\d{12}:user/[\w+=,.@-]{1,64}")
 ROLE_TARGET = re.compile(r"arn:aws(?:-cn|-us-gov|-iso[a-z]?)?:iam::\d{12}:role/[\w+=,.@-]{1,64}")
-PLAYBOOK_OF = {"instance": "full", "key": "key", "user": "user", "role": "role"}
+BUCKET_TARGET = re.compile(r"arn:aws(?:-cn|-us-gov|-iso[a-z]?)?:s3:::[a-z0-9][a-z0-9.-]{1,61}"
+                           r"[a-z0-9]")
+PLAYBOOK_OF = {"instance": "full", "key": "key", "user": "user", "role": "role",
+               "bucket": "bucket"}
 # Security Hub's severity labels on GuardDuty's numeric scale.
 LABELS = {"INFORMATIONAL": 0.0, "LOW": 1.0, "MEDIUM": 4.0, "HIGH": 7.0, "CRITICAL": 9.0}
 CONTAIN_TAG = "cordon:contain"
@@ -116,8 +119,12 @@ def _guardduty(event: dict[str, Any]) -> list[Proposal]:
             kind, rid = "user", principal_arn(
                 "user", str(d.get("partition") or "aws"),
                 str(d.get("accountId") or event.get("account", "")), str(details["userName"]))
+    elif resource["resourceType"] == "S3Bucket" and resource.get("s3BucketDetails"):
+        # The first bucket named (a finding about an object copy may name two).
+        name = str(resource["s3BucketDetails"][0]["name"])
+        kind, rid = "bucket", f"arn:{d.get('partition') or 'aws'}:s3:::{name}"
     else:
-        return []  # S3, EKS, RDS…: not Cordon's to contain
+        return []  # EKS, RDS, Lambda…: not Cordon's to contain
     _check(kind, rid)
     severity = float(d["severity"])
     service = d.get("service") or {}
@@ -193,6 +200,9 @@ def _security_hub(event: dict[str, Any]) -> list[Proposal]:
             if resource.get("Type") == "AwsEc2Instance":
                 match = INSTANCE_ID.search(str(resource["Id"]))
                 kind = "instance"
+            elif resource.get("Type") == "AwsS3Bucket":
+                kind = "bucket"
+                match = BUCKET_TARGET.search(str(resource["Id"]))
             elif resource.get("Type") in ("AwsIamUser", "AwsIamRole"):
                 kind = "user" if resource["Type"] == "AwsIamUser" else "role"
                 match = (USER_TARGET if kind == "user" else ROLE_TARGET).search(
@@ -280,6 +290,6 @@ def principal_arn(kind: str, partition: str, account: str, name: str) -> str:
 
 def _check(kind: str, rid: str) -> None:
     pattern = {"instance": INSTANCE_ID, "key": KEY_ID, "user": USER_TARGET,
-               "role": ROLE_TARGET}[kind]
+               "role": ROLE_TARGET, "bucket": BUCKET_TARGET}[kind]
     if not pattern.fullmatch(str(rid)):
         raise ValueError(f"resource id {rid!r}")

@@ -41,18 +41,18 @@ def rules(products: tuple[str, ...] = ("GuardDuty",)) -> dict[str, tuple[str, di
     cannot (a finding about a contained resource, a repeat after a release) the intake
     filters."""
     return {
-        "GuardDutyFindingsRule": ("GuardDuty findings about an instance or an access key, "
+        "GuardDutyFindingsRule": ("GuardDuty findings about an instance, an access key or a bucket, "
                                   "not archived", {
             "source": ["aws.guardduty"], "detail-type": ["GuardDuty Finding"],
-            "detail": {"resource": {"resourceType": ["Instance", "AccessKey"]},
+            "detail": {"resource": {"resourceType": ["Instance", "AccessKey", "S3Bucket"]},
                        "service": {"archived": [False]}}}),
         "SecurityHubFindingsRule": (f"Active Security Hub findings from {', '.join(products)} "
-                                    "about an instance, a key, a user or a role", {
+                                    "about an instance, a key, a user, a role or a bucket", {
             "source": ["aws.securityhub"], "detail-type": ["Security Hub Findings - Imported"],
             "detail": {"findings": {
                 "ProductName": list(products),
                 "Resources": {"Type": ["AwsEc2Instance", "AwsIamAccessKey", "AwsIamUser",
-                                       "AwsIamRole"]},
+                                       "AwsIamRole", "AwsS3Bucket"]},
                 "RecordState": ["ACTIVE"], "Workflow": {"Status": ["NEW", "NOTIFIED"]}}}}),
         "ContainTagRule": (f"The {CONTAIN_TAG} tag set on an EC2 instance", {
             "source": ["aws.tag"], "detail-type": ["Tag Change on Resource"],
@@ -118,16 +118,16 @@ def _boundary(policy: dict[str, Any]) -> dict[str, Any]:
     the role later, Cordon could still not use it."""
     allowed = sorted({a for st in policy["Statement"] if st["Effect"] == "Allow"
                       for a in st["Action"]})
-    deny = next(st for st in policy["Statement"] if st["Sid"] == "NeverItsOwnRoles")
+    denies = [st for st in policy["Statement"] if st["Effect"] == "Deny"]
     return {"Type": "AWS::IAM::ManagedPolicy",
             "Metadata": _checkov("CKV_AWS_111", "CKV_AWS_109", "CKV_AWS_107"),
             "Properties": {
-        "Description": "Cordon's permissions boundary: what its policy grants, and no write "
-                       "to its own roles",
+        "Description": "Cordon's permissions boundary: what its policy grants, no write "
+                       "to its own roles, no bucket's data",
         "PolicyDocument": {"Version": "2012-10-17", "Statement": [
             {"Sid": "AtMostWhatCordonDeclares", "Effect": "Allow", "Action": allowed,
              "Resource": "*"},
-            deny]}}}
+            *denies]}}}
 
 
 # checkov's IAM checks read any `Resource: *` write as unbounded; these are the

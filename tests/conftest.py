@@ -373,3 +373,26 @@ def intake_bot(fake_slack: FakeSlack, world: sandbox_world.World, e2e_database_u
     yield running
     running.stop()
     assert aws_trace.undeclared() == []
+
+
+def policy_findings(policy: dict[str, Any]) -> list[tuple[str, str]]:
+    """parliament's findings on a policy, less one kind its explicit denies answer: it
+    flags a bucket-policy or ACL write as a way for Cordon to grant itself a bucket's
+    objects, reading only the allows. Cordon's policy denies itself those very actions
+    (NeverTheBucketsData), which no bucket policy overrides; each such finding is dropped
+    only when the action it names is in a deny of the policy on every resource."""
+    import json
+    import re
+
+    from parliament import analyze_policy_string
+
+    denied = {a for st in policy.get("Statement", []) if st.get("Effect") == "Deny"
+              and st.get("Resource") == "*" for a in st.get("Action", [])}
+    kept = []
+    for f in analyze_policy_string(json.dumps(policy)).findings:
+        named = re.search(r"due to (\S+) not being allowed", str(f.detail))
+        if f.issue == "RESOURCE_POLICY_PRIVILEGE_ESCALATION" and named \
+                and named.group(1) in denied:
+            continue
+        kept.append((f.issue, str(f.detail)))
+    return kept

@@ -125,13 +125,13 @@ def identity_policies(stack: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 @pytest.mark.parametrize("args", [(), ("--member",), ("--forwarding",)])
 def test_parliament_finds_nothing_in_any_policy_of_any_template(args: tuple[str, ...]) -> None:
-    from parliament import analyze_policy_string
+    from tests.conftest import policy_findings
 
     _, stack = template(*args)
     policies = identity_policies(stack)
     assert policies
     for name, policy in policies.items():
-        found = [f.issue for f in analyze_policy_string(json.dumps(resolved(policy))).findings]
+        found = [issue for issue, _ in policy_findings(resolved(policy))]
         if name == "CordonBoundary":
             # A boundary caps actions (Resource "*"); the role's policy scopes resources.
             found = [f for f in found if f != "RESOURCE_STAR"]
@@ -195,7 +195,7 @@ def test_cordon_cannot_widen_its_own_roles(args: tuple[str, ...]) -> None:
     own = ("arn:aws:iam::111111111111:role/CordonResponder" if args else
            "arn:aws:iam::111111111111:role/cordon-CordonResponderRole-1A2B3C")
     for document in (policy, boundary):
-        (deny,) = [s for s in document["Statement"] if s["Effect"] == "Deny"]
+        (deny,) = [s for s in document["Statement"] if s.get("Sid") == "NeverItsOwnRoles"]
         assert set(WRITES_TO_ITSELF) <= set(deny["Action"])
         resources = deny["Resource"]
         assert any(_matches(pattern, own) for pattern in resources)
@@ -203,6 +203,11 @@ def test_cordon_cannot_widen_its_own_roles(args: tuple[str, ...]) -> None:
     allowed = {a for s in policy["Statement"] if s["Effect"] == "Allow" for a in s["Action"]}
     (bounded,) = [s for s in boundary["Statement"] if s["Effect"] == "Allow"]
     assert set(bounded["Action"]) == allowed
+    # No bucket's objects either, whatever bucket policy Cordon writes.
+    for document in (policy, boundary):
+        (data,) = [s for s in document["Statement"] if s.get("Sid") == "NeverTheBucketsData"]
+        assert data["Effect"] == "Deny" and {"s3:GetObject", "s3:PutObject"} <= set(
+            data["Action"])
 
 
 def _matches(pattern: str, arn: str) -> bool:

@@ -254,3 +254,17 @@ def test_a_bucket_is_sealed_and_every_recorded_setting_put_back_equal(
     released = approve(bot, release_card)
     assert released.status == "released", released.summary
     assert settings() == before
+
+
+def test_a_guardduty_s3_finding_proposes_the_bucket_playbook(
+        intake_bot: RunningBot, world: Any, fake_slack: FakeSlack, queue: str) -> None:
+    aws_client("s3").create_bucket(Bucket="exports-7")
+    event = guardduty("", kind="S3Bucket", finding_id="s3-policy-1")
+    event["detail"]["resource"] = {"resourceType": "S3Bucket", "s3BucketDetails": [{
+        "name": "exports-7", "arn": "arn:aws:s3:::exports-7", "type": "Destination"}]}
+    event["detail"]["type"] = "Policy:S3/BucketBlockPublicAccessDisabled"
+    send(queue, event)
+    (card,) = wait_for(lambda: cards(fake_slack), timeout=30)
+    assert "S3 bucket proposed" in text_of(card.blocks)
+    (incident,) = intake_bot.deps.store.recent()
+    assert (incident.kind, incident.target_id) == ("bucket", "arn:aws:s3:::exports-7")
