@@ -41,8 +41,8 @@ def rules(products: tuple[str, ...] = ("GuardDuty",)) -> dict[str, tuple[str, di
     cannot (a finding about a contained resource, a repeat after a release) the intake
     filters."""
     return {
-        "GuardDutyFindingsRule": ("GuardDuty findings about an instance, an access key or a bucket, "
-                                  "not archived", {
+        "GuardDutyFindingsRule": ("GuardDuty findings about an instance, an access key or "
+                                  "a bucket, not archived", {
             "source": ["aws.guardduty"], "detail-type": ["GuardDuty Finding"],
             "detail": {"resource": {"resourceType": ["Instance", "AccessKey", "S3Bucket"]},
                        "service": {"archived": [False]}}}),
