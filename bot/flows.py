@@ -69,6 +69,27 @@ def open_containment(deps: Deps, cmd: grammar.ContainCommand, command: dict[str,
     return incident
 
 
+TargetCommand = (grammar.KeyCommand | grammar.UserCommand | grammar.RoleCommand
+                 | grammar.BucketCommand)
+
+
+def open_target_request(deps: Deps, cmd: TargetCommand, user: str, channel: str) -> Incident:
+    """A key, user, role or bucket request (from the slash command or the form)."""
+    cordon = deps.cordon
+    if isinstance(cmd, grammar.KeyCommand):
+        return cordon.open_key_request(cmd.key_id, cmd.reason, user, channel, cmd.options,
+                                       deps.key_lookback_days)
+    if isinstance(cmd, grammar.UserCommand):
+        return cordon.open_user_request(cmd.user, cmd.reason, user, channel,
+                                        account=cmd.account, account_id=cmd.account_id)
+    if isinstance(cmd, grammar.RoleCommand):
+        return cordon.open_role_request(cmd.role, cmd.reason, user, channel,
+                                        account=cmd.account, account_id=cmd.account_id,
+                                        options=cmd.options)
+    return cordon.open_bucket_request(cmd.bucket, cmd.reason, user, channel,
+                                      account=cmd.account)
+
+
 def post_card(deps: Deps, incident: Incident, client: WebClient, team_id: str = "",
               queue_if_down: bool = True) -> None:
     """Post the approval card. Slack refusing it (not in the channel…) is said to the

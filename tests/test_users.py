@@ -268,3 +268,19 @@ def test_a_guardduty_s3_finding_proposes_the_bucket_playbook(
     assert "S3 bucket proposed" in text_of(card.blocks)
     (incident,) = intake_bot.deps.store.recent()
     assert (incident.kind, incident.target_id) == ("bucket", "arn:aws:s3:::exports-7")
+
+
+def test_the_form_takes_a_bucket_and_makes_its_card(
+        bot: RunningBot, world: Any, fake_slack: FakeSlack) -> None:
+    from tests.test_slack_surfaces import open_form
+
+    aws_client("s3").create_bucket(Bucket="exports-9")
+    view_id = open_form(bot, fake_slack)
+    status, _ = bot.slack.submit_view(DANA, view_id, {
+        "target": "arn:aws:s3:::exports-9", "playbook": "full", "reason": "public listing"})
+    assert status == 200
+    card = wait_for(lambda: fake_slack.channel_messages(CHANNEL))[0]
+    (incident,) = bot.deps.store.recent()
+    assert (incident.kind, incident.playbook, incident.reason) == (
+        "bucket", "bucket", "public listing")
+    assert "S3 bucket request" in json.dumps(card.blocks)

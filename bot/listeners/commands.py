@@ -9,7 +9,15 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot import blocks, grammar
-from bot.flows import open_containment, open_form, post_card, post_export, status_text
+from bot.flows import (
+    TargetCommand,
+    open_containment,
+    open_form,
+    open_target_request,
+    post_card,
+    post_export,
+    status_text,
+)
 from bot.ids import COMMAND
 from bot.listeners import replies_errors
 from bot.text import escape
@@ -72,25 +80,9 @@ def register(app: App, deps: Deps) -> None:
             post_card(deps, incident, client, command.get("team_id", ""))
         elif isinstance(cmd, grammar.ExportCommand):
             respond(text=post_export(deps, client, cmd.query), response_type="ephemeral")
-        elif isinstance(cmd, grammar.KeyCommand):
-            incident = deps.cordon.open_key_request(
-                cmd.key_id, cmd.reason, command["user_id"], command["channel_id"],
-                cmd.options, deps.key_lookback_days)
-            post_card(deps, incident, client, command.get("team_id", ""))
-        elif isinstance(cmd, grammar.UserCommand):
-            incident = deps.cordon.open_user_request(
-                cmd.user, cmd.reason, command["user_id"], command["channel_id"],
-                account=cmd.account, account_id=cmd.account_id)
-            post_card(deps, incident, client, command.get("team_id", ""))
-        elif isinstance(cmd, grammar.RoleCommand):
-            incident = deps.cordon.open_role_request(
-                cmd.role, cmd.reason, command["user_id"], command["channel_id"],
-                account=cmd.account, account_id=cmd.account_id, options=cmd.options)
-            post_card(deps, incident, client, command.get("team_id", ""))
-        elif isinstance(cmd, grammar.BucketCommand):
-            incident = deps.cordon.open_bucket_request(
-                cmd.bucket, cmd.reason, command["user_id"], command["channel_id"],
-                account=cmd.account)
+        elif isinstance(cmd, TargetCommand):
+            incident = open_target_request(deps, cmd, command["user_id"],
+                                                 command["channel_id"])
             post_card(deps, incident, client, command.get("team_id", ""))
 
     app.command(COMMAND)(ack=ack_contain, lazy=[process_contain])

@@ -13,7 +13,7 @@ from slack_sdk import WebClient
 
 from bot import grammar, views
 from bot.blocks import clip, error_text
-from bot.flows import open_containment, open_form, post_card
+from bot.flows import TargetCommand, open_containment, open_form, open_target_request, post_card
 from bot.ids import CONTAIN_MODAL, MESSAGE_SHORTCUT
 from bot.text import escape
 from playbooks.errors import BadInput, CordonError
@@ -28,11 +28,19 @@ def parse_form(values: dict[str, str]) -> grammar.Command:
     """The form's fields through the slash command's grammar; BadInput names the field."""
     target, reason = values[views.TARGET], values[views.REASON]
     if not target:
-        raise FieldError(views.TARGET, "Say which instance or access key.")
+        raise FieldError(views.TARGET, "Say which instance, access key, user, role or bucket.")
     if len(reason) > views.MAX_REASON:
         raise FieldError(views.REASON, f"Keep the reason under {views.MAX_REASON} characters.")
     if grammar.KEY_ID.match(target.upper()):
         return grammar.parse(f"key {target.upper()}").model_copy(update={"reason": reason})
+    if target.split()[0].lower() in ("user", "role", "bucket") or (
+            target.startswith("arn:") and (":iam::" in target or ":s3:::" in target)):
+        # A user, role or bucket: its own playbook, whatever the playbook field says.
+        try:
+            cmd = grammar.parse(target)
+        except BadInput as exc:
+            raise FieldError(views.TARGET, str(exc)) from exc
+        return cmd.model_copy(update={"reason": reason})
     words = target.replace(",", " ").split()
     fleet = (target.startswith(("asg=", "tag:")) or (len(words) > 1
              and all(grammar.INSTANCE_ID.match(w.lower()) for w in words)))
@@ -82,9 +90,8 @@ def register(app: App, deps: Deps) -> None:
         team = (body.get("team") or {}).get("id", "")
         try:
             cmd = parse_form(values)
-            if isinstance(cmd, grammar.KeyCommand):
-                incident = deps.cordon.open_key_request(
-                    cmd.key_id, cmd.reason, user, channel, cmd.options, deps.key_lookback_days)
+            if isinstance(cmd, TargetCommand):
+                incident = open_target_request(deps, cmd, user, channel)
                 post_card(deps, incident, client, team)
             else:
                 assert isinstance(cmd, grammar.ContainCommand)
