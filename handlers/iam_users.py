@@ -16,13 +16,21 @@ What real AWS does that the tests on moto cannot show:
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from handlers.aws import Clients
-from handlers.base import Action, Outcome, StepContext, StepFailed, VerificationFailed
+from handlers.base import (
+    Action,
+    Artifact,
+    Outcome,
+    StepContext,
+    StepFailed,
+    VerificationFailed,
+)
 from handlers.fanout import parallel
 from handlers.retry import describe_error
 
@@ -167,9 +175,18 @@ class DeactivateUserKeys(Action):
         iam = ctx.clients.client("iam")
         parallel(lambda key: iam.update_access_key(UserName=captured["user"], AccessKeyId=key,
                                                    Status="Inactive"), captured["active"])
+        # What the user was and could do at the cut, as the card showed it: evidence.
+        facts = ctx.target.facts
+        record = json.dumps({k: facts.get(k) for k in (
+            "user", "user_arn", "account", "created", "password_last_used", "console",
+            "mfa_devices", "groups", "attached_policies", "inline_policies", "keys",
+            "certificates", "ssh_keys", "service_credentials")}, indent=2,
+            sort_keys=True).encode()
         return Outcome(f"{len(captured['active'])} access key(s) of {captured['user']}: "
                        "Active → Inactive (" + ", ".join(captured["active"]) + ")",
-                       {"deactivated": captured["active"]})
+                       {"deactivated": captured["active"]},
+                       [Artifact(f"{captured['user']}-iam-user.json", record,
+                                 "application/json")])
 
     def verify(self, ctx: StepContext, captured: dict[str, Any], outcome: Outcome) -> str:
         still = self._active(ctx)

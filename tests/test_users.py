@@ -110,6 +110,11 @@ def test_a_user_is_cut_everywhere_and_released_to_exactly_what_was_active(
     assert "aws:TokenIssueTime" in json.dumps(deny)
     said = " ".join(thread(fake_slack, card))
     assert "service-specific credentials could not be listed" in said
+    # The user as it was at the cut, MFA devices, groups and policies included: evidence.
+    (record,) = bot.deps.store.evidence(incident.id)
+    recorded = json.loads(record.content)
+    assert recorded["mfa_devices"] == [user["mfa"]] and recorded["groups"] == ["builders"]
+    assert record.sha256
     # MFA devices, groups and policies are left as they were.
     assert iam().list_mfa_devices(UserName=USER)["MFADevices"]
     assert iam().list_groups_for_user(UserName=USER)["Groups"]
