@@ -105,6 +105,11 @@ def share_service_models() -> None:
     creator._cordon_shared = True
 
 
+# APIs moto has no model of, by their JSON protocol target.
+NOT_MODELLED = {"com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101.LookupEvents":
+                "CloudTrail LookupEvents"}
+
+
 def _one_at_a_time(app: Any) -> Any:
     """moto's backends are plain dicts, not made for concurrent requests: a describe while
     another thread adds a tag can fail with an HTML 500 that AWS never sends. Requests
@@ -112,7 +117,17 @@ def _one_at_a_time(app: Any) -> Any:
     lock = threading.Lock()
 
     def serve(environ: dict[str, Any], start_response: Any) -> Any:
-        if str(environ.get("HTTP_X_AMZ_TARGET", "")).startswith("AmazonSQS."):
+        target = str(environ.get("HTTP_X_AMZ_TARGET", ""))
+        if target in NOT_MODELLED:
+            # moto answers an API it does not model with a 500, which every client rightly
+            # retries for seconds: the local AWS says at once that it does not have it.
+            body = json.dumps({"__type": "UnsupportedOperationException",
+                               "message": f"{NOT_MODELLED[target]} is not modelled by "
+                                          "the local AWS (moto)"}).encode()
+            start_response("400 Bad Request", [("Content-Type", "application/x-amz-json-1.1"),
+                                               ("Content-Length", str(len(body)))])
+            return [body]
+        if target.startswith("AmazonSQS."):
             return app(environ, start_response)
         with lock:
             return list(app(environ, start_response))
