@@ -46,7 +46,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	@$(BIN)/pytest -n 4 --dist loadgroup; rc=$$?; \
+	@$(BIN)/pytest -n 4; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure here"; fi; \
 	exit $$rc
 

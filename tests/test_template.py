@@ -271,27 +271,26 @@ def test_the_rules_filter_what_eventbridge_can() -> None:
 CHECKOV = ROOT / ".venv" / "checkov" / "bin" / "checkov"
 
 
-# The checkov tests share one run of it: one worker runs them all.
-CHECKOV_RUN = pytest.mark.xdist_group("checkov")
-
-
-@pytest.fixture(scope="module")
-def checkov_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def _checkov() -> dict[str, Any]:
     """checkov (from its own environment: its pins conflict with the tests') run once on
-    every generated template and on one made worse (a queue unencrypted, its skip gone)."""
-    folder = tmp_path_factory.mktemp("templates")
-    for name, args in (("central", ()), ("member", ("--member",)),
-                       ("forwarding", ("--forwarding",))):
-        (folder / f"{name}.json").write_text(template(*args)[0])
-    _, worse = template()
-    del worse["Resources"]["FindingsQueue"]["Properties"]["SqsManagedSseEnabled"]
-    del worse["Resources"]["FindingsQueue"]["Metadata"]
-    (folder / "worse.json").write_text(json.dumps(worse))
-    out = subprocess.run([str(CHECKOV), "-d", str(folder), "--framework", "cloudformation",
-                          "--skip-download", "--compact", "-o", "json"],
-                         capture_output=True, text=True, timeout=300,
-                         env={"PATH": "/usr/bin:/bin", "BC_SKIP_MAPPING": "TRUE",
-                              "HOME": str(folder)})
+    every generated template and on one made worse (a queue unencrypted, its skip gone):
+    its findings by template."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for name, args in (("central", ()), ("member", ("--member",)),
+                           ("forwarding", ("--forwarding",))):
+            (folder / f"{name}.json").write_text(template(*args)[0])
+        _, worse = template()
+        del worse["Resources"]["FindingsQueue"]["Properties"]["SqsManagedSseEnabled"]
+        del worse["Resources"]["FindingsQueue"]["Metadata"]
+        (folder / "worse.json").write_text(json.dumps(worse))
+        out = subprocess.run([str(CHECKOV), "-d", str(folder), "--framework",
+                              "cloudformation", "--skip-download", "--compact", "-o", "json"],
+                             capture_output=True, text=True, timeout=300,
+                             env={"PATH": "/usr/bin:/bin", "BC_SKIP_MAPPING": "TRUE",
+                                  "HOME": str(folder)})
     report = json.loads(out.stdout)
     report = report[0] if isinstance(report, list) else report
     by_file: dict[str, Any] = {}
@@ -303,23 +302,19 @@ def checkov_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return by_file
 
 
-@CHECKOV_RUN
-@pytest.mark.parametrize("name", ["central", "member", "forwarding"])
-def test_checkov_passes_every_template_and_each_skip_says_why(
-        checkov_results: dict[str, Any], name: str) -> None:
+def test_checkov_passes_every_template_each_skip_says_why_and_it_would_find_a_flaw() -> None:
+    """One checkov run (a few seconds of CPU) for every template, and for the worse one:
+    checkov is live, it fails an unencrypted queue."""
     from playbooks.template import CHECKOV_SKIPS
 
-    results = checkov_results[name]
-    assert [(c["check_id"], c["resource"]) for c in results["failed_checks"]] == []
-    assert results["passed_checks"]
-    for skipped in results["skipped_checks"]:
-        assert skipped["check_id"] in CHECKOV_SKIPS
-        assert CHECKOV_SKIPS[skipped["check_id"]] in skipped["check_result"].get(
-            "suppress_comment", "")
-
-
-@CHECKOV_RUN
-def test_checkov_would_find_an_unencrypted_queue(checkov_results: dict[str, Any]) -> None:
-    failed = checkov_results["worse"]["failed_checks"]
+    results = _checkov()
+    for name in ("central", "member", "forwarding"):
+        found = results[name]
+        assert [(c["check_id"], c["resource"]) for c in found["failed_checks"]] == [], name
+        assert found["passed_checks"], name
+        for skipped in found["skipped_checks"]:
+            assert skipped["check_id"] in CHECKOV_SKIPS, name
+            assert CHECKOV_SKIPS[skipped["check_id"]] in skipped["check_result"].get(
+                "suppress_comment", ""), name
     assert ("CKV_AWS_27", "AWS::SQS::Queue.FindingsQueue") in [
-        (c["check_id"], c["resource"]) for c in failed]
+        (c["check_id"], c["resource"]) for c in results["worse"]["failed_checks"]]
