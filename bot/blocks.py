@@ -472,6 +472,27 @@ def _key_blocks(incident: Incident, cut: list[str]) -> list[Block]:
     ]
 
 
+def _policy_fields(incident: Incident, cut: list[str]) -> list[MarkdownTextObject]:
+    """A principal's policies, and who asked."""
+    f = incident.facts or {}
+    return [_mrkdwn(_field("Attached policies",
+                           [escape(p) for p in f.get("attached_policies", [])], cut)),
+            _mrkdwn(_field("Inline policies",
+                           [escape(p) for p in f.get("inline_policies", [])], cut)),
+            _mrkdwn(f"*Requested by*\n{requester(incident)}")]
+
+
+def _dry_run(incident: Incident, note: str, cut: list[str]) -> list[Block]:
+    """The plan of a user, role or bucket as each change with its value now and after
+    (none on a release card: the release's own plan is its undo steps)."""
+    if incident.kind == "release":
+        return []
+    lines = (incident.facts or {}).get("plan_lines", [])
+    return [_section(fit_lines(f"*Dry run* — each change, now → after. {note}",
+                               [f"• {escape(line)}" for line in lines], SECTION_MAX, cut,
+                               "changes"))]
+
+
 def _user_blocks(incident: Incident, cut: list[str]) -> list[Block]:
     f = incident.facts or {}
     unread = f.get("unreadable") or {}
@@ -483,18 +504,11 @@ def _user_blocks(incident: Incident, cut: list[str]) -> list[Block]:
             _mrkdwn(_field("MFA devices", [f"`{escape(d)}`" for d in f.get("mfa_devices", [])],
                            cut)),
             _mrkdwn(_field("Groups", [escape(g) for g in f.get("groups", [])], cut)),
-            _mrkdwn(_field("Attached policies",
-                           [escape(p) for p in f.get("attached_policies", [])], cut)),
-            _mrkdwn(_field("Inline policies",
-                           [escape(p) for p in f.get("inline_policies", [])], cut)),
-            _mrkdwn(f"*Requested by*\n{requester(incident)}"),
+            *_policy_fields(incident, cut),
         ]),
+        *_dry_run(incident, "(MFA devices, groups and policies are listed, not changed):",
+                  cut),
     ]
-    if incident.kind != "release":
-        blocks.append(_section(fit_lines(
-            "*Dry run* — each change, now → after (MFA devices, groups and policies are "
-            "listed, not changed):", [f"• {escape(line)}" for line in f.get("plan_lines", [])],
-            SECTION_MAX, cut, "changes")))
     if unread:
         blocks.append(ContextBlock(elements=[_mrkdwn("⚠️ Not readable now: " + "; ".join(
             f"{escape(k)} ({escape(v)})" for k, v in unread.items()))]))
@@ -507,7 +521,7 @@ def _role_blocks(incident: Incident, cut: list[str]) -> list[Block]:
                  for i in f.get("role_instances", [])]
     trusted = [f"{escape(kind)}: {escape(', '.join(who))}"
                for kind, who in (f.get("trusted") or {}).items()]
-    blocks: list[Block] = [
+    return [
         _section(f"*IAM role* *{escape(f.get('role', '?'))}* in account {_account(f)} "
                  f"(`{escape(f.get('role_arn', '?'))}`)"),
         SectionBlock(fields=[
@@ -515,25 +529,17 @@ def _role_blocks(incident: Incident, cut: list[str]) -> list[Block]:
             _mrkdwn(_field("Instance profiles",
                            [escape(p) for p in f.get("instance_profiles", [])], cut)),
             _mrkdwn(_field("Running instances using it", instances, cut)),
-            _mrkdwn(_field("Attached policies",
-                           [escape(p) for p in f.get("attached_policies", [])], cut)),
-            _mrkdwn(_field("Inline policies",
-                           [escape(p) for p in f.get("inline_policies", [])], cut)),
-            _mrkdwn(f"*Requested by*\n{requester(incident)}"),
+            *_policy_fields(incident, cut),
         ]),
+        *_dry_run(incident, "⚠️ Every session of the role is hit, legitimate ones too:",
+                  cut),
     ]
-    if incident.kind != "release":
-        blocks.append(_section(fit_lines(
-            "*Dry run* — each change, now → after. ⚠️ Every session of the role is hit, "
-            "legitimate ones too:", [f"• {escape(line)}" for line in f.get("plan_lines", [])],
-            SECTION_MAX, cut, "changes")))
-    return blocks
 
 
 def _bucket_blocks(incident: Incident, cut: list[str]) -> list[Block]:
     f = incident.facts or {}
     state = f.get("state") or {}
-    blocks: list[Block] = [
+    return [
         _section(f"*S3 bucket* *{escape(f.get('bucket', '?'))}* in account {_account(f)}, "
                  f"{escape(incident.region)}"),
         SectionBlock(fields=[
@@ -543,14 +549,9 @@ def _bucket_blocks(incident: Incident, cut: list[str]) -> list[Block]:
                            cut)),
             _mrkdwn(f"*Requested by*\n{requester(incident)}"),
         ]),
+        *_dry_run(incident, "The prior state is recorded, with its SHA-256, for the "
+                            "release:", cut),
     ]
-    if incident.kind != "release":
-        blocks.append(_section(fit_lines(
-            "*Dry run* — each change, now → after (the prior state is recorded, with its "
-            "SHA-256, for the release):",
-            [f"• {escape(line)}" for line in f.get("plan_lines", [])], SECTION_MAX, cut,
-            "changes")))
-    return blocks
 
 
 def render_card(incident: Incident, approvals: Sequence[str] = (),

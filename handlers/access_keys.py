@@ -54,8 +54,19 @@ class KeyNotFound(Exception):
     pass
 
 
-def _no_such_entity(exc: ClientError) -> bool:
+def no_such_entity(exc: ClientError) -> bool:
     return describe_error(exc).code in ("NoSuchEntity", "NoSuchEntityException")
+
+
+def has_console(iam: Any, user: str) -> bool:
+    """Whether the user has a console password (a login profile)."""
+    try:
+        iam.get_login_profile(UserName=user)
+        return True
+    except ClientError as exc:
+        if no_such_entity(exc):
+            return False
+        raise
 
 
 def describe_key(clients: Clients, key_id: str, account: str) -> dict[str, Any]:
@@ -69,7 +80,7 @@ def describe_key(clients: Clients, key_id: str, account: str) -> dict[str, Any]:
     try:
         used = iam.get_access_key_last_used(AccessKeyId=key_id)
     except ClientError as exc:
-        if _no_such_entity(exc):
+        if no_such_entity(exc):
             raise KeyNotFound(f"no access key {key_id} in account {account}") from exc
         raise
     user = used["UserName"]
@@ -78,15 +89,6 @@ def describe_key(clients: Clients, key_id: str, account: str) -> dict[str, Any]:
     def keys() -> list[dict[str, Any]]:
         return list(iam.list_access_keys(UserName=user)["AccessKeyMetadata"])
 
-    def console() -> bool:
-        try:
-            iam.get_login_profile(UserName=user)
-            return True
-        except ClientError as exc:
-            if _no_such_entity(exc):
-                return False
-            raise
-
     def attached() -> list[str]:
         return [p["PolicyName"] for p in
                 iam.list_attached_user_policies(UserName=user)["AttachedPolicies"]]
@@ -94,8 +96,8 @@ def describe_key(clients: Clients, key_id: str, account: str) -> dict[str, Any]:
     def inline() -> list[str]:
         return list(iam.list_user_policies(UserName=user)["PolicyNames"])
 
-    all_keys, has_console, attached_names, inline_names = parallel(
-        lambda f: f(), [keys, console, attached, inline])
+    all_keys, console, attached_names, inline_names = parallel(
+        lambda f: f(), [keys, lambda: has_console(iam, user), attached, inline])
     now = datetime.now(UTC)
     this: dict[str, Any] = next((k for k in all_keys if k["AccessKeyId"] == key_id), {})
     created = this.get("CreateDate")
@@ -110,7 +112,7 @@ def describe_key(clients: Clients, key_id: str, account: str) -> dict[str, Any]:
             "service": last.get("ServiceName"), "region": last.get("Region")},
         "other_keys": [{"id": k["AccessKeyId"], "status": k["Status"]}
                        for k in all_keys if k["AccessKeyId"] != key_id],
-        "console": has_console,
+        "console": console,
         "attached_policies": attached_names,
         "inline_policies": inline_names,
     })
@@ -289,13 +291,7 @@ class DisableConsole(Action):
         return None
 
     def _exists(self, ctx: StepContext) -> bool:
-        try:
-            ctx.clients.client("iam").get_login_profile(UserName=ctx.target.facts["user"])
-            return True
-        except ClientError as exc:
-            if _no_such_entity(exc):
-                return False
-            raise
+        return has_console(ctx.clients.client("iam"), ctx.target.facts["user"])
 
     def check(self, ctx: StepContext) -> bool:
         return not self._exists(ctx)

@@ -22,6 +22,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from handlers.access_keys import has_console, no_such_entity
 from handlers.aws import Clients
 from handlers.base import (
     Action,
@@ -49,10 +50,6 @@ LABELS = {"keys": "access keys", "certificates": "signing certificates",
 
 class UserNotFound(Exception):
     pass
-
-
-def _no_such_entity(exc: ClientError) -> bool:
-    return describe_error(exc).code in ("NoSuchEntity", "NoSuchEntityException")
 
 
 def _when(value: Any) -> str:
@@ -97,18 +94,9 @@ def describe_user(clients: Clients, user: str, account: str) -> dict[str, Any]:
     try:
         got = iam.get_user(UserName=user)["User"]
     except ClientError as exc:
-        if _no_such_entity(exc):
+        if no_such_entity(exc):
             raise UserNotFound(f"no IAM user {user} in account {account}") from exc
         raise
-
-    def console() -> bool:
-        try:
-            iam.get_login_profile(UserName=user)
-            return True
-        except ClientError as exc:
-            if _no_such_entity(exc):
-                return False
-            raise
 
     def mfa() -> list[str]:
         return [d["SerialNumber"] for d in iam.list_mfa_devices(UserName=user)["MFADevices"]]
@@ -123,13 +111,13 @@ def describe_user(clients: Clients, user: str, account: str) -> dict[str, Any]:
     def inline() -> list[str]:
         return list(iam.list_user_policies(UserName=user)["PolicyNames"])
 
-    has_console, mfa_devices, group_names, attached_names, inline_names, creds = parallel(
-        lambda f: f(), [console, mfa, groups, attached, inline,
+    console, mfa_devices, group_names, attached_names, inline_names, creds = parallel(
+        lambda f: f(), [lambda: has_console(iam, user), mfa, groups, attached, inline,
                         lambda: credentials(iam, user)])
     return {"user": user, "user_arn": got["Arn"], "account": account,
             "created": _when(got.get("CreateDate")),
             "password_last_used": _when(got.get("PasswordLastUsed")) or None,
-            "console": has_console, "mfa_devices": mfa_devices, "groups": group_names,
+            "console": console, "mfa_devices": mfa_devices, "groups": group_names,
             "attached_policies": attached_names, "inline_policies": inline_names, **creds}
 
 
