@@ -289,3 +289,25 @@ def test_the_form_takes_a_bucket_and_makes_its_card(
     assert (incident.kind, incident.playbook, incident.reason) == (
         "bucket", "bucket", "public listing")
     assert "S3 bucket request" in json.dumps(card.blocks)
+
+
+@pytest.mark.parametrize(("kind", "resource_id", "target"), [
+    ("AwsIamUser", "arn:aws:iam::123456789012:user/ci/build-agent",
+     "arn:aws:iam::123456789012:user/build-agent"),
+    ("AwsIamRole", "arn:aws:iam::123456789012:role/service-role/web-prod",
+     "arn:aws:iam::123456789012:role/web-prod"),
+    ("AwsS3Bucket", "arn:aws:s3:::exports-7", "arn:aws:s3:::exports-7"),
+])
+def test_security_hub_findings_about_users_roles_and_buckets_propose_their_playbook(
+        kind: str, resource_id: str, target: str) -> None:
+    """The target without the principal's path, as a person or GuardDuty names it."""
+    from playbooks.findings import parse_event
+    from tests.test_intake import security_hub
+
+    event = security_hub("i-0123456789abcdef0")
+    event["detail"]["findings"][0]["Resources"] = [
+        {"Type": kind, "Partition": "aws", "Region": "us-east-1", "Id": resource_id}]
+    (proposal,) = parse_event(json.dumps(event))
+    playbook = {"AwsIamUser": "user", "AwsIamRole": "role", "AwsS3Bucket": "bucket"}[kind]
+    assert (proposal.kind, proposal.playbook, proposal.resource_id) == (
+        playbook, playbook, target)
