@@ -124,3 +124,33 @@ def test_bad_targets_say_what_is_wrong(text: str, says: str) -> None:
     with pytest.raises(BadInput) as err:
         grammar.parse(text)
     assert says in str(err.value)
+
+
+def test_user_role_and_bucket_forms() -> None:
+    user = grammar.parse("arn:aws:iam::123456789012:user/ci/build-agent leaked in a log")
+    assert isinstance(user, grammar.UserCommand)
+    assert (user.user, user.account_id, user.reason) == (
+        "build-agent", "123456789012", "leaked in a log")
+    role = grammar.parse("role web-prod trust=deny account=prod used from a VPN")
+    assert isinstance(role, grammar.RoleCommand)
+    assert (role.role, role.account, role.options) == ("web-prod", "prod", {"trust": "deny"})
+    bucket = grammar.parse("arn:aws:s3:::billing-exports public listing")
+    assert isinstance(bucket, grammar.BucketCommand) and bucket.bucket == "billing-exports"
+    release = grammar.parse("release arn:aws:iam::123456789012:role/service-role/web-prod")
+    assert isinstance(release, grammar.ReleaseCommand)
+    assert release.query == "arn:aws:iam::123456789012:role/web-prod"
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("user", "takes an IAM user's name or ARN"),
+    ("user <!here> x", "is not an IAM user name"),
+    ("user bob region=eu-west-1 x", "the one option is `account=NAME`"),
+    ("role arn:aws:iam::1:role/x y", "is not an IAM role name"),
+    ("role web trust=allow x", "the options are `trust=deny`"),
+    ("bucket Not_A_Bucket x", "is not an S3 bucket name"),
+    ("bucket a..b x", "is not an S3 bucket name"),
+])
+def test_bad_user_role_and_bucket_input_says_what_is_wrong(text: str, says: str) -> None:
+    with pytest.raises(BadInput) as err:
+        grammar.parse(text)
+    assert says in str(err.value) and len(str(err.value)) < 300
