@@ -79,9 +79,12 @@ def _cache_moto_lookups() -> None:
 def share_service_models() -> None:
     """Every boto3 client botocore makes builds its own ServiceModel from the (shared)
     JSON, and the first error a new EC2 client parses indexes every shape of EC2's model
-    (70 ms). The tests and the sandbox make a few hundred clients, one bot after another:
-    here they share one ServiceModel per service's model. Cordon itself makes its clients
-    once (ClientPool.warm) and needs none of this."""
+    (70 ms); it also builds a client class of one method per operation (EC2: 700), and a
+    new session checks the signature of each of its 130 built-in handlers. The tests and
+    the sandbox make a few thousand clients, one bot after another: here they share one
+    ServiceModel and one client class per service model, and each handler's signature is
+    checked once. Cordon itself makes its clients once (ClientPool.warm) and needs none
+    of this."""
     import botocore.client
     from botocore.model import ServiceModel
 
@@ -102,6 +105,35 @@ def share_service_models() -> None:
         return found[1]
 
     creator._load_service_model = load
+
+    # The class is what the model makes, with what the `creating-client-class` handlers
+    # add: the same boto3 ones in every session here (no test hooks that event).
+    classes: dict[tuple[str, int], Any] = {}
+    make_class = creator._create_client_class
+
+    def client_class(self: Any, service_name: str, service_model: ServiceModel) -> Any:
+        key = (service_name, id(service_model))
+        with _LOCK:
+            found = classes.get(key)
+        if found is None:
+            found = make_class(self, service_name, service_model)
+            with _LOCK:
+                classes[key] = found
+        return found
+
+    creator._create_client_class = client_class
+    import botocore.compat
+    import botocore.hooks
+
+    checked = functools.lru_cache(maxsize=4096)(botocore.compat.accepts_kwargs)
+
+    def accepts_kwargs(func: Any) -> bool:
+        try:
+            return bool(checked(func))
+        except TypeError:  # a bound method of an unhashable object
+            return bool(botocore.compat.accepts_kwargs(func))
+
+    botocore.hooks.accepts_kwargs = accepts_kwargs
     creator._cordon_shared = True
 
 
