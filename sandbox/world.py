@@ -80,11 +80,12 @@ def share_service_models() -> None:
     """Every boto3 client botocore makes builds its own ServiceModel from the (shared)
     JSON, and the first error a new EC2 client parses indexes every shape of EC2's model
     (70 ms); it also builds a client class of one method per operation (EC2: 700), and a
-    new session checks the signature of each of its 130 built-in handlers. The tests and
+    new session checks the signature of each of its 130 built-in handlers and translates
+    their event names. The tests and
     the sandbox make a few thousand clients, one bot after another: here they share one
-    ServiceModel and one client class per service model, and each handler's signature is
-    checked once. Cordon itself makes its clients once (ClientPool.warm) and needs none
-    of this."""
+    ServiceModel and one client class per service model, and each handler's signature and
+    event name is checked once. Cordon itself makes its clients once (ClientPool.warm)
+    and needs none of this."""
     import botocore.client
     from botocore.model import ServiceModel
 
@@ -134,6 +135,19 @@ def share_service_models() -> None:
             return bool(botocore.compat.accepts_kwargs(func))
 
     botocore.hooks.accepts_kwargs = accepts_kwargs
+
+    # Each session's event aliaser caches the names it has translated; with botocore's
+    # own aliases (every session here) the translations are the same: one cache.
+    aliaser: Any = botocore.hooks.EventAliaser
+    start = aliaser.__init__
+    shared: dict[str, str] = {}
+
+    def init(self: Any, event_emitter: Any, event_aliases: Any = None) -> None:
+        start(self, event_emitter, event_aliases)
+        if event_aliases is None:
+            self._alias_name_cache = shared
+
+    aliaser.__init__ = init
     creator._cordon_shared = True
 
 
