@@ -47,6 +47,12 @@ def new_session(cls: type[boto3.session.Session] = boto3.session.Session
         if _LOADER is None:
             _LOADER = core.get_component("data_loader")
     core.register_component("data_loader", _LOADER)
+    if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        # What botocore's resolver chain would find first (the environment), without
+        # building the chain for every session.
+        core.set_credentials(os.environ["AWS_ACCESS_KEY_ID"],
+                             os.environ["AWS_SECRET_ACCESS_KEY"],
+                             os.environ.get("AWS_SESSION_TOKEN"))
     return cls(botocore_session=core)
 
 
