@@ -117,7 +117,7 @@ def role_of(caller_arn: str) -> str:
 
 class SealBucket(Action):
     """One step, in the order S3 needs: Block Public Access, the ACL private, ownership
-    enforced, the deny policy. Its undo puts each back in reverse order."""
+    enforced, the deny policy. Its undo puts each back (see `undo` for the order)."""
 
     name = "seal-bucket"
     description = ("record the bucket's policy, Public Access Block, ownership and ACL; "
@@ -193,8 +193,9 @@ class SealBucket(Action):
                "Block Public Access"
 
     def undo(self, ctx: StepContext, captured: dict[str, Any]) -> Outcome:
-        """Reverse order; each value read back and compared. What could not be put back
-        is named, and the rest is still put back."""
+        """The policy first, then ownership (ACLs on again), the ACL, Block Public Access;
+        each value read back and compared. What could not be put back is named, and the
+        rest is still put back."""
         s3, bucket, state = self._s3(ctx), captured["bucket"], captured["state"]
         failed: list[str] = []
 
@@ -216,8 +217,13 @@ class SealBucket(Action):
                       if state["ownership"] else s3.delete_bucket_ownership_controls(
                           Bucket=bucket)),
              lambda now: now["ownership"] == state["ownership"])
-        step("ACL", lambda: s3.put_bucket_acl(Bucket=bucket,
-                                              AccessControlPolicy=state["acl"]),
+        # While BlockPublicAcls is on, S3 refuses an ACL with public grants (moto does
+        # not): it is lifted for the ACL's put, then the recorded settings come back —
+        # which may hold BlockPublicAcls on beside a public ACL set before it.
+        step("ACL", lambda: (
+            s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration={
+                **ALL_BLOCKED, "BlockPublicAcls": False}),
+            s3.put_bucket_acl(Bucket=bucket, AccessControlPolicy=state["acl"])),
              lambda now: _grants(now["acl"]) == _grants(state["acl"]))
         step("Block Public Access",
              lambda: (s3.put_public_access_block(

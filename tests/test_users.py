@@ -216,10 +216,11 @@ def test_a_bucket_is_sealed_and_every_recorded_setting_put_back_equal(
     s3.create_bucket(Bucket=bucket)
     s3.put_bucket_ownership_controls(Bucket=bucket, OwnershipControls={
         "Rules": [{"ObjectOwnership": "ObjectWriter"}]})
+    # The ACL before the Public Access Block, as S3 requires for a public grant.
+    s3.put_bucket_acl(Bucket=bucket, ACL="public-read")
     s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration={
         "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": False,
         "RestrictPublicBuckets": False})
-    s3.put_bucket_acl(Bucket=bucket, ACL="public-read")
     policy = {"Version": "2012-10-17", "Statement": [{
         "Sid": "Partner", "Effect": "Allow",
         "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
