@@ -510,6 +510,25 @@ class Cordon:
                 raise TargetNotFound(f"account {account_id} is not in CORDON_ACCOUNTS")
         return self.clients_for(self.regions[0], account), account
 
+    def _look_up(self, kind: str, name: str, clients: Clients, account_id: str | None,
+                 describe: Callable[[str], dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+        """The account Cordon acts in there, and what `describe` finds of the user or
+        role in it; an ARN naming another account, or no such principal, is not found."""
+        try:
+            with acting_as(f"lookup-{kind}"):
+                owner = str(clients.sts.get_caller_identity()["Account"])
+                if account_id is not None and account_id != owner:
+                    raise TargetNotFound(f"the ARN names account {account_id}; Cordon acts "
+                                         f"in {owner}")
+                return owner, describe(owner)
+        except TargetNotFound:
+            raise
+        except (iam_users.UserNotFound, iam_roles.RoleNotFound) as exc:
+            raise TargetNotFound(str(exc)) from exc
+        except Exception as exc:
+            raise AwsLookupFailed(f"could not look up IAM {kind} {name}: "
+                                  f"{describe_error(exc)}") from exc
+
     def _open_principal(self, kind: str, name: str, facts: dict[str, Any], owner: str,
                         account: str | None, reason: str, requester: str, channel_id: str,
                         options: dict[str, str], extra_facts: dict[str, Any] | None
@@ -536,18 +555,8 @@ class Cordon:
         """A compromised IAM user: its credentials and what it may do, for the card's dry
         run. `account` names one of CORDON_ACCOUNTS; an ARN's `account_id` finds it."""
         clients, account = self._iam_place(account, account_id)
-        try:
-            with acting_as("lookup-user"):
-                owner = clients.sts.get_caller_identity()["Account"]
-                if account_id is not None and account_id != owner:
-                    raise iam_users.UserNotFound(
-                        f"the ARN names account {account_id}; Cordon acts in {owner}")
-                facts = iam_users.describe_user(clients, user, owner)
-        except iam_users.UserNotFound as exc:
-            raise TargetNotFound(str(exc)) from exc
-        except Exception as exc:
-            raise AwsLookupFailed(f"could not look up IAM user {user}: "
-                                  f"{describe_error(exc)}") from exc
+        owner, facts = self._look_up("user", user, clients, account_id,
+                                     lambda owner: iam_users.describe_user(clients, user, owner))
         facts["plan_lines"] = iam_users.plan_lines(facts)
         return self._open_principal("user", user, facts, owner, account, reason, requester,
                                     channel_id, {}, extra_facts)
@@ -559,18 +568,9 @@ class Cordon:
         """A compromised IAM role: who may assume it and what uses it now (its instance
         profiles' running instances lose their current sessions too)."""
         clients, account = self._iam_place(account, account_id)
-        try:
-            with acting_as("lookup-role"):
-                owner = clients.sts.get_caller_identity()["Account"]
-                if account_id is not None and account_id != owner:
-                    raise iam_roles.RoleNotFound(
-                        f"the ARN names account {account_id}; Cordon acts in {owner}")
-                facts = iam_roles.describe_role(clients, role, owner, list(self.regions))
-        except iam_roles.RoleNotFound as exc:
-            raise TargetNotFound(str(exc)) from exc
-        except Exception as exc:
-            raise AwsLookupFailed(f"could not look up IAM role {role}: "
-                                  f"{describe_error(exc)}") from exc
+        owner, facts = self._look_up("role", role, clients, account_id,
+                                     lambda owner: iam_roles.describe_role(
+                                         clients, role, owner, list(self.regions)))
         chosen = dict(options or {})
         facts["plan_lines"] = iam_roles.plan_lines(facts, chosen.get("trust") == "deny")
         return self._open_principal("role", role, facts, owner, account, reason, requester,
