@@ -116,7 +116,8 @@ def run_serve(host: str, port: int | None) -> int:
 
     # The HTTP server runs in Socket Mode too: it serves /healthz.
     try:
-        server = SlackHTTPServer(app, host, port or settings.port, deps.store.health)
+        server = SlackHTTPServer(app, host, port or settings.port, deps.store.health,
+                                 metrics=deps.metrics.wsgi() if deps.metrics else None)
     except OSError as exc:
         scheduler.shutdown(wait=False)
         if intake_thread is not None:

@@ -25,7 +25,14 @@ from slack_sdk.models.blocks import (
 from bot.ids import ActionId
 from bot.links import ids_in_text, linked
 from bot.text import escape, link
-from playbooks.catalogue import INSTANCE_PLAYBOOKS, PLAYBOOKS, Playbook, step_descriptions
+from playbooks.catalogue import (
+    INSTANCE_PLAYBOOKS,
+    PLAYBOOKS,
+    Playbook,
+    get_playbook,
+    step_descriptions,
+)
+from playbooks.lifecycle import Lifecycle, stages_line
 from playbooks.models import Evidence, Incident, StepRecord
 from playbooks.service import IncidentReport
 from playbooks.status import StepStatus
@@ -194,6 +201,14 @@ def progress_line(steps: Sequence[StepRecord]) -> str:
     return line
 
 
+def durations_line(incident: Incident, steps: Sequence[StepRecord] = ()) -> str:
+    """"⏱ finding → card 4.0 s · → decision 2 min 10 s · → cut 1.3 s · → contained 12 s"
+    ("" for a fleet's own record and a release, which cut nothing)."""
+    if incident.kind in ("fleet", "release"):
+        return ""
+    return "⏱ " + stages_line(Lifecycle.of(incident, steps, get_playbook(incident.playbook)))
+
+
 def _status_line(incident: Incident, approvals: Sequence[str] = (),
                  steps: Sequence[StepRecord] = (), members: Sequence[Incident] = ()) -> str:
     icon = STATUS_ICON.get(incident.status, "")
@@ -222,8 +237,9 @@ def _status_line(incident: Incident, approvals: Sequence[str] = (),
     if incident.status in (APPROVED, RUNNING):
         done = f" — {progress_line(steps)}" if steps else ""
         return line + f"\n{icon} *Running* `{incident.playbook}`{done} — see the thread"
+    timed = durations_line(incident)
     return (line + f"\n{icon} *{FINAL_LABEL.get(incident.status, incident.status)}* — "
-            f"{escape(incident.summary)}")
+            f"{escape(incident.summary)}" + (f"\n{timed}" if timed else ""))
 
 
 def _plan_section(incident: Incident, cut: list[str]) -> SectionBlock:
@@ -780,7 +796,9 @@ def _render_step(step: StepRecord) -> str:
 def render_run_finished(incident: Incident) -> str:
     icon = STATUS_ICON.get(incident.status, "")
     label = FINAL_LABEL.get(incident.status, incident.status.capitalize())
-    return f"{icon} *{label}* — {_fit(incident.summary, THREAD_MAX - 200)}"
+    timed = durations_line(incident)
+    return (f"{icon} *{label}* — {_fit(incident.summary, THREAD_MAX - 400)}"
+            + (f"\n{timed}" if timed else ""))
 
 
 MEMBER_SUMMARY_MAX = 600
@@ -854,6 +872,9 @@ def render_status_detail(report: IncidentReport) -> str:
         lines.append(f"{STEP_ICON.get(s.status, '')} {s.name} — {s.status}{err}{took}")
     if i.summary:
         lines.append(f"Summary: {escape(i.summary)}")
+    timed = durations_line(i, report.steps)
+    if timed and i.status not in (PENDING, DENIED, EXPIRED):
+        lines.append(timed)
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from slack_sdk import WebClient
 
 from bot.approvers import ApproverPolicy
+from bot.metrics import Metrics
 from bot.notifier import SlackTimeline
 from playbooks.runner import Worker
 from playbooks.service import Cordon
@@ -26,6 +27,7 @@ class Deps:
     worker: Worker
     key_lookback_days: int = 7
     warmed: threading.Event = field(default_factory=threading.Event)
+    metrics: Metrics | None = None
     # Where Bolt runs the lazy listeners (the slow half of every request): a stop lets the
     # ones under way finish, so no answer is cut off half-sent.
     listeners: ThreadPoolExecutor = field(

@@ -9,7 +9,10 @@ import json
 from datetime import datetime
 from typing import Any
 
+from bot.chart import timeline_png
 from bot.links import console_url
+from playbooks.catalogue import get_playbook
+from playbooks.lifecycle import Lifecycle, format_seconds
 from playbooks.models import Evidence
 from playbooks.service import IncidentReport
 
@@ -18,9 +21,15 @@ def _when(at: datetime | None) -> str:
     return at.strftime("%Y-%m-%d %H:%M:%S UTC") if at else ""
 
 
+def lifecycle(report: IncidentReport) -> Lifecycle:
+    i = report.incident
+    return Lifecycle.of(i, report.steps, get_playbook(i.playbook))
+
+
 def record(report: IncidentReport, evidence: list[Evidence]) -> dict[str, Any]:
     i = report.incident
     facts = i.facts or {}
+    life = lifecycle(report)
     steps = []
     snapshots: list[str] = []
     image = None
@@ -47,6 +56,10 @@ def record(report: IncidentReport, evidence: list[Evidence]) -> dict[str, Any]:
         "reason": i.reason, "requested_by": i.requester, "requested_at": _when(i.created_at),
         "source": facts.get("source") or "slack",
         "approved_by": i.decided_by, "decided_at": _when(i.decided_at),
+        "auto_rule": i.auto_rule,
+        "times": {k: _when(v) or None for k, v in life.times().items()},
+        "durations_seconds": {k: None if v is None else round(v, 3)
+                              for k, v in life.durations().items()},
         "release_of": facts.get("release_of"),
         "decisions": [{"user": d.user_id, "action": d.action, "outcome": d.outcome,
                        "at": _when(d.at)} for d in report.decisions],
@@ -68,8 +81,15 @@ def markdown(data: dict[str, Any]) -> str:
         f"(source: {data['source']}): {data['reason'] or '(no reason)'}",
         f"- Approved by {data['approved_by'] or '—'} at {data['decided_at'] or '—'}",
     ]
+    if data.get("auto_rule"):
+        lines.append(f"- Contained automatically by rule `{data['auto_rule']}`")
     if data.get("release_of"):
         lines.append(f"- Release of {data['release_of']}")
+    lines += ["", "## Times", "", "| stage | at (UTC) |", "|---|---|"]
+    lines += [f"| {k.replace('_', ' ')} | {v or '—'} |" for k, v in data["times"].items()]
+    lines += ["", "| duration | |", "|---|---|"]
+    lines += [f"| {k.replace('_', ' ')} | {format_seconds(v)} |"
+              for k, v in data["durations_seconds"].items()]
     lines += ["", "## Decisions", "", "| at | user | action | outcome |", "|---|---|---|---|"]
     lines += [f"| {d['at']} | {d['user']} | {d['action']} | {d['outcome']} |"
               for d in data["decisions"]] or ["| — | — | — | — |"]
@@ -95,15 +115,19 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def files(report: IncidentReport, evidence: list[Evidence]) -> list[tuple[str, str]]:
-    """(file name, content): the Markdown timeline and the JSON record."""
+def files(report: IncidentReport, evidence: list[Evidence]) -> list[tuple[str, str | bytes]]:
+    """(file name, content): the Markdown timeline, the JSON record and the timeline
+    chart (PNG)."""
     data = record(report, evidence)
     base = f"{data['incident']}-record"
     return [(f"{base}.md", markdown(data)),
-            (f"{base}.json", json.dumps(data, indent=2, sort_keys=True, default=str))]
+            (f"{base}.json", json.dumps(data, indent=2, sort_keys=True, default=str)),
+            (f"{data['incident']}-timeline.png",
+             timeline_png(report.incident, report.steps, lifecycle(report)))]
 
 
-def fleet_files(reports: list[tuple[IncidentReport, list[Evidence]]]) -> list[tuple[str, str]]:
+def fleet_files(reports: list[tuple[IncidentReport, list[Evidence]]]
+                ) -> list[tuple[str, str | bytes]]:
     """A fleet's record: the fleet's own, then every member's, as one Markdown timeline
     and one JSON list."""
     records = [record(report, evidence) for report, evidence in reports]

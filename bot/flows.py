@@ -175,7 +175,8 @@ def post_export(deps: Deps, client: WebClient, query: str) -> str:
         try:
             client.files_upload_v2(
                 channel=anchor.channel_id, thread_ts=anchor.card_ts,
-                initial_comment=f"📚 The record of {incident.id} (Markdown timeline and JSON)",
+                initial_comment=f"📚 The record of {incident.id} (Markdown timeline, JSON"
+                                f"{' and timeline chart' if len(files) > 2 else ''})",
                 file_uploads=[{"content": content, "filename": name, "title": name}
                               for name, content in files])
         except SlackApiError as exc:

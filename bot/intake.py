@@ -44,10 +44,13 @@ def build_intake(settings: Settings, deps: Deps) -> Intake | None:
                                      text=blocks.render_not_proposed(p, error),
                                      unfurl_links=False)
 
-    return Intake(deps.cordon, deps.cordon.clients_for, settings.findings_queue_url,
-                  settings.findings_channel, settings.findings_min_severity, card, note, say,
-                  settings.key_lookback_days, wake=deps.timeline.wake,
-                  products=tuple(settings.findings_products))
+    intake = Intake(deps.cordon, deps.cordon.clients_for, settings.findings_queue_url,
+                    settings.findings_channel, settings.findings_min_severity, card, note, say,
+                    settings.key_lookback_days, wake=deps.timeline.wake,
+                    products=tuple(settings.findings_products))
+    if deps.metrics is not None:
+        deps.metrics.gauges.intake_lag = lambda: intake.lag_seconds
+    return intake
 
 
 class IntakeThread:

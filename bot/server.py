@@ -1,7 +1,8 @@
 """HTTP endpoint, served by waitress (a production WSGI server: request and connection
 timeouts, a body limit, a thread pool): `POST /slack/events` (slash commands,
 interactivity, events) through Bolt's WSGI adapter, with Bolt's signature verification
-always on, and `GET /healthz` (the database takes a write). A malformed request gets a
+always on, `GET /healthz` (the database takes a write) and `GET /metrics` (Prometheus'
+text format, see bot.metrics). A malformed request gets a
 400 and no traceback."""
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ log = logging.getLogger("cordon.http")
 MAX_BODY = 1 << 20  # Slack payloads are far smaller
 Health = Callable[[], tuple[bool, str]]
 StartResponse = Callable[..., Any]
+WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
-def wsgi_app(app: App, health: Health) -> Callable[[dict[str, Any], StartResponse],
-                                                    Iterable[bytes]]:
+def wsgi_app(app: App, health: Health, metrics: WsgiApp | None = None) -> WsgiApp:
     bolt = SlackRequestHandler(app, path="/slack/events")
 
     def reply(start_response: StartResponse, status: str, body: bytes,
@@ -48,6 +49,8 @@ def wsgi_app(app: App, health: Health) -> Callable[[dict[str, Any], StartRespons
             body = json.dumps({"ok": ok, "database": why}).encode()
             return reply(start_response, "200 OK" if ok else "503 Service Unavailable", body,
                          "application/json")
+        if path == "/metrics" and method in ("GET", "HEAD") and metrics is not None:
+            return metrics(environ, start_response)
         if path != "/slack/events":
             return reply(start_response, "404 Not Found", b"not found")
         if method != "POST":
@@ -71,11 +74,11 @@ def wsgi_app(app: App, health: Health) -> Callable[[dict[str, Any], StartRespons
 
 class SlackHTTPServer:
     def __init__(self, app: App, host: str, port: int, health: Health,
-                 threads: int = 16) -> None:
+                 threads: int = 16, metrics: WsgiApp | None = None) -> None:
         self.app = app
         self.health = health
         self._server = create_server(
-            wsgi_app(app, health), host=host, port=port, threads=threads,
+            wsgi_app(app, health, metrics), host=host, port=port, threads=threads,
             channel_timeout=30,  # an idle or trickling connection is closed
             max_request_body_size=MAX_BODY, max_request_header_size=64 * 1024,
             clear_untrusted_proxy_headers=True, ident="cordon")

@@ -23,7 +23,7 @@ from slack_sdk.models.blocks import (
 )
 from slack_sdk.models.views import View
 
-from bot.blocks import STATUS_ICON, clip, requester, slack_date
+from bot.blocks import STATUS_ICON, clip, durations_line, requester, slack_date
 from bot.ids import CONTAIN_MODAL, ActionId
 from bot.text import escape
 from playbooks.catalogue import DEFAULT_PLAYBOOK, INSTANCE_PLAYBOOKS
@@ -125,6 +125,8 @@ def _line(incident: Incident, progress: str = "") -> str:
     line += f"\nasked by {requester(incident)} {slack_date(incident.created_at)}"
     if incident.summary and incident.status in FINAL_STATES:
         line += f"\n{escape(clip(incident.summary, 300))}"
+        timed = durations_line(incident)
+        line += f"\n{timed}" if timed else ""
     return line
 
 

@@ -18,6 +18,7 @@ from bot.approvers import ApproverPolicy
 from bot.deps import Deps
 from bot.flows import post_card
 from bot.listeners import actions, commands, forms, home
+from bot.metrics import CountingWebClient, Metrics
 from bot.notifier import SlackTimeline
 from bot.settings import Settings
 from playbooks.models import Incident
@@ -29,14 +30,16 @@ from playbooks.store import Store
 log = logging.getLogger("cordon")
 
 
-def make_web_client(settings: Settings) -> WebClient:
+def make_web_client(settings: Settings, metrics: Metrics | None = None) -> WebClient:
     """Slack's Web API. A 429 waits for Slack's Retry-After (slack_sdk's handler); a 5xx
     or a lost connection is not retried blindly here — the outbox retries it, after
-    checking whether the message had landed."""
+    checking whether the message had landed. With `metrics`, every send is counted."""
     kwargs: dict[str, Any] = {"token": settings.slack_bot_token,
                               "retry_handlers": [RateLimitErrorRetryHandler(max_retry_count=2)]}
     if settings.slack_api_url:
         kwargs["base_url"] = settings.slack_api_url.rstrip("/") + "/"
+    if metrics is not None:
+        return CountingWebClient(on_call=metrics.slack_sent, **kwargs)
     return WebClient(**kwargs)
 
 
@@ -46,8 +49,14 @@ def build_deps(settings: Settings, session_factory: Callable[[], Any] | None = N
     incident, in the background (as `serve` does; a test that does not time the cut can
     leave them to be made when first used)."""
     store = Store.from_url(settings.database_url)
+    metrics = Metrics(store)
+
+    def count_throttle(action: str) -> None:
+        metrics.throttles.labels(action=action).inc()
+
     pool = client_pool(session_factory, settings.accounts,
-                       parse_ec2_buckets(settings.ec2_buckets) if settings.ec2_pacing else None)
+                       parse_ec2_buckets(settings.ec2_buckets) if settings.ec2_pacing else None,
+                       on_throttle=count_throttle)
     warmed = threading.Event()
 
     def warm_up() -> None:
@@ -61,21 +70,22 @@ def build_deps(settings: Settings, session_factory: Callable[[], Any] | None = N
         threading.Thread(target=warm_up, name="cordon-warm", daemon=True).start()
     else:
         warmed.set()
-    client = make_web_client(settings)
+    client = make_web_client(settings, metrics)
     timeline = SlackTimeline(store, client)
     runner = Runner(store, pool.for_region, timeline, lease_seconds=settings.lease_seconds,
                     run_options={"asg_decrement": settings.asg_decrement,
                                  "key_lookback_days": settings.key_lookback_days,
                                  "regions": list(settings.regions)},
-                    after_cut=max(2, settings.workers // 4))
+                    after_cut=max(2, settings.workers // 4), observer=metrics)
     worker = Worker(runner, max_workers=settings.workers)
     approvers = ApproverPolicy(settings.approvers, client, settings.usergroup_cache_ttl)
     cordon = Cordon(store, pool.for_region, settings.regions, settings.approval_ttl, worker,
                     wide_approvals=settings.wide_approvals, accounts=settings.accounts,
-                    is_approver=approvers.is_approver, break_glass=settings.break_glass_arns)
+                    is_approver=approvers.is_approver, break_glass=settings.break_glass_arns,
+                    observer=metrics)
     deps = Deps(cordon=cordon, approvers=approvers, timeline=timeline, client=client,
                 store=store, worker=worker, key_lookback_days=settings.key_lookback_days,
-                warmed=warmed)
+                warmed=warmed, metrics=metrics)
 
     def post_queued_card(incident: Incident, team_id: str) -> None:
         post_card(deps, incident, client, team_id, queue_if_down=False)

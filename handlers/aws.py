@@ -21,6 +21,7 @@ from botocore.loaders import create_loader
 from handlers.attribution import acting
 from handlers.lease import guard_call
 from handlers.pacing import Pacer
+from handlers.retry import count_throttles
 
 T = TypeVar("T")
 
@@ -154,9 +155,11 @@ class ClientPool:
     boto3 Session does; the caches are bounded."""
 
     def __init__(self, session_factory: SessionFactory = default_session,
-                 accounts: dict[str, str] | None = None, pacer: Pacer | None = None) -> None:
+                 accounts: dict[str, str] | None = None, pacer: Pacer | None = None,
+                 on_throttle: Callable[[str], None] | None = None) -> None:
         self._session_factory = session_factory
         self.pacer = pacer
+        self.on_throttle = on_throttle  # told the action of every throttling answer
         self._session: boto3.session.Session | None = None
         self.accounts = dict(accounts or {})
         self._clients = _Lru(MAX_CLIENTS)
@@ -169,6 +172,8 @@ class ClientPool:
                 self._session = self._session_factory()
                 # A run that lost its lease makes no further AWS call (see RunGuard).
                 hook(self._session, "before-call.*.*", guard_call)
+                if self.on_throttle is not None:
+                    hook(self._session, "needs-retry.*.*", count_throttles(self.on_throttle))
             return self._session
 
     def warm(self, regions: Iterable[str]) -> None:

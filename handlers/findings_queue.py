@@ -28,6 +28,7 @@ class QueueMessage:
     receipt: str
     body: str
     receive_count: int
+    sent_at: float = 0.0  # when it was sent to the queue (epoch seconds; 0: not known)
 
 
 def queue_region(url: str, default: str) -> str:
@@ -45,9 +46,10 @@ class FindingsQueue:
         # The queue's own visibility timeout applies (the template sets it).
         resp = self.sqs.receive_message(
             QueueUrl=self.url, MaxNumberOfMessages=10, WaitTimeSeconds=wait_seconds,
-            MessageSystemAttributeNames=["ApproximateReceiveCount"])
+            MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"])
         return [QueueMessage(m["MessageId"], m["ReceiptHandle"], m.get("Body", ""),
-                             int((m.get("Attributes") or {}).get("ApproximateReceiveCount", 1)))
+                             int((m.get("Attributes") or {}).get("ApproximateReceiveCount", 1)),
+                             int((m.get("Attributes") or {}).get("SentTimestamp", 0)) / 1000)
                 for m in resp.get("Messages", [])]
 
     def delete(self, message: QueueMessage) -> None:

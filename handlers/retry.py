@@ -7,7 +7,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from botocore.exceptions import (
     BotoCoreError,
@@ -72,6 +72,29 @@ RETRYABLE_CODES = frozenset({
     "Unavailable", "InternalError", "InternalFailure", "RequestTimeout",
     "RequestTimeoutException", "PriorRequestNotComplete",
 })
+# The answers that mean "slow down" (counted per action: see `count_throttles`).
+THROTTLING_CODES = frozenset({
+    "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException",
+    "RequestThrottled", "RequestThrottledException", "SlowDown",
+})
+
+
+def count_throttles(record: Callable[[str], None]) -> Callable[..., None]:
+    """A botocore `needs-retry` handler that calls `record(operation)` for every throttling
+    answer — each attempt, botocore's own retries included, which a caller never sees."""
+
+    def on_attempt(response: Any = None, operation: Any = None, **_: Any) -> None:
+        if not response or operation is None:
+            return None
+        parsed = response[1] if isinstance(response, tuple) and len(response) > 1 else {}
+        code = ((parsed or {}).get("Error") or {}).get("Code")
+        if code in THROTTLING_CODES:
+            record(str(operation.name))
+        return None
+
+    return on_attempt
+
+
 # An answer that never came, or came garbled (botocore: "Further retries may succeed").
 _CONNECTION_ERRORS = (ConnectionClosedError, EndpointConnectionError, ConnectTimeoutError,
                       ReadTimeoutError, ResponseParserError)

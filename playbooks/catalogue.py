@@ -29,6 +29,9 @@ class Step:
     # with a load balancer when the card was made (see `fleet_member`); "tracked" — one
     # whose flows cross a subnet where AWS always tracks them (see `tracked_elsewhere`).
     when: str | None = None
+    # Part of the cut: once every such step of a run is verified, the target can no
+    # longer act (the lifecycle's "cut verified", the time-to-cut figure).
+    cut: bool = False
 
     @property
     def name(self) -> str:
@@ -54,6 +57,10 @@ class Playbook:
     @property
     def step_names(self) -> list[str]:
         return [s.name for s in self.steps]
+
+    @property
+    def cut_steps(self) -> list[str]:
+        return [s.name for s in self.steps if s.cut]
 
     def for_target(self, facts: dict[str, Any]) -> Playbook:
         """The steps that apply to this target (from the facts looked up for its card)."""
@@ -98,10 +105,10 @@ PLAYBOOKS: dict[str, Playbook] = {
             Step("protect-evidence", phase=1),
             Step("detach-from-auto-scaling", phase=1, critical=True),
             Step("isolate-security-groups", phase=2, critical=True, overlap=True,
-                 blocks=False),
+                 blocks=False, cut=True),
             # What the groups cannot end (flows through a NAT gateway, NLB/GWLB, endpoint,
             # transit gateway): ACL entries for its addresses, sent with the open move.
-            Step("sever-tracked-flows", phase=2, overlap=True, when="tracked"),
+            Step("sever-tracked-flows", phase=2, overlap=True, when="tracked", cut=True),
             # After the cut: instance tags can be read from inside the instance (instance
             # metadata), so the attacker learns nothing before the network is gone.
             Step("tag-instance", phase=3, options={"status": "containing"}),
@@ -117,8 +124,8 @@ PLAYBOOKS: dict[str, Playbook] = {
         summary="cut the instance's network without leaving tracked connections alive",
         steps=(
             *FLEET_GUARD,
-            Step("isolate-security-groups", phase=2, critical=True, overlap=True),
-            Step("sever-tracked-flows", phase=2, overlap=True, when="tracked"),
+            Step("isolate-security-groups", phase=2, critical=True, overlap=True, cut=True),
+            Step("sever-tracked-flows", phase=2, overlap=True, when="tracked", cut=True),
             Step("tag-instance", phase=3),
         ),
     ),
@@ -134,7 +141,7 @@ for _name, _summary, _action, _options in (
 ):
     PLAYBOOKS[_name] = Playbook(
         name=_name, summary=_summary,
-        steps=(*FLEET_GUARD, Step(_action, phase=2, critical=True),
+        steps=(*FLEET_GUARD, Step(_action, phase=2, critical=True, cut=True),
                Step("tag-instance", phase=3)),
         wide=_name, options=_options,
     )
@@ -143,8 +150,8 @@ PLAYBOOKS["key"] = Playbook(
     name="key",
     summary="deactivate a leaked access key and revoke the sessions minted from it",
     steps=(
-        Step("deactivate-access-key", phase=1, critical=True),
-        Step("revoke-sessions", phase=1),
+        Step("deactivate-access-key", phase=1, critical=True, cut=True),
+        Step("revoke-sessions", phase=1, cut=True),
         Step("disable-console", phase=1),
         Step("review-activity", phase=2),
         Step("list-other-keys", phase=2),
@@ -155,7 +162,7 @@ PLAYBOOKS["key-temporary"] = Playbook(
     name="key-temporary",
     summary="a temporary key cannot be deactivated: revoke every older session of its role",
     steps=(
-        Step("revoke-role-sessions", phase=1, critical=True),
+        Step("revoke-role-sessions", phase=1, critical=True, cut=True),
         Step("review-activity", phase=2),
     ),
     options=("role",), target="key",
@@ -164,8 +171,8 @@ PLAYBOOKS["user"] = Playbook(
     name="user",
     summary="cut every credential of an IAM user and deny its sessions issued before now",
     steps=(
-        Step("deactivate-user-keys", phase=1, critical=True),
-        Step("revoke-sessions", phase=1),
+        Step("deactivate-user-keys", phase=1, critical=True, cut=True),
+        Step("revoke-sessions", phase=1, cut=True),
         Step("disable-console", phase=1, options={"console": "off"}),
         Step("deactivate-user-credentials", phase=1),
     ),
@@ -176,7 +183,7 @@ PLAYBOOKS["role"] = Playbook(
     summary="deny every session of an IAM role issued before now; trust=deny: nobody may "
             "assume it again until the release",
     steps=(
-        Step("revoke-role-sessions", phase=1, critical=True),
+        Step("revoke-role-sessions", phase=1, critical=True, cut=True),
         Step("deny-role-trust", phase=1),
     ),
     options=("trust",), target="role",
@@ -185,7 +192,7 @@ PLAYBOOKS["bucket"] = Playbook(
     name="bucket",
     summary="record an S3 bucket's access settings, then block public access, turn ACLs "
             "off and deny everyone but the allow-list",
-    steps=(Step("seal-bucket", phase=1, critical=True),),
+    steps=(Step("seal-bucket", phase=1, critical=True, cut=True),),
     target="bucket",
 )
 INSTANCE_PLAYBOOKS = {n: p for n, p in PLAYBOOKS.items() if p.target == "instance"}

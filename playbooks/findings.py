@@ -52,6 +52,7 @@ class Proposal:
     count: int | None = None   # how many times the finding has been seen (GuardDuty)
     sample: bool = False       # a sample finding (generated to try the pipeline)
     state: str = ""            # why it is closed: archived, SUPPRESSED, RESOLVED…; "" open
+    created: str = ""          # when the finding was created, by its own clock
 
     def facts(self) -> dict[str, Any]:
         return asdict(self)
@@ -143,6 +144,7 @@ def _guardduty(event: dict[str, Any]) -> list[Proposal]:
         product="GuardDuty", count=int(count) if count is not None else None,
         sample=_true((service.get("additionalInfo") or {}).get("sample")),
         state="archived" if _true(service.get("archived")) else "",
+        created=str(d.get("createdAt", "")),
     )]
 
 
@@ -232,6 +234,7 @@ def _security_hub(event: dict[str, Any]) -> list[Proposal]:
                 reason=f"Security Hub: {finding.get('Title', '')}",
                 product=product, count=int(str(count)) if str(count or "").isdigit() else None,
                 sample=_true(finding.get("Sample")), state=state,
+                created=str(finding.get("CreatedAt", "")),
             ))
     return out
 
@@ -279,6 +282,7 @@ def _tag_change(event: dict[str, Any]) -> list[Proposal]:
             console_url=(f"https://{region}.console.aws.amazon.com/ec2/home?region={region}"
                          f"#InstanceDetails:instanceId={match.group(0)}"),
             reason=str(value)[:500] or f"{CONTAIN_TAG} tag set",
+            created=str(event.get("time", "")),
         ))
     return out
 

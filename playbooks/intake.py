@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from handlers.attribution import acting_as
@@ -50,6 +51,8 @@ class Intake:
         # True while received messages are handled: a stop waits for that, never for a
         # long poll (see IntakeThread.stop).
         self.handling = False
+        # The age of the oldest message the last poll received (the intake's lag).
+        self.lag_seconds = 0.0
 
     def poll(self, wait_seconds: int = 20, stop: threading.Event | None = None) -> int:
         """One long poll; returns how many messages were handled and deleted. Messages
@@ -57,6 +60,8 @@ class Intake:
         its visibility timeout, to this replica's next life or another replica."""
         with acting_as(UNIT):
             messages = self.queue.receive(wait_seconds)
+        now = time.time()
+        self.lag_seconds = max((now - m.sent_at for m in messages if m.sent_at), default=0.0)
         done = 0
         self.handling = True
         try:

@@ -85,6 +85,16 @@ class Incident(Base):
     snapshots_reported_at: Mapped[datetime | None] = mapped_column(nullable=True)
     approvals_required: Mapped[int] = mapped_column(Integer, default=1)
     options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The lifecycle (see playbooks.lifecycle): when the card went up, the first change
+    # in AWS began, and the cut was verified.
+    card_posted_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    first_change_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    cut_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # Contained automatically: the rule that decided; when a person kept or released it;
+    # when the channel was reminded that nobody had.
+    auto_rule: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    reviewed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    reminded_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class ApprovalVote(Base):
@@ -185,6 +195,25 @@ class Revocation(Base):
     remove_after: Mapped[datetime] = mapped_column(index=True)
     removed_at: Mapped[datetime | None] = mapped_column(nullable=True)
     note: Mapped[str] = mapped_column(Text, default="")
+
+
+class Watch(Base):
+    """CloudTrail looked up after a cut for what the cut should have stopped: `subjects`
+    are LookupEvents attributes, checked in `regions` until `until`."""
+
+    __tablename__ = "watches"
+
+    incident_id: Mapped[str] = mapped_column(ForeignKey("incidents.id"), primary_key=True)
+    subjects: Mapped[list[dict[str, str]]] = mapped_column(JSON)
+    regions: Mapped[list[str]] = mapped_column(JSON)
+    since: Mapped[datetime]
+    until: Mapped[datetime]
+    next_check_at: Mapped[datetime] = mapped_column(index=True)
+    claimed_until: Mapped[datetime | None] = mapped_column(nullable=True)
+    seen: Mapped[list[str]] = mapped_column(JSON, default=list)  # CloudTrail event ids
+    events: Mapped[int] = mapped_column(Integer, default=0)
+    errors: Mapped[dict[str, Any]] = mapped_column(default=dict)  # region → error code
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class HealthBeat(Base):

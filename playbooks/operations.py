@@ -16,14 +16,15 @@ from handlers.retry import describe_error
 
 def client_pool(session_factory: Callable[[], Any] | None = None,
                 accounts: dict[str, str] | None = None,
-                ec2_buckets: dict[str, Limit] | None = None) -> ClientPool:
+                ec2_buckets: dict[str, Limit] | None = None,
+                on_throttle: Callable[[str], None] | None = None) -> ClientPool:
     """AWS clients for the bot; `session_factory` lets a caller wrap the boto3 session
     (the benchmarks inject latency this way); `ec2_buckets`: EC2's request buckets, paced
-    on Cordon's side (None: not paced)."""
+    on Cordon's side (None: not paced); `on_throttle(action)`: each throttling answer."""
     pacer = Pacer(ec2_buckets) if ec2_buckets is not None else None
     if session_factory:
-        return ClientPool(session_factory, accounts, pacer)
-    return ClientPool(accounts=accounts, pacer=pacer)
+        return ClientPool(session_factory, accounts, pacer, on_throttle)
+    return ClientPool(accounts=accounts, pacer=pacer, on_throttle=on_throttle)
 
 
 def aws_regions() -> frozenset[str]:

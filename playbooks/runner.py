@@ -44,6 +44,7 @@ from playbooks.catalogue import (
     get_playbook,
     release_playbook,
 )
+from playbooks.lifecycle import NoObserver, Observer, cut_verified, first_change
 from playbooks.logctx import incident_context
 from playbooks.models import Incident, Message, StepRecord, utcnow
 from playbooks.store import (
@@ -223,8 +224,10 @@ class Runner:
         lease_seconds: float = 10,
         run_options: dict[str, Any] | None = None,
         after_cut: int = 8,
+        observer: Observer | None = None,
     ) -> None:
         self.store = store
+        self.observer = observer or NoObserver()
         self.clients_for = clients_for
         self.timeline = timeline
         self.lease_seconds = lease_seconds
@@ -469,18 +472,30 @@ class Runner:
         steps = self.store.steps(incident_id)
         status = final_status(incident, playbook, steps)
         summary = summarise(steps)
-        final = self.store.transient(incident, status=status, summary=summary)
+        times = {"finished_at": utcnow(), "first_change_at": first_change(steps),
+                 "cut_at": cut_verified(playbook, steps) if incident.kind != "release" else None}
+        final = self.store.transient(incident, status=status, summary=summary, **times)
         # The end of the run, its last message and the card's final state: one write.
         if not self.store.finish_run(incident_id, self.owner, status, summary,
-                                     self._said(self.timeline.run_finished, final)):
+                                     self._said(self.timeline.run_finished, final), **times):
             raise LeaseLost(f"{incident_id}: finished, but the lease was lost")
         if incident.kind == "release" and status == RELEASED and incident.parent_id:
             self.store.set_status(incident.parent_id, RELEASED, RELEASABLE)
         log.info("run finished", extra={"status": status})
+        self._observe(incident_id)
         self.timeline.wake(incident_id)
         if incident.fleet_id:
             self.settle_fleet(incident.fleet_id)
         return status
+
+    def _observe(self, incident_id: str) -> None:
+        ended = self.store.get(incident_id)
+        if ended is None:
+            return
+        try:
+            self.observer.incident_ended(ended, self.store.steps(incident_id))
+        except Exception:
+            log.exception("the incident's end could not be observed")
 
     # fleets ------------------------------------------------------------------------
 

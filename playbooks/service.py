@@ -37,6 +37,7 @@ from playbooks.errors import (
 )
 from playbooks.findings import Proposal
 from playbooks.fleet import open_fleet_release
+from playbooks.lifecycle import NoObserver, Observer
 from playbooks.models import CARD, THREAD, Decision, Incident, Message, StepRecord, utcnow
 from playbooks.requests import ContainRequest
 from playbooks.runner import Worker
@@ -83,7 +84,9 @@ class Cordon:
         accounts: dict[str, str] | None = None,
         is_approver: Callable[[str], bool] | None = None,
         break_glass: Sequence[str] = (),
+        observer: Observer | None = None,
     ) -> None:
+        self.observer = observer or NoObserver()
         # Who a contained bucket's deny still lets in, besides Cordon's own role.
         self.break_glass = list(break_glass)
         self.accounts = dict(accounts or {})
@@ -711,6 +714,10 @@ class Cordon:
             incident = self.get(incident_id)
             log.info("decided", extra={"incident": incident_id, "by": user_id,
                                        "decision": incident.status})
+            if not approve:
+                for ended in ([m for m in self.store.members(incident_id)]
+                              if current.kind == "fleet" else [incident]):
+                    self._observe(ended)
             if approve and self.worker is not None:
                 self.worker.submit(incident_id)
             return incident
@@ -729,7 +736,18 @@ class Cordon:
         self.store.record_refusal(incident_id, user_id, action, why)
 
     def expire_due(self, messages: Sequence[Message] = ()) -> list[Incident]:
-        return [i for i in (self.store.get(x) for x in self.store.expire_due(messages)) if i]
+        expired = [i for i in (self.store.get(x) for x in self.store.expire_due(messages)) if i]
+        for incident in expired:
+            self._observe(incident)
+        return expired
+
+    def _observe(self, incident: Incident) -> None:
+        if incident.kind == "fleet":
+            return  # its members are counted, each when it ends
+        try:
+            self.observer.incident_ended(incident, [])
+        except Exception:
+            log.exception("the incident's end could not be observed")
 
     # reports -----------------------------------------------------------------------
 

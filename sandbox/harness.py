@@ -63,7 +63,8 @@ def start_bot(fake: FakeSlack, database_url: str, approvers: str = "S0ONCALL",
     )
     deps = build_deps(settings, session_factory or new_session, warm=warm)
     app = build_app(settings, deps)
-    server = SlackHTTPServer(app, "127.0.0.1", 0, deps.store.health)
+    server = SlackHTTPServer(app, "127.0.0.1", 0, deps.store.health,
+                             metrics=deps.metrics.wsgi() if deps.metrics else None)
     server.start()
     slack = SignedSlack(server.url + "/slack/events", secret, fake)
     intake = build_intake(settings, deps)

@@ -70,7 +70,7 @@ def test_a_database_made_before_migrations_is_taken_as_the_baseline(database_url
         assert store.get("CRD-OLD001") is not None
         with store.engine.connect() as conn:
             assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() \
-                == "0005"
+                == "0006"
     finally:
         store.engine.dispose()
 

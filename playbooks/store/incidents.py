@@ -85,6 +85,7 @@ class Incidents(Repository):
             if inc is None:
                 return
             inc.channel_id, inc.card_ts = channel_id, ts
+            inc.card_posted_at = inc.card_posted_at or utcnow()
             extra = {"team_id": team_id} if team_id else {}
             if plan_pending:
                 extra["plan"] = "pending"

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import (
     exists,
+    func,
     or_,
     select,
     update,
@@ -22,6 +23,7 @@ from playbooks.models import (
     Evidence,
     Incident,
     Message,
+    OutboxMessage,
     Revocation,
     StepRecord,
     utcnow,
@@ -77,20 +79,31 @@ class Runs(Repository):
             return changed_one(result)
 
     def finish_run(self, incident_id: str, owner: str, status: str, summary: str,
-                   messages: Sequence[Message] = ()) -> bool:
-        """Only while `owner` holds the run; its final messages in the same transaction."""
+                   messages: Sequence[Message] = (), **times: datetime | None) -> bool:
+        """Only while `owner` holds the run; its final messages in the same transaction.
+        `times`: the lifecycle's columns (finished_at, first_change_at, cut_at)."""
         with self.session() as s:
             result = s.execute(
                 update(Incident)
                 .where(Incident.id == incident_id, Incident.lease_owner == owner,
                        Incident.status == RUNNING)
-                .values(status=status, summary=summary, finished_at=utcnow(),
-                        lease_owner=None, lease_until=None)
+                .values(status=status, summary=summary, lease_owner=None, lease_until=None,
+                        **{"finished_at": utcnow(), **times})
             )
             won = changed_one(result)
             if won:
                 self._add_messages(s, incident_id, messages)
             return won
+
+    def gauges(self) -> tuple[int, int]:
+        """(outbox messages not sent yet, runs approved or running): what /metrics shows."""
+        with self.session() as s:
+            unsent = s.scalar(select(func.count()).select_from(OutboxMessage)
+                              .where(OutboxMessage.sent_at.is_(None)))
+            running = s.scalar(select(func.count()).select_from(Incident)
+                               .where(Incident.status.in_((APPROVED, RUNNING)),
+                                      Incident.kind != "fleet"))
+            return int(unsent or 0), int(running or 0)
 
     def running_owners(self) -> dict[str, str]:
         """Running incidents and the worker that holds each."""
