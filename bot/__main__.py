@@ -100,7 +100,8 @@ def run_serve(host: str, port: int | None) -> int:
     # Runs left by an earlier life of this process are taken over at once, before anything
     # else: one of them may have left an instance on the allow-all group.
     deps.worker.resume_interrupted()
-    scheduler = start_scheduler(deps, settings.sweep_interval, settings.lease_seconds / 4)
+    scheduler = start_scheduler(deps, settings.sweep_interval, settings.lease_seconds / 4,
+                                settings.watch_interval)
     from bot.intake import IntakeThread, build_intake
 
     intake = build_intake(settings, deps)

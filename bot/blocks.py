@@ -231,6 +231,10 @@ def _status_line(incident: Incident, approvals: Sequence[str] = (),
         return (f"{icon} *Expired* at {slack_date(incident.expires_at)} without a decision. "
                 "Nothing was changed.")
     line = f"✅ *Approved* by {who} at {when}"
+    if incident.auto_rule:
+        line = (f"🤖 *Contained automatically* by rule `{escape(incident.auto_rule)}` at {when}"
+                + (f" — reviewed {slack_date(incident.reviewed_at)}" if incident.reviewed_at
+                   else " — not reviewed yet"))
     if incident.status in (APPROVED, RUNNING) and incident.kind == "fleet":
         return (line + f"\n{icon} *Running* `{incident.playbook}` on {len(members)} "
                 f"instances — {fleet_progress(members)} — see the thread")
@@ -278,6 +282,19 @@ def _plan_section(incident: Incident, cut: list[str]) -> SectionBlock:
 
 def _decision_buttons(incident: Incident) -> list[Block]:
     value = json.dumps({"incident_id": incident.id})
+    if incident.auto_rule and incident.reviewed_at is None and incident.status in (
+            CONTAINED, PARTIAL, FAILED):
+        return [
+            ActionsBlock(block_id="review", elements=[
+                ButtonElement(text="Keep", action_id=ActionId.KEEP.value, value=value,
+                              style="primary"),
+                ButtonElement(text="Release", action_id=ActionId.RELEASE.value, value=value,
+                              style="danger"),
+            ]),
+            ContextBlock(elements=[_mrkdwn(
+                "Approvers: *Keep* goes on with `full` (evidence, role, snapshots, image); "
+                "*Release* undoes the isolation.")]),
+        ]
     if incident.status == PENDING:
         return [
             ActionsBlock(block_id="decision", elements=[
@@ -840,6 +857,68 @@ def render_fleet_finished(fleet: Incident, members: Sequence[Incident]) -> str:
         lines.append(f"Release one with `/contain release INSTANCE`, or every instance with "
                      f"`/contain release {fleet.id}`.")
     return "\n".join(lines)
+
+
+# automatic containment and the watch --------------------------------------------------
+
+
+def render_auto_reviewed(incident: Incident, follow: Incident, user: str) -> str:
+    if follow.kind == "release":
+        return f"↩️ <@{user}> released this automatic containment: {follow.id} undoes it."
+    return (f"👍 <@{user}> kept this automatic containment: `full` goes on as {follow.id} "
+            "(its own card).")
+
+
+def render_auto_reminder(incident: Incident) -> str:
+    return (f"⏰ {incident.id}: `{escape(incident.target_id)}` was isolated automatically by "
+            f"rule `{escape(incident.auto_rule or '')}` and nobody has reviewed it. An "
+            "approver: *Keep* (go on with `full`) or *Release* on the card.")
+
+
+WATCH_LINES = 12
+
+
+def render_watch_found(incident: Incident, events: Sequence[Any], total: int) -> str:
+    """What the watch found since its last message, grouped."""
+    from playbooks.watch import group
+
+    lines = []
+    for g in group(events)[:WATCH_LINES]:
+        span = (f"{g['first']:%H:%M:%S}" if g["first"] == g["last"]
+                else f"{g['first']:%H:%M:%S}–{g['last']:%H:%M:%S}")
+        failed = f" → `{escape(g['error'])}`" if g["error"] else ""
+        lines.append(f"• {g['count']} × `{escape(g['name'])}` ({escape(g['source'])}) from "
+                     f"{escape(g['ip'])} in {escape(', '.join(sorted(g['regions'])))}, "
+                     f"{span} UTC{failed}")
+    more = len(group(events)) - WATCH_LINES
+    if more > 0:
+        lines.append(f"… and {more} more kinds (see CloudTrail)")
+    return fit_lines(f"👁️ *Watch*: {len(events)} new CloudTrail event"
+                     f"{'s' if len(events) != 1 else ''} by `{escape(incident.target_id)}` "
+                     f"since the cut ({total} in all):", lines, THREAD_MAX - 200)
+
+
+def render_watch_trouble(incident: Incident, errors: dict[str, str]) -> str:
+    return ("⚠️ *Watch*: CloudTrail could not be read in full: "
+            + "; ".join(f"{escape(r)} `{escape(why)}`" for r, why in sorted(errors.items()))
+            + ". Tried again at the next check.")
+
+
+def render_watch_ended(incident: Incident, total: int, minutes: int, released: bool) -> str:
+    if released:
+        return f"👁️ *Watch* stopped: the containment was released ({total} events seen)."
+    if not total:
+        return (f"👁️ *Watch*: quiet for {minutes} minutes — no CloudTrail activity by "
+                f"`{escape(incident.target_id)}` since the cut.")
+    return (f"👁️ *Watch* ended after {minutes} minutes: {total} CloudTrail event"
+            f"{'s' if total != 1 else ''} by `{escape(incident.target_id)}` since the cut "
+            "(see the messages above). Look for the same in other accounts and regions.")
+
+
+class WatchVoice:
+    found = staticmethod(render_watch_found)
+    trouble = staticmethod(render_watch_trouble)
+    ended = staticmethod(render_watch_ended)
 
 
 # status and help ---------------------------------------------------------------------

@@ -10,7 +10,7 @@ import io
 from datetime import datetime, timedelta
 from typing import Any
 
-from playbooks.lifecycle import Lifecycle, format_seconds
+from playbooks.lifecycle import Lifecycle, format_seconds, stages_line
 from playbooks.models import Incident, StepRecord
 from playbooks.status import StepStatus
 
@@ -58,9 +58,10 @@ def timeline_png(incident: Incident, steps: list[StepRecord], life: Lifecycle) -
     durations = life.durations()
     ax.set_title(f"{incident.id} — {incident.playbook} on {incident.target_id} — "
                  f"{incident.status}; time to cut "
-                 f"{format_seconds(durations['time_to_cut'])}", fontsize=10)
+                 f"{format_seconds(durations['time_to_cut'])}\n{stages_line(life)}",
+                 fontsize=9)
     if any(marks.values()):
-        ax.legend(loc="lower right", fontsize=7)
+        ax.legend(loc="upper right", fontsize=7)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     out = io.BytesIO()

@@ -15,6 +15,7 @@ from bot.notifier import SlackTimeline
 from playbooks.runner import Worker
 from playbooks.service import Cordon
 from playbooks.store import Store
+from playbooks.watch import Watcher
 
 
 @dataclass
@@ -26,8 +27,11 @@ class Deps:
     store: Store
     worker: Worker
     key_lookback_days: int = 7
+    # An automatic containment nobody reviewed is reminded after this (0: never).
+    auto_remind_seconds: int = 0
     warmed: threading.Event = field(default_factory=threading.Event)
     metrics: Metrics | None = None
+    watcher: Watcher | None = None  # CloudTrail after a cut (its sweep is scheduled)
     # Where Bolt runs the lazy listeners (the slow half of every request): a stop lets the
     # ones under way finish, so no answer is cut off half-sent.
     listeners: ThreadPoolExecutor = field(

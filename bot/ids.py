@@ -10,6 +10,8 @@ class ActionId(StrEnum):
     DENY = "cordon_deny"
     RETRY = "cordon_retry"
     EXPORT = "cordon_export"
+    KEEP = "cordon_keep"  # an automatic containment: go on with `full`
+    RELEASE = "cordon_release"  # an automatic containment: undo it
 
 
 COMMAND = "/contain"

@@ -278,11 +278,15 @@ class SlackTimeline:
                 payload["finding_note"] = note
             if len(ids) > 1:
                 payload["outbox_ids"] = ids
+            # A reply that must be seen (an automatic containment nobody reviewed) is
+            # also sent to the channel.
+            broadcast = bool(msg.payload.get("broadcast"))
             self.client.chat_postMessage(
                 channel=incident.channel_id, thread_ts=incident.card_ts,
                 text="\n".join(one.payload["text"] for one in batch), unfurl_links=False,
                 unfurl_media=False,
                 metadata={"event_type": METADATA_TYPE, "event_payload": payload},
+                reply_broadcast=broadcast,
             )
         if msg.payload.get("plan_done"):
             # The full plan is in the thread: the card's buttons may now appear.

@@ -1,5 +1,7 @@
 """Scheduled work is one idempotent sweep over the database that any replica may run:
-expire undecided requests, resume interrupted runs, resend what Slack missed."""
+expire undecided requests, resume interrupted runs, resend what Slack missed, remind
+the channel of an automatic containment nobody reviewed; and the CloudTrail watch's
+checks, on their own interval."""
 
 from __future__ import annotations
 
@@ -35,6 +37,14 @@ def sweep(deps: Deps) -> dict[str, int]:
             log.info("revocation removed", extra={"note": note})
             deps.timeline.post(incident, "🧹 Every credential issued before the containment "
                                f"has now expired: {note}.")
+    if deps.auto_remind_seconds:
+        for incident_id in deps.store.remind_unreviewed(
+                deps.auto_remind_seconds,
+                lambda incident: (THREAD, {"text": blocks.render_auto_reminder(incident),
+                                           "broadcast": True})):
+            with incident_context(incident_id):
+                log.warning("automatic containment not reviewed: channel reminded")
+                deps.timeline.wake(incident_id)
     resumed = take_over(deps)
     sent = deps.timeline.flush()
     return {"expired": len(expired), "resumed": len(resumed), "resent": sent}
@@ -50,9 +60,16 @@ def take_over(deps: Deps) -> list[str]:
     return resumed
 
 
-def start_scheduler(deps: Deps, interval_seconds: int,
-                    takeover_seconds: float = 2.5) -> BackgroundScheduler:
+def watch(deps: Deps) -> int:
+    """The CloudTrail watch's checks that are due (see playbooks.watch)."""
+    return deps.watcher.sweep() if deps.watcher is not None else 0
+
+
+def start_scheduler(deps: Deps, interval_seconds: int, takeover_seconds: float = 2.5,
+                    watch_seconds: float = 60) -> BackgroundScheduler:
     scheduler = BackgroundScheduler(timezone="UTC")
+    scheduler.add_job(watch, "interval", args=[deps], seconds=watch_seconds, id="watch",
+                      max_instances=1, coalesce=True)
     scheduler.add_job(sweep, "interval", args=[deps], seconds=interval_seconds, id="sweep",
                       max_instances=1, coalesce=True)
     scheduler.add_job(take_over, "interval", args=[deps], seconds=takeover_seconds,

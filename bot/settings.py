@@ -69,6 +69,16 @@ class Settings(BaseSettings):
     # Who a contained bucket's deny policy still lets in (besides Cordon's own role).
     break_glass_arns: Annotated[list[str], NoDecode] = Field(
         default_factory=list, alias="CORDON_BREAK_GLASS_ARNS")
+    # After a cut, CloudTrail is watched this long for use of what was cut (0: off), one
+    # check (and at most one thread message) per interval.
+    watch_minutes: int = Field(default=30, alias="CORDON_WATCH_MINUTES", ge=0, le=1440)
+    watch_interval: int = Field(default=60, alias="CORDON_WATCH_INTERVAL", ge=10, le=3600)
+    # Opt-in automatic containment: rules (see playbooks.auto); empty: every finding
+    # waits for a person.
+    auto_contain: Annotated[list[str], NoDecode] = Field(default_factory=list,
+                                                         alias="CORDON_AUTO_CONTAIN")
+    # An automatic containment nobody kept or released is reminded in its channel after.
+    auto_remind: int = Field(default=900, alias="CORDON_AUTO_REMIND", ge=60, le=86400)
     log_format: str = Field(default="json", alias="CORDON_LOG_FORMAT")
     log_level: str = Field(default="INFO", alias="CORDON_LOG_LEVEL")
 
@@ -148,6 +158,15 @@ class Settings(BaseSettings):
             raise ValueError("name at least one product (e.g. GuardDuty)")
         return products
 
+    @field_validator("auto_contain", mode="before")
+    @classmethod
+    def _auto_contain(cls, value: object) -> list[str]:
+        from playbooks.auto import parse_rules
+
+        rules = split_list(value)
+        parse_rules(rules)
+        return rules
+
     @field_validator("break_glass_arns", mode="before")
     @classmethod
     def _break_glass(cls, value: object) -> list[str]:
@@ -193,7 +212,7 @@ class Settings(BaseSettings):
         return int(text)
 
     @field_validator("approval_ttl", "sweep_interval", "usergroup_cache_ttl", "lease_seconds",
-                     mode="before")
+                     "watch_interval", "auto_remind", mode="before")
     @classmethod
     def _duration(cls, value: object) -> int:
         return parse_duration(value)

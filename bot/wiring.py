@@ -14,6 +14,7 @@ from slack_bolt.authorization import AuthorizeResult
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
+from bot import blocks
 from bot.approvers import ApproverPolicy
 from bot.deps import Deps
 from bot.flows import post_card
@@ -21,11 +22,14 @@ from bot.listeners import actions, commands, forms, home
 from bot.metrics import CountingWebClient, Metrics
 from bot.notifier import SlackTimeline
 from bot.settings import Settings
+from playbooks.auto import parse_rules
+from playbooks.lifecycle import Observers
 from playbooks.models import Incident
 from playbooks.operations import client_pool, parse_ec2_buckets, warm_clients
 from playbooks.runner import Runner, Worker
 from playbooks.service import Cordon
 from playbooks.store import Store
+from playbooks.watch import Watcher
 
 log = logging.getLogger("cordon")
 
@@ -72,20 +76,26 @@ def build_deps(settings: Settings, session_factory: Callable[[], Any] | None = N
         warmed.set()
     client = make_web_client(settings, metrics)
     timeline = SlackTimeline(store, client)
+    watcher = Watcher(store, pool.for_region, settings.regions, settings.watch_minutes,
+                      blocks.WatchVoice(), settings.watch_interval, wake=timeline.wake,
+                      on_events=lambda incident, n: metrics.watch_events.labels(
+                          playbook=incident.playbook).inc(n))
+    observers = Observers([metrics, watcher])
     runner = Runner(store, pool.for_region, timeline, lease_seconds=settings.lease_seconds,
                     run_options={"asg_decrement": settings.asg_decrement,
                                  "key_lookback_days": settings.key_lookback_days,
                                  "regions": list(settings.regions)},
-                    after_cut=max(2, settings.workers // 4), observer=metrics)
+                    after_cut=max(2, settings.workers // 4), observer=observers)
     worker = Worker(runner, max_workers=settings.workers)
     approvers = ApproverPolicy(settings.approvers, client, settings.usergroup_cache_ttl)
     cordon = Cordon(store, pool.for_region, settings.regions, settings.approval_ttl, worker,
                     wide_approvals=settings.wide_approvals, accounts=settings.accounts,
                     is_approver=approvers.is_approver, break_glass=settings.break_glass_arns,
-                    observer=metrics)
+                    observer=observers, auto_rules=parse_rules(settings.auto_contain))
     deps = Deps(cordon=cordon, approvers=approvers, timeline=timeline, client=client,
                 store=store, worker=worker, key_lookback_days=settings.key_lookback_days,
-                warmed=warmed, metrics=metrics)
+                auto_remind_seconds=settings.auto_remind if settings.auto_contain else 0,
+                warmed=warmed, metrics=metrics, watcher=watcher)
 
     def post_queued_card(incident: Incident, team_id: str) -> None:
         post_card(deps, incident, client, team_id, queue_if_down=False)

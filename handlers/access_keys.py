@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from abc import abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from handlers import revocation
+from handlers import cloudtrail, revocation
 from handlers.arns import iam_arn
 from handlers.aws import Clients
 from handlers.base import (
@@ -28,7 +25,7 @@ from handlers.base import (
     VerificationFailed,
 )
 from handlers.fanout import parallel
-from handlers.retry import Backoff, describe_error
+from handlers.retry import describe_error
 
 KEY_ID = re.compile(r"^(AKIA|ASIA)[A-Z0-9]{16}$")
 # What finding a key's owner and drawing its card calls.
@@ -357,14 +354,6 @@ def summarise_events(rows: list[dict[str, Any]], limit: int = 15) -> str:
     return "\n".join(lines)
 
 
-# CloudTrail's LookupEvents allows 2 requests per second per region, per account.
-LOOKUP_INTERVAL = 0.5
-MAX_PAGES = 10  # 50 events a page: the newest 500 per region
-# IAM, STS and the other global services record their events in us-east-1: the
-# persistence a leaked key makes (new keys, users, policies) is there.
-GLOBAL_REGION = "us-east-1"
-
-
 @dataclass
 class Lookup:
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -373,54 +362,17 @@ class Lookup:
     regions: list[str] = field(default_factory=list)
 
 
-def lookup_regions(clients: Clients, regions: list[str] | None) -> list[str]:
-    wanted = [GLOBAL_REGION, *(regions or []), clients.region]
-    return list(dict.fromkeys(wanted))
-
-
-def _pages(clients: Clients, region: str, key_id: str, days: int,
-           stop: Callable[[list[dict[str, Any]]], bool] | None = None
-           ) -> tuple[list[dict[str, Any]], str | None]:
-    """One region's events for the key, newest first: at most MAX_PAGES pages, at most
-    2 requests a second; a throttle that outlasts the retries keeps what was read."""
-    trail = clients.in_region(region).client("cloudtrail")
-    start = datetime.now(UTC) - timedelta(days=days)
-    events: list[dict[str, Any]] = []
-    token: str | None = None
-    for page in range(MAX_PAGES):
-        if page:
-            time.sleep(LOOKUP_INTERVAL)
-        kwargs: dict[str, Any] = {
-            "LookupAttributes": [{"AttributeKey": "AccessKeyId", "AttributeValue": key_id}],
-            "StartTime": start, "EndTime": datetime.now(UTC), "MaxResults": 50}
-        if token:
-            kwargs["NextToken"] = token
-        try:
-            resp = LOOKUP_RETRY.call(partial(trail.lookup_events, **kwargs))
-        except Exception as exc:
-            code = describe_error(exc).code
-            if not events and page == 0:
-                raise
-            return events, f"stopped after {page} page(s): {code}"
-        events += resp.get("Events", [])
-        token = resp.get("NextToken")
-        if not token or (stop is not None and stop(events)):
-            return events, None
-    return events, f"only the newest {MAX_PAGES} pages read"
-
-
-LOOKUP_RETRY = Backoff(attempts=3, base=0.5, cap=2.0)
 
 
 def lookup_events(clients: Clients, key_id: str, days: int,
                   regions: list[str] | None = None) -> Lookup:
     """The key's events in us-east-1 (IAM and the other global services) and every
     configured region, read side by side; partial results are kept and marked."""
-    found = Lookup(regions=lookup_regions(clients, regions))
+    found = Lookup(regions=cloudtrail.lookup_regions(clients, regions))
 
     def one(region: str) -> tuple[str, list[dict[str, Any]], str | None]:
         try:
-            events, why = _pages(clients, region, key_id, days)
+            events, why = cloudtrail.pages(clients, region, KEY_ATTRIBUTE, key_id, _since(days))
         except Exception as exc:
             return region, [], f"unavailable: {describe_error(exc).code}"
         return region, events, why
@@ -436,6 +388,13 @@ def lookup_events(clients: Clients, key_id: str, days: int,
     if len(found.partial) == len(found.regions) and not found.events:
         raise LookupUnavailable("; ".join(f"{r}: {w}" for r, w in found.partial.items()))
     return found
+
+
+KEY_ATTRIBUTE = "AccessKeyId"
+
+
+def _since(days: int) -> datetime:
+    return datetime.now(UTC) - timedelta(days=days)
 
 
 class LookupUnavailable(Exception):
@@ -497,11 +456,12 @@ def role_of_temporary_key(clients: Clients, key_id: str, days: int,
 
     def one(region: str) -> str | None:
         try:
-            events, _ = _pages(clients, region, key_id, days, stop=has_role)
+            events, _ = cloudtrail.pages(clients, region, KEY_ATTRIBUTE, key_id, _since(days),
+                                         stop=has_role)
         except Exception:
             return None
         return next((str(r["role"]).rsplit("/", 1)[-1] for r in rank_events(events)
                      if r.get("role")), None)
 
-    return next((role for role in parallel(one, lookup_regions(clients, regions)) if role),
-                None)
+    regions_read = cloudtrail.lookup_regions(clients, regions)
+    return next((role for role in parallel(one, regions_read) if role), None)

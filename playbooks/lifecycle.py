@@ -9,6 +9,7 @@ a request typed in Slack starts when it was made."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from playbooks.models import Incident, StepRecord
 from playbooks.status import StepStatus
 
 CHANGED = (StepStatus.SUCCEEDED, StepStatus.FAILED)
+log = logging.getLogger("cordon.lifecycle")
 
 
 class Observer(Protocol):
@@ -31,6 +33,21 @@ class Observer(Protocol):
 class NoObserver:
     def incident_ended(self, incident: Incident, steps: Sequence[StepRecord]) -> None:
         return None
+
+
+class Observers:
+    """Several observers, each told in turn; one that fails does not stop the others."""
+
+    def __init__(self, observers: Sequence[Observer]) -> None:
+        self.observers = list(observers)
+
+    def incident_ended(self, incident: Incident, steps: Sequence[StepRecord]) -> None:
+        for observer in self.observers:
+            try:
+                observer.incident_ended(incident, steps)
+            except Exception:
+                log.exception("an incident's end could not be observed",
+                              extra={"observer": type(observer).__name__})
 
 
 def parse_time(value: Any) -> datetime | None:

@@ -18,7 +18,9 @@ from handlers.fanout import parallel
 from handlers.registry import get_action
 from handlers.retry import describe_error
 from handlers.subnets import blast_radius
+from playbooks.auto import RULE_DECIDER, AutoRule, matching_rule
 from playbooks.catalogue import (
+    DEFAULT_PLAYBOOK,
     RELEASE,
     Playbook,
     Step,
@@ -85,8 +87,10 @@ class Cordon:
         is_approver: Callable[[str], bool] | None = None,
         break_glass: Sequence[str] = (),
         observer: Observer | None = None,
+        auto_rules: Sequence[AutoRule] = (),
     ) -> None:
         self.observer = observer or NoObserver()
+        self.auto_rules = list(auto_rules)
         # Who a contained bucket's deny still lets in, besides Cordon's own role.
         self.break_glass = list(break_glass)
         self.accounts = dict(accounts or {})
@@ -408,11 +412,70 @@ class Cordon:
             else:
                 region = p.region if p.region in self.regions else None
                 facts = self.lookup_instance(p.resource_id, region, self._account_of(p.account))
+                rule = self._auto_rule(p)
                 incident = self.open_request(ContainRequest(
-                    instance_id=p.resource_id, playbook=p.playbook, reason=p.reason,
-                    requester=p.source, channel_id=channel), {**facts, **alert})
+                    instance_id=p.resource_id, playbook=rule.action if rule else p.playbook,
+                    reason=p.reason, requester=p.source, channel_id=channel),
+                    {**facts, **alert})
+                if rule is not None and self.store.auto_decide(incident.id, rule.text,
+                                                               RULE_DECIDER):
+                    # The cut starts before the card is posted: nobody has to click.
+                    log.warning("contained automatically", extra={
+                        "incident": incident.id, "rule": rule.text, "finding": p.finding_id})
+                    if self.worker is not None:
+                        self.worker.submit(incident.id)
+                    incident = self.get(incident.id)
             post_card(incident)
             return "card", incident
+
+    def _auto_rule(self, p: Proposal) -> AutoRule | None:
+        """The CORDON_AUTO_CONTAIN rule the finding matches — never for a finding whose
+        automatic containment was made before (and since released)."""
+        rule = matching_rule(self.auto_rules, p)
+        if rule is None:
+            return None
+        earlier = self.store.auto_contained_before(p.resource_id, p.finding_id)
+        if earlier is not None:
+            log.info("finding matches an automatic rule, but it was contained automatically "
+                     "before: proposed only", extra={"earlier": earlier.id})
+            return None
+        return rule
+
+    def review_auto(self, incident_id: str, click: Click, keep: bool) -> Incident:
+        """Keep (go on with `full`, approved by the person who kept it) or Release an
+        automatic containment, from its card, by an approver. Returns the incident it
+        started (the `full` run or the release), whose own card the caller posts."""
+        incident = self.get(incident_id)
+        action = "keep" if keep else "release"
+        if incident.auto_rule is None:
+            raise BadInput(f"{incident_id} was not contained automatically")
+        self.authorize(incident, click, "approve" if keep else "deny")
+        if not self.is_approver(click.user):  # the requester is the source, never a person
+            self.refuse(incident.id, click.user, action, "refused: not an approver")
+            raise NotAuthorized(f"you are not authorised to {action} containments. "
+                                "Nothing was changed.")
+        if incident.status in OPEN_STATES:
+            raise BadInput(f"{incident_id} is still {incident.status}: keep or release it once "
+                           "its cut has run")
+        if not self.store.review_auto(incident_id, click.user, action):
+            raise AlreadyDecided(f"{incident_id} was already kept or released")
+        if keep:
+            facts = {k: v for k, v in (incident.facts or {}).items()
+                     if k not in ("early", "plan")}
+            follow = self.open_request(ContainRequest(
+                instance_id=incident.target_id, playbook=DEFAULT_PLAYBOOK,
+                reason=f"kept after automatic isolation ({incident.id}): {incident.reason}",
+                requester=incident.requester, channel_id=incident.channel_id),
+                {**facts, "kept_from": incident.id})
+        else:
+            follow = self.release_request(incident, f"released from the card of {incident.id}",
+                                          click.user, incident.channel_id)
+        self.store.decide(follow.id, click.user, True)
+        if self.worker is not None:
+            self.worker.submit(follow.id)
+        log.info("automatic containment reviewed", extra={
+            "incident": incident_id, "by": click.user, "action": action, "started": follow.id})
+        return self.get(follow.id)
 
     def _decided_before(self, p: Proposal) -> Incident | None:
         """The earlier containment of the resource this very finding was decided in

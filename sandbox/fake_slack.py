@@ -27,6 +27,7 @@ class Message:
     edits: int = 0
     files: list[dict[str, Any]] = field(default_factory=list)
     metadata: dict[str, Any] | None = None
+    broadcast: bool = False  # a thread reply also sent to the channel (reply_broadcast)
 
 
 @dataclass
@@ -199,7 +200,9 @@ class FakeSlack:
         if isinstance(metadata, str):
             metadata = json.loads(metadata)
         msg = Message(channel=channel, ts=self._next_ts(), text=args.get("text", ""),
-                      blocks=self._blocks(args), thread_ts=thread_ts, metadata=metadata)
+                      blocks=self._blocks(args), thread_ts=thread_ts, metadata=metadata,
+                      broadcast=bool(thread_ts) and str(args.get("reply_broadcast", ""))
+                      .lower() in ("1", "true"))
         self.messages.append(msg)
         return {"ok": True, "channel": channel, "ts": msg.ts,
                 "message": {"text": msg.text, "ts": msg.ts}}

@@ -14,7 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
-from handlers import access_keys
+from handlers import access_keys, cloudtrail
 from handlers.aws import Clients
 from handlers.retry import Backoff
 from playbooks.models import Incident
@@ -219,8 +219,8 @@ def test_the_review_reads_us_east_1_and_every_region_and_keeps_partial_results(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """IAM events (the persistence a key makes) are in us-east-1; each configured region
     is read too, at most 2 requests a second; a throttle keeps what was read and says so."""
-    monkeypatch.setattr(access_keys, "LOOKUP_INTERVAL", 0.01)
-    monkeypatch.setattr(access_keys, "LOOKUP_RETRY", Backoff(attempts=2, base=0.01, cap=0.01))
+    monkeypatch.setattr(cloudtrail, "LOOKUP_INTERVAL", 0.01)
+    monkeypatch.setattr(cloudtrail, "LOOKUP_RETRY", Backoff(attempts=2, base=0.01, cap=0.01))
     clients, stubs = _stubbed(
         [_event("CreateAccessKey", 30, "203.0.113.9")],
         **{"eu-west-1": [[_event("RunInstances", 20, "203.0.113.9")],
@@ -237,8 +237,8 @@ def test_the_review_reads_us_east_1_and_every_region_and_keeps_partial_results(
 
 
 def test_the_review_stops_at_its_page_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(access_keys, "LOOKUP_INTERVAL", 0.0)
-    monkeypatch.setattr(access_keys, "MAX_PAGES", 2)
+    monkeypatch.setattr(cloudtrail, "LOOKUP_INTERVAL", 0.0)
+    monkeypatch.setattr(cloudtrail, "MAX_PAGES", 2)
     clients, _ = _stubbed([_event("GetObject", 1, "198.51.100.1")],
                           **{"eu-west-1": [[_event(f"Get{n}", n, "192.0.2.1")]
                                            for n in range(2)] + [[]]})

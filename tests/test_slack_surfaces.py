@@ -4,8 +4,11 @@ submissions, shortcuts, Events API) and the fake Slack Web API."""
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
+
+from PIL import Image
 
 from sandbox import world as sandbox_world
 from sandbox.fake_slack import FakeSlack
@@ -122,10 +125,14 @@ def test_app_home_lists_pending_running_and_finished_with_export(
     fake_slack.homes.clear()
     bot.slack._interaction(payload)
     files = wait_for(lambda: [f for m in fake_slack.thread(CHANNEL, card.ts)
-                              for f in m.files])
+                              for f in m.files if f["name"].endswith(RECORD_FILES)])
     assert sorted(f["name"] for f in files) == [f"{incident.id}-record.json",
-                                                f"{incident.id}-record.md"]
+                                                f"{incident.id}-record.md",
+                                                f"{incident.id}-timeline.png"]
     assert "is in its thread" in blocks_text(wait_for(lambda: fake_slack.homes.get(LEE)))
+
+
+RECORD_FILES = ("-record.md", "-record.json", "-timeline.png")
 
 
 def test_export_posts_the_whole_record_as_markdown_and_json(
@@ -139,10 +146,27 @@ def test_export_posts_the_whole_record_as_markdown_and_json(
     status, body = bot.slack.command(SAM, CHANNEL, f"export {world.instance_id}")
     assert status == 200 and "Exporting" in body
     files = wait_for(lambda: {f["name"]: f["content"] for m in fake_slack.thread(CHANNEL, card.ts)
-                              for f in m.files if f["name"].endswith(("-record.md",
-                                                                      "-record.json"))})
-    assert len(files) == 2
+                              for f in m.files if f["name"].endswith(RECORD_FILES)})
+    assert sorted(files) == [f"{incident.id}-record.json", f"{incident.id}-record.md",
+                             f"{incident.id}-timeline.png"]
     record = json.loads(files[f"{incident.id}-record.json"])
+    # The lifecycle: every stage's time, in order, and the durations between them.
+    times = record["times"]
+    stages = ["requested", "card_posted", "decided", "first_change", "cut_verified", "ended"]
+    assert all(times[k] for k in stages), times
+    assert [times[k] for k in stages] == sorted(times[k] for k in stages)
+    durations = record["durations_seconds"]
+    assert all(durations[k] is not None and durations[k] >= 0 for k in (
+        "request_to_card", "card_to_decision", "decision_to_cut", "cut_to_contained",
+        "time_to_decision", "time_to_cut", "time_to_contain"))
+    assert durations["time_to_cut"] == durations["decision_to_cut"]
+    assert durations["time_to_contain"] >= durations["time_to_cut"]
+    # The chart: a real PNG that an image library decodes.
+    png = files[f"{incident.id}-timeline.png"]
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(io.BytesIO(png)) as image:
+        image.verify()
+        assert image.format == "PNG" and image.size[0] >= 600 and image.size[1] >= 200
     assert [d["outcome"] for d in record["decisions"]][:1] == ["refused: own request"]
     assert any(d["outcome"] == "accepted" and d["user"] == LEE for d in record["decisions"])
     steps = {s["name"]: s for s in record["steps"]}

@@ -93,8 +93,9 @@ def test_the_entries_go_out_while_the_seal_is_still_on_the_wire(
     faulty.add(MODIFY, "hold", times=-1, where=to(sealed))
     faulty_bot.slack.click_button(LEE, CHANNEL, card.ts, "Approve")
     assert faulty.wait_held(2)
-    ours = wait_for(lambda: [e for e in acl_of(layout["public"])["Entries"]
-                             if e.get("CidrBlock") == mine and e["RuleAction"] == "deny"])
+    ours = wait_for(lambda: len(found := [e for e in acl_of(layout["public"])["Entries"]
+                                          if e.get("CidrBlock") == mine
+                                          and e["RuleAction"] == "deny"]) == 2 and found)
     assert faulty.holding == 2 and len(ours) == 2
     faulty.release()
     incident = settle_card(faulty_bot, card.ts)

@@ -1,4 +1,5 @@
-"""Approve and Deny clicks, authorised on the server for every click."""
+"""Approve, Deny and Retry clicks — and Keep and Release on an automatic containment's
+card — authorised on the server for every click."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from slack_bolt import Ack, App, Respond
 
-from bot.blocks import render_retry
+from bot.blocks import render_auto_reviewed, render_retry
+from bot.flows import post_card
 from bot.ids import ActionId
 from bot.listeners import replies_errors
 from playbooks.errors import BadInput
@@ -69,6 +71,26 @@ def register(app: App, deps: Deps) -> None:
     def handle_retry_click(body: dict[str, Any], respond: Respond) -> None:
         on_click(body, "retry")
 
+    def on_review(body: dict[str, Any], keep: bool) -> None:
+        incident_id = _clicked_incident(body)
+        click = _click(body)
+        with incident_context(incident_id):
+            follow = deps.cordon.review_auto(incident_id, click, keep)
+            deps.timeline.post(deps.cordon.get(incident_id),
+                               render_auto_reviewed(deps.cordon.get(incident_id), follow,
+                                                    click.user))
+            post_card(deps, follow, deps.client)
+
+    @replies_errors
+    def handle_keep_click(body: dict[str, Any], respond: Respond) -> None:
+        on_review(body, keep=True)
+
+    @replies_errors
+    def handle_release_click(body: dict[str, Any], respond: Respond) -> None:
+        on_review(body, keep=False)
+
+    app.action(ActionId.KEEP.value)(ack=ack_now, lazy=[handle_keep_click])
+    app.action(ActionId.RELEASE.value)(ack=ack_now, lazy=[handle_release_click])
     app.action(ActionId.APPROVE.value)(ack=ack_now, lazy=[handle_approve_click])
     app.action(ActionId.DENY.value)(ack=ack_now, lazy=[handle_deny_click])
     app.action(ActionId.RETRY.value)(ack=ack_now, lazy=[handle_retry_click])

@@ -36,9 +36,10 @@ from playbooks.store.incidents import Incidents
 from playbooks.store.outbox import Outbox
 from playbooks.store.revocations import Revocations
 from playbooks.store.runs import Runs
+from playbooks.store.watches import Watches
 
 
-class Store(Incidents, Decisions, Fleets, EvidenceFiles, Runs, Revocations, Outbox):
+class Store(Incidents, Decisions, Fleets, EvidenceFiles, Runs, Revocations, Outbox, Watches):
     """The database's records, one repository each, on one engine."""
 
     @classmethod

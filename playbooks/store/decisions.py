@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import timedelta
 
 from sqlalchemy import (
     exists,
@@ -21,7 +22,15 @@ from playbooks.models import (
     utcnow,
 )
 from playbooks.status import OPEN_STATES, RETRYABLE
-from playbooks.store.base import APPROVED, DENIED, EXPIRED, PENDING, Repository, changed_one
+from playbooks.store.base import (
+    APPROVED,
+    DENIED,
+    EXPIRED,
+    PENDING,
+    RELEASED,
+    Repository,
+    changed_one,
+)
 
 
 class Decisions(Repository):
@@ -126,3 +135,67 @@ class Decisions(Repository):
             if won:
                 self._add_messages(s, incident_id, [*messages, (CARD, {})])
         return won
+
+    # automatic containment -------------------------------------------------------------
+
+    def auto_decide(self, incident_id: str, rule: str, decider: str) -> bool:
+        """pending → approved by a CORDON_AUTO_CONTAIN rule, once; the decision is recorded
+        as the rule's."""
+        now = utcnow()
+        with self.session() as s:
+            result = s.execute(
+                update(Incident)
+                .where(Incident.id == incident_id, Incident.status == PENDING)
+                .values(status=APPROVED, decided_by=decider, decided_at=now,
+                        auto_rule=rule[:200]))
+            won = changed_one(result)
+            s.add(Decision(incident_id=incident_id, user_id=decider, action="approve",
+                           outcome=f"rule {rule}"[:64] if won else "too late", at=now))
+        return won
+
+    def review_auto(self, incident_id: str, user_id: str, action: str) -> bool:
+        """A person keeps or releases an automatic containment: the first review wins (a
+        second click, or a click on another replica, is told it was reviewed)."""
+        now = utcnow()
+        with self.session() as s:
+            result = s.execute(
+                update(Incident)
+                .where(Incident.id == incident_id, Incident.auto_rule.is_not(None),
+                       Incident.reviewed_at.is_(None))
+                .values(reviewed_at=now))
+            won = changed_one(result)
+            s.add(Decision(incident_id=incident_id, user_id=user_id, action=action,
+                           outcome="accepted" if won else "already reviewed", at=now))
+            if won:
+                self._add_messages(s, incident_id, [(CARD, {})])
+        return won
+
+    def remind_unreviewed(self, older_than_seconds: float, message: Callable[[Incident], Message]
+                          ) -> list[str]:
+        """Automatic containments nobody kept or released within the time: each reminded
+        once (the reminder written with the mark)."""
+        cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+        with self.session() as s:
+            due = list(s.scalars(select(Incident).where(
+                Incident.auto_rule.is_not(None), Incident.reviewed_at.is_(None),
+                Incident.reminded_at.is_(None), Incident.decided_at <= cutoff,
+                Incident.status.not_in((DENIED, EXPIRED, RELEASED)))))
+        reminded = []
+        for incident in due:
+            with self.session() as s:
+                result = s.execute(update(Incident).where(
+                    Incident.id == incident.id, Incident.reminded_at.is_(None),
+                    Incident.reviewed_at.is_(None)).values(reminded_at=utcnow()))
+                if changed_one(result):
+                    self._add_messages(s, incident.id, [message(incident)])
+                    reminded.append(incident.id)
+        return reminded
+
+    def auto_contained_before(self, target_id: str, finding_id: str) -> Incident | None:
+        """An automatic containment of this target made for this finding, ever."""
+        with self.session() as s:
+            for incident in s.scalars(select(Incident).where(
+                    Incident.target_id == target_id, Incident.auto_rule.is_not(None))):
+                if finding_id in ((incident.facts or {}).get("findings") or []):
+                    return incident
+        return None
