@@ -638,6 +638,8 @@ def _card(incident: Incident, approvals: Sequence[str] = (),
             "🔗 Console: " + linked([f["key_id"]], incident.region, f))]))
     if f.get("source") and incident.kind != "release":
         title = title.replace("request", "proposed")
+    if incident.auto_rule:
+        title = "Isolated automatically"
     blocks: list[Block] = [
         HeaderBlock(text=clip(f"{title} {incident.id}", HEADER_MAX)),
         *(_finding_blocks(incident) if incident.kind != "release" else []),
@@ -741,6 +743,9 @@ def render_run_started(incident: Incident, resumed: bool) -> str:
     what = f"`{incident.playbook}` on `{incident.target_id}`"
     if resumed:
         return (f"▶️ Resuming {what} after an interruption; finished steps are skipped.")
+    if incident.auto_rule:
+        return (f"🤖 Isolating automatically (rule `{escape(incident.auto_rule)}`): running "
+                f"{what}. Approvers: *Keep* or *Release* on the card once it has run.")
     return f"▶️ Approved by <@{incident.decided_by}>. Running {what}."
 
 

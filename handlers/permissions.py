@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from handlers.access_keys import LOOKUP_PERMISSIONS as KEY_LOOKUP
+from handlers.cloudtrail import PERMISSIONS as WATCH
 from handlers.ec2_lookup import PERMISSIONS as INSTANCE_LOOKUP
 from handlers.findings_queue import PERMISSIONS as FINDINGS_INTAKE
 from handlers.fleet_lookup import PERMISSIONS as FLEET_LOOKUP
@@ -30,6 +31,7 @@ LOOKUPS: dict[str, tuple[str, ...]] = {
     "snapshot-follow-up": ("ec2:DescribeSnapshots",),
     "revocation-expiry": REVOCATION_EXPIRY,
     "findings-intake": FINDINGS_INTAKE,
+    "watch-cloudtrail": WATCH,
     "prepare": PREPARE_PERMISSIONS + IsolateSecurityGroups.permissions,
     "assume-role": ("sts:AssumeRole", "sts:SetSourceIdentity"),
     "preflight": ("sts:GetCallerIdentity", "ec2:DescribeInstances", "ec2:DescribeSecurityGroups",

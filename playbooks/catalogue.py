@@ -248,7 +248,7 @@ def units_for(names: list[str] | None = None) -> list[str]:
     releasing them included. All playbooks when `names` is empty."""
     chosen = [PLAYBOOKS[n] for n in names] if names else list(PLAYBOOKS.values())
     units = {"lookup-instance", "lookup-fleet", "snapshot-follow-up", "prepare", "assume-role",
-             "preflight", "revocation-expiry", "findings-intake"}
+             "preflight", "revocation-expiry", "findings-intake", "watch-cloudtrail"}
     for playbook in chosen:
         units |= {s.action for s in playbook.steps}
         if playbook.wide:

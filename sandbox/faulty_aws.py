@@ -13,7 +13,9 @@ way a real AWS fault looks from the client:
   (e.g. a snapshot still `pending`, which moto never shows);
 - `hold`: the request is kept unanswered until `release()`, then dropped without
   reaching AWS (as if the network lost it), so that a test can kill the caller, or
-  take its lease, at exactly that point.
+  take its lease, at exactly that point;
+- `answer(action, reply)`: a JSON-protocol call answered 200 with `reply(request)`,
+  moto never sees it — for what moto does not model (CloudTrail's LookupEvents).
 
 `throttle_like_ec2()` adds EC2's request token buckets (one per API, AWS's documented
 sizes, scaled): a call that finds its bucket empty is answered `RequestLimitExceeded`,
@@ -67,6 +69,8 @@ class Rule:
     times: int = 1  # how many matching calls it answers (-1: every one)
     where: Callable[[Params], bool] | None = None
     hits: int = 0
+    # effect "reply": the JSON answer to the decoded JSON request
+    reply: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     def matches(self, action: str, params: Params) -> bool:
         if self.times == 0 or action != self.action:
@@ -123,6 +127,14 @@ class FaultyAws:
             self.rules.append(rule)
         return rule
 
+    def answer(self, action: str, reply: Callable[[dict[str, Any]], dict[str, Any]],
+               times: int = -1) -> Rule:
+        """Answer a JSON-protocol action with `reply(request body)` (200), as AWS would."""
+        rule = Rule(action, "reply", times, reply=reply)
+        with self._lock:
+            self.rules.append(rule)
+        return rule
+
     def clear(self) -> None:
         with self._lock:
             self.rules.clear()
@@ -175,14 +187,14 @@ class FaultyAws:
 
     # --------------------------------------------------------------------------------
 
-    def _pick(self, action: str, params: Params) -> str | None:
+    def _pick(self, action: str, params: Params) -> Rule | None:
         with self._lock:
             for rule in self.rules:
                 if rule.matches(action, params):
                     if rule.times > 0:
                         rule.times -= 1
                     rule.hits += 1
-                    return rule.effect
+                    return rule
         return None
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -221,7 +233,8 @@ class FaultyAws:
                 params = dict(parse_qsl(body.decode("utf-8", "replace")))
                 action = params.get("Action", "")
                 target = self.headers.get("X-Amz-Target", "")
-                if not action and target:  # the JSON protocol (SQS)
+                decoded: dict[str, Any] = {}
+                if not action and target:  # the JSON protocol (SQS, CloudTrail)
                     action = target.rsplit(".", 1)[-1]
                     try:
                         decoded = json.loads(body or b"{}")
@@ -230,7 +243,8 @@ class FaultyAws:
                     params = {k: str(v) for k, v in decoded.items()}
                 auth = self.headers.get("Authorization", "")
                 service = auth.split("Credential=", 1)[-1].split("/")[3] if "/" in auth else ""
-                effect = proxy._pick(action, params) if action else None
+                rule = proxy._pick(action, params) if action else None
+                effect = rule.effect if rule is not None else None
                 if effect is None and service == "ec2" and not proxy._take_ec2_token(action):
                     effect = "throttle"  # the API's bucket is empty
                 seen = Seen(action, params, service, effect or "forwarded")
@@ -247,6 +261,10 @@ class FaultyAws:
                         proxy.holding -= 1
                     self.close_connection = True
                     self.connection.close()
+                    return
+                if effect == "reply" and rule is not None and rule.reply is not None:
+                    self._answer(200, {"Content-Type": "application/x-amz-json-1.1"},
+                                 json.dumps(rule.reply(decoded), default=str).encode())
                     return
                 if effect and effect.startswith("refuse:"):
                     code = effect.split(":", 1)[1]
