@@ -67,7 +67,8 @@ class Metrics:
             "cordon_slack_sends", "Slack Web API sends, by method and result (ok, or "
             "Slack's error, or unreachable).", ["method", "result"], registry=r)
         self.auto_contained = Counter(
-            "cordon_auto_contained", "Containments started by a CORDON_AUTO_CONTAIN rule.",
+            "cordon_auto_contained", "Runs a CORDON_AUTO_CONTAIN rule started, counted when "
+            "they end.",
             ["rule"], registry=r)
         self.watch_events = Counter(
             "cordon_watch_events", "CloudTrail events found by the watch after a cut.",
@@ -83,6 +84,8 @@ class Metrics:
         self.incidents.labels(status=incident.status, **labels).inc()
         if incident.kind in ("release", "fleet"):
             return
+        if incident.auto_rule and incident.status not in ("denied", "expired"):
+            self.auto_contained.labels(rule=incident.auto_rule).inc()
         durations = Lifecycle.of(incident, steps, get_playbook(incident.playbook)).durations()
         for histogram, key in ((self.time_to_decision, "time_to_decision"),
                                (self.time_to_cut, "time_to_cut"),
@@ -130,6 +133,11 @@ class CountingWebClient(WebClient):
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.on_call = on_call
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> CountingWebClient:
+        # Bolt deep-copies a request's context for its lazy listeners: they share this
+        # client (it holds no per-request state), so that their sends are counted too.
+        return self
 
     def api_call(self, api_method: str, **kwargs: Any) -> Any:
         try:

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from slack_bolt import App
+from slack_bolt import App, BoltContext
 from slack_bolt.authorization import AuthorizeResult
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
@@ -148,6 +148,14 @@ def build_app(settings: Settings, deps: Deps) -> App:
         # app's; the bot's user id comes from auth.test once Slack answers.
         authorize=_authorize(settings, deps.client),
     )
+    @app.middleware
+    def one_client(context: BoltContext, next: Callable[[], None]) -> None:
+        # Bolt makes a new WebClient for each request; Cordon serves one workspace with one
+        # bot token, so every listener gets the app's own client, whose sends are counted
+        # (GET /metrics). Nobody changes its token.
+        context["client"] = deps.client
+        next()
+
     commands.register(app, deps)
     actions.register(app, deps)
     forms.register(app, deps)

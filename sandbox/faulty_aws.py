@@ -268,6 +268,11 @@ class FaultyAws:
                     return
                 if effect and effect.startswith("refuse:"):
                     code = effect.split(":", 1)[1]
+                    if target:  # the JSON protocol words its errors in JSON
+                        self._answer(400, {"Content-Type": "application/x-amz-json-1.1"},
+                                     json.dumps({"__type": code,
+                                                 "message": f"refused ({code})"}).encode())
+                        return
                     self._answer(400, {"Content-Type": "text/xml"},
                                  error_xml(service, code, f"refused ({code})"))
                     return

@@ -396,3 +396,21 @@ def policy_findings(policy: dict[str, Any]) -> list[tuple[str, str]]:
             continue
         kept.append((f.issue, str(f.detail)))
     return kept
+
+
+@pytest.fixture
+def leaked(world: Any) -> dict[str, str]:
+    """An IAM user with console access, policies and two keys, one of which leaked."""
+    client = aws_client("iam")
+    client.create_user(UserName="deploy-bot")
+    client.create_login_profile(UserName="deploy-bot", Password="Correct-Horse-9!")
+    policy = client.create_policy(PolicyName="deploy", PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*",
+                                                "Resource": "*"}]}))
+    client.attach_user_policy(UserName="deploy-bot", PolicyArn=policy["Policy"]["Arn"])
+    client.put_user_policy(UserName="deploy-bot", PolicyName="ecr-push", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ecr:*",
+                                                 "Resource": "*"}]}))
+    first = client.create_access_key(UserName="deploy-bot")["AccessKey"]["AccessKeyId"]
+    second = client.create_access_key(UserName="deploy-bot")["AccessKey"]["AccessKeyId"]
+    return {"user": "deploy-bot", "key": first, "other": second}

@@ -30,24 +30,6 @@ def iam() -> Any:
     return aws_client("iam")
 
 
-@pytest.fixture
-def leaked(world: Any) -> dict[str, str]:
-    """An IAM user with console access, policies and two keys, one of which leaked."""
-    client = iam()
-    client.create_user(UserName="deploy-bot")
-    client.create_login_profile(UserName="deploy-bot", Password="Correct-Horse-9!")
-    policy = client.create_policy(PolicyName="deploy", PolicyDocument=json.dumps({
-        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*",
-                                                "Resource": "*"}]}))
-    client.attach_user_policy(UserName="deploy-bot", PolicyArn=policy["Policy"]["Arn"])
-    client.put_user_policy(UserName="deploy-bot", PolicyName="ecr-push", PolicyDocument=json.dumps(
-        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ecr:*",
-                                                 "Resource": "*"}]}))
-    first = client.create_access_key(UserName="deploy-bot")["AccessKey"]["AccessKeyId"]
-    second = client.create_access_key(UserName="deploy-bot")["AccessKey"]["AccessKeyId"]
-    return {"user": "deploy-bot", "key": first, "other": second}
-
-
 def key_status(user: str, key: str) -> str:
     keys = iam().list_access_keys(UserName=user)["AccessKeyMetadata"]
     return str(next(k["Status"] for k in keys if k["AccessKeyId"] == key))
