@@ -24,6 +24,7 @@ from sandbox.fake_slack import FakeSlack
 from sandbox.harness import RunningBot, start_bot, wait_for
 from tests.conftest import FINDINGS, AwsTrace, settle, settle_card
 from tests.test_intake import _handled, cards, guardduty, send, text_of
+from tests.test_metrics import one, scrape
 
 LEE, DANA = "U0LEE", "U0DANA"
 RULE = "guardduty:>=8:isolate"
@@ -76,6 +77,13 @@ def test_a_matching_finding_is_isolated_with_no_click_and_offers_keep_and_releas
     assert "Isolated automatically" in shown and "Contained automatically" in shown
     assert escape(RULE) in shown
     assert buttons(card) == ["Keep", "Release"]
+    m = scrape(auto_bot)
+    assert one(m, "cordon_auto_contained_total", rule=RULE) == 1
+    assert one(m, "cordon_incidents_total", playbook="isolate", source="GuardDuty",
+               status="contained") == 1
+    assert one(m, "cordon_time_to_contain_seconds_count", playbook="isolate",
+               source="GuardDuty") == 1
+    assert m["cordon_intake_lag_seconds"][()] >= 0
 
     # Keep: refused to someone who is not an approver (nothing changes), then an approver
     # goes on with `full` — a new card, approved by them, that runs the rest.

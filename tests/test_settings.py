@@ -40,6 +40,18 @@ def test_bad_values_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SettingsError, match="CORDON_APPROVAL_TTL"):
         load_settings(SLACK_BOT_TOKEN="xoxb-x", SLACK_SIGNING_SECRET=SECRET,
                       CORDON_APPROVAL_TTL="soon")
+    with pytest.raises(SettingsError, match=r"CORDON_AUTO_CONTAIN: .*the action must be "
+                                            "isolate"):
+        load_settings(SLACK_BOT_TOKEN="xoxb-x", SLACK_SIGNING_SECRET=SECRET,
+                      CORDON_AUTO_CONTAIN="guardduty:>=8:isolate, guardduty:>=9:full")
+    with pytest.raises(SettingsError, match="CORDON_WATCH_MINUTES"):
+        load_settings(SLACK_BOT_TOKEN="xoxb-x", SLACK_SIGNING_SECRET=SECRET,
+                      CORDON_WATCH_MINUTES="-5")
+    rules = load_settings(SLACK_BOT_TOKEN="xoxb-x", SLACK_SIGNING_SECRET=SECRET,
+                          CORDON_AUTO_CONTAIN="guardduty:>=8:isolate , guardduty:CryptoCurrency"
+                                              ":EC2/*:isolate", CORDON_AUTO_REMIND="20m")
+    assert rules.auto_contain == ["guardduty:>=8:isolate", "guardduty:CryptoCurrency:EC2/*:isolate"]
+    assert rules.auto_remind == 1200 and rules.watch_minutes == 30
 
 
 def test_lists_and_durations_parse(monkeypatch: pytest.MonkeyPatch) -> None:
