@@ -4,7 +4,6 @@ a deny policy alone leaves a long-term key working: the key itself is deactivate
 
 from __future__ import annotations
 
-import json
 import re
 from abc import abstractmethod
 from dataclasses import dataclass, field
@@ -318,20 +317,15 @@ def rank_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     first within each group."""
     rows = []
     for e in events:
-        detail: dict[str, Any] = {}
-        try:
-            detail = json.loads(e.get("CloudTrailEvent") or "{}")
-        except ValueError:
-            pass
         when = e.get("EventTime")
+        read = cloudtrail.read_event(e, "?")
         rows.append({
-            "name": e.get("EventName", "?"),
+            "name": read.name,
             "time": when.isoformat() if isinstance(when, datetime) else str(when or ""),
-            "source_ip": detail.get("sourceIPAddress", "?"),
-            "region": detail.get("awsRegion", "?"),
-            "suspicious": e.get("EventName") in SUSPICIOUS,
-            "role": (detail.get("userIdentity", {}).get("sessionContext", {})
-                     .get("sessionIssuer", {}).get("arn")),
+            "source_ip": read.source_ip,
+            "region": read.region,
+            "suspicious": read.name in SUSPICIOUS,
+            "role": read.role,
         })
     return sorted(rows, key=lambda r: (not r["suspicious"], _neg_time(r["time"])))
 

@@ -98,14 +98,20 @@ class TrailEvent:
     user_agent: str
     error_code: str
     who: str
+    role: str | None = None  # the role whose session made the call
 
 
-def read_event(raw: dict[str, Any], region: str) -> TrailEvent:
-    detail: dict[str, Any] = {}
+def event_detail(raw: dict[str, Any]) -> dict[str, Any]:
+    """The event's own record (LookupEvents gives it as a JSON string)."""
     try:
         detail = json.loads(raw.get("CloudTrailEvent") or "{}")
     except ValueError:
-        pass
+        return {}
+    return detail if isinstance(detail, dict) else {}
+
+
+def read_event(raw: dict[str, Any], region: str) -> TrailEvent:
+    detail = event_detail(raw)
     when = raw.get("EventTime")
     if isinstance(when, datetime):
         at = when.astimezone(UTC).replace(tzinfo=None) if when.tzinfo else when
@@ -119,7 +125,8 @@ def read_event(raw: dict[str, Any], region: str) -> TrailEvent:
         source_ip=str(detail.get("sourceIPAddress") or "?"),
         user_agent=str(detail.get("userAgent") or "")[:120],
         error_code=str(detail.get("errorCode") or ""),
-        who=str(identity.get("arn") or raw.get("Username") or ""))
+        who=str(identity.get("arn") or raw.get("Username") or ""),
+        role=(identity.get("sessionContext") or {}).get("sessionIssuer", {}).get("arn"))
 
 
 class TrailReader:

@@ -52,6 +52,16 @@ def buttons(card: Any) -> list[str]:
             if el.get("type") == "button"]
 
 
+def only_proposed(bot: RunningBot, card: Any, world: sandbox_world.World,
+                  before: dict[str, list[str]]) -> None:
+    """The card waits for a person (pending, `full`, no rule, Approve and Deny), and the
+    instance is untouched."""
+    incident = next(i for i in bot.deps.store.recent() if i.card_ts == card.ts)
+    assert (incident.status, incident.playbook, incident.auto_rule) == ("pending", "full", None)
+    assert buttons(bot.slack.fake.message(FINDINGS, card.ts)) == ["Approve", "Deny"]
+    assert sandbox_world.groups_by_eni(world.instance_id) == before
+
+
 def test_a_matching_finding_is_isolated_with_no_click_and_offers_keep_and_release(
         auto_bot: RunningBot, world: sandbox_world.World, fake_slack: FakeSlack,
         queue: str) -> None:
@@ -114,10 +124,8 @@ def test_a_finding_that_matches_no_rule_only_proposes(
     send(queue, guardduty(world.instance_id, severity=5))  # Backdoor:…, below 8
     (card,) = wait_for(lambda: cards(fake_slack), timeout=30)
     _handled(auto_bot, queue)
-    (incident,) = auto_bot.deps.store.recent()
-    assert (incident.status, incident.playbook, incident.auto_rule) == ("pending", "full", None)
-    assert buttons(fake_slack.message(FINDINGS, card.ts)) == ["Approve", "Deny"]
-    assert sandbox_world.groups_by_eni(world.instance_id) == before
+    assert len(auto_bot.deps.store.recent()) == 1
+    only_proposed(auto_bot, card, world, before)
 
 
 def test_a_released_automatic_containment_is_not_contained_again_by_an_update(
@@ -144,10 +152,7 @@ def test_a_released_automatic_containment_is_not_contained_again_by_an_update(
     send(queue, guardduty(world.instance_id, severity=9, count=12))
     third = wait_for(lambda: cards(fake_slack)[2:], timeout=30)[0]
     _handled(auto_bot, queue)
-    proposed = next(i for i in auto_bot.deps.store.recent() if i.card_ts == third.ts)
-    assert (proposed.status, proposed.playbook, proposed.auto_rule) == ("pending", "full", None)
-    assert buttons(fake_slack.message(FINDINGS, third.ts)) == ["Approve", "Deny"]
-    assert sandbox_world.groups_by_eni(world.instance_id) == before
+    only_proposed(auto_bot, third, world, before)
 
 
 def test_an_automatic_containment_nobody_reviewed_is_reminded_once(

@@ -62,12 +62,17 @@ def watch_messages(bot: RunningBot, card_ts: str) -> list[str]:
         (WATCH, "⚠️ *Watch*"))]
 
 
-def test_what_a_contained_key_does_after_the_cut_is_reported_grouped_and_once(
-        faulty_bot: RunningBot, faulty: FaultyAws, leaked: dict[str, str]) -> None:
+def contained_key(bot: RunningBot, faulty: FaultyAws, key: str) -> tuple[Trail, Any, Any]:
+    """The key contained, with CloudTrail's event history answering LookupEvents."""
     trail = Trail()
     faulty.answer("LookupEvents", trail.reply)
-    card = request(faulty_bot, f"key {leaked['key']} found in a public gist")
-    incident = approve(faulty_bot, card)
+    card = request(bot, f"key {key} found in a public gist")
+    return trail, card, approve(bot, card)
+
+
+def test_what_a_contained_key_does_after_the_cut_is_reported_grouped_and_once(
+        faulty_bot: RunningBot, faulty: FaultyAws, leaked: dict[str, str]) -> None:
+    trail, card, incident = contained_key(faulty_bot, faulty, leaked["key"])
     assert incident.status == "contained" and incident.cut_at is not None
     watch = faulty_bot.deps.store.watch(incident.id)
     assert watch is not None and watch.subjects == [
@@ -145,10 +150,7 @@ def test_a_quiet_watch_says_so_and_a_region_it_cannot_read_is_said_once(
 
 def test_a_released_containment_ends_its_watch(
         faulty_bot: RunningBot, faulty: FaultyAws, leaked: dict[str, str]) -> None:
-    trail = Trail()
-    faulty.answer("LookupEvents", trail.reply)
-    card = request(faulty_bot, f"key {leaked['key']} in a gist")
-    incident = approve(faulty_bot, card)
+    trail, card, incident = contained_key(faulty_bot, faulty, leaked["key"])
     faulty_bot.slack.command("U0DANA", CHANNEL, f"release {incident.id} false alarm")
     release_card = wait_for(lambda: faulty_bot.slack.fake.channel_messages(CHANNEL)[1:])[0]
     assert approve(faulty_bot, release_card).status == "released"
