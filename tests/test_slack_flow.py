@@ -330,6 +330,12 @@ def test_status_shows_who_did_what(bot: RunningBot, world: sandbox_world.World,
                      "refused: own request", "<@U0LEE> approve", "accepted",
                      "isolate-security-groups — succeeded", "tag-instance — succeeded"):
         assert expected in by_id, expected
+    # The lifecycle's durations, each stage reached.
+    timed = next(line for line in by_id.splitlines() if line.startswith("⏱ request → card"))
+    assert "→ decision" in timed and "→ cut" in timed and "→ contained" in timed
+    assert "—" not in timed  # no stage left unreached
+    final_card = json.dumps(fake_slack.message(CHANNEL, card.ts).blocks, ensure_ascii=False)
+    assert "⏱ request → card" in final_card
     assert incident.id in _status(bot, SAM, f"status {world.instance_id}", fake_slack)
     assert incident.id in _status(bot, SAM, "status", fake_slack)
 

@@ -115,6 +115,9 @@ def test_app_home_lists_pending_running_and_finished_with_export(
     export = next(b["accessory"] for b in home["blocks"]
                   if b.get("accessory", {}).get("action_id") == "cordon_export")
     assert json.loads(export["value"]) == {"incident_id": incident.id}
+    finished = next(b["text"]["text"] for b in home["blocks"]
+                    if b.get("accessory", {}).get("action_id") == "cordon_export")
+    assert "⏱ request → card" in finished and "→ contained" in finished
     # The Export button posts the record in the incident's thread.
     payload = {"type": "block_actions", "team": {"id": "T0SANDBOX"},
                "user": {"id": LEE, "team_id": "T0SANDBOX"}, "api_app_id": "A0CORDON",
