@@ -25,6 +25,7 @@ from slack_sdk.models.blocks import (
 from bot.ids import ActionId
 from bot.links import ids_in_text, linked
 from bot.text import escape, link
+from playbooks.auto import RULE_DECIDER
 from playbooks.catalogue import (
     INSTANCE_PLAYBOOKS,
     PLAYBOOKS,
@@ -949,7 +950,8 @@ def render_status_detail(report: IncidentReport) -> str:
         f"{escape(i.reason) or '_(no reason)_'}",
     ]
     for d in report.decisions:
-        lines.append(f"• <@{d.user_id}> {d.action} at {slack_date(d.at)} — {escape(d.outcome)}")
+        who = "🤖 the rule" if d.user_id == RULE_DECIDER else f"<@{d.user_id}>"
+        lines.append(f"• {who} {d.action} at {slack_date(d.at)} — {escape(d.outcome)}")
     for s in report.steps:
         took = f" ({_duration(s.duration_ms)})" if s.duration_ms is not None else ""
         err = f" `{escape(s.error_code)}`" if s.error_code else ""

@@ -32,6 +32,7 @@ from playbooks.errors import (
     AlreadyDecided,
     AwsLookupFailed,
     BadInput,
+    CordonError,
     NotAuthorized,
     RequestExpired,
     TargetNotFound,
@@ -425,7 +426,16 @@ class Cordon:
                     if self.worker is not None:
                         self.worker.submit(incident.id)
                     incident = self.get(incident.id)
-            post_card(incident)
+            try:
+                post_card(incident)
+            except CordonError as exc:
+                if incident.auto_rule is None:
+                    raise
+                # The cut is under way whatever Slack says: whoever reads this must know.
+                raise BadInput(f"{exc} The instance IS being isolated automatically (rule "
+                               f"`{incident.auto_rule}`, {incident.id}): see `/contain "
+                               f"status {incident.id}`, release with `/contain release "
+                               f"{incident.id}`") from exc
             return "card", incident
 
     def _auto_rule(self, p: Proposal) -> AutoRule | None:
