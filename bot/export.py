@@ -1,7 +1,8 @@
 """An incident's record for the post-mortem and for auditors: a Markdown timeline and
 the same as JSON — every decision (refused clicks included), every step with its
-status, timing, summary and what its verify saw, the evidence files with their
-SHA-256, the snapshot and image ids, and console links to check each claim."""
+status, timing, summary and what its verify saw, the lifecycle's timestamps and
+durations, the evidence files with their SHA-256, the snapshot and image ids, and
+console links to check each claim — and the timeline chart (PNG)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from bot.chart import timeline_png
 from bot.links import console_url
 from playbooks.catalogue import get_playbook
 from playbooks.lifecycle import Lifecycle, format_seconds
-from playbooks.models import Evidence
+from playbooks.models import Evidence, Incident, StepRecord
 from playbooks.service import IncidentReport
 
 
@@ -132,5 +133,24 @@ def fleet_files(reports: list[tuple[IncidentReport, list[Evidence]]]
     and one JSON list."""
     records = [record(report, evidence) for report, evidence in reports]
     base = f"{records[0]['incident']}-fleet-record"
+    fleet = reports[0][0]
+    # The fleet's chart: one bar per member, from the start of its run to its end.
+    members = [StepRecord(name=r.incident.target_id, status=MEMBER_BAR.get(
+        r.incident.status, r.incident.status), started_at=r.incident.started_at,
+        finished_at=r.incident.finished_at, duration_ms=_ms(r.incident))
+        for r, _ in reports[1:]]
     return [(f"{base}.md", "\n\n---\n\n".join(markdown(r) for r in records)),
-            (f"{base}.json", json.dumps(records, indent=2, sort_keys=True, default=str))]
+            (f"{base}.json", json.dumps(records, indent=2, sort_keys=True, default=str)),
+            (f"{records[0]['incident']}-timeline.png",
+             timeline_png(fleet.incident, members, lifecycle(fleet)))]
+
+
+# A member's final status as its bar's colour (a step's outcome).
+MEMBER_BAR = {"contained": "succeeded", "released": "succeeded", "failed": "failed",
+              "partially contained": "running", "partially released": "running"}
+
+
+def _ms(incident: Incident) -> int | None:
+    if incident.started_at is None or incident.finished_at is None:
+        return None
+    return int((incident.finished_at - incident.started_at).total_seconds() * 1000)

@@ -276,6 +276,13 @@ def test_a_member_and_its_fleet_export_into_the_fleets_thread(
     assert records[0]["incident"] == fleet.id
     assert sorted(r["incident"] for r in records[1:]) == sorted(
         m.id for m in bot.deps.store.members(fleet.id))
+    # Each export has its chart: the member's steps, the fleet's members.
+    charts = wait_for(lambda: len(c := {f["name"]: f["content"]
+                                        for m in fake_slack.thread(CHANNEL, card.ts)
+                                        for f in m.files if f["name"].endswith(".png")}) == 2
+                      and c, timeout=30)
+    assert sorted(charts) == sorted([f"{member.id}-timeline.png", f"{fleet.id}-timeline.png"])
+    assert all(png[:8] == b"\x89PNG\r\n\x1a\n" for png in charts.values())
 
 
 def test_a_fleet_whose_last_member_ended_unsaid_is_settled_by_the_next_sweep(
