@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from sqlalchemy import update
 
-from playbooks.models import Incident, utcnow
+from playbooks.models import Incident, Watch, utcnow
 from playbooks.store import APPROVED, DENIED, EXPIRED, PENDING, RUNNING, Store
 
 
@@ -160,3 +160,38 @@ def test_a_batch_of_step_writes_is_all_or_nothing_and_only_for_the_owner(store: 
     got = {s.name: s for s in store.steps(inc.id)}
     assert got["protect-evidence"].captured == {"x": 1}
     assert {s.status for s in got.values()} == {"running"}
+
+
+def test_a_watch_is_made_once_and_checked_by_one_claimer_at_a_time(store: Store) -> None:
+    inc = new_incident(store)
+    cut = utcnow()
+    subjects = [{"attribute": "Username", "value": inc.target_id}]
+    failures: list[Exception] = []
+
+    def start(_: int) -> bool:
+        try:
+            return store.start_watch(inc.id, subjects, ["us-east-1"], cut, 30)
+        except Exception as exc:  # a loser of the race must be told, not fail
+            failures.append(exc)
+            return False
+
+    assert race(4, start).count(True) == 1 and failures == []
+    claims: list[list[Watch]] = [[] for _ in range(4)]
+
+    def claim(i: int) -> bool:
+        claims[i] = list(store.claim_due_watches())
+        return bool(claims[i])
+
+    assert race(4, claim).count(True) == 1
+    (watch,) = next(c for c in claims if c)
+    assert store.watch_checked(watch, seen=["ev-1"], found=1, errors={},
+                               next_check_at=utcnow() + timedelta(minutes=1), finished=False,
+                               messages=[("thread", {"text": "1 new event"})])
+    # The same claim cannot record twice: its check is recorded, its message queued once.
+    assert not store.watch_checked(watch, seen=["ev-1"], found=1, errors={},
+                                   next_check_at=utcnow(), finished=True, messages=[])
+    after = store.watch(inc.id)
+    assert after is not None and (after.events, after.seen, after.finished_at) == (1, ["ev-1"],
+                                                                                  None)
+    assert [m.payload["text"] for m in store.unsent(inc.id)] == ["1 new event"]
+    assert store.claim_due_watches() == []  # not due for a minute

@@ -89,7 +89,15 @@ def test_what_a_contained_key_does_after_the_cut_is_reported_grouped_and_once(
     trail.add("GetObject", {"AccessKeyId": "AKIAOTHERKEY00000000"}, cut + timedelta(seconds=3))
     asked_before = len(trail.asked)
 
-    assert faulty_bot.deps.watcher.sweep() == 1
+    # Four sweeps at once (replicas, or a slow sweep overlapping the next): one check.
+    checked: list[int] = []
+    sweeps = [threading.Thread(target=lambda: checked.append(faulty_bot.deps.watcher.sweep()))
+              for _ in range(4)]
+    for t in sweeps:
+        t.start()
+    for t in sweeps:
+        t.join()
+    assert sorted(checked) == [0, 0, 0, 1]
     settle(faulty_bot, incident.id)
     (found,) = watch_messages(faulty_bot, card.ts)
     assert "3 new CloudTrail events" in found and "(3 in all)" in found
@@ -146,6 +154,29 @@ def test_a_quiet_watch_says_so_and_a_region_it_cannot_read_is_said_once(
     assert len(messages) == 2, messages
     assert "could not be read in full: us-east-1 `AccessDeniedException`" in messages[0]
     assert "quiet for 30 minutes" in messages[1] and world.instance_id in messages[1]
+
+
+def test_a_check_that_died_is_taken_over_once_its_claim_lapses(
+        faulty_bot: RunningBot, faulty: FaultyAws, leaked: dict[str, str]) -> None:
+    """A replica claimed a check and died before recording it: nobody checks the watch
+    while the claim holds; after it lapses one check is made, and said once."""
+    trail, card, incident = contained_key(faulty_bot, faulty, leaked["key"])
+    assert incident.cut_at is not None
+    trail.add("ListBuckets", {"AccessKeyId": leaked["key"]},
+              incident.cut_at.replace(tzinfo=UTC) + timedelta(seconds=1))
+    (claimed,) = faulty_bot.deps.store.claim_due_watches()  # …and the process died here
+    assert faulty_bot.deps.watcher.sweep(later(1)) == 0
+    assert faulty_bot.deps.watcher.sweep(later(2.5)) == 1
+    assert faulty_bot.deps.watcher.sweep(later(2.6)) == 0
+    settle(faulty_bot, incident.id)
+    (found,) = watch_messages(faulty_bot, card.ts)
+    assert "1 new CloudTrail event " in found
+    # The dead replica's late write is refused: its claim is no longer the watch's.
+    assert not faulty_bot.deps.store.watch_checked(
+        claimed, seen=["x"], found=5, errors={}, next_check_at=later(3), finished=True,
+        messages=[("thread", {"text": "late"})])
+    watch = faulty_bot.deps.store.watch(incident.id)
+    assert watch is not None and watch.events == 1 and watch.finished_at is None
 
 
 def test_a_released_containment_ends_its_watch(

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from playbooks.models import Message, Watch, utcnow
 from playbooks.store.base import Repository, changed_one
@@ -18,14 +19,18 @@ CLAIM_SECONDS = 120  # a check that takes longer is taken over by another replic
 class Watches(Repository):
     def start_watch(self, incident_id: str, subjects: list[dict[str, str]], regions: list[str],
                     since: datetime, minutes: int) -> bool:
-        """A watch for the incident, once (False: it had one)."""
-        with self.session() as s:
-            if s.get(Watch, incident_id) is not None:
-                return False
-            s.add(Watch(incident_id=incident_id, subjects=subjects, regions=regions,
-                        since=since, until=since + timedelta(minutes=minutes),
-                        next_check_at=utcnow(), seen=[], events=0, errors={}))
-            return True
+        """A watch for the incident, once (False: it had one — two replicas ending the
+        same run's observers race on the primary key, and one insert wins)."""
+        try:
+            with self.session() as s:
+                if s.get(Watch, incident_id) is not None:
+                    return False
+                s.add(Watch(incident_id=incident_id, subjects=subjects, regions=regions,
+                            since=since, until=since + timedelta(minutes=minutes),
+                            next_check_at=utcnow(), seen=[], events=0, errors={}))
+        except IntegrityError:
+            return False
+        return True
 
     def watch(self, incident_id: str) -> Watch | None:
         with self.session() as s:
