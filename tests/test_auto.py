@@ -7,6 +7,7 @@ same finding."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -26,7 +27,7 @@ from tests.conftest import FINDINGS, AwsTrace, settle, settle_card
 from tests.test_intake import _handled, cards, guardduty, send, text_of
 from tests.test_metrics import one, scrape
 
-LEE, DANA = "U0LEE", "U0DANA"
+LEE, KIM, DANA = "U0LEE", "U0KIM", "U0DANA"
 RULE = "guardduty:>=8:isolate"
 
 
@@ -100,18 +101,28 @@ def test_a_matching_finding_is_isolated_with_no_click_and_offers_keep_and_releas
     auto_bot.slack.click_button(DANA, FINDINGS, card.ts, "Keep")
     assert "not authorised" in wait_for(lambda: fake_slack.ephemerals_for(DANA))[0]
     assert auto_bot.deps.store.get(incident.id).reviewed_at is None
-    auto_bot.slack.click_button(LEE, FINDINGS, card.ts, "Keep")
+    # Two approvers press Keep at once: one `full` runs.
+    clicks = [threading.Thread(target=auto_bot.slack.click_button,
+                               args=(who, FINDINGS, card.ts, "Keep")) for who in (LEE, KIM)]
+    for t in clicks:
+        t.start()
+    for t in clicks:
+        t.join()
     follow_card = wait_for(lambda: cards(fake_slack)[1:], timeout=30)[0]
     follow = settle_card(auto_bot, follow_card.ts, timeout=90)
-    assert (follow.playbook, follow.decided_by, follow.status) == ("full", LEE, "contained")
+    assert (follow.playbook, follow.status) == ("full", "contained")
+    assert follow.decided_by in (LEE, KIM)
+    wait_for(lambda: len(auto_bot.deps.store.decisions(incident.id)) == 4)
+    assert len(cards(fake_slack)) == 2
     assert follow.facts["kept_from"] == incident.id
     follow_steps = {s.name: s.status for s in auto_bot.deps.store.steps(follow.id)}
     assert follow_steps["snapshot-volumes"] == "succeeded"
     assert follow_steps["isolate-security-groups"] in ("skipped", "succeeded")
     kept = auto_bot.deps.store.get(incident.id)
     assert kept.reviewed_at is not None
-    assert [d.action for d in auto_bot.deps.store.decisions(incident.id)] == [
-        "approve", "keep", "keep"]
+    assert sorted((d.action, d.outcome) for d in auto_bot.deps.store.decisions(incident.id)
+                  ) == [("approve", f"rule {RULE}"), ("keep", "accepted"),
+                        ("keep", "already reviewed"), ("keep", "refused: not an approver")]
     wait_for(lambda: buttons(fake_slack.message(FINDINGS, card.ts)) == [])
     assert any("kept this automatic containment" in m.text
                for m in fake_slack.thread(FINDINGS, card.ts))
