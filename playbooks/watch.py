@@ -75,7 +75,13 @@ class Watcher:
     # the sweep -----------------------------------------------------------------------
 
     def sweep(self, now: datetime | None = None) -> int:
-        """Check every watch that is due; how many were checked."""
+        """Check every watch that is due; how many were checked. First, start the watch
+        of a containment whose process died between its run's end and its watch."""
+        if self.minutes > 0:
+            for missed in self.store.unwatched_cuts(
+                    WATCHED, (IncidentStatus.CONTAINED, IncidentStatus.PARTIAL),
+                    (now or utcnow()) - timedelta(minutes=self.minutes)):
+                self.incident_ended(missed, [])
         checked = 0
         for watch in self.store.claim_due_watches(now):
             with incident_context(watch.incident_id):

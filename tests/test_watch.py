@@ -10,6 +10,9 @@ import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import delete
+
+from playbooks.models import Watch
 from sandbox import world as sandbox_world
 from sandbox.faulty_aws import FaultyAws
 from sandbox.harness import RunningBot, wait_for
@@ -177,6 +180,23 @@ def test_a_check_that_died_is_taken_over_once_its_claim_lapses(
         messages=[("thread", {"text": "late"})])
     watch = faulty_bot.deps.store.watch(incident.id)
     assert watch is not None and watch.events == 1 and watch.finished_at is None
+
+
+def test_a_containment_whose_watch_never_started_is_watched_from_the_next_sweep(
+        faulty_bot: RunningBot, faulty: FaultyAws, leaked: dict[str, str]) -> None:
+    """The process died after the run's end was written, before its watch was: the next
+    sweep (any replica's) starts it."""
+    trail, card, incident = contained_key(faulty_bot, faulty, leaked["key"])
+    with faulty_bot.deps.store.session() as s:
+        s.execute(delete(Watch).where(Watch.incident_id == incident.id))
+    assert faulty_bot.deps.store.watch(incident.id) is None
+    trail.add("ListBuckets", {"AccessKeyId": leaked["key"]},
+              incident.cut_at.replace(tzinfo=UTC) + timedelta(seconds=1))
+    assert faulty_bot.deps.watcher.sweep() == 1
+    settle(faulty_bot, incident.id)
+    assert faulty_bot.deps.store.watch(incident.id) is not None
+    (found,) = watch_messages(faulty_bot, card.ts)
+    assert "1 new CloudTrail event " in found
 
 
 def test_a_released_containment_ends_its_watch(

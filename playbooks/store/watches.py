@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from playbooks.models import Message, Watch, utcnow
+from playbooks.models import Incident, Message, Watch, utcnow
 from playbooks.store.base import Repository, changed_one
 
 CLAIM_SECONDS = 120  # a check that takes longer is taken over by another replica
@@ -74,3 +74,14 @@ class Watches(Repository):
                 return False
             self._add_messages(s, watch.incident_id, messages)
             return True
+
+    def unwatched_cuts(self, kinds: Sequence[str], statuses: Sequence[str], since: datetime
+                       ) -> list[Incident]:
+        """Containments whose cut was verified after `since` and that have no watch: a
+        process that died between a run's end and the start of its watch."""
+        with self.session() as s:
+            return list(s.scalars(select(Incident).outerjoin(
+                Watch, Watch.incident_id == Incident.id).where(
+                Watch.incident_id.is_(None), Incident.cut_at >= since,
+                Incident.kind.in_(kinds), Incident.status.in_(statuses),
+                Incident.fleet_id.is_(None))))
