@@ -186,6 +186,10 @@ def run_sandbox(quiet: bool = False, playbook: str = "full") -> int:
             say(f"  {'✅' if ok else '❌'} {name}")
         verified = contained and all(released.values())
         say("")
+        say("What GET /metrics now says (an excerpt):")
+        for line in metrics_excerpt(bot):
+            say(f"  {line}")
+        say("")
         undone = "verified" if all(released.values()) else "NOT verified"
         say(f"Containment {'verified' if contained else 'NOT verified'} ({incident.id}, "
             f"{incident.status}); release {undone} ({release.id}, {release.status}).")
@@ -195,6 +199,26 @@ def run_sandbox(quiet: bool = False, playbook: str = "full") -> int:
         fake.stop()
         aws.stop()
         sys.stdout.flush()
+
+
+def metrics_excerpt(bot: RunningBot) -> list[str]:
+    """The incidents counted and the durations observed, read from the bot's /metrics
+    with prometheus_client's parser."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(bot.server.url + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    lines = []
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            if sample.name == "cordon_incidents_total" or (
+                    sample.name.endswith("_seconds_sum") and family.name.startswith(
+                        ("cordon_time_to_cut", "cordon_time_to_contain"))):
+                lines.append(f"{sample.name}{{{labels}}} {sample.value:g}")
+    return lines
 
 
 def _approve(bot: RunningBot, card_ts: str, deciders: list[str],

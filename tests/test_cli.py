@@ -207,6 +207,9 @@ def test_the_sandbox_contains_the_instance_and_says_so(tmp_path: Path) -> None:
     assert "<!channel>" in out  # shown as text in the transcript, escaped on Slack
     # And the release round trip.
     assert "✅ every ENI back on its own groups" in out and "release verified" in out
+    # What /metrics counted: the containment and its release.
+    assert 'cordon_incidents_total{playbook="full",source="slack",status="contained"} 1' in out
+    assert 'cordon_incidents_total{playbook="release",source="slack",status="released"} 1' in out
 
 
 def test_the_sandbox_plays_a_wide_playbook(tmp_path: Path) -> None:
