@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     # After a cut, CloudTrail is watched this long for use of what was cut (0: off), one
     # check (and at most one thread message) per interval.
     watch_minutes: int = Field(default=30, alias="CORDON_WATCH_MINUTES", ge=0, le=1440)
-    watch_interval: int = Field(default=60, alias="CORDON_WATCH_INTERVAL", ge=10, le=3600)
+    watch_interval: int = Field(default=60, alias="CORDON_WATCH_INTERVAL", ge=60, le=3600)
     # Opt-in automatic containment: rules (see playbooks.auto); empty: every finding
     # waits for a person.
     auto_contain: Annotated[list[str], NoDecode] = Field(default_factory=list,
