@@ -868,7 +868,7 @@ def render_fleet_finished(fleet: Incident, members: Sequence[Incident]) -> str:
 # automatic containment and the watch --------------------------------------------------
 
 
-def render_auto_reviewed(incident: Incident, follow: Incident, user: str) -> str:
+def render_auto_reviewed(follow: Incident, user: str) -> str:
     if follow.kind == "release":
         return f"↩️ <@{user}> released this automatic containment: {follow.id} undoes it."
     return (f"👍 <@{user}> kept this automatic containment: `full` goes on as {follow.id} "
@@ -889,14 +889,15 @@ def render_watch_found(incident: Incident, events: Sequence[Any], total: int) ->
     from playbooks.watch import group
 
     lines = []
-    for g in group(events)[:WATCH_LINES]:
+    groups = group(events)
+    for g in groups[:WATCH_LINES]:
         span = (f"{g['first']:%H:%M:%S}" if g["first"] == g["last"]
                 else f"{g['first']:%H:%M:%S}–{g['last']:%H:%M:%S}")
         failed = f" → `{escape(g['error'])}`" if g["error"] else ""
         lines.append(f"• {g['count']} × `{escape(g['name'])}` ({escape(g['source'])}) from "
                      f"{escape(g['ip'])} in {escape(', '.join(sorted(g['regions'])))}, "
                      f"{span} UTC{failed}")
-    more = len(group(events)) - WATCH_LINES
+    more = len(groups) - WATCH_LINES
     if more > 0:
         lines.append(f"… and {more} more kinds (see CloudTrail)")
     return fit_lines(f"👁️ *Watch*: {len(events)} new CloudTrail event"

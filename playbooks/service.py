@@ -784,8 +784,8 @@ class Cordon:
             log.info("decided", extra={"incident": incident_id, "by": user_id,
                                        "decision": incident.status})
             if not approve:
-                for ended in ([m for m in self.store.members(incident_id)]
-                              if current.kind == "fleet" else [incident]):
+                for ended in (self.store.members(incident_id) if current.kind == "fleet"
+                              else [incident]):
                     self._observe(ended)
             if approve and self.worker is not None:
                 self.worker.submit(incident_id)

@@ -32,6 +32,10 @@ log = logging.getLogger("cordon.watch")
 
 WATCHED = ("key", "user", "role", "instance")
 SEEN_KEPT = 2000  # event ids remembered per watch (older ones are long reported)
+# A check is due this much before a full interval has passed: the scheduler runs the
+# sweep every interval, give or take milliseconds, and a check due a millisecond after
+# the sweep would wait a whole second interval.
+CHECK_SLACK = timedelta(seconds=2)
 
 
 class WatchVoice(Protocol):
@@ -77,10 +81,11 @@ class Watcher:
     def sweep(self, now: datetime | None = None) -> int:
         """Check every watch that is due; how many were checked. First, start the watch
         of a containment whose process died between its run's end and its watch."""
+        now = now or utcnow()  # one clock for the whole sweep (see CHECK_SLACK)
         if self.minutes > 0:
             for missed in self.store.unwatched_cuts(
                     WATCHED, (IncidentStatus.CONTAINED, IncidentStatus.PARTIAL),
-                    (now or utcnow()) - timedelta(minutes=self.minutes)):
+                    now - timedelta(minutes=self.minutes)):
                 self.incident_ended(missed, [])
         checked = 0
         for watch in self.store.claim_due_watches(now):
@@ -120,7 +125,8 @@ class Watcher:
         messages: list[Message] = [(THREAD, {"text": "\n\n".join(parts)})] if parts else []
         kept = [*(watch.seen or []), *(e.event_id for e in new)][-SEEN_KEPT:]
         if self.store.watch_checked(watch, seen=kept, found=len(new), errors=errors,
-                                    next_check_at=now + self.interval, finished=finished,
+                                    next_check_at=now + self.interval - CHECK_SLACK,
+                                    finished=finished,
                                     messages=messages):
             if new and self.on_events is not None:
                 self.on_events(incident, len(new))

@@ -172,7 +172,8 @@ def test_an_automatic_containment_nobody_reviewed_is_reminded_once(
     send(queue, guardduty(world.instance_id, severity=8))
     (card,) = wait_for(lambda: cards(fake_slack), timeout=30)
     incident = settle_card(auto_bot, card.ts)
-    sweep(auto_bot.deps)
+    sweep(auto_bot.deps)  # too early: the sweep writes no reminder (it would mark it here)
+    assert auto_bot.deps.store.get(incident.id).reminded_at is None
     assert not [m for m in fake_slack.thread(FINDINGS, card.ts) if m.broadcast]
     # Sixteen minutes later, as the database sees it.
     with auto_bot.deps.store.session() as s:

@@ -77,8 +77,7 @@ def register(app: App, deps: Deps) -> None:
         with incident_context(incident_id):
             follow = deps.cordon.review_auto(incident_id, click, keep)
             deps.timeline.post(deps.cordon.get(incident_id),
-                               render_auto_reviewed(deps.cordon.get(incident_id), follow,
-                                                    click.user))
+                               render_auto_reviewed(follow, click.user))
             post_card(deps, follow, deps.client)
 
     @replies_errors

@@ -27,7 +27,7 @@ class Watches(Repository):
                     return False
                 s.add(Watch(incident_id=incident_id, subjects=subjects, regions=regions,
                             since=since, until=since + timedelta(minutes=minutes),
-                            next_check_at=utcnow(), seen=[], events=0, errors={}))
+                            next_check_at=since, seen=[], events=0, errors={}))
         except IntegrityError:
             return False
         return True
@@ -48,8 +48,10 @@ class Watches(Repository):
         claimed = []
         for incident_id in due:
             with self.session() as s:
+                # Due still: another claimer may have checked it since it was read.
                 result = s.execute(update(Watch).where(
                     Watch.incident_id == incident_id, Watch.finished_at.is_(None),
+                    Watch.next_check_at <= now,
                     or_(Watch.claimed_until.is_(None), Watch.claimed_until < now))
                     .values(claimed_until=now + timedelta(seconds=CLAIM_SECONDS)))
                 if changed_one(result):
